@@ -1,0 +1,20 @@
+//! shardgate: an edge API gateway on a thread-per-core io_uring runtime.
+//!
+//! The crate is laid out along the request's path:
+//!
+//! ```text
+//! config/     APISIX-shaped YAML model (file.rs) -> compiled, per-shard types (build.rs)
+//! http1/      sans-IO HTTP/1.1 codec: request/response heads, body framing, chunked
+//! route/      compiled route table: host, uri (exact and prefix), methods, priority
+//! upstream/   balancers, shard-local keep-alive pools, passive health
+//! proxy/      the connection loop and the request pipeline as named phases
+//! plugins/    openid-connect glue between the pipeline and the sans-IO `shardgate-oidc` crate
+//! admin/      /healthz /readyz /metrics
+//! observe/    access log and shard-local metrics merged by an actor
+//! error.rs    the gateway error enum and the ONE place an error becomes an HTTP response
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod http1;
+pub mod route;

@@ -1,0 +1,1 @@
+//! introspect (in progress)

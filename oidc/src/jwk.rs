@@ -1,0 +1,1 @@
+//! jwk (in progress)

@@ -1,0 +1,1 @@
+//! jwt (in progress)

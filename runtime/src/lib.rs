@@ -1,0 +1,1 @@
+//! shardgate-runtime: the thread-per-core substrate (in progress).
