@@ -1,1 +1,1350 @@
-//! config (in progress)
+//! The `openid-connect` plugin configuration: APISIX's attribute names, types and defaults.
+//!
+//! Every attribute of APISIX's schema is here, plus the lua-resty-openidc pass-through options that
+//! shardgate implements. Where APISIX's default is unsafe we take the safe one and say so on the
+//! field (`accept_unsupported_alg`, `session.cookie_secure`). Attributes we do not implement are
+//! still *parsed* (as [`IgnoredAny`]) so that [`OidcConf::check`] can name them in an explicit
+//! "not supported by shardgate" error instead of a generic unknown-field typo error.
+//!
+//! Deserializing only checks shapes and types; [`OidcConf::check`] applies APISIX's `check_schema`
+//! rules and our own, and returns every problem it finds.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+
+/// One configuration problem: where (a dotted path) and what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// A secret string. `Debug` never prints it, so a logged config cannot leak it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that needs the key material.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// Client authentication at the token and introspection endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecretBasic,
+    ClientSecretPost,
+    PrivateKeyJwt,
+    ClientSecretJwt,
+}
+
+/// What a request without credentials gets (APISIX `unauth_action`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnauthAction {
+    /// 302 to the IdP's authorization endpoint.
+    Auth,
+    /// 401.
+    Deny,
+    /// Proxy the request without identity headers.
+    Pass,
+}
+
+/// `client_jwt_assertion_alg`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum AssertionAlg {
+    HS256,
+    HS512,
+    RS256,
+    RS512,
+    ES256,
+    ES512,
+}
+
+impl AssertionAlg {
+    fn is_hmac(self) -> bool {
+        matches!(self, AssertionAlg::HS256 | AssertionAlg::HS512)
+    }
+}
+
+/// `session.cookie_same_site`. `Default` means: send no SameSite attribute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+    Default,
+}
+
+/// `session.storage`. Only `cookie` is implemented; `redis` is parsed to be rejected by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStorage {
+    Cookie,
+    Redis,
+}
+
+// Defaults, one per attribute, named after it.
+const SCOPE: &str = "openid";
+const REALM: &str = "apisix";
+const LOGOUT_PATH: &str = "/logout";
+const TIMEOUT: u64 = 3;
+const INTROSPECTION_EXPIRY_CLAIM: &str = "exp";
+const CLIENT_JWT_ASSERTION_EXPIRES_IN: u64 = 60;
+const ACCESS_TOKEN_EXPIRES_IN: u64 = 3600;
+const IAT_SLACK: u64 = 120;
+const JWK_EXPIRES_IN: u64 = 86_400;
+const DISCOVERY_EXPIRES_IN: u64 = 86_400;
+const INTROSPECTION_NEGATIVE_CACHE_TTL: u64 = 10;
+const AUTHORIZATION_STATE_EXPIRES_IN: u64 = 300;
+const AUTHORIZATION_STATE_MAX_NUMBER: u32 = 10;
+const JWT_VERIFICATION_CACHE_SIZE: usize = 10_000;
+const COOKIE_NAME: &str = "session";
+const COOKIE_PATH: &str = "/";
+const IDLING_TIMEOUT: u64 = 900;
+const ROLLING_TIMEOUT: u64 = 3600;
+const ABSOLUTE_TIMEOUT: u64 = 86_400;
+const COMPRESSION_THRESHOLD: usize = 1024;
+const AUDIENCE_CLAIM: &str = "aud";
+/// lua-resty-session refuses shorter keys; so does APISIX's schema.
+const MIN_SECRET_BYTES: usize = 16;
+
+fn scope() -> String {
+    SCOPE.to_owned()
+}
+fn realm() -> String {
+    REALM.to_owned()
+}
+fn logout_path() -> String {
+    LOGOUT_PATH.to_owned()
+}
+fn timeout() -> u64 {
+    TIMEOUT
+}
+fn introspection_expiry_claim() -> String {
+    INTROSPECTION_EXPIRY_CLAIM.to_owned()
+}
+fn client_jwt_assertion_expires_in() -> u64 {
+    CLIENT_JWT_ASSERTION_EXPIRES_IN
+}
+fn access_token_expires_in() -> u64 {
+    ACCESS_TOKEN_EXPIRES_IN
+}
+fn iat_slack() -> u64 {
+    IAT_SLACK
+}
+fn jwk_expires_in() -> u64 {
+    JWK_EXPIRES_IN
+}
+fn discovery_expires_in() -> u64 {
+    DISCOVERY_EXPIRES_IN
+}
+fn introspection_negative_cache_ttl() -> u64 {
+    INTROSPECTION_NEGATIVE_CACHE_TTL
+}
+fn authorization_state_expires_in() -> u64 {
+    AUTHORIZATION_STATE_EXPIRES_IN
+}
+fn authorization_state_max_number() -> u32 {
+    AUTHORIZATION_STATE_MAX_NUMBER
+}
+fn jwt_verification_cache_size() -> usize {
+    JWT_VERIFICATION_CACHE_SIZE
+}
+fn client_secret_basic() -> AuthMethod {
+    AuthMethod::ClientSecretBasic
+}
+fn unauth_action() -> UnauthAction {
+    UnauthAction::Auth
+}
+fn cookie_name() -> String {
+    COOKIE_NAME.to_owned()
+}
+fn cookie_path() -> String {
+    COOKIE_PATH.to_owned()
+}
+fn cookie_same_site() -> SameSite {
+    SameSite::Lax
+}
+fn session_storage() -> SessionStorage {
+    SessionStorage::Cookie
+}
+fn idling_timeout() -> u64 {
+    IDLING_TIMEOUT
+}
+fn rolling_timeout() -> u64 {
+    ROLLING_TIMEOUT
+}
+fn compression_threshold() -> usize {
+    COMPRESSION_THRESHOLD
+}
+fn audience_claim() -> String {
+    AUDIENCE_CLAIM.to_owned()
+}
+fn yes() -> bool {
+    true
+}
+
+/// The `openid-connect` plugin attributes.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConf {
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    /// `.well-known/openid-configuration` URL. https, or http to a loopback host only.
+    pub discovery: String,
+    #[serde(default = "scope")]
+    pub scope: String,
+    /// Every listed scope must be granted, else 403.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    #[serde(default = "realm")]
+    pub realm: String,
+    #[serde(default)]
+    pub bearer_only: bool,
+    #[serde(default = "logout_path")]
+    pub logout_path: String,
+    pub post_logout_redirect_uri: Option<String>,
+    /// Unset: the request URI plus `/.apisix/redirect`, as APISIX.
+    pub redirect_uri: Option<String>,
+    /// IdP HTTP timeout, seconds (>= 1).
+    #[serde(default = "timeout")]
+    pub timeout: u64,
+    /// APISIX also accepts the string `"no"` here; so do we.
+    #[serde(default = "yes", deserialize_with = "bool_or_yes_no")]
+    pub ssl_verify: bool,
+    pub introspection_endpoint: Option<String>,
+    #[serde(default = "client_secret_basic")]
+    pub introspection_endpoint_auth_method: AuthMethod,
+    /// Cap on the introspection cache TTL, seconds; 0 = the token's own expiry.
+    #[serde(default)]
+    pub introspection_interval: u64,
+    #[serde(default = "introspection_expiry_claim")]
+    pub introspection_expiry_claim: String,
+    /// Client request headers copied onto the introspection call.
+    #[serde(default)]
+    pub introspection_addon_headers: Vec<String>,
+    #[serde(default = "client_secret_basic")]
+    pub token_endpoint_auth_method: AuthMethod,
+    /// PEM public key for local JWT verification.
+    pub public_key: Option<String>,
+    #[serde(default)]
+    pub use_jwks: bool,
+    /// The one expected JWT `alg` (a string, as in APISIX).
+    pub token_signing_alg_values_expected: Option<String>,
+    #[serde(default)]
+    pub use_pkce: bool,
+    /// Accepted only when not enabled.
+    #[serde(default)]
+    pub par: Option<ParConf>,
+    /// Accepted only when not enabled.
+    #[serde(default)]
+    pub dpop: Option<DpopConf>,
+    #[serde(default = "yes")]
+    pub set_access_token_header: bool,
+    #[serde(default)]
+    pub access_token_in_authorization_header: bool,
+    #[serde(default = "yes")]
+    pub set_id_token_header: bool,
+    #[serde(default)]
+    pub set_raw_id_token_header: bool,
+    #[serde(default = "yes")]
+    pub set_userinfo_header: bool,
+    #[serde(default)]
+    pub set_refresh_token_header: bool,
+    #[serde(default)]
+    pub session: SessionConf,
+    #[serde(default)]
+    pub claim_validator: ClaimValidator,
+    /// A JSON Schema, kept as a value for the validator to compile.
+    pub claim_schema: Option<serde_json::Value>,
+    #[serde(default = "unauth_action")]
+    pub unauth_action: UnauthAction,
+    /// shardgate: what an API-shaped request (`Accept: application/json` without `text/html`, or
+    /// `X-Requested-With`) gets without credentials. Unset: `deny` when `unauth_action` is
+    /// `auth` (a script cannot follow a redirect to a login page, a 401 it can act on), else the
+    /// same as `unauth_action`. See [`OidcConf::api_unauth_action`].
+    pub api_unauth_action: Option<UnauthAction>,
+    pub proxy_opts: Option<ProxyOpts>,
+    /// Extra authorization-request parameters; they override the defaults.
+    #[serde(default)]
+    pub authorization_params: BTreeMap<String, String>,
+    pub client_rsa_private_key: Option<Secret>,
+    pub client_rsa_private_key_id: Option<String>,
+    #[serde(default = "client_jwt_assertion_expires_in")]
+    pub client_jwt_assertion_expires_in: u64,
+    /// Unset: RS256 for `private_key_jwt`, HS256 for `client_secret_jwt` (lua-resty-openidc).
+    pub client_jwt_assertion_alg: Option<AssertionAlg>,
+    /// Unset: the endpoint URL.
+    pub client_jwt_assertion_audience: Option<String>,
+    #[serde(default = "yes")]
+    pub renew_access_token_on_expiry: bool,
+    /// Assumed access-token lifetime when the token response has no `expires_in`.
+    #[serde(default = "access_token_expires_in")]
+    pub access_token_expires_in: u64,
+    pub refresh_session_interval: Option<u64>,
+    #[serde(default = "iat_slack")]
+    pub iat_slack: u64,
+    #[serde(default)]
+    pub accept_none_alg: bool,
+    /// APISIX defaults this to `true`, which accepts ID tokens with an alg it cannot verify
+    /// *without checking the signature*. shardgate defaults to `false`.
+    #[serde(default)]
+    pub accept_unsupported_alg: bool,
+    #[serde(default)]
+    pub access_token_expires_leeway: u64,
+    #[serde(default)]
+    pub force_reauthorize: bool,
+    #[serde(default)]
+    pub use_nonce: bool,
+    #[serde(default)]
+    pub revoke_tokens_on_logout: bool,
+    #[serde(default = "jwk_expires_in")]
+    pub jwk_expires_in: u64,
+    #[serde(default)]
+    pub jwt_verification_cache_ignore: bool,
+    pub cache_segment: Option<String>,
+    /// Unset: everything is stored in the session.
+    pub session_contents: Option<SessionContents>,
+
+    // lua-resty-openidc pass-through options that shardgate implements.
+    #[serde(default = "discovery_expires_in")]
+    pub discovery_expires_in: u64,
+    /// lua-resty-openidc defaults this to `false`; shardgate caches inactive answers by default
+    /// (for `introspection_negative_cache_ttl`) so a flood of bad tokens is not a flood of IdP calls.
+    #[serde(default = "yes")]
+    pub introspection_enable_negative_cache: bool,
+    /// shardgate: seconds an inactive introspection answer stays cached.
+    #[serde(default = "introspection_negative_cache_ttl")]
+    pub introspection_negative_cache_ttl: u64,
+    #[serde(default)]
+    pub introspection_cache_ignore: bool,
+    #[serde(default = "authorization_state_expires_in")]
+    pub authorization_state_expires_in: u64,
+    #[serde(default = "authorization_state_max_number")]
+    pub authorization_state_max_number: u32,
+    /// Key for HS* bearer JWT verification.
+    pub symmetric_key: Option<Secret>,
+    /// shardgate: entries in each shard's verified-token cache.
+    #[serde(default = "jwt_verification_cache_size")]
+    pub jwt_verification_cache_size: usize,
+    /// shardgate: remove the client's `Authorization` header (and the session cookie) before
+    /// proxying (apache/apisix#13279).
+    #[serde(default)]
+    pub hide_credentials: bool,
+
+    // Parsed only to be rejected by name in `check`.
+    #[serde(default)]
+    response_mode: Option<IgnoredAny>,
+    #[serde(default)]
+    prompt: Option<IgnoredAny>,
+    #[serde(default)]
+    display: Option<IgnoredAny>,
+    #[serde(default)]
+    redirect_uri_scheme: Option<IgnoredAny>,
+    #[serde(default)]
+    redirect_uri_path: Option<IgnoredAny>,
+    #[serde(default)]
+    redirect_after_logout_uri: Option<IgnoredAny>,
+    #[serde(default)]
+    redirect_after_logout_with_id_token_hint: Option<IgnoredAny>,
+    #[serde(default)]
+    introspection_params: Option<IgnoredAny>,
+    #[serde(default)]
+    introspection_token_param_name: Option<IgnoredAny>,
+    #[serde(default)]
+    introspection_lock_timeout: Option<IgnoredAny>,
+    #[serde(default)]
+    introspection_lock_exptime: Option<IgnoredAny>,
+    #[serde(default)]
+    auth_accept_token_as: Option<IgnoredAny>,
+    #[serde(default)]
+    auth_accept_token_as_header_name: Option<IgnoredAny>,
+    #[serde(default)]
+    pass_cookies: Option<IgnoredAny>,
+    #[serde(default)]
+    keepalive: Option<IgnoredAny>,
+    #[serde(default)]
+    http_version: Option<IgnoredAny>,
+    #[serde(default)]
+    lifecycle: Option<IgnoredAny>,
+    #[serde(default)]
+    use_par: Option<IgnoredAny>,
+    #[serde(default)]
+    use_dpop: Option<IgnoredAny>,
+    #[serde(default, rename = "_meta")]
+    meta: Option<IgnoredAny>,
+}
+
+/// RFC 9126 Pushed Authorization Requests: not implemented; accepted only while disabled.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParConf {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, rename = "endpoint")]
+    _endpoint: Option<IgnoredAny>,
+    #[serde(default, rename = "endpoint_auth_method")]
+    _endpoint_auth_method: Option<IgnoredAny>,
+}
+
+/// RFC 9449 DPoP as a client: not implemented; accepted only while disabled.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpopConf {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default, rename = "signing_alg")]
+    _signing_alg: Option<IgnoredAny>,
+    #[serde(default, rename = "private_key")]
+    _private_key: Option<IgnoredAny>,
+    #[serde(default, rename = "public_jwk")]
+    _public_jwk: Option<IgnoredAny>,
+}
+
+/// Session cookie settings (lua-resty-session names and defaults).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "SessionFile")]
+pub struct SessionConf {
+    /// At least 16 bytes; required unless `bearer_only`.
+    pub secret: Option<Secret>,
+    /// shardgate: previous secrets still accepted when opening a cookie, so a rotation does not
+    /// log everyone out. New cookies are always sealed with `secret`.
+    pub secret_fallbacks: Vec<Secret>,
+    pub cookie_name: String,
+    pub cookie_path: String,
+    pub cookie_domain: Option<String>,
+    /// lua-resty-session leaves `Secure` off unless asked; shardgate sets it by default.
+    pub cookie_secure: bool,
+    pub cookie_http_only: bool,
+    pub cookie_same_site: SameSite,
+    /// Seconds; 0 disables the timeout (as lua-resty-session).
+    pub idling_timeout: u64,
+    pub rolling_timeout: u64,
+    /// Also set by the deprecated `session.cookie.lifetime`.
+    pub absolute_timeout: u64,
+    pub storage: SessionStorage,
+    /// shardgate: session payloads larger than this many bytes are deflated before sealing.
+    pub compression_threshold: usize,
+    redis: bool,
+}
+
+impl Default for SessionConf {
+    fn default() -> Self {
+        SessionConf {
+            secret: None,
+            secret_fallbacks: Vec::new(),
+            cookie_name: cookie_name(),
+            cookie_path: cookie_path(),
+            cookie_domain: None,
+            cookie_secure: true,
+            cookie_http_only: true,
+            cookie_same_site: cookie_same_site(),
+            idling_timeout: IDLING_TIMEOUT,
+            rolling_timeout: ROLLING_TIMEOUT,
+            absolute_timeout: ABSOLUTE_TIMEOUT,
+            storage: SessionStorage::Cookie,
+            compression_threshold: COMPRESSION_THRESHOLD,
+            redis: false,
+        }
+    }
+}
+
+impl SessionConf {
+    pub fn idling_timeout(&self) -> Duration {
+        Duration::from_secs(self.idling_timeout)
+    }
+    pub fn rolling_timeout(&self) -> Duration {
+        Duration::from_secs(self.rolling_timeout)
+    }
+    pub fn absolute_timeout(&self) -> Duration {
+        Duration::from_secs(self.absolute_timeout)
+    }
+}
+
+/// The file shape of `session`, before the deprecated alias is folded in.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionFile {
+    secret: Option<Secret>,
+    #[serde(default)]
+    secret_fallbacks: Vec<Secret>,
+    #[serde(default = "cookie_name")]
+    cookie_name: String,
+    #[serde(default = "cookie_path")]
+    cookie_path: String,
+    cookie_domain: Option<String>,
+    #[serde(default = "yes")]
+    cookie_secure: bool,
+    #[serde(default = "yes")]
+    cookie_http_only: bool,
+    #[serde(default = "cookie_same_site")]
+    cookie_same_site: SameSite,
+    #[serde(default = "idling_timeout")]
+    idling_timeout: u64,
+    #[serde(default = "rolling_timeout")]
+    rolling_timeout: u64,
+    absolute_timeout: Option<u64>,
+    cookie: Option<LegacyCookie>,
+    #[serde(default = "session_storage")]
+    storage: SessionStorage,
+    #[serde(default = "compression_threshold")]
+    compression_threshold: usize,
+    #[serde(default)]
+    redis: Option<IgnoredAny>,
+}
+
+/// APISIX 2.x `session.cookie.lifetime`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LegacyCookie {
+    lifetime: u64,
+}
+
+impl TryFrom<SessionFile> for SessionConf {
+    type Error = String;
+
+    fn try_from(file: SessionFile) -> Result<Self, String> {
+        let absolute_timeout = match (file.absolute_timeout, file.cookie) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "set `absolute_timeout` or the deprecated `cookie.lifetime`, not both"
+                        .to_owned(),
+                );
+            }
+            (Some(t), None) => t,
+            (None, Some(legacy)) => legacy.lifetime,
+            (None, None) => ABSOLUTE_TIMEOUT,
+        };
+        Ok(SessionConf {
+            secret: file.secret,
+            secret_fallbacks: file.secret_fallbacks,
+            cookie_name: file.cookie_name,
+            cookie_path: file.cookie_path,
+            cookie_domain: file.cookie_domain,
+            cookie_secure: file.cookie_secure,
+            cookie_http_only: file.cookie_http_only,
+            cookie_same_site: file.cookie_same_site,
+            idling_timeout: file.idling_timeout,
+            rolling_timeout: file.rolling_timeout,
+            absolute_timeout,
+            storage: file.storage,
+            compression_threshold: file.compression_threshold,
+            redis: file.redis.is_some(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimValidator {
+    #[serde(default)]
+    pub issuer: IssuerValidator,
+    #[serde(default)]
+    pub audience: AudienceValidator,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerValidator {
+    /// Unset: the discovery document's `issuer` (fail-closed when discovery is down).
+    #[serde(default)]
+    pub valid_issuers: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceValidator {
+    #[serde(default = "audience_claim")]
+    pub claim: String,
+    #[serde(default)]
+    pub required: bool,
+    /// Implies `required`.
+    #[serde(default)]
+    pub match_with_client_id: bool,
+}
+
+impl Default for AudienceValidator {
+    fn default() -> Self {
+        AudienceValidator {
+            claim: audience_claim(),
+            required: false,
+            match_with_client_id: false,
+        }
+    }
+}
+
+/// `session_contents`: which parts go into the session. Listed-and-true parts are stored.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionContents {
+    #[serde(default)]
+    pub access_token: bool,
+    #[serde(default)]
+    pub id_token: bool,
+    #[serde(default)]
+    pub enc_id_token: bool,
+    #[serde(default)]
+    pub user: bool,
+}
+
+/// Outbound proxy for IdP calls. Parsed and type-checked; the IdP client does not use a proxy
+/// yet, so `check` rejects a proxy URL rather than silently connecting directly.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyOpts {
+    pub http_proxy: Option<String>,
+    pub https_proxy: Option<String>,
+    pub http_proxy_authorization: Option<Secret>,
+    pub https_proxy_authorization: Option<Secret>,
+    pub no_proxy: Option<String>,
+}
+
+/// Private key type, as far as `check` needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyType {
+    Rsa,
+    Ec,
+    Unknown,
+}
+
+impl OidcConf {
+    /// The IdP HTTP timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+
+    /// What API-shaped requests without credentials get (see the field).
+    pub fn api_unauth_action(&self) -> UnauthAction {
+        match (self.api_unauth_action, self.unauth_action) {
+            (Some(action), _) => action,
+            (None, UnauthAction::Auth) => UnauthAction::Deny,
+            (None, other) => other,
+        }
+    }
+
+    /// Whether the bearer branch runs (APISIX: bearer_only, or any token validator configured).
+    pub fn bearer_enabled(&self) -> bool {
+        self.bearer_only
+            || self.introspection_endpoint.is_some()
+            || self.public_key.is_some()
+            || self.use_jwks
+    }
+
+    /// APISIX `check_schema` plus shardgate's own rules. `path` prefixes every problem, e.g.
+    /// `routes[0].plugins.openid-connect`. Returns every problem found, in field order.
+    pub fn check(&self, path: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let at = |field: &str| format!("{path}.{field}");
+
+        for (name, present) in self.unsupported_fields() {
+            if present {
+                out.push(Problem::new(at(name), unsupported(name)));
+            }
+        }
+        if self.par.as_ref().is_some_and(|p| p.enabled) {
+            out.push(Problem::new(at("par.enabled"), unsupported("par")));
+        }
+        if self.dpop.as_ref().is_some_and(|d| d.enabled) {
+            out.push(Problem::new(at("dpop.enabled"), unsupported("dpop")));
+        }
+        if let Some(proxy) = &self.proxy_opts
+            && (proxy.http_proxy.is_some() || proxy.https_proxy.is_some())
+        {
+            out.push(Problem::new(
+                at("proxy_opts"),
+                "APISIX attribute `proxy_opts` is not supported by shardgate yet (IdP calls \
+                 are made directly)",
+            ));
+        }
+
+        if self.client_id.is_empty() {
+            out.push(Problem::new(at("client_id"), "must not be empty"));
+        }
+        if let Err(message) = check_discovery_url(&self.discovery) {
+            out.push(Problem::new(at("discovery"), message));
+        }
+        if self.client_secret.is_none() && self.client_secret_required() {
+            out.push(Problem::new(
+                at("client_secret"),
+                "required unless bearer_only with public_key/use_jwks, or private_key_jwt, or \
+                 use_pkce",
+            ));
+        }
+        if self.timeout < 1 {
+            out.push(Problem::new(at("timeout"), "must be at least 1 (seconds)"));
+        }
+        for (name, value) in [
+            ("jwk_expires_in", self.jwk_expires_in),
+            ("discovery_expires_in", self.discovery_expires_in),
+            (
+                "authorization_state_expires_in",
+                self.authorization_state_expires_in,
+            ),
+            (
+                "client_jwt_assertion_expires_in",
+                self.client_jwt_assertion_expires_in,
+            ),
+            ("access_token_expires_in", self.access_token_expires_in),
+        ] {
+            if value < 1 {
+                out.push(Problem::new(at(name), "must be at least 1 (seconds)"));
+            }
+        }
+        if self.authorization_state_max_number < 1 {
+            out.push(Problem::new(
+                at("authorization_state_max_number"),
+                "must be at least 1",
+            ));
+        }
+        if self.introspection_enable_negative_cache && self.introspection_negative_cache_ttl < 1 {
+            out.push(Problem::new(
+                at("introspection_negative_cache_ttl"),
+                "must be at least 1 (seconds) while introspection_enable_negative_cache is on",
+            ));
+        }
+        if self.jwt_verification_cache_size < 1 {
+            out.push(Problem::new(
+                at("jwt_verification_cache_size"),
+                "must be at least 1",
+            ));
+        }
+        if self.scope.split(' ').all(|s| s != "openid") && !self.bearer_only {
+            out.push(Problem::new(
+                at("scope"),
+                "must include `openid` for the login flow",
+            ));
+        }
+        if !self.logout_path.starts_with('/') {
+            out.push(Problem::new(at("logout_path"), "must start with `/`"));
+        }
+        for (name, value) in [
+            ("redirect_uri", &self.redirect_uri),
+            ("post_logout_redirect_uri", &self.post_logout_redirect_uri),
+        ] {
+            if let Some(uri) = value
+                && !(uri.starts_with('/') || parse_http_url(uri).is_some())
+            {
+                out.push(Problem::new(
+                    at(name),
+                    "must be an http(s) URL or a path starting with `/`",
+                ));
+            }
+        }
+        if let Some(endpoint) = &self.introspection_endpoint
+            && parse_http_url(endpoint).is_none()
+        {
+            out.push(Problem::new(
+                at("introspection_endpoint"),
+                "must be an http(s) URL",
+            ));
+        }
+        for (i, header) in self.introspection_addon_headers.iter().enumerate() {
+            if header.is_empty() || header.contains(':') {
+                out.push(Problem::new(
+                    format!("{path}.introspection_addon_headers[{i}]"),
+                    "must be a header name (non-empty, no `:`)",
+                ));
+            }
+        }
+        if let Some(pem) = &self.public_key
+            && !pem.contains("-----BEGIN")
+        {
+            out.push(Problem::new(at("public_key"), "must be a PEM public key"));
+        }
+        if let Some(key) = &self.symmetric_key
+            && key.expose().is_empty()
+        {
+            out.push(Problem::new(at("symmetric_key"), "must not be empty"));
+        }
+        self.check_client_assertion(path, &mut out);
+        self.check_session(path, &mut out);
+        if let Some(schema) = &self.claim_schema
+            && !schema.is_object()
+        {
+            out.push(Problem::new(
+                at("claim_schema"),
+                "must be a JSON Schema object",
+            ));
+        }
+        out
+    }
+
+    fn unsupported_fields(&self) -> [(&'static str, bool); 20] {
+        [
+            ("response_mode", self.response_mode.is_some()),
+            ("prompt", self.prompt.is_some()),
+            ("display", self.display.is_some()),
+            ("redirect_uri_scheme", self.redirect_uri_scheme.is_some()),
+            ("redirect_uri_path", self.redirect_uri_path.is_some()),
+            (
+                "redirect_after_logout_uri",
+                self.redirect_after_logout_uri.is_some(),
+            ),
+            (
+                "redirect_after_logout_with_id_token_hint",
+                self.redirect_after_logout_with_id_token_hint.is_some(),
+            ),
+            ("introspection_params", self.introspection_params.is_some()),
+            (
+                "introspection_token_param_name",
+                self.introspection_token_param_name.is_some(),
+            ),
+            (
+                "introspection_lock_timeout",
+                self.introspection_lock_timeout.is_some(),
+            ),
+            (
+                "introspection_lock_exptime",
+                self.introspection_lock_exptime.is_some(),
+            ),
+            ("auth_accept_token_as", self.auth_accept_token_as.is_some()),
+            (
+                "auth_accept_token_as_header_name",
+                self.auth_accept_token_as_header_name.is_some(),
+            ),
+            ("pass_cookies", self.pass_cookies.is_some()),
+            ("keepalive", self.keepalive.is_some()),
+            ("http_version", self.http_version.is_some()),
+            ("lifecycle", self.lifecycle.is_some()),
+            ("use_par", self.use_par.is_some()),
+            ("use_dpop", self.use_dpop.is_some()),
+            ("_meta", self.meta.is_some()),
+        ]
+    }
+
+    /// APISIX `check_schema`: who may go without a client secret.
+    fn client_secret_required(&self) -> bool {
+        if self.bearer_only {
+            !(self.public_key.is_some()
+                || self.use_jwks
+                || self.introspection_endpoint_auth_method == AuthMethod::PrivateKeyJwt)
+        } else {
+            !(self.token_endpoint_auth_method == AuthMethod::PrivateKeyJwt || self.use_pkce)
+        }
+    }
+
+    fn check_client_assertion(&self, path: &str, out: &mut Vec<Problem>) {
+        let pkjwt = self.token_endpoint_auth_method == AuthMethod::PrivateKeyJwt
+            || self.introspection_endpoint_auth_method == AuthMethod::PrivateKeyJwt;
+        let csjwt = self.token_endpoint_auth_method == AuthMethod::ClientSecretJwt
+            || self.introspection_endpoint_auth_method == AuthMethod::ClientSecretJwt;
+        let key_type = self
+            .client_rsa_private_key
+            .as_ref()
+            .map(|k| private_key_type(k.expose()));
+        if pkjwt && key_type.is_none() {
+            out.push(Problem::new(
+                format!("{path}.client_rsa_private_key"),
+                "required by private_key_jwt",
+            ));
+        }
+        if key_type == Some(KeyType::Unknown) {
+            out.push(Problem::new(
+                format!("{path}.client_rsa_private_key"),
+                "must be a PEM RSA or EC private key",
+            ));
+        }
+        if csjwt && self.client_secret.is_none() {
+            out.push(Problem::new(
+                format!("{path}.client_secret"),
+                "required by client_secret_jwt",
+            ));
+        }
+        let Some(alg) = self.client_jwt_assertion_alg else {
+            return;
+        };
+        let alg_path = format!("{path}.client_jwt_assertion_alg");
+        let want = match alg {
+            AssertionAlg::RS256 | AssertionAlg::RS512 => Some(KeyType::Rsa),
+            AssertionAlg::ES256 | AssertionAlg::ES512 => Some(KeyType::Ec),
+            AssertionAlg::HS256 | AssertionAlg::HS512 => None,
+        };
+        if alg.is_hmac() {
+            if pkjwt && !csjwt {
+                out.push(Problem::new(
+                    alg_path,
+                    format!("{alg:?} cannot sign private_key_jwt"),
+                ));
+            }
+        } else if csjwt && !pkjwt {
+            out.push(Problem::new(
+                alg_path,
+                format!("{alg:?} cannot sign client_secret_jwt"),
+            ));
+        } else if let (Some(want), Some(have)) = (want, key_type)
+            && have != KeyType::Unknown
+            && have != want
+        {
+            out.push(Problem::new(
+                alg_path,
+                format!("{alg:?} does not match the {have:?} key in client_rsa_private_key"),
+            ));
+        }
+    }
+
+    fn check_session(&self, path: &str, out: &mut Vec<Problem>) {
+        let s = &self.session;
+        let at = |field: &str| format!("{path}.session.{field}");
+        match &s.secret {
+            None if !self.bearer_only => {
+                out.push(Problem::new(at("secret"), "required unless bearer_only"));
+            }
+            Some(secret) if secret.expose().len() < MIN_SECRET_BYTES => {
+                out.push(Problem::new(
+                    at("secret"),
+                    format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                ));
+            }
+            _ => {}
+        }
+        for (i, secret) in s.secret_fallbacks.iter().enumerate() {
+            if secret.expose().len() < MIN_SECRET_BYTES {
+                out.push(Problem::new(
+                    format!("{path}.session.secret_fallbacks[{i}]"),
+                    format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                ));
+            }
+        }
+        if s.storage == SessionStorage::Redis {
+            out.push(Problem::new(
+                at("storage"),
+                "`redis` is not supported by shardgate (use `cookie`)",
+            ));
+        }
+        if s.redis {
+            out.push(Problem::new(at("redis"), unsupported("session.redis")));
+        }
+        if s.cookie_name.is_empty() || !s.cookie_name.bytes().all(is_cookie_name_byte) {
+            out.push(Problem::new(
+                at("cookie_name"),
+                "must be a valid cookie name",
+            ));
+        }
+        if !s.cookie_path.starts_with('/') {
+            out.push(Problem::new(at("cookie_path"), "must start with `/`"));
+        }
+        if s.cookie_same_site == SameSite::None && !s.cookie_secure {
+            out.push(Problem::new(
+                at("cookie_same_site"),
+                "`None` requires cookie_secure: true (browsers drop it otherwise)",
+            ));
+        }
+    }
+}
+
+fn unsupported(name: &str) -> String {
+    format!("APISIX attribute `{name}` is not supported by shardgate")
+}
+
+/// RFC 6265 token characters.
+fn is_cookie_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `discovery` must be https; plain http only to a loopback host (test IdPs, sidecars).
+fn check_discovery_url(url: &str) -> Result<(), String> {
+    let Some((https, host)) = parse_http_url(url) else {
+        return Err("must be an http(s) URL".to_owned());
+    };
+    if https || is_loopback_host(host) {
+        Ok(())
+    } else {
+        Err("must use https (plain http is allowed only for loopback hosts)".to_owned())
+    }
+}
+
+/// `(is_https, host)` of an absolute http(s) URL, or None.
+fn parse_http_url(url: &str) -> Option<(bool, &str)> {
+    let (https, rest) = if let Some(rest) = strip_prefix_ignore_case(url, "https://") {
+        (true, rest)
+    } else {
+        (false, strip_prefix_ignore_case(url, "http://")?)
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split_once(']')?.0
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    (!host.is_empty()).then_some((https, host))
+}
+
+fn strip_prefix_ignore_case<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// RSA or EC, from the PEM label or, for PKCS#8, the algorithm OID in the DER.
+fn private_key_type(pem: &str) -> KeyType {
+    if pem.contains("BEGIN RSA PRIVATE KEY") {
+        return KeyType::Rsa;
+    }
+    if pem.contains("BEGIN EC PRIVATE KEY") {
+        return KeyType::Ec;
+    }
+    let Some(body) = pem_body(pem, "PRIVATE KEY") else {
+        return KeyType::Unknown;
+    };
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) else {
+        return KeyType::Unknown;
+    };
+    // rsaEncryption 1.2.840.113549.1.1.1 and id-ecPublicKey 1.2.840.10045.2.1.
+    const RSA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    const EC_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    // The AlgorithmIdentifier sits in the first few dozen bytes of a PKCS#8 structure.
+    let head = &der[..der.len().min(48)];
+    if head.windows(RSA_OID.len()).any(|w| w == RSA_OID) {
+        KeyType::Rsa
+    } else if head.windows(EC_OID.len()).any(|w| w == EC_OID) {
+        KeyType::Ec
+    } else {
+        KeyType::Unknown
+    }
+}
+
+/// The base64 body between `-----BEGIN <label>-----` and `-----END <label>-----`, whitespace removed.
+fn pem_body(pem: &str, label: &str) -> Option<String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)? + begin.len();
+    let stop = start + pem[start..].find(&end)?;
+    Some(
+        pem[start..stop]
+            .chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect(),
+    )
+}
+
+/// `ssl_verify`: a boolean, or APISIX's legacy `"no"` / `"yes"`.
+fn bool_or_yes_no<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a boolean (or \"yes\"/\"no\")")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+            Ok(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+            match v {
+                "yes" => Ok(true),
+                "no" => Ok(false),
+                _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+            }
+        }
+    }
+    d.deserialize_any(V)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> OidcConf {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn minimal() -> serde_json::Value {
+        json!({
+            "client_id": "gw",
+            "client_secret": "s3cret",
+            "discovery": "https://idp.example.com/.well-known/openid-configuration",
+            "session": { "secret": "0123456789abcdef" }
+        })
+    }
+
+    fn messages(conf: &OidcConf) -> Vec<String> {
+        conf.check("p").iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_follow_apisix_except_the_unsafe_ones() {
+        let c = parse(minimal());
+        assert_eq!(c.scope, "openid");
+        assert_eq!(c.realm, "apisix");
+        assert!(!c.bearer_only);
+        assert_eq!(c.logout_path, "/logout");
+        assert_eq!(c.timeout, 3);
+        assert_eq!(c.timeout(), Duration::from_secs(3));
+        assert!(c.ssl_verify);
+        assert_eq!(
+            c.introspection_endpoint_auth_method,
+            AuthMethod::ClientSecretBasic
+        );
+        assert_eq!(c.token_endpoint_auth_method, AuthMethod::ClientSecretBasic);
+        assert_eq!(c.introspection_interval, 0);
+        assert_eq!(c.introspection_expiry_claim, "exp");
+        assert!(c.set_access_token_header && c.set_id_token_header && c.set_userinfo_header);
+        assert!(!c.access_token_in_authorization_header);
+        assert!(!c.set_raw_id_token_header && !c.set_refresh_token_header);
+        assert_eq!(c.unauth_action, UnauthAction::Auth);
+        assert_eq!(c.api_unauth_action(), UnauthAction::Deny);
+        assert_eq!(c.client_jwt_assertion_expires_in, 60);
+        assert!(c.renew_access_token_on_expiry);
+        assert_eq!(c.access_token_expires_in, 3600);
+        assert_eq!(c.iat_slack, 120);
+        assert!(!c.accept_none_alg);
+        assert!(!c.accept_unsupported_alg, "safe default, unlike APISIX");
+        assert_eq!(c.access_token_expires_leeway, 0);
+        assert!(!c.force_reauthorize && !c.use_nonce && !c.revoke_tokens_on_logout);
+        assert_eq!(c.jwk_expires_in, 86_400);
+        assert!(!c.jwt_verification_cache_ignore);
+        assert_eq!(c.discovery_expires_in, 86_400);
+        assert!(c.introspection_enable_negative_cache);
+        assert_eq!(c.introspection_negative_cache_ttl, 10);
+        assert!(!c.introspection_cache_ignore);
+        assert_eq!(c.authorization_state_expires_in, 300);
+        assert_eq!(c.authorization_state_max_number, 10);
+        assert_eq!(c.jwt_verification_cache_size, 10_000);
+        assert!(!c.hide_credentials);
+        assert!(c.session_contents.is_none());
+        assert!(!c.bearer_enabled());
+        let s = &c.session;
+        assert_eq!(s.cookie_name, "session");
+        assert_eq!(s.cookie_path, "/");
+        assert!(s.cookie_secure, "safe default, unlike lua-resty-session");
+        assert!(s.cookie_http_only);
+        assert_eq!(s.cookie_same_site, SameSite::Lax);
+        assert_eq!(
+            (s.idling_timeout, s.rolling_timeout, s.absolute_timeout),
+            (900, 3600, 86_400)
+        );
+        assert_eq!(s.storage, SessionStorage::Cookie);
+        assert_eq!(s.compression_threshold, 1024);
+        assert_eq!(c.claim_validator.audience.claim, "aud");
+        assert!(!c.claim_validator.audience.required);
+        assert!(c.check("p").is_empty(), "{:?}", c.check("p"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let c = parse(minimal());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"));
+        assert!(!dbg.contains("0123456789abcdef"));
+        assert!(dbg.contains("<redacted>"));
+    }
+
+    #[test]
+    fn short_session_secret_is_rejected_unless_bearer_only() {
+        let mut v = minimal();
+        v["session"]["secret"] = json!("short");
+        assert_eq!(
+            messages(&parse(v.clone())),
+            ["p.session.secret: must be at least 16 bytes"]
+        );
+        v["session"] = json!({});
+        assert_eq!(
+            messages(&parse(v.clone())),
+            ["p.session.secret: required unless bearer_only"]
+        );
+        v["bearer_only"] = json!(true);
+        assert!(messages(&parse(v)).is_empty());
+    }
+
+    #[test]
+    fn client_secret_requirement_follows_check_schema() {
+        let mut v = minimal();
+        v.as_object_mut().unwrap().remove("client_secret");
+        assert!(messages(&parse(v.clone()))[0].starts_with("p.client_secret: required"));
+        v["use_pkce"] = json!(true);
+        assert!(messages(&parse(v.clone())).is_empty());
+        let mut b = minimal();
+        b.as_object_mut().unwrap().remove("client_secret");
+        b["bearer_only"] = json!(true);
+        assert_eq!(messages(&parse(b.clone())).len(), 1);
+        b["use_jwks"] = json!(true);
+        assert!(messages(&parse(b)).is_empty());
+    }
+
+    #[test]
+    fn discovery_must_be_https_except_loopback() {
+        for (url, ok) in [
+            (
+                "https://idp.example.com/.well-known/openid-configuration",
+                true,
+            ),
+            (
+                "http://127.0.0.1:9000/.well-known/openid-configuration",
+                true,
+            ),
+            ("http://localhost/.well-known/openid-configuration", true),
+            ("http://[::1]:8080/x", true),
+            (
+                "http://idp.example.com/.well-known/openid-configuration",
+                false,
+            ),
+            ("ftp://idp", false),
+            ("idp.example.com", false),
+        ] {
+            let mut v = minimal();
+            v["discovery"] = json!(url);
+            assert_eq!(messages(&parse(v)).is_empty(), ok, "{url}");
+        }
+    }
+
+    #[test]
+    fn timeout_must_be_at_least_one() {
+        let mut v = minimal();
+        v["timeout"] = json!(0);
+        assert_eq!(
+            messages(&parse(v)),
+            ["p.timeout: must be at least 1 (seconds)"]
+        );
+    }
+
+    #[test]
+    fn unimplemented_options_are_named() {
+        let mut v = minimal();
+        v["response_mode"] = json!("form_post");
+        v["pass_cookies"] = json!("a b");
+        v["par"] = json!({ "enabled": true });
+        v["dpop"] = json!({ "enabled": false, "signing_alg": "ES256" });
+        v["session"]["storage"] = json!("redis");
+        v["session"]["redis"] = json!({ "host": "127.0.0.1" });
+        let got = messages(&parse(v));
+        assert_eq!(
+            got,
+            [
+                "p.response_mode: APISIX attribute `response_mode` is not supported by shardgate",
+                "p.pass_cookies: APISIX attribute `pass_cookies` is not supported by shardgate",
+                "p.par.enabled: APISIX attribute `par` is not supported by shardgate",
+                "p.session.storage: `redis` is not supported by shardgate (use `cookie`)",
+                "p.session.redis: APISIX attribute `session.redis` is not supported by shardgate",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_type_errors() {
+        let mut v = minimal();
+        v["client_secrte"] = json!("x");
+        let err = serde_json::from_value::<OidcConf>(v)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `client_secrte`"), "{err}");
+    }
+
+    #[test]
+    fn deprecated_cookie_lifetime_maps_to_absolute_timeout() {
+        let mut v = minimal();
+        v["session"]["cookie"] = json!({ "lifetime": 7200 });
+        assert_eq!(parse(v.clone()).session.absolute_timeout, 7200);
+        v["session"]["absolute_timeout"] = json!(60);
+        assert!(serde_json::from_value::<OidcConf>(v).is_err());
+    }
+
+    #[test]
+    fn ssl_verify_accepts_legacy_no() {
+        let mut v = minimal();
+        v["ssl_verify"] = json!("no");
+        assert!(!parse(v.clone()).ssl_verify);
+        v["ssl_verify"] = json!("maybe");
+        assert!(serde_json::from_value::<OidcConf>(v).is_err());
+    }
+
+    const RSA_PKCS8: &str = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEA\n-----END PRIVATE KEY-----";
+    const EC_PKCS8: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----";
+
+    #[test]
+    fn assertion_alg_must_match_key_type() {
+        assert_eq!(private_key_type(RSA_PKCS8), KeyType::Rsa);
+        assert_eq!(private_key_type(EC_PKCS8), KeyType::Ec);
+        let mut v = minimal();
+        v["token_endpoint_auth_method"] = json!("private_key_jwt");
+        assert_eq!(
+            messages(&parse(v.clone())),
+            ["p.client_rsa_private_key: required by private_key_jwt"]
+        );
+        v["client_rsa_private_key"] = json!(RSA_PKCS8);
+        v["client_jwt_assertion_alg"] = json!("ES256");
+        assert_eq!(
+            messages(&parse(v.clone())),
+            [
+                "p.client_jwt_assertion_alg: ES256 does not match the Rsa key in client_rsa_private_key"
+            ]
+        );
+        v["client_jwt_assertion_alg"] = json!("RS256");
+        assert!(messages(&parse(v.clone())).is_empty());
+        v["client_jwt_assertion_alg"] = json!("HS256");
+        assert_eq!(
+            messages(&parse(v)),
+            ["p.client_jwt_assertion_alg: HS256 cannot sign private_key_jwt"]
+        );
+    }
+
+    #[test]
+    fn same_site_none_needs_secure_and_header_names_are_checked() {
+        let mut v = minimal();
+        v["session"]["cookie_same_site"] = json!("None");
+        v["session"]["cookie_secure"] = json!(false);
+        v["introspection_addon_headers"] = json!(["X-Ok", "Bad:Name"]);
+        assert_eq!(
+            messages(&parse(v)),
+            [
+                "p.introspection_addon_headers[1]: must be a header name (non-empty, no `:`)",
+                "p.session.cookie_same_site: `None` requires cookie_secure: true (browsers drop it otherwise)",
+            ]
+        );
+    }
+
+    #[test]
+    fn api_unauth_action_follows_unauth_action_unless_set() {
+        let mut v = minimal();
+        v["unauth_action"] = json!("pass");
+        assert_eq!(parse(v.clone()).api_unauth_action(), UnauthAction::Pass);
+        v["api_unauth_action"] = json!("auth");
+        assert_eq!(parse(v).api_unauth_action(), UnauthAction::Auth);
+    }
+}
