@@ -1,0 +1,1 @@
+//! Tests for the HTTP/1.1 codec.
