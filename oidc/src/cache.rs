@@ -25,10 +25,13 @@ struct Entry<V> {
     seq: u64,
 }
 
+/// Min-heap record: `(expires_at_ms, seq, key)`; stale when `seq` no longer matches the map.
+type HeapRecord = Reverse<(u64, u64, Rc<[u8]>)>;
+
 /// A bounded map from token bytes to `V`, each entry with an absolute expiry in milliseconds.
 pub struct TtlCache<V> {
     map: HashMap<Rc<[u8]>, Entry<V>>,
-    heap: BinaryHeap<Reverse<(u64, u64, Rc<[u8]>)>>,
+    heap: BinaryHeap<HeapRecord>,
     capacity: usize,
     next_seq: u64,
     hits: Cell<u64>,
@@ -193,6 +196,7 @@ impl<V> TtlCache<V> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

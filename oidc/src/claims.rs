@@ -350,6 +350,7 @@ impl CompiledSchema {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -81,13 +81,15 @@ enum Material {
     Ed25519 {
         x: [u8; 32],
     },
-    /// One ring HMAC key per hash, so a verify does not re-derive the padded key.
-    Symmetric {
-        hs256: hmac::Key,
-        hs384: hmac::Key,
-        hs512: hmac::Key,
-        fingerprint: [u8; 32],
-    },
+    Symmetric(Box<SymmetricKeys>),
+}
+
+/// One ring HMAC key per hash, so a verify does not re-derive the padded key.
+struct SymmetricKeys {
+    hs256: hmac::Key,
+    hs384: hmac::Key,
+    hs512: hmac::Key,
+    fingerprint: [u8; 32],
 }
 
 /// One verification key, prepared.
@@ -135,12 +137,12 @@ impl Key {
         Key {
             kid: None,
             alg: None,
-            material: Material::Symmetric {
+            material: Material::Symmetric(Box::new(SymmetricKeys {
                 hs256: hmac::Key::new(hmac::HMAC_SHA256, secret),
                 hs384: hmac::Key::new(hmac::HMAC_SHA384, secret),
                 hs512: hmac::Key::new(hmac::HMAC_SHA512, secret),
                 fingerprint,
-            },
+            })),
         }
     }
 
@@ -169,12 +171,12 @@ impl Key {
             Material::Rsa { .. } => KeyKind::Rsa,
             Material::Ec { curve, .. } => KeyKind::Ec(*curve),
             Material::Ed25519 { .. } => KeyKind::Ed25519,
-            Material::Symmetric { .. } => KeyKind::Symmetric,
+            Material::Symmetric(_) => KeyKind::Symmetric,
         }
     }
 
     pub fn is_symmetric(&self) -> bool {
-        matches!(self.material, Material::Symmetric { .. })
+        matches!(self.material, Material::Symmetric(_))
     }
 
     /// RSA modulus size in bits, for logs.
@@ -193,26 +195,26 @@ impl Key {
             return false;
         }
         use Alg::*;
-        match (&self.material, alg) {
-            (Material::Rsa { .. }, RS256 | RS384 | RS512 | PS256 | PS384 | PS512) => true,
+        matches!(
+            (&self.material, alg),
             (
+                Material::Rsa { .. },
+                RS256 | RS384 | RS512 | PS256 | PS384 | PS512
+            ) | (
                 Material::Ec {
                     curve: EcCurve::P256,
                     ..
                 },
-                ES256,
-            ) => true,
-            (
+                ES256
+            ) | (
                 Material::Ec {
                     curve: EcCurve::P384,
                     ..
                 },
-                ES384,
-            ) => true,
-            (Material::Ed25519 { .. }, EdDSA) => true,
-            (Material::Symmetric { .. }, HS256 | HS384 | HS512) => true,
-            _ => false,
-        }
+                ES384
+            ) | (Material::Ed25519 { .. }, EdDSA)
+                | (Material::Symmetric(_), HS256 | HS384 | HS512)
+        )
     }
 
     /// Checks `signature` over `message`. Callers go through [`crate::jwt::verify_signature`],
@@ -248,16 +250,11 @@ impl Key {
             Material::Ed25519 { x } => signature::UnparsedPublicKey::new(&signature::ED25519, x)
                 .verify(message, sig)
                 .is_ok(),
-            Material::Symmetric {
-                hs256,
-                hs384,
-                hs512,
-                ..
-            } => {
+            Material::Symmetric(keys) => {
                 let key = match alg {
-                    Alg::HS256 => hs256,
-                    Alg::HS384 => hs384,
-                    Alg::HS512 => hs512,
+                    Alg::HS256 => &keys.hs256,
+                    Alg::HS384 => &keys.hs384,
+                    Alg::HS512 => &keys.hs512,
                     _ => return Err(TokenError::KeyAlgMismatch),
                 };
                 // hmac::verify compares in constant time.
@@ -281,7 +278,7 @@ impl Key {
             Material::Ec { point, .. } => ctx.update(point),
             Material::Ed25519 { x } => ctx.update(x),
             // Only a hash of the secret goes into the fingerprint, so it can be logged.
-            Material::Symmetric { fingerprint, .. } => ctx.update(fingerprint),
+            Material::Symmetric(keys) => ctx.update(&keys.fingerprint),
         }
         ctx.update(&[0xff]);
     }
@@ -786,6 +783,7 @@ mod der {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

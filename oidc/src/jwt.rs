@@ -582,6 +582,7 @@ fn raw_signature(alg: Alg, message: &[u8], key: &SigningKey) -> Result<Vec<u8>, 
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::jwk::Key;
