@@ -23,6 +23,7 @@ pub mod client_auth;
 pub mod config;
 pub mod discovery;
 pub mod flow;
+pub mod idp;
 pub mod introspect;
 pub mod jwk;
 pub mod jwt;

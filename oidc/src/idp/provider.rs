@@ -1,0 +1,450 @@
+//! The provider actor: everything about one identity provider that must happen once per process.
+//!
+//! - discovery at start and every `discovery_expires_in`, retried with backoff on failure;
+//! - JWKS at start, every `jwk_expires_in` (or sooner when the IdP's `Cache-Control: max-age` says
+//!   so), and on an unknown `kid`: one refetch, single-flight across every shard, rate-limited,
+//!   with a negative cache for kids that stay unknown;
+//! - introspection single-flight: N shards asking about the same token make one IdP call.
+//!
+//! Each new state is published to every shard as an immutable snapshot ([`ProviderState`]). When
+//! the IdP is down, the last good metadata and keys keep being served.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shardgate_runtime::actor::{Addr, Mailbox, Reply, mailbox};
+use shardgate_runtime::gate::Shutdown;
+use shardgate_runtime::snapshot::Publisher;
+
+use crate::discovery::ProviderMetadata;
+use crate::idp::client::{Client, ClientConfig, IdpError, Response};
+use crate::jwk::KeySet;
+
+/// Where a provider's state stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Discovery (or the first JWKS) has not succeeded yet.
+    Pending(String),
+    Ready,
+}
+
+/// What every shard sees of a provider; replaced wholesale on each change.
+#[derive(Debug)]
+pub struct ProviderState {
+    pub generation: u64,
+    pub status: Status,
+    pub metadata: Option<Arc<ProviderMetadata>>,
+    pub keys: Option<Arc<KeySet>>,
+    /// The last error talking to the IdP, if the last attempt failed (logs, /readyz).
+    pub last_error: Option<String>,
+}
+
+impl ProviderState {
+    fn initial() -> ProviderState {
+        ProviderState {
+            generation: 0,
+            status: Status::Pending("discovery not fetched yet".into()),
+            metadata: None,
+            keys: None,
+            last_error: None,
+        }
+    }
+}
+
+/// The identity of a provider: routes with equal specs share one actor.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProviderSpec {
+    pub discovery_url: String,
+    pub discovery_expires_in: Duration,
+    pub jwk_expires_in: Duration,
+    /// Fetch the JWKS (use_jwks, or ID-token checks in the code flow).
+    pub need_jwks: bool,
+    pub timeout: Duration,
+    pub ssl_verify: bool,
+    pub proxy: Option<(Option<String>, Option<String>, Vec<String>)>,
+}
+
+/// Answer to an unknown-kid request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KidLookup {
+    /// The kid is in the (possibly just refreshed) key set now published.
+    Found,
+    /// Still unknown after a refetch, or a refetch was not allowed yet (rate limit, negative cache).
+    NotFound,
+    /// The IdP could not be reached; the old keys still serve.
+    Unavailable,
+}
+
+/// A prepared IdP request a shard wants made through the actor (single-flight by `key`).
+#[derive(Debug)]
+pub struct SharedCall {
+    pub key: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+pub enum ProviderMsg {
+    UnknownKid { kid: String, reply: Reply<KidLookup> },
+    /// A POST made once for all identical concurrent asks (introspection, refresh).
+    Shared { call: SharedCall, reply: Reply<Result<Arc<Response>, IdpError>> },
+    /// Refetch discovery and JWKS now (tests, admin).
+    Refresh,
+}
+
+/// A cheap, `Send` handle to a provider actor.
+#[derive(Clone)]
+pub struct ProviderHandle {
+    pub spec: Arc<ProviderSpec>,
+    pub addr: Addr<ProviderMsg>,
+    pub state: Arc<Publisher<ProviderState>>,
+    pub counters: Arc<Counters>,
+}
+
+impl ProviderHandle {
+    /// Creates the handle and the mailbox the actor will run on (spawn it with [`run`]).
+    pub fn new(spec: ProviderSpec) -> (ProviderHandle, Mailbox<ProviderMsg>) {
+        let (addr, mb) = mailbox(4096);
+        let handle = ProviderHandle {
+            spec: Arc::new(spec),
+            addr,
+            state: Arc::new(Publisher::new(Arc::new(ProviderState::initial()))),
+            counters: Arc::new(Counters::default()),
+        };
+        (handle, mb)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.state.current().status == Status::Ready
+    }
+}
+
+/// Fetch counters, read by /metrics and by tests (lock-free, control-side only writes).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub discovery_ok: std::sync::atomic::AtomicU64,
+    pub discovery_err: std::sync::atomic::AtomicU64,
+    pub jwks_ok: std::sync::atomic::AtomicU64,
+    pub jwks_err: std::sync::atomic::AtomicU64,
+    pub jwks_forced: std::sync::atomic::AtomicU64,
+    pub kid_rate_limited: std::sync::atomic::AtomicU64,
+    pub shared_calls: std::sync::atomic::AtomicU64,
+    pub shared_coalesced: std::sync::atomic::AtomicU64,
+}
+
+fn inc(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// At most one forced (unknown-kid) JWKS refetch per this interval, per provider.
+pub const FORCED_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Kids still unknown after a refetch are answered NotFound for this long without asking the IdP.
+pub const NEGATIVE_KID_TTL: Duration = Duration::from_secs(60);
+const MIN_JWKS_TTL: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+struct Actor {
+    handle: ProviderHandle,
+    /// Outside any RefCell borrow: requests await while other tasks update the actor state.
+    client: Rc<Client>,
+    metadata: Option<Arc<ProviderMetadata>>,
+    keys: Option<Arc<KeySet>>,
+    generation: u64,
+    last_error: Option<String>,
+    next_discovery: Instant,
+    next_jwks: Instant,
+    backoff: Duration,
+    last_forced: Option<Instant>,
+    negative_kids: HashMap<String, Instant>,
+    kid_waiters: Vec<(String, Reply<KidLookup>)>,
+    forced_pending: bool,
+}
+
+/// Runs the actor until `shutdown`; call on the control thread's runtime.
+pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown: Shutdown) {
+    let spec = handle.spec.clone();
+    let cfg = ClientConfig {
+        timeout: spec.timeout,
+        ssl_verify: spec.ssl_verify,
+        http_proxy: spec.proxy.as_ref().and_then(|p| p.0.clone()),
+        https_proxy: spec.proxy.as_ref().and_then(|p| p.1.clone()),
+        no_proxy: spec.proxy.as_ref().map(|p| p.2.clone()).unwrap_or_default(),
+        ..ClientConfig::default()
+    };
+    let client = match Client::new(cfg) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(discovery = %spec.discovery_url, error = %e, "cannot build the IdP client");
+            return;
+        }
+    };
+    let now = Instant::now();
+    let actor = Rc::new(RefCell::new(Actor {
+        handle,
+        client: Rc::new(client),
+        metadata: None,
+        keys: None,
+        generation: 0,
+        last_error: None,
+        next_discovery: now,
+        next_jwks: now,
+        backoff: Duration::from_millis(500),
+        last_forced: None,
+        negative_kids: HashMap::new(),
+        kid_waiters: Vec::new(),
+        forced_pending: false,
+    }));
+    let inflight: Rc<RefCell<HashMap<String, Vec<Reply<Result<Arc<Response>, IdpError>>>>>> =
+        Rc::new(RefCell::new(HashMap::new()));
+
+    // Periodic discovery/JWKS maintenance runs as its own task so IdP latency never blocks the mailbox.
+    {
+        let actor = actor.clone();
+        let shutdown = shutdown.clone();
+        monoio::spawn(async move {
+            loop {
+                let wake = {
+                    let a = actor.borrow();
+                    a.next_discovery.min(if a.handle.spec.need_jwks { a.next_jwks } else { a.next_discovery })
+                };
+                monoio::select! {
+                    _ = monoio::time::sleep_until(wake.into()) => {}
+                    _ = shutdown.wait() => return,
+                }
+                maintain(&actor, false).await;
+            }
+        });
+    }
+
+    loop {
+        let msg = monoio::select! {
+            m = mailbox.recv() => m,
+            _ = shutdown.wait() => None,
+        };
+        let Some(msg) = msg else { return };
+        match msg {
+            ProviderMsg::Refresh => {
+                {
+                    let mut a = actor.borrow_mut();
+                    a.next_discovery = Instant::now();
+                    a.next_jwks = Instant::now();
+                }
+                let actor = actor.clone();
+                monoio::spawn(async move { maintain(&actor, false).await });
+            }
+            ProviderMsg::UnknownKid { kid, reply } => {
+                let start_fetch = {
+                    let mut a = actor.borrow_mut();
+                    let now = Instant::now();
+                    a.negative_kids.retain(|_, t| now.duration_since(*t) < NEGATIVE_KID_TTL);
+                    if a.keys.as_ref().is_some_and(|k| k.contains_kid(&kid)) {
+                        reply.send(KidLookup::Found);
+                        false
+                    } else if a.negative_kids.contains_key(&kid) {
+                        reply.send(KidLookup::NotFound);
+                        false
+                    } else if a.forced_pending {
+                        // Single flight: join the fetch already running.
+                        a.kid_waiters.push((kid, reply));
+                        false
+                    } else if a.last_forced.is_some_and(|t| now.duration_since(t) < FORCED_REFETCH_INTERVAL) {
+                        inc(&a.handle.counters.kid_rate_limited);
+                        a.negative_kids.insert(kid, now);
+                        reply.send(KidLookup::NotFound);
+                        false
+                    } else {
+                        a.forced_pending = true;
+                        a.last_forced = Some(now);
+                        a.kid_waiters.push((kid, reply));
+                        true
+                    }
+                };
+                if start_fetch {
+                    let actor = actor.clone();
+                    monoio::spawn(async move {
+                        let counters = actor.borrow().handle.counters.clone();
+                        inc(&counters.jwks_forced);
+                        let ok = maintain(&actor, true).await;
+                        let mut a = actor.borrow_mut();
+                        a.forced_pending = false;
+                        let waiters = std::mem::take(&mut a.kid_waiters);
+                        let now = Instant::now();
+                        for (kid, reply) in waiters {
+                            let found = a.keys.as_ref().is_some_and(|k| k.contains_kid(&kid));
+                            if found {
+                                reply.send(KidLookup::Found);
+                            } else if ok {
+                                a.negative_kids.insert(kid, now);
+                                reply.send(KidLookup::NotFound);
+                            } else {
+                                reply.send(KidLookup::Unavailable);
+                            }
+                        }
+                    });
+                }
+            }
+            ProviderMsg::Shared { call, reply } => {
+                let first = {
+                    let mut map = inflight.borrow_mut();
+                    match map.get_mut(&call.key) {
+                        Some(waiters) => {
+                            inc(&actor.borrow().handle.counters.shared_coalesced);
+                            waiters.push(reply);
+                            false
+                        }
+                        None => {
+                            map.insert(call.key.clone(), vec![reply]);
+                            true
+                        }
+                    }
+                };
+                if first {
+                    let actor = actor.clone();
+                    let inflight = inflight.clone();
+                    monoio::spawn(async move {
+                        let counters = actor.borrow().handle.counters.clone();
+                        inc(&counters.shared_calls);
+                        // The client is borrowed across an await: take a clone of what we need first.
+                        let client = actor.borrow().client.clone();
+                        let result = client.post_form(&call.url, &call.headers, &call.body).await;
+                        let result = result.map(Arc::new);
+                        let waiters = inflight.borrow_mut().remove(&call.key).unwrap_or_default();
+                        for w in waiters {
+                            w.send(result.clone());
+                        }
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Refreshes discovery and/or JWKS when due (or now when `force_jwks`). Returns whether the JWKS
+/// fetch (when attempted) succeeded.
+async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
+    let now = Instant::now();
+    let (due_discovery, due_jwks, url) = {
+        let a = actor.borrow();
+        let dd = a.metadata.is_none() || now >= a.next_discovery;
+        let dj = a.handle.spec.need_jwks && (force_jwks || a.keys.is_none() || now >= a.next_jwks);
+        (dd, dj, a.handle.spec.discovery_url.clone())
+    };
+    let mut changed = false;
+    let mut ok = true;
+    if due_discovery {
+        let res = get(actor, &url).await;
+        let mut a = actor.borrow_mut();
+        match res.and_then(|r| {
+            if r.status != 200 {
+                return Err(format!("discovery answered HTTP {}", r.status));
+            }
+            ProviderMetadata::from_json(&r.body, None).map_err(|e| e.to_string())
+        }) {
+            Ok(m) => {
+                inc(&a.handle.counters.discovery_ok);
+                let m = Arc::new(m);
+                if a.metadata.as_deref() != Some(&*m) {
+                    changed = true;
+                    tracing::info!(issuer = %m.issuer, "OIDC discovery loaded");
+                }
+                a.metadata = Some(m);
+                a.next_discovery = Instant::now() + a.handle.spec.discovery_expires_in;
+                a.backoff = Duration::from_millis(500);
+                if a.last_error.take().is_some() {
+                    changed = true;
+                }
+            }
+            Err(e) => {
+                inc(&a.handle.counters.discovery_err);
+                tracing::warn!(discovery = %url, error = %e, retry_in = ?a.backoff, "OIDC discovery failed; keeping the last good metadata");
+                a.next_discovery = Instant::now() + a.backoff;
+                a.backoff = (a.backoff * 2).min(MAX_BACKOFF);
+                a.last_error = Some(e);
+                changed = true;
+                ok = false;
+            }
+        }
+    }
+    let jwks_uri = actor.borrow().metadata.as_ref().and_then(|m| m.jwks_uri.clone());
+    if due_jwks {
+        match jwks_uri {
+            None => {
+                let mut a = actor.borrow_mut();
+                if a.metadata.is_some() {
+                    a.last_error = Some("discovery document has no jwks_uri".into());
+                    changed = true;
+                }
+                ok = false;
+            }
+            Some(uri) => {
+                let res = get(actor, &uri).await;
+                let mut a = actor.borrow_mut();
+                match res.and_then(|r| {
+                    if r.status != 200 {
+                        return Err(format!("jwks_uri answered HTTP {}", r.status));
+                    }
+                    let max_age = r.header("cache-control").and_then(max_age);
+                    KeySet::from_json(&r.body).map(|k| (k, max_age)).map_err(|e| e.to_string())
+                }) {
+                    Ok((keys, max_age)) => {
+                        inc(&a.handle.counters.jwks_ok);
+                        for s in keys.skipped() {
+                            tracing::info!(kid = ?s.kid, reason = s.reason, "JWK skipped");
+                        }
+                        let same = a.keys.as_ref().is_some_and(|k| k.fingerprint() == keys.fingerprint());
+                        if !same {
+                            changed = true;
+                            tracing::info!(jwks = %uri, keys = keys.len(), kids = ?keys.kids().collect::<Vec<_>>(), "JWKS loaded");
+                        }
+                        a.keys = Some(Arc::new(keys));
+                        let ttl = match max_age {
+                            Some(s) => Duration::from_secs(s).min(a.handle.spec.jwk_expires_in),
+                            None => a.handle.spec.jwk_expires_in,
+                        };
+                        a.next_jwks = Instant::now() + ttl.max(MIN_JWKS_TTL);
+                    }
+                    Err(e) => {
+                        inc(&a.handle.counters.jwks_err);
+                        tracing::warn!(jwks = %uri, error = %e, "JWKS fetch failed; the last good keys keep serving");
+                        a.next_jwks = Instant::now() + a.backoff;
+                        a.backoff = (a.backoff * 2).min(MAX_BACKOFF);
+                        a.last_error = Some(e);
+                        changed = true;
+                        ok = false;
+                    }
+                }
+            }
+        }
+    }
+    if changed {
+        let mut a = actor.borrow_mut();
+        a.generation += 1;
+        let ready = a.metadata.is_some() && (!a.handle.spec.need_jwks || a.keys.is_some());
+        let status = if ready {
+            Status::Ready
+        } else {
+            Status::Pending(a.last_error.clone().unwrap_or_else(|| "discovery not fetched yet".into()))
+        };
+        let state = ProviderState {
+            generation: a.generation,
+            status,
+            metadata: a.metadata.clone(),
+            keys: a.keys.clone(),
+            last_error: a.last_error.clone(),
+        };
+        a.handle.state.publish(Arc::new(state));
+    }
+    ok
+}
+
+async fn get(actor: &Rc<RefCell<Actor>>, url: &str) -> Result<Response, String> {
+    let client = actor.borrow().client.clone();
+    client.get(url, &[]).await.map_err(|e| e.to_string())
+}
+
+fn max_age(cache_control: &str) -> Option<u64> {
+    cache_control.split(',').find_map(|d| d.trim().strip_prefix("max-age=").and_then(|v| v.trim().parse().ok()))
+}
