@@ -166,7 +166,7 @@ impl ChunkedDecoder {
         else {
             return Ok(());
         };
-        if phase != LinePhase::Cr {
+        if phase != LinePhase::Cr && b != b'\r' {
             len += 1;
             if len as usize > MAX_CHUNK_LINE {
                 return Err(ParseError::BadChunk("chunk size line too long"));

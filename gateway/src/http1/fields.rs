@@ -270,10 +270,10 @@ pub(crate) fn scan_fields(
                     facts.host = Some(h.value);
                 }
             }
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                if h.value.of(buf).eq_ignore_ascii_case(b"100-continue") {
-                    facts.expect_continue = true;
-                }
+            6 if name.eq_ignore_ascii_case(b"expect")
+                && h.value.of(buf).eq_ignore_ascii_case(b"100-continue") =>
+            {
+                facts.expect_continue = true;
             }
             7 if name.eq_ignore_ascii_case(b"upgrade") => facts.upgrade_header = true,
             10 if name.eq_ignore_ascii_case(b"connection") => {
