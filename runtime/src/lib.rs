@@ -49,3 +49,27 @@ pub use shard::{
 };
 pub use signals::{Signal, block_signals, spawn_signal_thread};
 pub use snapshot::{Local, Publisher, Subscription};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+
+    /// The thread-crossing types must stay `Send`/`Sync`; shard-local ones are `!Send` by design
+    /// (Rc inside), which the compiler enforces wherever they are misused.
+    #[test]
+    fn thread_crossing_types_are_send() {
+        send_sync::<Addr<String>>();
+        send::<Mailbox<String>>();
+        send::<Reply<Vec<u8>>>();
+        send_sync::<Publisher<String>>();
+        send::<Subscription<String>>();
+        send_sync::<Shutdown>();
+        send_sync::<ManualClock>();
+        send_sync::<SystemClock>();
+        send_sync::<Error>();
+        send_sync::<AskError>();
+    }
+}

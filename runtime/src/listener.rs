@@ -11,7 +11,8 @@ use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 use crate::error::Error;
 
 /// Binds a TCP listener with SO_REUSEPORT and SO_REUSEADDR. Call it once per shard per address,
-/// inside that shard's runtime (the listener is registered with the shard's driver).
+/// inside that shard's runtime (the listener is registered with the shard's driver; monoio
+/// panics when there is no current runtime).
 ///
 /// `backlog` is clamped to `i32::MAX`; the kernel further caps it at `net.core.somaxconn`.
 pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {

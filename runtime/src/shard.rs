@@ -221,7 +221,7 @@ pub(crate) fn fallback_reason(err: &Error) -> &'static str {
     }
 }
 
-/// The CPUs this process may run on (`sched_getaffinity`), in ascending order.
+/// The CPUs the calling thread may run on (`sched_getaffinity`), in ascending order.
 pub fn allowed_cpus() -> Vec<usize> {
     match affinity() {
         Ok(cpus) if !cpus.is_empty() => cpus,
@@ -230,6 +230,7 @@ pub fn allowed_cpus() -> Vec<usize> {
 }
 
 /// How many shards "one per core" means for this process (honours taskset/cgroup cpusets).
+/// Reads the *calling thread's* affinity: call it from `main`, not from a pinned shard.
 pub fn available_cores() -> usize {
     allowed_cpus().len().max(1)
 }
