@@ -28,9 +28,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use ring::hkdf;
-use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+
+/// Re-exported so callers can build sessions and pass randomness without naming our dependencies.
+pub use ring::rand::{SecureRandom, SystemRandom};
+pub use serde_json::value::RawValue;
 
 /// Browsers keep at most this many bytes of `name` + `value` per cookie (RFC 6265 section 6.1 minimum,
 /// and what lua-resty-session sizes against).
@@ -530,8 +532,10 @@ fn inflate_tail(
         let input = src
             .get(range.start + consumed..range.end)
             .ok_or(SessionError::Malformed("inflate"))?;
+        // `Finish` on a first call asks miniz for one-shot inflation, which fails outright when the
+        // output is too small instead of letting us grow it; `None` streams.
         let status = inflater
-            .decompress(input, &mut dst[produced..], flate2::FlushDecompress::Finish)
+            .decompress(input, &mut dst[produced..], flate2::FlushDecompress::None)
             .map_err(|_| SessionError::Malformed("inflate"))?;
         let produced = inflater.total_out() as usize;
         match status {
