@@ -1,0 +1,749 @@
+#!/usr/bin/env python3
+"""Load-test harness: shardgate against nginx/haproxy through one nginx upstream (design.md, section 7).
+
+Run it through loadtest/run.sh (which builds the release binary first). Layout, per-core mode:
+the proxy under test alone on CPU 0 (one worker/shard); wrk (one thread, 64 connections) and the
+nginx upstream (`return 200`, one worker) together on CPU 1. Every pass records requests/s,
+p50/p99/p99.9 and the proxy's CPU time per request (utime+stime of its process tree from /proc).
+A pass during which other processes used more than --max-other of a core is retried (bounded),
+then kept with a warning. Results: a markdown table on stdout and in loadtest/results/<ts>.md,
+raw passes in loadtest/results/<ts>.csv, configs and logs in loadtest/results/<ts>/.
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+UPSTREAM_PORT = 18081
+PEER_PORTS = {
+    "nginx": 18082,
+    "haproxy": 18083,
+    "haproxy-jwt": 18084,
+    "shardgate-uring": 18085,
+    "shardgate-epoll": 18086,
+}
+IDP_PORT = 18090
+ADMIN_PORT_OFFSET = 1000  # shardgate admin listens on its port + 1000
+JWT_ISS = "https://idp.loadtest.invalid"
+JWT_AUD = "urn:shardgate:api"
+# Tried passes per kept pass when other processes are busy, and the cap on failed checks.
+MAX_ATTEMPTS = 3
+
+
+def rel(path):
+    return os.path.relpath(path, ROOT)
+
+
+def log(msg):
+    sys.stderr.write("[loadtest] %s\n" % msg)
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- /proc accounting
+
+
+def proc_children():
+    """ppid -> [pid] for every process now alive."""
+    kids = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        kids.setdefault(int(rest[1]), []).append(int(name))
+    return kids
+
+
+def process_tree(pid):
+    kids = proc_children()
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def cpu_ticks(pids):
+    """utime+stime (clock ticks) summed over pids; vanished processes count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # Fields 14 and 15 of stat; rest starts at field 3.
+        total += int(rest[11]) + int(rest[12])
+    return total
+
+
+def system_busy_ticks():
+    """user+nice+system over all CPUs. irq/softirq are left out: loopback networking charges them
+    to no process, so counting them would mark every pass as disturbed."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    return int(fields[1]) + int(fields[2]) + int(fields[3])
+
+
+def children_cpu_ticks():
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (ru.ru_utime + ru.ru_stime) * CLK_TCK
+
+
+# ---------------------------------------------------------------- processes
+
+
+class Procs:
+    """Every process we start, each in its own session, so stop_all() can end it and its
+    children by its own process group id and nothing else."""
+
+    def __init__(self, logdir):
+        self.logdir = logdir
+        self.procs = []
+
+    def start(self, name, argv, env=None):
+        logf = open(os.path.join(self.logdir, name + ".log"), "wb")
+        p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             env=env, start_new_session=True, cwd=self.logdir)
+        logf.close()
+        self.procs.append(p)
+        return p
+
+    def stop(self, p, timeout=5.0):
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(timeout)
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in list(self.procs):
+            self.stop(p)
+
+
+def port_open(port):
+    import socket
+
+    s = socket.socket()
+    s.settimeout(0.2)
+    try:
+        s.connect(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def wait_port(port, proc, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(port):
+            return True
+        if proc is not None and proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return False
+
+
+def http_status(port, headers):
+    req = urllib.request.Request("http://127.0.0.1:%d/" % port, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as res:
+            return res.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError as e:
+        return "no answer (%s)" % e
+
+
+def pin(cpus, argv, mode):
+    return (["taskset", "-c", cpus] + argv) if mode == "percore" else argv
+
+
+# ---------------------------------------------------------------- configs
+
+
+def nginx_conf(workdir, name, server_block, workers):
+    tmp = os.path.join(workdir, name + "-tmp")
+    os.makedirs(tmp, exist_ok=True)
+    return """\
+worker_processes %(workers)s;
+daemon off;
+master_process on;
+pid %(dir)s/%(name)s.pid;
+error_log %(dir)s/%(name)s-error.log warn;
+events { worker_connections 8192; multi_accept on; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    client_body_temp_path %(tmp)s/body;
+    proxy_temp_path %(tmp)s/proxy;
+%(server)s
+}
+""" % {"workers": workers, "dir": workdir, "name": name, "tmp": tmp, "server": server_block}
+
+
+def upstream_conf(workdir):
+    server = """\
+    server {
+        listen 127.0.0.1:%d backlog=4096;
+        location / { return 200 "ok\\n"; }
+    }""" % UPSTREAM_PORT
+    return nginx_conf(workdir, "upstream", server, 1)
+
+
+def nginx_proxy_conf(workdir, workers):
+    server = """\
+    upstream up { server 127.0.0.1:%d; keepalive 128; }
+    server {
+        listen 127.0.0.1:%d backlog=4096;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }""" % (UPSTREAM_PORT, PEER_PORTS["nginx"])
+    return nginx_conf(workdir, "nginx", server, workers)
+
+
+def haproxy_conf(threads, port, jwt_pub=None):
+    checks = ""
+    if jwt_pub:
+        # Same checks the gateway makes: RS256 signature, issuer, audience, expiry.
+        checks = """\
+    http-request set-var(txn.bearer) http_auth_bearer
+    http-request deny status 401 unless { var(txn.bearer) -m found }
+    http-request set-var(txn.alg) var(txn.bearer),jwt_header_query('$.alg')
+    http-request set-var(txn.iss) var(txn.bearer),jwt_payload_query('$.iss')
+    http-request set-var(txn.aud) var(txn.bearer),jwt_payload_query('$.aud')
+    http-request set-var(txn.exp) var(txn.bearer),jwt_payload_query('$.exp','int')
+    http-request set-var(txn.now) date()
+    http-request deny status 401 unless { var(txn.alg) -m str RS256 }
+    http-request deny status 401 unless { var(txn.iss) -m str %s }
+    http-request deny status 401 unless { var(txn.aud) -m str %s }
+    http-request deny status 401 if { var(txn.exp),sub(txn.now) -m int lt 0 }
+    http-request deny status 401 unless { var(txn.bearer),jwt_verify(txn.alg,"%s") -m int 1 }
+""" % (JWT_ISS, JWT_AUD, jwt_pub)
+    return """\
+global
+    nbthread %(threads)d
+    # Each connection is two fds (client + server); stay under the usual 20000 fd limit.
+    maxconn 4096
+    tune.bufsize 32768
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:%(port)d
+%(checks)s    default_backend be
+backend be
+    server up 127.0.0.1:%(up)d maxconn 1000
+""" % {"threads": threads, "port": port, "checks": checks, "up": UPSTREAM_PORT}
+
+
+def indent_pem(pem, spaces):
+    pad = " " * spaces
+    return "\n".join(pad + line for line in pem.strip().splitlines())
+
+
+def shardgate_conf(port, shards, plugin_yaml):
+    routes = """\
+routes:
+  - id: all
+    uri: /*
+    upstream_id: up
+"""
+    if plugin_yaml:
+        routes += "    plugins:\n      openid-connect:\n" + plugin_yaml
+    return """\
+gateway:
+  listen: ["127.0.0.1:%d"]
+  admin: { listen: "127.0.0.1:%d" }
+  shards: %d
+upstreams:
+  - id: up
+    type: roundrobin
+    nodes: { "127.0.0.1:%d": 1 }
+    keepalive_pool: { size: 320, idle_timeout: 60 }
+%s""" % (port, port + ADMIN_PORT_OFFSET, shards, UPSTREAM_PORT, routes)
+
+
+# ---------------------------------------------------------------- scenarios
+
+
+class Scenario:
+    def __init__(self, name, title, peers):
+        self.name = name
+        self.title = title
+        self.peers = peers
+        self.wrk_headers = []  # fixed -H values
+        self.header_file = None  # rotating values (wrk.lua)
+        self.header_name = "Authorization"
+        self.header_prefix = ""
+        self.check_headers = {}
+        self.plugin_yaml = None  # shardgate openid-connect block (indented 8)
+        self.jwt_pub = None  # haproxy jwt_verify key
+        self.skip_reason = None
+        self.needs_idp = False  # start scripts/idp/server.mjs (S3, S4)
+
+
+def build_scenarios(names, ctx):
+    """Scenario definitions. Each one names its peers and how requests are authenticated."""
+    out = []
+    proxies = ["shardgate-uring", "shardgate-epoll"]
+    for name in names:
+        if name == "S0":
+            sc = Scenario(name, "plain proxy", ["direct", "nginx", "haproxy"] + proxies)
+        elif name in ("S1", "S2"):
+            title = "bearer RS256 JWT, one token" if name == "S1" else "bearer RS256 JWT, 1000 tokens rotating"
+            sc = Scenario(name, title, ["nginx", "haproxy-jwt"] + proxies)
+            tok = ctx.tokens()
+            first = open(os.path.join(tok, "token.txt")).read().strip()
+            if name == "S1":
+                sc.wrk_headers = ["Authorization: Bearer " + first]
+            else:
+                sc.header_file = os.path.join(tok, "tokens.txt")
+                sc.header_prefix = "Bearer "
+            sc.check_headers = {"Authorization": "Bearer " + first}
+            sc.jwt_pub = os.path.join(tok, "pub.pem")
+            pem = open(sc.jwt_pub).read()
+            sc.plugin_yaml = (
+                "        client_id: loadtest\n"
+                "        bearer_only: true\n"
+                "        token_signing_alg_values_expected: RS256\n"
+                "        public_key: |\n%s\n" % indent_pem(pem, 10)
+            )
+        elif name == "S3":
+            sc = Scenario(name, "session cookie", ["nginx"] + proxies)
+            cookies = os.environ.get("LOADTEST_S3_COOKIES")
+            if not cookies or not os.path.exists(cookies):
+                sc.skip_reason = ("needs LOADTEST_S3_COOKIES (a file of Cookie header values made by a "
+                                  "gateway with session.secret = LOADTEST_S3_SECRET)")
+            else:
+                sc.header_file = cookies
+                sc.header_name = "Cookie"
+                first = open(cookies).readline().strip()
+                sc.check_headers = {"Cookie": first, "Accept": "text/html"}
+                sc.plugin_yaml = (
+                    "        client_id: gateway\n"
+                    "        client_secret: gateway-secret\n"
+                    "        discovery: http://127.0.0.1:%d/.well-known/openid-configuration\n"
+                    "        redirect_uri: http://127.0.0.1:9080/callback\n"
+                    "        session:\n"
+                    "          secret: %s\n" % (IDP_PORT, os.environ.get("LOADTEST_S3_SECRET", "loadtest-session-secret-0123456789"))
+                )
+                sc.needs_idp = True
+        elif name == "S4":
+            sc = Scenario(name, "opaque token, introspection cache hits", ["nginx"] + proxies)
+            sc.needs_idp = True
+            sc.plugin_yaml = (
+                "        client_id: gateway\n"
+                "        client_secret: gateway-secret\n"
+                "        discovery: http://127.0.0.1:%d/.well-known/openid-configuration\n"
+                "        bearer_only: true\n" % IDP_PORT
+            )
+        else:
+            raise SystemExit("unknown scenario %s (known: S0 S1 S2 S3 S4)" % name)
+        out.append(sc)
+    return out
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Peer:
+    def __init__(self, name):
+        self.name = name
+        self.port = UPSTREAM_PORT if name == "direct" else PEER_PORTS[name]
+        self.proc = None
+        self.status = "ok"
+        self.passes = []
+
+
+class Run:
+    def __init__(self, args):
+        self.args = args
+        self.stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        self.resdir = os.path.join(HERE, "results")
+        self.workdir = os.path.join(self.resdir, self.stamp)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.procs = Procs(self.workdir)
+        self.upstream = None
+        self.idp = None
+        self.rows = []
+        self.warnings = []
+        self._tokens = None
+        percore = args.mode == "percore"
+        self.workers = 1 if percore else os.cpu_count() or 2
+        self.wrk_threads = 1 if percore else 2
+
+    # -- fixtures
+
+    def tokens(self):
+        if self._tokens is None:
+            # Cached across runs under target/: signing 1000 tokens in Python takes seconds.
+            d = os.path.join(ROOT, "target", "loadtest", "tokens")
+            fresh = os.path.exists(os.path.join(d, "tokens.txt")) and \
+                time.time() - os.path.getmtime(os.path.join(d, "tokens.txt")) < 12 * 3600
+            if not fresh:
+                log("generating RS256 key and 1000 tokens")
+                subprocess.run([sys.executable, os.path.join(HERE, "tokens.py"), d, "--count", "1000",
+                                "--iss", JWT_ISS, "--aud", JWT_AUD, "--ttl", "86400"], check=True)
+            self._tokens = d
+        return self._tokens
+
+    def start_upstream(self):
+        path = os.path.join(self.workdir, "upstream.conf")
+        with open(path, "w") as f:
+            f.write(upstream_conf(self.workdir))
+        self.upstream = self.procs.start("upstream", pin("1", [self.args.nginx, "-p", self.workdir, "-c", path,
+                                                               "-e", os.path.join(self.workdir, "upstream-error.log")],
+                                                         self.args.mode))
+        if not wait_port(UPSTREAM_PORT, self.upstream):
+            raise SystemExit("upstream nginx did not start (see %s/upstream.log)" % rel(self.workdir))
+
+    def start_idp(self):
+        if self.idp is not None:
+            return self.idp
+        env = dict(os.environ, IDP_PORT=str(IDP_PORT), IDP_OPAQUE_TTL="86400", IDP_AT_TTL="86400")
+        self.idp = self.procs.start("idp", pin("1", ["node", os.path.join(ROOT, "scripts", "idp", "server.mjs")],
+                                               self.args.mode), env)
+        if not wait_port(IDP_PORT, self.idp):
+            raise SystemExit("test IdP did not start (see %s/idp.log; run scripts/install.sh)" % rel(self.workdir))
+        return self.idp
+
+    def opaque_token(self):
+        import base64
+
+        data = b"grant_type=client_credentials"
+        req = urllib.request.Request("http://127.0.0.1:%d/token" % IDP_PORT, data=data, headers={
+            "Authorization": "Basic " + base64.b64encode(b"m2m-opaque:m2m-opaque-secret").decode(),
+            "Content-Type": "application/x-www-form-urlencoded"})
+        with urllib.request.urlopen(req, timeout=5) as res:
+            return json.load(res)["access_token"]
+
+    # -- peers
+
+    def start_peer(self, sc, peer):
+        a = self.args
+        cpu0 = "0"
+        if peer.name == "direct":
+            peer.proc = self.upstream
+            return
+        if peer.name == "nginx":
+            path = os.path.join(self.workdir, "nginx.conf")
+            with open(path, "w") as f:
+                f.write(nginx_proxy_conf(self.workdir, self.workers))
+            argv = [a.nginx, "-p", self.workdir, "-c", path, "-e", os.path.join(self.workdir, "nginx-error.log")]
+        elif peer.name in ("haproxy", "haproxy-jwt"):
+            path = os.path.join(self.workdir, "%s-%s.cfg" % (peer.name, sc.name))
+            with open(path, "w") as f:
+                f.write(haproxy_conf(self.workers, peer.port, sc.jwt_pub if peer.name == "haproxy-jwt" else None))
+            argv = [a.haproxy, "-db", "-f", path]
+        else:
+            if not a.shardgate or not os.access(a.shardgate, os.X_OK):
+                peer.status = "failed: no shardgate binary (build failed?)"
+                return
+            path = os.path.join(self.workdir, "%s-%s.yaml" % (peer.name, sc.name))
+            with open(path, "w") as f:
+                f.write(shardgate_conf(peer.port, self.workers, sc.plugin_yaml))
+            check = subprocess.run([a.shardgate, "validate", "-c", path], capture_output=True, text=True)
+            if check.returncode != 0:
+                first = (check.stderr or check.stdout).strip().splitlines()[:1]
+                peer.status = "failed: config rejected (%s)" % (first[0] if first else "exit %d" % check.returncode)
+                return
+            driver = peer.name.split("-", 1)[1]
+            argv = [a.shardgate, "run", "-c", path, "--shards", str(self.workers), "--driver", driver]
+        peer.proc = self.procs.start("%s-%s" % (peer.name, sc.name), pin(cpu0, argv, a.mode))
+        if not wait_port(peer.port, peer.proc):
+            peer.status = "failed: did not start (see %s/%s-%s.log)" % (rel(self.workdir), peer.name, sc.name)
+            self.procs.stop(peer.proc)
+            peer.proc = None
+
+    def check_peer(self, sc, peer):
+        if peer.status != "ok":
+            return
+        status = http_status(peer.port, sc.check_headers)
+        if not (isinstance(status, int) and 200 <= status < 300):
+            peer.status = "failed: HTTP %s before load" % status
+
+    # -- measuring
+
+    def wrk_argv(self, sc, peer, seconds):
+        argv = ["wrk", "-t%d" % self.wrk_threads, "-c%d" % self.args.connections, "-d%ds" % seconds, "--latency",
+                "-s", os.path.join(HERE, "wrk.lua")]
+        for h in sc.wrk_headers:
+            argv += ["-H", h]
+        argv.append("http://127.0.0.1:%d/" % peer.port)
+        return pin("1", argv, self.args.mode)
+
+    def wrk_env(self, sc):
+        env = dict(os.environ)
+        if sc.header_file:
+            env.update(SG_HEADER_FILE=sc.header_file, SG_HEADER_NAME=sc.header_name, SG_HEADER_PREFIX=sc.header_prefix)
+        return env
+
+    def one_pass(self, sc, peer, seconds):
+        peer_pids = process_tree(peer.proc.pid)
+        up_pids = process_tree(self.upstream.pid)
+        ours_pids = set(peer_pids) | set(up_pids) | {os.getpid()}
+        if self.idp is not None:
+            ours_pids |= set(process_tree(self.idp.pid))
+        ours_pids = sorted(ours_pids)
+        p0, o0, s0, c0 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
+        t0 = time.monotonic()
+        res = subprocess.run(self.wrk_argv(sc, peer, seconds), capture_output=True, text=True,
+                             env=self.wrk_env(sc), timeout=seconds + 60)
+        wall = time.monotonic() - t0
+        p1, o1, s1, c1 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
+        line = next((ln for ln in res.stdout.splitlines() if ln.startswith("SGRESULT ")), None)
+        if res.returncode != 0 or line is None:
+            raise RuntimeError("wrk failed (exit %d): %s" % (res.returncode, (res.stderr or res.stdout).strip()[-300:]))
+        r = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+        requests = max(r["requests"], 1)
+        errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+        ours = (o1 - o0) + (c1 - c0)
+        other_core = max(0.0, ((s1 - s0) - ours) / CLK_TCK / wall)
+        return {
+            "rps": r["requests"] / (r["duration_us"] / 1e6),
+            "p50": r["p50"], "p90": r["p90"], "p99": r["p99"], "p999": r["p999"],
+            "cpu_us": (p1 - p0) / CLK_TCK * 1e6 / requests,
+            "requests": r["requests"], "errors": errors, "status_errors": r["status"],
+            "other_core": other_core,
+        }
+
+    def measure(self, sc, peer, pass_no):
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            m = self.one_pass(sc, peer, self.args.duration)
+            noisy = m["other_core"] > self.args.max_other
+            bad = m["errors"] > 0.01 * max(m["requests"], 1)
+            last = attempt == MAX_ATTEMPTS
+            keep = not bad and (not noisy or last)
+            self.rows.append(dict(scenario=sc.name, peer=peer.name, pass_no=pass_no, attempt=attempt, kept=int(keep), **m))
+            log("%s %-16s pass %d try %d: %8.0f req/s  p99 %6.2f ms  %6.1f us CPU/req  other %3.0f%% of a core%s" % (
+                sc.name, peer.name, pass_no, attempt, m["rps"], m["p99"] / 1000, m["cpu_us"], m["other_core"] * 100,
+                "  (%d errors)" % m["errors"] if m["errors"] else ""))
+            if bad:
+                peer.status = "failed: %d errors / %d requests (%d non-2xx)" % (m["errors"], m["requests"], m["status_errors"])
+                return
+            if keep:
+                if noisy:
+                    self.warnings.append("%s %s pass %d kept although other processes used %.0f%% of a core"
+                                         % (sc.name, peer.name, pass_no, m["other_core"] * 100))
+                peer.passes.append(m)
+                return
+            time.sleep(1)
+
+    def run_scenario(self, sc):
+        peers = [Peer(n) for n in sc.peers if not self.args.peers or n in self.args.peers]
+        if sc.skip_reason:
+            return peers, sc.skip_reason
+        if sc.needs_idp:
+            self.start_idp()
+            if sc.name == "S4":
+                token = self.opaque_token()
+                sc.wrk_headers = ["Authorization: Bearer " + token]
+                sc.check_headers = {"Authorization": "Bearer " + token}
+        try:
+            for peer in peers:
+                self.start_peer(sc, peer)
+                self.check_peer(sc, peer)
+                if peer.status != "ok":
+                    log("%s %s: %s" % (sc.name, peer.name, peer.status))
+            live = [p for p in peers if p.status == "ok"]
+            for peer in live:
+                if self.args.warmup > 0:
+                    self.one_pass(sc, peer, self.args.warmup)
+            for pass_no in range(1, self.args.passes + 1):
+                # Rotate the order so slow drift (thermal, other tenants) does not favour a peer.
+                shift = (pass_no - 1) % max(len(live), 1)
+                for peer in live[shift:] + live[:shift]:
+                    if peer.status == "ok":
+                        self.measure(sc, peer, pass_no)
+        finally:
+            for peer in peers:
+                if peer.proc is not None and peer.proc is not self.upstream:
+                    self.procs.stop(peer.proc)
+        return peers, None
+
+    # -- reporting
+
+    def write_csv(self):
+        path = os.path.join(self.resdir, self.stamp + ".csv")
+        cols = ["scenario", "peer", "pass_no", "attempt", "kept", "rps", "p50", "p90", "p99", "p999", "cpu_us",
+                "requests", "errors", "status_errors", "other_core"]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            for row in self.rows:
+                w.writerow({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
+        return path
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values):
+    if len(values) < 2:
+        return "-"
+    m = statistics.median(values)
+    return "%.0f%%" % ((max(values) - min(values)) / m * 100) if m else "-"
+
+
+def summarize(peer):
+    ps = peer.passes
+    return {
+        "rps": median([p["rps"] for p in ps]),
+        "p50": median([p["p50"] for p in ps]) / 1000,
+        "p99": median([p["p99"] for p in ps]) / 1000,
+        "p999": median([p["p999"] for p in ps]) / 1000,
+        "cpu": median([p["cpu_us"] for p in ps]),
+        "spread": "%s / %s" % (spread([p["rps"] for p in ps]), spread([p["cpu_us"] for p in ps])),
+    }
+
+
+def scenario_table(sc, peers, skip):
+    lines = ["### %s: %s" % (sc.name, sc.title), ""]
+    if skip:
+        return lines + ["skipped: %s" % skip, ""]
+    lines += ["| peer | req/s | p50 ms | p99 ms | p99.9 ms | CPU us/req | req/s x nginx | CPU x nginx | spread (req/s / CPU) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    sums = {p.name: summarize(p) for p in peers if p.status == "ok" and p.passes}
+    ref = sums.get("nginx")
+    for p in peers:
+        if p.name not in sums:
+            reason = p.status if p.status != "ok" else "failed: no pass kept"
+            lines.append("| %s | %s | | | | | | | |" % (p.name, reason))
+            continue
+        s = sums[p.name]
+        x_rps = "%.2f" % (s["rps"] / ref["rps"]) if ref else "-"
+        x_cpu = "%.2f" % (s["cpu"] / ref["cpu"]) if ref and ref["cpu"] else "-"
+        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %.1f | %s | %s | %s |" % (
+            p.name, s["rps"], s["p50"], s["p99"], s["p999"], s["cpu"], x_rps, x_cpu, s["spread"]))
+    ref_name = "haproxy-jwt" if "haproxy-jwt" in sums else None
+    if ref_name:
+        for name in ("shardgate-uring", "shardgate-epoll"):
+            if name in sums:
+                lines.append("")
+                lines.append("%s / %s: req/s %.2fx, CPU per request %.2fx" % (
+                    name, ref_name, sums[name]["rps"] / sums[ref_name]["rps"], sums[name]["cpu"] / sums[ref_name]["cpu"]))
+    lines.append("")
+    return lines
+
+
+def git_rev():
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+
+
+def _interrupt(_signo, _frame):
+    raise KeyboardInterrupt
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenarios", default="S0")
+    ap.add_argument("--peers", default="", help="comma list to run only some peers (default: all of each scenario)")
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--mode", choices=["percore", "allcores"], default="percore")
+    ap.add_argument("--max-other", type=float, default=0.10, help="fraction of a core other processes may use")
+    ap.add_argument("--shardgate", default=os.path.join(ROOT, "target", "release", "shardgate"))
+    ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
+    ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
+    ap.add_argument("--command", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    args.peers = [p for p in args.peers.split(",") if p]
+    if not 1 <= args.passes <= 50 or not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
+        raise SystemExit("--passes 1..50, --duration 1..600, --warmup 0..60")
+    for tool in ("wrk", args.nginx, args.haproxy) + (("taskset",) if args.mode == "percore" else ()):
+        if not shutil.which(tool):
+            raise SystemExit("%s not found: run scripts/install.sh" % tool)
+    busy = [p for p in list(PEER_PORTS.values()) + [UPSTREAM_PORT, IDP_PORT] if port_open(p)]
+    if busy:
+        raise SystemExit("ports already in use: %s (another load run?)" % busy)
+
+    run = Run(args)
+    # SIGTERM/SIGINT unwind through the finally below, which stops every process we started.
+    signal.signal(signal.SIGTERM, _interrupt)
+    results = []
+    try:
+        scenarios = build_scenarios([s.strip() for s in args.scenarios.split(",") if s.strip()], run)
+        run.start_upstream()
+        for sc in scenarios:
+            log("scenario %s: %s" % (sc.name, sc.title))
+            peers, skip = run.run_scenario(sc)
+            results.append((sc, peers, skip))
+    except KeyboardInterrupt:
+        log("interrupted; stopping")
+        return 130
+    finally:
+        run.procs.stop_all()
+
+    uname = os.uname()
+    cpu_model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    out = ["# shardgate load test %s" % run.stamp, "",
+           "- command: `%s`" % (args.command or "loadtest/run.sh"),
+           "- commit %s; kernel %s; %s x %d; mode %s" % (git_rev(), uname.release, cpu_model, os.cpu_count() or 0, args.mode),
+           "- wrk -t%d -c%d, %d s runs after a %d s warm-up, %d passes, medians; spread = (max-min)/median"
+           % (run.wrk_threads, args.connections, args.duration, args.warmup, args.passes),
+           "- layout: proxy on CPU 0 (1 worker/shard); wrk + nginx upstream (`return 200`, 1 worker) on CPU 1"
+           if args.mode == "percore" else "- layout: nothing pinned, one worker/shard per core",
+           "- CPU us/req: utime+stime of the proxy's processes / requests (direct: the upstream's)", ""]
+    for sc, peers, skip in results:
+        out += scenario_table(sc, peers, skip)
+    if run.warnings:
+        out += ["Warnings:", ""] + ["- " + w for w in run.warnings] + [""]
+    text = "\n".join(out)
+    md = os.path.join(run.resdir, run.stamp + ".md")
+    with open(md, "w") as f:
+        f.write(text)
+    csv_path = run.write_csv()
+    print(text)
+    log("wrote %s and %s (configs and logs in %s/)" % (rel(md), rel(csv_path), rel(run.workdir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+-- wrk script for loadtest/harness.py.
+--
+-- Always: done() prints one machine-readable line with p99.9 (wrk --latency stops at p99):
+--   SGRESULT requests=N duration_us=N p50=US p90=US p99=US p999=US connect=N read=N write=N status=N timeout=N
+-- With SG_HEADER_FILE set: every request carries header SG_HEADER_NAME (default Authorization)
+-- with value SG_HEADER_PREFIX .. <next line of the file>, rotating through the lines
+-- (S2: 1000 distinct bearer tokens; S3: session cookies). Without it no request() is defined,
+-- so wrk keeps its prebuilt request and the client costs stay as low as they go.
+
+local file = os.getenv("SG_HEADER_FILE")
+
+if file and file ~= "" then
+  local name = os.getenv("SG_HEADER_NAME") or "Authorization"
+  local prefix = os.getenv("SG_HEADER_PREFIX") or ""
+  local requests = {}
+
+  init = function(_args)
+    local f = assert(io.open(file, "r"), "cannot open " .. file)
+    local headers = {}
+    for line in f:lines() do
+      if line ~= "" then
+        headers[name] = prefix .. line
+        -- Prebuilt per value: request() then only indexes, it never formats.
+        requests[#requests + 1] = wrk.format(nil, nil, headers)
+      end
+    end
+    f:close()
+    assert(#requests > 0, file .. " has no lines")
+  end
+
+  local i = 0
+  request = function()
+    i = i % #requests + 1
+    return requests[i]
+  end
+end
+
+done = function(summary, latency, _requests)
+  local e = summary.errors
+  io.write(string.format(
+    "SGRESULT requests=%d duration_us=%d p50=%d p90=%d p99=%d p999=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
