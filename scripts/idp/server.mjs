@@ -28,8 +28,14 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
-import Provider, { errors } from 'oidc-provider';
 import { generateJwk } from './genkeys.mjs';
+
+// Imported dynamically so a checkout without node_modules fails with the fix, not a module trace.
+const { default: Provider, errors } = await import('oidc-provider').catch((err) => {
+  process.stderr.write(`[idp] cannot load oidc-provider (${err.code ?? err.message}): `
+    + 'run scripts/install.sh, or npm ci in scripts/idp\n');
+  process.exit(1);
+});
 
 const API = 'urn:shardgate:api';
 const OTHER_API = 'urn:other:api';
