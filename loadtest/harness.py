@@ -570,6 +570,19 @@ class Run:
                 return
             time.sleep(1)
 
+    def guarded(self, peer, fn, *args):
+        """A wrk failure or a dead peer fails that peer, not the whole run."""
+        if peer.status != "ok":
+            return
+        try:
+            fn(*args)
+        except (RuntimeError, subprocess.TimeoutExpired, KeyError, ValueError) as e:
+            peer.status = "failed: %s" % str(e).splitlines()[0][:200]
+            log("%s: %s" % (peer.name, peer.status))
+            return
+        if peer.proc is not None and peer.proc.poll() is not None:
+            peer.status = "failed: exited during the run (exit %s)" % peer.proc.returncode
+
     def run_scenario(self, sc):
         peers = [Peer(n) for n in sc.peers if not self.args.peers or n in self.args.peers]
         if sc.skip_reason:
@@ -589,13 +602,13 @@ class Run:
             live = [p for p in peers if p.status == "ok"]
             for peer in live:
                 if self.args.warmup > 0:
-                    self.one_pass(sc, peer, self.args.warmup)
+                    self.guarded(peer, self.one_pass, sc, peer, self.args.warmup)
             for pass_no in range(1, self.args.passes + 1):
                 # Rotate the order so slow drift (thermal, other tenants) does not favour a peer.
                 shift = (pass_no - 1) % max(len(live), 1)
                 for peer in live[shift:] + live[:shift]:
                     if peer.status == "ok":
-                        self.measure(sc, peer, pass_no)
+                        self.guarded(peer, self.measure, sc, peer, pass_no)
         finally:
             for peer in peers:
                 if peer.proc is not None and peer.proc is not self.upstream:
