@@ -1077,6 +1077,7 @@ impl Revocations {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

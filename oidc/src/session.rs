@@ -499,7 +499,7 @@ impl SessionCodec {
             .ok_or(SessionError::UnknownKey)?;
         let plain_len = key
             .aead
-            .open_in_place(nonce, Aad::from(&*aad), body)
+            .open_in_place(nonce, Aad::from(aad), body)
             .map_err(|_| SessionError::Decrypt)?
             .len();
 
@@ -937,6 +937,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

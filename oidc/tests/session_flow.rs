@@ -1,4 +1,5 @@
 //! Behaviour of the sealed session cookie codec and the authorization code flow pieces.
+#![allow(clippy::unwrap_used)]
 
 use ring::rand::SystemRandom;
 use serde_json::value::RawValue;
