@@ -15,6 +15,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod error;
 pub mod http1;
+pub mod observe;
+pub mod plugins;
+pub mod proxy;
+pub mod published;
 pub mod route;
+pub mod server;
+pub mod upstream;

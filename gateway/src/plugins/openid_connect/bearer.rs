@@ -1,0 +1,397 @@
+//! The bearer-token path: extract, check against the shard-local caches, verify locally (JWKS or a
+//! static key) or by introspection, apply the claim rules, and set the upstream headers.
+//!
+//! A cache hit allocates nothing: the entry carries the precomputed `X-Userinfo` value and the
+//! token itself is forwarded as a slice of the request head.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use shardgate_oidc::claims::{ClaimsPolicy, ClaimsView};
+use shardgate_oidc::idp::provider::{KidLookup, ProviderMsg, SharedCall};
+use shardgate_oidc::introspect::{IntrospectionRequest, IntrospectionResponse};
+use shardgate_oidc::jwk::KeySet;
+use shardgate_oidc::jwt::{Jwt, TokenError, verify_signature};
+
+use super::RouteAuth;
+use super::prepare::TokenCheck;
+use crate::error::Error;
+use crate::http1::Span;
+use crate::plugins::{HeaderValue, PluginResponse};
+use crate::proxy::Shard;
+use crate::proxy::conn::ClientConn;
+
+/// A token that passed every check, with what the upstream headers need.
+#[derive(Debug)]
+pub struct Verified {
+    /// `X-Userinfo`: base64 of the JWT payload or the introspection JSON (APISIX's encoding).
+    pub userinfo_b64: Option<Rc<str>>,
+    /// `Authorization: Bearer <token>` when `access_token_in_authorization_header`.
+    pub authorization: Option<Rc<str>>,
+    /// Provider key generation the signature was checked with (0: static key / introspection).
+    pub generation: u64,
+}
+
+/// A token that failed, remembered briefly so a replayed bad token costs a lookup, not a verify.
+#[derive(Clone, Debug)]
+pub struct Rejected {
+    pub status: u16,
+    pub error: &'static str,
+    pub description: Rc<str>,
+}
+
+/// Short negative cache for tokens that failed verification.
+const NEGATIVE_TTL_MS: u64 = 10_000;
+/// Verified JWTs are re-verified at least this often even when `exp` is far away.
+const MAX_VERIFIED_TTL_SECS: u64 = 3600;
+
+enum Fail {
+    Reject(Rejected),
+    /// Something only the IdP can answer is unavailable: 503, not cached.
+    Unavailable(&'static str, String),
+}
+
+impl From<TokenError> for Fail {
+    fn from(e: TokenError) -> Fail {
+        Fail::Reject(Rejected { status: e.http_status(), error: e.bearer_error(), description: Rc::from(e.to_string()) })
+    }
+}
+
+pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Result<(), Error> {
+    let conf = &auth.route.conf;
+    if !conf.bearer_enabled() {
+        return no_credentials(auth, shard);
+    }
+    let span = match extract_token(c) {
+        Err(resp) => return Err(Error::Plugin(resp)),
+        Ok(None) => {
+            if conf.bearer_only {
+                return Err(challenge(auth, None));
+            }
+            return no_credentials(auth, shard);
+        }
+        Ok(Some(span)) => span,
+    };
+    let Ok(token) = std::str::from_utf8(span.of(&c.buf)) else {
+        return Err(reject(auth, &bad_token("token is not ASCII")));
+    };
+    let now_ms = auth.oidc.now_millis();
+    let m = &shard.metrics;
+
+    let introspection = auth.route.check == TokenCheck::Introspection;
+    let use_cache = if introspection { !conf.introspection_cache_ignore } else { !conf.jwt_verification_cache_ignore };
+    let cache = if introspection { &auth.introspected } else { &auth.verified };
+    if use_cache {
+        let hit = cache.borrow().get(token.as_bytes(), now_ms).cloned();
+        if let Some(v) = hit {
+            if v.generation == 0 || v.generation == current_generation(auth) {
+                m.bump("shardgate_oidc_token_cache_total{result=\"hit\"}", 1);
+                apply(auth, c, span, &v);
+                return Ok(());
+            }
+        }
+        m.bump("shardgate_oidc_token_cache_total{result=\"miss\"}", 1);
+    }
+    let rejected = auth.rejected.borrow().get(token.as_bytes(), now_ms).cloned();
+    if let Some(r) = rejected {
+        m.bump("shardgate_oidc_rejections_total{reason=\"negative_cache\"}", 1);
+        return Err(reject(auth, &r));
+    }
+
+    let now = now_ms / 1000;
+    let result = if introspection {
+        introspect(auth, c, token, now).await
+    } else {
+        verify_jwt(auth, token, now).await
+    };
+    match result {
+        Ok((v, ttl_secs)) => {
+            let v = Rc::new(v);
+            if use_cache && ttl_secs > 0 {
+                cache.borrow_mut().insert(token.as_bytes(), v.clone(), now_ms + ttl_secs * 1000);
+            }
+            apply(auth, c, span, &v);
+            Ok(())
+        }
+        Err(Fail::Reject(r)) => {
+            m.bump(&format!("shardgate_oidc_rejections_total{{reason=\"{}\"}}", r.error), 1);
+            // Don't remember failures that time will fix by itself (not yet valid) as long.
+            auth.rejected.borrow_mut().insert(token.as_bytes(), r.clone(), now_ms + NEGATIVE_TTL_MS);
+            Err(reject(auth, &r))
+        }
+        Err(Fail::Unavailable(what, detail)) => {
+            m.bump("shardgate_oidc_rejections_total{reason=\"idp_unavailable\"}", 1);
+            tracing::warn!(route_discovery = %auth.route.conf.discovery, %detail, "{what}");
+            Err(Error::Unavailable(what))
+        }
+    }
+}
+
+/// No token (and not bearer_only): the session flow's business. Until a session is found the
+/// route's `unauth_action` decides.
+fn no_credentials(auth: &RouteAuth, _shard: &Shard) -> Result<(), Error> {
+    use shardgate_oidc::config::UnauthAction;
+    match auth.route.conf.unauth_action {
+        UnauthAction::Pass => Ok(()),
+        UnauthAction::Deny | UnauthAction::Auth => Err(challenge(auth, None)),
+    }
+}
+
+fn current_generation(auth: &RouteAuth) -> u64 {
+    match &auth.provider {
+        Some((_, local)) if auth.route.check == TokenCheck::Jwks => local.load().generation,
+        _ => 0,
+    }
+}
+
+/// `Authorization: Bearer <token>` (case-insensitive scheme), else `X-Access-Token`, as APISIX.
+/// A header without a space is a 400; another scheme means "no token".
+fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
+    let buf = &c.buf;
+    if let Some(h) = c.head.headers.iter().find(|h| h.name.of(buf).eq_ignore_ascii_case(b"authorization")) {
+        let v = h.value.of(buf);
+        let Some(sp) = v.iter().position(|b| *b == b' ') else {
+            return Err(PluginResponse {
+                status: 400,
+                headers: Vec::new(),
+                content_type: "application/json",
+                body: b"{\"error\":\"invalid_request\",\"error_description\":\"Invalid Authorization header format\"}\n".to_vec(),
+                code: "invalid_request",
+                reason: "invalid Authorization header format".into(),
+            });
+        };
+        if !v[..sp].eq_ignore_ascii_case(b"bearer") {
+            return Ok(None);
+        }
+        let rest = &v[sp + 1..];
+        let skip = rest.iter().take_while(|b| **b == b' ').count();
+        let start = h.value.start + (sp + 1 + skip) as u32;
+        if start >= h.value.end {
+            return Ok(None);
+        }
+        return Ok(Some(Span { start, end: h.value.end }));
+    }
+    Ok(c.head.headers.iter().find(|h| h.name.of(buf).eq_ignore_ascii_case(b"x-access-token")).map(|h| h.value))
+}
+
+fn apply(auth: &RouteAuth, c: &mut ClientConn, token: Span, v: &Verified) {
+    let conf = &auth.route.conf;
+    let out = &mut c.outcome;
+    if conf.set_access_token_header {
+        match &v.authorization {
+            Some(a) => {
+                out.strip_authorization = true;
+                out.upstream_headers.push(("Authorization", HeaderValue::Shared(a.clone())));
+            }
+            None => out.upstream_headers.push(("X-Access-Token", HeaderValue::Request(token))),
+        }
+    }
+    if let Some(u) = &v.userinfo_b64 {
+        out.upstream_headers.push(("X-Userinfo", HeaderValue::Shared(u.clone())));
+    }
+}
+
+fn verified(auth: &RouteAuth, token: &str, payload: &[u8], generation: u64) -> Verified {
+    let conf = &auth.route.conf;
+    Verified {
+        userinfo_b64: conf
+            .set_userinfo_header
+            .then(|| Rc::from(base64::engine::general_purpose::STANDARD.encode(payload))),
+        authorization: (conf.set_access_token_header && conf.access_token_in_authorization_header)
+            .then(|| Rc::from(format!("Bearer {token}"))),
+        generation,
+    }
+}
+
+/// The claim rules, rebuilt only when the provider's metadata changes (issuer from discovery).
+fn claims_policy(auth: &RouteAuth, include_issuer: bool) -> Result<Rc<ClaimsPolicy>, Fail> {
+    let generation = auth.provider.as_ref().map(|(_, l)| l.load().generation).unwrap_or(0);
+    let key = generation * 2 + u64::from(include_issuer);
+    if let Some((g, p)) = &*auth.policy.borrow() {
+        if *g == key {
+            return Ok(p.clone());
+        }
+    }
+    let conf = &auth.route.conf;
+    let mut valid_issuers = conf.claim_validator.issuer.valid_issuers.clone();
+    if include_issuer && valid_issuers.is_empty() {
+        // APISIX falls back to the discovery issuer and fails closed without it.
+        let state = auth.provider.as_ref().map(|(_, l)| l.load());
+        match state.as_ref().and_then(|s| s.metadata.as_ref()) {
+            Some(m) => valid_issuers.push(m.issuer.clone()),
+            None => return Err(Fail::Unavailable("issuer validation unavailable: discovery not loaded", String::new())),
+        }
+    }
+    let policy = Rc::new(ClaimsPolicy {
+        valid_issuers,
+        audience: auth.route.audience.clone(),
+        required_scopes: conf.required_scopes.clone(),
+        leeway_secs: conf.iat_slack,
+        require_exp: false,
+    });
+    *auth.policy.borrow_mut() = Some((key, policy.clone()));
+    Ok(policy)
+}
+
+async fn verify_jwt(auth: &RouteAuth, token: &str, now: u64) -> Result<(Verified, u64), Fail> {
+    let jwt = Jwt::parse(token)?;
+    let (keys, generation): (Arc<KeySet>, u64) = match auth.route.check {
+        TokenCheck::StaticKey => match &auth.route.static_keys {
+            Some(k) => (k.clone(), 0),
+            None => return Err(Fail::Unavailable("no verification key configured", String::new())),
+        },
+        _ => {
+            let Some((_, local)) = &auth.provider else {
+                return Err(Fail::Unavailable("no identity provider configured", String::new()));
+            };
+            let st = local.load();
+            match &st.keys {
+                Some(k) => (k.clone(), st.generation),
+                None => {
+                    return Err(Fail::Unavailable(
+                        "JWKS not loaded yet",
+                        st.last_error.clone().unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+    };
+    let policy = &auth.route.alg_policy;
+    let (keys, generation) = match verify_signature(&jwt, &keys, policy) {
+        Ok(()) => (keys, generation),
+        Err(TokenError::UnknownKid { kid }) if auth.route.check == TokenCheck::Jwks => {
+            let Some((handle, local)) = &auth.provider else { return Err(TokenError::UnknownKid { kid }.into()) };
+            let timeout = auth.route.conf.timeout() + Duration::from_secs(1);
+            let lookup = handle
+                .addr
+                .ask(|reply| ProviderMsg::UnknownKid { kid: kid.clone(), reply }, timeout)
+                .await
+                .unwrap_or(KidLookup::Unavailable);
+            match lookup {
+                KidLookup::NotFound => return Err(TokenError::UnknownKid { kid }.into()),
+                KidLookup::Unavailable => {
+                    return Err(Fail::Unavailable("unknown kid and the IdP's JWKS is unreachable", kid));
+                }
+                KidLookup::Found => {
+                    // The reply can overtake the snapshot on its way to this shard: read the
+                    // publisher directly on this (rare) path.
+                    let st = local.load();
+                    let st = if st.keys.as_ref().is_some_and(|k| k.contains_kid(&kid)) { st } else { Rc::new(handle.state.current()) };
+                    let Some(k) = st.keys.clone() else { return Err(TokenError::UnknownKid { kid }.into()) };
+                    verify_signature(&jwt, &k, policy)?;
+                    (k, st.generation)
+                }
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let _ = keys;
+    let claims = ClaimsView::parse(jwt.payload())?;
+    claims_policy(auth, true)?.check(&claims, now)?;
+    check_schema(auth, jwt.payload())?;
+    let ttl = claims.cache_until(now, MAX_VERIFIED_TTL_SECS).saturating_sub(now);
+    Ok((verified(auth, token, jwt.payload(), generation), ttl))
+}
+
+fn check_schema(auth: &RouteAuth, json: &[u8]) -> Result<(), Fail> {
+    if let Some(schema) = &auth.route.schema {
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|_| Fail::from(TokenError::Malformed("claims are not JSON")))?;
+        schema.validate(&value).map_err(|e| Fail::from(TokenError::SchemaMismatch(e)))?;
+    }
+    Ok(())
+}
+
+async fn introspect(auth: &RouteAuth, c: &ClientConn, token: &str, now: u64) -> Result<(Verified, u64), Fail> {
+    let conf = &auth.route.conf;
+    let Some((handle, local)) = &auth.provider else {
+        return Err(Fail::Unavailable("no identity provider configured", String::new()));
+    };
+    let endpoint = match &conf.introspection_endpoint {
+        Some(e) => e.clone(),
+        None => {
+            let st = local.load();
+            match st.metadata.as_ref().map(|m| m.introspection_endpoint.clone()) {
+                Some(Some(e)) => e,
+                Some(None) => return Err(Fail::Unavailable("the IdP advertises no introspection_endpoint", String::new())),
+                None => return Err(Fail::Unavailable("discovery not loaded yet", st.last_error.clone().unwrap_or_default())),
+            }
+        }
+    };
+    let addon: Vec<(String, String)> = conf
+        .introspection_addon_headers
+        .iter()
+        .filter_map(|name| {
+            c.head.header(&c.buf, name).map(|v| (name.clone(), String::from_utf8_lossy(v).into_owned()))
+        })
+        .collect();
+    let mut req = IntrospectionRequest::new(token);
+    req.addon_headers = &addon;
+    let jti = auth.oidc.random_id();
+    let (body, headers) = req
+        .build(&auth.route.introspection_auth, &endpoint, now, &jti)
+        .map_err(|e| Fail::Unavailable("cannot build the introspection request", e.to_string()))?;
+    let call = SharedCall { key: format!("{}\n{}\n{token}", endpoint, conf.client_id), url: endpoint, headers, body };
+    let timeout = conf.timeout() + Duration::from_secs(1);
+    let resp = match handle.addr.ask(|reply| ProviderMsg::Shared { call, reply }, timeout).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return Err(Fail::Unavailable("introspection endpoint unreachable", e.to_string())),
+        Err(e) => return Err(Fail::Unavailable("introspection did not answer in time", format!("{e:?}"))),
+    };
+    if resp.status != 200 {
+        return Err(Fail::Unavailable(
+            "introspection endpoint refused the call (check the client credentials)",
+            format!("HTTP {}", resp.status),
+        ));
+    }
+    let parsed = IntrospectionResponse::parse(&resp.body)
+        .map_err(|e| Fail::Unavailable("introspection answer is not valid RFC 7662 JSON", e.to_string()))?;
+    if !parsed.active {
+        let r = Rejected { status: 401, error: "invalid_token", description: Rc::from("token is not active") };
+        if conf.introspection_enable_negative_cache {
+            let now_ms = auth.oidc.now_millis();
+            auth.rejected
+                .borrow_mut()
+                .insert(token.as_bytes(), r.clone(), now_ms + conf.introspection_negative_cache_ttl.max(1) * 1000);
+        }
+        return Err(Fail::Reject(r));
+    }
+    let claims = ClaimsView::parse(parsed.raw())?;
+    // APISIX does no issuer check on introspection; an explicit valid_issuers list still applies.
+    claims_policy(auth, false)?.check(&claims, now)?;
+    check_schema(auth, parsed.raw())?;
+    let ttl = parsed.ttl(now, conf.introspection_interval, &conf.introspection_expiry_claim).unwrap_or(0);
+    Ok((verified(auth, token, parsed.raw(), 0), ttl))
+}
+
+fn bad_token(why: &str) -> Rejected {
+    Rejected { status: 401, error: "invalid_token", description: Rc::from(why) }
+}
+
+/// 401 without an error code: no credentials at all (RFC 6750 3.1).
+fn challenge(auth: &RouteAuth, _why: Option<&str>) -> Error {
+    Error::Plugin(PluginResponse {
+        status: 401,
+        headers: vec![("WWW-Authenticate".into(), auth.route.challenge.clone())],
+        content_type: "application/json",
+        body: b"{\"error\":\"unauthorized\",\"error_description\":\"no bearer token\"}\n".to_vec(),
+        code: "no_credentials",
+        reason: "no credentials".into(),
+    })
+}
+
+fn reject(auth: &RouteAuth, r: &Rejected) -> Error {
+    let desc: String = r.description.chars().map(|ch| if ch == '"' || ch == '\\' || ch.is_control() { '\'' } else { ch }).collect();
+    let www = format!("{}, error=\"{}\", error_description=\"{}\"", auth.route.challenge, r.error, desc);
+    let body = serde_json::json!({ "error": r.error, "error_description": &*r.description }).to_string() + "\n";
+    Error::Plugin(PluginResponse {
+        status: r.status,
+        headers: vec![("WWW-Authenticate".into(), www)],
+        content_type: "application/json",
+        body: body.into_bytes(),
+        code: r.error,
+        reason: r.description.to_string(),
+    })
+}

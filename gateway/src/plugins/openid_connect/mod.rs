@@ -1,0 +1,240 @@
+//! `openid-connect`: the glue between the request pipeline and the `shardgate-oidc` crate.
+//!
+//! ```text
+//! control thread                         every shard
+//!  OidcControl                             ShardOidc (clock, RNG, provider snapshots)
+//!   ├─ registry: ProviderSpec -> handle      └─ RouteAuth per route (per config version)
+//!   └─ spawns provider actors  ──state──►         verified-token cache, negative cache,
+//!        (discovery, JWKS, single-flight)         introspection cache, kid negative cache
+//! ```
+//! A route's settings are prepared once per config load ([`OidcRoute`]: keys parsed, schema
+//! compiled, client authentication loaded); the request path only looks things up.
+
+pub mod bearer;
+pub mod prepare;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use ring::rand::SecureRandom;
+use shardgate_oidc::cache::TtlCache;
+use shardgate_oidc::idp::provider::{self, ProviderHandle, ProviderMsg, ProviderSpec, ProviderState};
+use shardgate_runtime::actor::Mailbox;
+use shardgate_runtime::clock::{Clock, CoarseClock};
+use shardgate_runtime::gate::Shutdown;
+use shardgate_runtime::snapshot::Local;
+
+use crate::error::Error;
+use crate::proxy::Shard;
+use crate::proxy::conn::ClientConn;
+
+pub use prepare::OidcRoute;
+
+/// Process-wide registry of provider actors, shared by the control thread and config loads.
+pub struct OidcShared {
+    providers: Mutex<HashMap<ProviderSpec, ProviderHandle>>,
+    spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>)>,
+    spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>)>,
+}
+
+impl OidcShared {
+    pub fn new() -> Arc<OidcShared> {
+        let (spawn_tx, spawn_rx) = flume::unbounded();
+        Arc::new(OidcShared { providers: Mutex::new(HashMap::new()), spawn_tx, spawn_rx })
+    }
+
+    /// The provider for `spec`, created (and queued for the control thread to run) on first use,
+    /// so routes and reloads with the same IdP settings share one actor and one JWKS.
+    pub fn provider(&self, spec: ProviderSpec) -> ProviderHandle {
+        let mut map = match self.providers.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(h) = map.get(&spec) {
+            return h.clone();
+        }
+        let (handle, mailbox) = ProviderHandle::new(spec.clone());
+        let _ = self.spawn_tx.send((handle.clone(), mailbox));
+        map.insert(spec, handle.clone());
+        handle
+    }
+
+    fn all(&self) -> Vec<ProviderHandle> {
+        match self.providers.lock() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(p) => p.into_inner().values().cloned().collect(),
+        }
+    }
+}
+
+/// Control-thread side: runs provider actors and reports readiness and counters.
+pub struct OidcControl {
+    shared: Arc<OidcShared>,
+}
+
+impl OidcControl {
+    /// Starts the task that spawns provider actors; call on the control thread's runtime.
+    pub fn start(shared: Arc<OidcShared>, shutdown: Shutdown) -> OidcControl {
+        let rx = shared.spawn_rx.clone();
+        monoio::spawn(async move {
+            loop {
+                let next = monoio::select! {
+                    n = rx.recv_async() => n,
+                    _ = shutdown.wait() => return,
+                };
+                let Ok((handle, mailbox)) = next else { return };
+                monoio::spawn(provider::run(handle, mailbox, shutdown.clone()));
+            }
+        });
+        OidcControl { shared }
+    }
+
+    /// Ready when every provider in use has its discovery (and JWKS when needed).
+    pub fn readiness(&self) -> (bool, String) {
+        let mut ok = true;
+        let mut parts = Vec::new();
+        for h in self.shared.all() {
+            let st = h.state.current();
+            let ready = h.is_ready();
+            ok &= ready;
+            let detail = match &st.status {
+                provider::Status::Ready => "ready".to_string(),
+                provider::Status::Pending(why) => why.clone(),
+            };
+            parts.push(format!(
+                "{{\"discovery\":{},\"ready\":{ready},\"detail\":{}}}",
+                json_str(&h.spec.discovery_url),
+                json_str(&detail)
+            ));
+        }
+        (ok, format!("[{}]", parts.join(",")))
+    }
+
+    /// Provider counters for /metrics.
+    pub fn counters(&self, out: &mut BTreeMap<String, u64>) {
+        for h in self.shared.all() {
+            let c = &h.counters;
+            let d = json_str(&h.spec.discovery_url);
+            let mut put = |name: &str, outcome: &str, v: &std::sync::atomic::AtomicU64| {
+                out.insert(format!("{name}{{discovery={d},outcome=\"{outcome}\"}}"), v.load(Ordering::Relaxed));
+            };
+            put("shardgate_oidc_discovery_fetches_total", "ok", &c.discovery_ok);
+            put("shardgate_oidc_discovery_fetches_total", "error", &c.discovery_err);
+            put("shardgate_oidc_jwks_fetches_total", "ok", &c.jwks_ok);
+            put("shardgate_oidc_jwks_fetches_total", "error", &c.jwks_err);
+            put("shardgate_oidc_jwks_unknown_kid_refetches_total", "started", &c.jwks_forced);
+            put("shardgate_oidc_jwks_unknown_kid_refetches_total", "rate_limited", &c.kid_rate_limited);
+            put("shardgate_oidc_idp_shared_calls_total", "sent", &c.shared_calls);
+            put("shardgate_oidc_idp_shared_calls_total", "coalesced", &c.shared_coalesced);
+        }
+    }
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// Shard side: what every route's auth on this shard shares.
+#[derive(Clone)]
+pub struct ShardOidc {
+    inner: Rc<ShardOidcInner>,
+}
+
+struct ShardOidcInner {
+    shard: usize,
+    clock: CoarseClock,
+    rng: ring::rand::SystemRandom,
+    /// Provider snapshots attached on this shard, by discovery URL + settings.
+    providers: RefCell<HashMap<ProviderSpec, Local<ProviderState>>>,
+}
+
+impl ShardOidc {
+    pub fn new(shard: usize) -> ShardOidc {
+        ShardOidc {
+            inner: Rc::new(ShardOidcInner {
+                shard,
+                clock: shardgate_runtime::clock::shard_clock(),
+                rng: ring::rand::SystemRandom::new(),
+                providers: RefCell::new(HashMap::new()),
+            }),
+        }
+    }
+
+    pub fn now_secs(&self) -> u64 {
+        self.inner.clock.unix_secs()
+    }
+
+    pub fn now_millis(&self) -> u64 {
+        self.inner.clock.unix_millis()
+    }
+
+    pub fn shard(&self) -> usize {
+        self.inner.shard
+    }
+
+    /// A random URL-safe id (`jti`, state, nonce).
+    pub fn random_id(&self) -> String {
+        let mut b = [0u8; 16];
+        if self.inner.rng.fill(&mut b).is_err() {
+            // The system RNG does not fail on Linux; a predictable jti would only weaken replay
+            // detection at the IdP, so fall back to time rather than panicking.
+            b[..8].copy_from_slice(&self.now_millis().to_le_bytes());
+        }
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b)
+    }
+
+    pub fn rng(&self) -> &ring::rand::SystemRandom {
+        &self.inner.rng
+    }
+
+    /// The shard-local snapshot of a provider (attached once per shard).
+    fn provider_state(&self, handle: &ProviderHandle) -> Local<ProviderState> {
+        let mut map = self.inner.providers.borrow_mut();
+        if let Some(l) = map.get(&*handle.spec) {
+            return l.clone();
+        }
+        let local = handle.state.subscribe().attach();
+        map.insert((*handle.spec).clone(), local.clone());
+        local
+    }
+}
+
+/// One route's authentication on one shard, with its caches. Rebuilt only when the route's
+/// plugin config changes (its fingerprint), so caches survive unrelated reloads.
+pub struct RouteAuth {
+    pub route: Arc<OidcRoute>,
+    pub oidc: ShardOidc,
+    pub provider: Option<(ProviderHandle, Local<ProviderState>)>,
+    pub verified: RefCell<TtlCache<Rc<bearer::Verified>>>,
+    pub rejected: RefCell<TtlCache<bearer::Rejected>>,
+    pub introspected: RefCell<TtlCache<Rc<bearer::Verified>>>,
+    pub policy: RefCell<Option<(u64, Rc<shardgate_oidc::claims::ClaimsPolicy>)>>,
+}
+
+impl RouteAuth {
+    pub fn new(route: Arc<OidcRoute>, oidc: &ShardOidc) -> RouteAuth {
+        let provider = route.provider.as_ref().map(|h| (h.clone(), oidc.provider_state(h)));
+        let cap = route.conf.jwt_verification_cache_size.max(16);
+        RouteAuth {
+            oidc: oidc.clone(),
+            provider,
+            verified: RefCell::new(TtlCache::new(cap)),
+            rejected: RefCell::new(TtlCache::new(cap.min(4096))),
+            introspected: RefCell::new(TtlCache::new(cap)),
+            policy: RefCell::new(None),
+            route,
+        }
+    }
+
+    /// The `rewrite` phase.
+    pub async fn rewrite(&self, shard: &Shard, c: &mut ClientConn) -> Result<(), Error> {
+        c.outcome.strip_identity_headers = true;
+        if self.route.conf.hide_credentials {
+            c.outcome.strip_authorization = true;
+        }
+        bearer::rewrite(self, shard, c).await
+    }
+}

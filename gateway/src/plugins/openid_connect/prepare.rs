@@ -1,0 +1,178 @@
+//! Turning a route's `openid-connect` attributes into ready-to-use values, once per config load:
+//! keys parsed, the claim schema compiled, client authentication loaded, the provider chosen.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shardgate_oidc::claims::{AudienceRule, CompiledSchema};
+use shardgate_oidc::client_auth::{AuthMethod, ClientAuth, PreparedClientAuth};
+use shardgate_oidc::config::OidcConf;
+use shardgate_oidc::idp::provider::{ProviderHandle, ProviderSpec};
+use shardgate_oidc::jwk::{Key, KeySet};
+use shardgate_oidc::jwt::{Alg, AlgPolicy, AlgSet};
+
+use super::OidcShared;
+
+/// How bearer tokens are checked on a route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// Local JWT verification with the provider's JWKS (`use_jwks`).
+    Jwks,
+    /// Local JWT verification with `public_key` / `symmetric_key`.
+    StaticKey,
+    /// RFC 7662 introspection.
+    Introspection,
+}
+
+/// A route's prepared `openid-connect` settings (shared by every shard, immutable).
+pub struct OidcRoute {
+    pub conf: Arc<OidcConf>,
+    /// Changes whenever any attribute changes: shards keep caches across reloads only when equal.
+    pub fingerprint: u64,
+    pub provider: Option<ProviderHandle>,
+    pub check: TokenCheck,
+    pub static_keys: Option<Arc<KeySet>>,
+    pub alg_policy: AlgPolicy,
+    pub audience: Option<AudienceRule>,
+    pub schema: Option<CompiledSchema>,
+    pub introspection_auth: PreparedClientAuth,
+    /// `WWW-Authenticate: Bearer realm="<realm>"` prefix, built once.
+    pub challenge: String,
+}
+
+impl std::fmt::Debug for OidcRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OidcRoute").field("fingerprint", &self.fingerprint).field("check", &self.check).finish()
+    }
+}
+
+/// Prepares one route's plugin; `path` names the config location for errors.
+pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<OidcRoute, String> {
+    let fingerprint = fingerprint(&conf);
+    let check = if conf.use_jwks {
+        TokenCheck::Jwks
+    } else if conf.public_key.is_some() || conf.symmetric_key.is_some() {
+        TokenCheck::StaticKey
+    } else {
+        TokenCheck::Introspection
+    };
+    let mut keys = Vec::new();
+    if let Some(pem) = &conf.public_key {
+        keys.push(Key::from_public_pem(pem).map_err(|e| format!("{path}.public_key: {e}"))?);
+    }
+    if let Some(secret) = &conf.symmetric_key {
+        keys.push(Key::symmetric(secret.expose().as_bytes()));
+    }
+    let static_keys = (!keys.is_empty()).then(|| Arc::new(KeySet::from_keys(keys)));
+
+    let mut alg_policy = match &conf.token_signing_alg_values_expected {
+        Some(name) => {
+            let alg = Alg::from_name(name)
+                .ok_or_else(|| format!("{path}.token_signing_alg_values_expected: unknown algorithm {name:?}"))?;
+            AlgPolicy::only(alg)
+        }
+        None => AlgPolicy::default(),
+    };
+    if conf.symmetric_key.is_some() {
+        alg_policy.allow_symmetric = true;
+        if conf.token_signing_alg_values_expected.is_none() {
+            let mut set = AlgSet::asymmetric();
+            for a in [Alg::HS256, Alg::HS384, Alg::HS512] {
+                set.insert(a);
+            }
+            alg_policy.allowed = set;
+        }
+    }
+
+    let a = &conf.claim_validator.audience;
+    let audience = (a.required || a.match_with_client_id || a.claim != "aud").then(|| AudienceRule {
+        claim: a.claim.clone(),
+        required: a.required || a.match_with_client_id,
+        expected: if a.match_with_client_id { vec![conf.client_id.clone()] } else { Vec::new() },
+    });
+    let schema = match &conf.claim_schema {
+        Some(s) => Some(CompiledSchema::compile(s).map_err(|e| format!("{path}.claim_schema: {e}"))?),
+        None => None,
+    };
+    let introspection_auth = ClientAuth {
+        method: auth_method(conf.introspection_endpoint_auth_method),
+        client_id: conf.client_id.clone(),
+        client_secret: conf.client_secret.as_ref().map(|s| s.expose().to_string()),
+        private_key_pem: conf.client_rsa_private_key.as_ref().map(|s| s.expose().to_string()),
+        key_id: conf.client_rsa_private_key_id.clone(),
+        assertion_alg: conf.client_jwt_assertion_alg.and_then(|a| Alg::from_name(&format!("{a:?}"))),
+        assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
+        assertion_audience: conf.client_jwt_assertion_audience.clone(),
+    };
+    let introspection_auth = if check == TokenCheck::Introspection || !conf.bearer_only {
+        introspection_auth.prepare().map_err(|e| format!("{path}: introspection client authentication: {e}"))?
+    } else {
+        // Unused on this route: don't demand credentials APISIX wouldn't demand.
+        ClientAuth { method: AuthMethod::None, client_id: conf.client_id.clone(), ..ClientAuth::default() }
+            .prepare()
+            .map_err(|e| format!("{path}: {e}"))?
+    };
+
+    let proxy = conf.proxy_opts.as_ref().map(|p| {
+        (
+            p.http_proxy.clone(),
+            p.https_proxy.clone(),
+            p.no_proxy.as_deref().map(|n| n.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default(),
+        )
+    });
+    let spec = ProviderSpec {
+        discovery_url: conf.discovery.clone(),
+        discovery_expires_in: Duration::from_secs(conf.discovery_expires_in.max(1)),
+        jwk_expires_in: Duration::from_secs(conf.jwk_expires_in.max(1)),
+        need_jwks: conf.use_jwks || !conf.bearer_only,
+        timeout: conf.timeout(),
+        ssl_verify: conf.ssl_verify,
+        proxy,
+    };
+    let provider = Some(shared.provider(spec));
+    let challenge = format!("Bearer realm=\"{}\"", conf.realm.replace(['"', '\\', '\r', '\n'], ""));
+    Ok(OidcRoute {
+        conf,
+        fingerprint,
+        provider,
+        check,
+        static_keys,
+        alg_policy,
+        audience,
+        schema,
+        introspection_auth,
+        challenge,
+    })
+}
+
+/// Debug output covers every attribute but prints secrets redacted, so the secrets are hashed
+/// explicitly: a new `session.secret` must rebuild the shard state that depends on it.
+fn fingerprint(conf: &OidcConf) -> u64 {
+    let mut h = DefaultHasher::new();
+    format!("{conf:?}").hash(&mut h);
+    let secrets = [
+        conf.client_secret.as_ref(),
+        conf.session.secret.as_ref(),
+        conf.symmetric_key.as_ref(),
+        conf.client_rsa_private_key.as_ref(),
+    ];
+    for s in secrets {
+        s.map(|s| s.expose()).hash(&mut h);
+    }
+    for s in &conf.session.secret_fallbacks {
+        s.expose().hash(&mut h);
+    }
+    h.finish()
+}
+
+fn auth_method(m: shardgate_oidc::config::AuthMethod) -> AuthMethod {
+    use shardgate_oidc::config::AuthMethod as C;
+    match m {
+        C::ClientSecretBasic => AuthMethod::ClientSecretBasic,
+        C::ClientSecretPost => AuthMethod::ClientSecretPost,
+        C::ClientSecretJwt => AuthMethod::ClientSecretJwt,
+        C::PrivateKeyJwt => AuthMethod::PrivateKeyJwt,
+    }
+}

@@ -1,0 +1,359 @@
+//! One client connection: keep-alive, pipelining, timeouts, and the request pipeline phases.
+//!
+//! Phases, in order (each a function below):
+//! 1. `read_head`   parse with limits; 408 on header timeout, 400/431/505 on bad input
+//! 2. `route`       host/uri/method -> compiled route; 404
+//! 3. `rewrite`     plugins (openid-connect): strip identity headers, authenticate, or answer (401/302/...)
+//! 4. `forward`     upstream exchange (see forward.rs), body streaming both ways
+//! 5. `log`         one access-log line and the metrics, exactly once per request
+//!
+//! Responses are written in request order because requests are handled one at a time: pipelined
+//! requests simply wait in the read buffer.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use crate::error::{self, Error};
+use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
+use crate::plugins::Outcome;
+use crate::proxy::io::{ReadFail, read_more, write_all_vec};
+use crate::proxy::{Compiled, Shard, forward};
+
+/// Per-connection state, reused for every request on the connection.
+pub struct ClientConn {
+    pub stream: TcpStream,
+    /// Unconsumed bytes from the client: the current head, body bytes, pipelined requests.
+    pub buf: Vec<u8>,
+    /// Scratch for heads we write (upstream request, client response).
+    pub out: Vec<u8>,
+    pub head: RequestHead,
+    pub resp: ResponseHead,
+    pub outcome: Outcome,
+    pub peer: SocketAddr,
+    /// The client IP as text, computed once per connection for X-Forwarded-For / X-Real-IP.
+    pub peer_ip: String,
+    pub local_port: String,
+    pub tls: bool,
+    /// Requests served on this connection.
+    pub served: u64,
+}
+
+/// Whether the connection may carry another request.
+pub enum Next {
+    KeepAlive,
+    Close,
+    /// The upstream answered 101: the connection becomes a byte tunnel to it.
+    Tunnel(crate::upstream::pool::UpConn),
+}
+
+/// What the access log and metrics need about one request.
+pub struct Summary {
+    pub status: u16,
+    pub bytes_out: u64,
+    pub upstream_us: Option<u64>,
+    pub error: Option<Error>,
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, local_port: u16) {
+    let _ = stream.set_nodelay(true);
+    shard.metrics.accepted.set(shard.metrics.accepted.get() + 1);
+    shard.metrics.open_connections.set(shard.metrics.open_connections.get() + 1);
+    let mut c = ClientConn {
+        stream,
+        buf: Vec::with_capacity(8 * 1024),
+        out: Vec::with_capacity(8 * 1024),
+        head: RequestHead::new(),
+        resp: ResponseHead::new(),
+        outcome: Outcome::default(),
+        peer,
+        peer_ip: peer.ip().to_string(),
+        local_port: local_port.to_string(),
+        tls: false,
+        served: 0,
+    };
+    loop {
+        let compiled = shard.current();
+        match read_head(&shard, &compiled, &mut c).await {
+            Ok(started) => {
+                let Some(_guard) = shard.gate.enter() else { break };
+                let next = handle(&shard, &compiled, &mut c, started).await;
+                c.served += 1;
+                match next {
+                    Next::KeepAlive if !shard.shutdown.is_triggered() => {}
+                    Next::KeepAlive | Next::Close => break,
+                    Next::Tunnel(up) => {
+                        shard.metrics.open_connections.set(shard.metrics.open_connections.get() - 1);
+                        forward::tunnel(c.stream, up).await;
+                        return;
+                    }
+                }
+            }
+            Err(HeadFail::Closed) => break,
+            Err(HeadFail::Bad(err)) => {
+                let started = Instant::now();
+                let summary = respond_error(&mut c, &err, Method::Get).await;
+                log(&shard, &compiled, &c, None, started, &summary, true);
+                break;
+            }
+        }
+    }
+    shard.metrics.open_connections.set(shard.metrics.open_connections.get() - 1);
+}
+
+enum HeadFail {
+    /// EOF, idle timeout, shutdown or a reset while idle: close quietly.
+    Closed,
+    /// Answer with an error, then close.
+    Bad(Error),
+}
+
+/// Phase 1: wait for and parse one request head.
+async fn read_head(shard: &Shard, compiled: &Compiled, c: &mut ClientConn) -> Result<Instant, HeadFail> {
+    let limits = &compiled.published.limits;
+    let mut header_deadline: Option<Instant> = None;
+    loop {
+        if !c.buf.is_empty() {
+            let started = *header_deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+            match http1::parse_request(&c.buf, &limits.http, &mut c.head) {
+                Ok(Parsed::Complete) => return Ok(started - limits.header_timeout),
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Err(HeadFail::Bad(Error::Parse(e))),
+            }
+        }
+        let buf = std::mem::take(&mut c.buf);
+        let (res, buf) = match header_deadline {
+            // Waiting for the first byte of a request: the idle timeout applies, and shutdown
+            // closes idle keep-alive connections instead of waiting for them.
+            None => {
+                let deadline = Instant::now() + limits.idle_timeout;
+                let read = read_more(&mut c.stream, buf, 8 * 1024, Some(deadline));
+                monoio::select! {
+                    r = read => r,
+                    _ = shard.shutdown.wait() => return Err(HeadFail::Closed),
+                }
+            }
+            Some(d) => read_more(&mut c.stream, buf, 8 * 1024, Some(d)).await,
+        };
+        c.buf = buf;
+        match res {
+            Ok(_) => {
+                if c.buf.len() > limits.http.max_header_bytes + 8 * 1024 && header_deadline.is_some() {
+                    // parse_request reports HeaderTooLarge itself; this only bounds the buffer.
+                    continue;
+                }
+            }
+            Err(ReadFail::Timeout) if header_deadline.is_some() => {
+                return Err(HeadFail::Bad(Error::HeaderTimeout));
+            }
+            Err(_) => return Err(HeadFail::Closed),
+        }
+    }
+}
+
+/// Phases 2-5 for one parsed request.
+async fn handle(shard: &Shard, compiled: &Rc<Compiled>, c: &mut ClientConn, started: Instant) -> Next {
+    let method = c.head.method;
+    // Phase 2: route.
+    let path = c.head.path.of(&c.buf);
+    let host = c.head.host.map(|h| h.of(&c.buf));
+    let method_token = c.head.method_span.of(&c.buf);
+    let Some(route_idx) = compiled.published.table.find(host, path, method_token) else {
+        let err = Error::RouteNotFound;
+        let summary = respond_error(c, &err, method).await;
+        log(shard, compiled, c, None, started, &summary, false);
+        return finish_early(c);
+    };
+    let route = &compiled.routes[route_idx];
+
+    // Phase 3: rewrite (plugins).
+    c.outcome.clear();
+    if let Some(auth) = &route.auth {
+        if let Err(err) = auth.rewrite(shard, c).await {
+            let summary = respond_error(c, &err, method).await;
+            log(shard, compiled, c, Some(route_idx), started, &summary, false);
+            return finish_early(c);
+        }
+    }
+
+    // Phase 4: forward.
+    let (summary, next, consumed) = forward::exchange(shard, compiled, route_idx, c).await;
+    log(shard, compiled, c, Some(route_idx), started, &summary, false);
+    if matches!(next, Next::KeepAlive) {
+        c.buf.drain(..consumed.min(c.buf.len()));
+    }
+    next
+}
+
+/// After answering without reading the request body, the body's bytes would be taken for the next
+/// request: consume it when it is already buffered, otherwise close.
+fn finish_early(c: &mut ClientConn) -> Next {
+    let head_len = c.head.head_len;
+    match c.head.framing {
+        BodyFraming::None => {
+            c.buf.drain(..head_len);
+            if c.head.keep_alive { Next::KeepAlive } else { Next::Close }
+        }
+        BodyFraming::Length(n) if (c.buf.len() - head_len) as u64 >= n && c.head.keep_alive => {
+            // `n` fits in the buffer, so it fits in usize.
+            c.buf.drain(..head_len + n as usize);
+            Next::KeepAlive
+        }
+        _ => Next::Close,
+    }
+}
+
+/// Writes the response for `err` (the one mapping in `error::respond`).
+pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> Summary {
+    let r = error::respond(err);
+    let close = r.close || !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    write_simple_head(&mut out, r.status, r.content_type, r.body.len(), close);
+    for (k, v) in r.headers.iter().chain(c.outcome.response_headers.iter()) {
+        push_header(&mut out, k.as_bytes(), v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    if method != Method::Head {
+        out.extend_from_slice(&r.body);
+    }
+    let len = out.len() as u64;
+    let (res, out) = write_all_vec(&mut c.stream, out, Some(Instant::now() + Duration::from_secs(30))).await;
+    c.out = out;
+    Summary {
+        status: r.status,
+        bytes_out: if res.is_ok() { len } else { 0 },
+        upstream_us: None,
+        error: Some(err.clone()),
+    }
+}
+
+pub fn write_simple_head(out: &mut Vec<u8>, status: u16, content_type: &str, len: usize, close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: shardgate\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    push_u64(out, len as u64);
+    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+}
+
+pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Decimal formatting without `fmt` machinery (hot path).
+pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Phase 5: the access-log line and the metrics, once per request.
+fn log(
+    shard: &Shard,
+    compiled: &Compiled,
+    c: &ClientConn,
+    route: Option<usize>,
+    started: Instant,
+    s: &Summary,
+    bad_head: bool,
+) {
+    let total_us = started.elapsed().as_micros() as u64;
+    let m = &shard.metrics;
+    m.requests.set(m.requests.get() + 1);
+    m.record_latency(total_us, s.upstream_us);
+    let route_id = match route {
+        Some(i) => {
+            compiled.routes[i].stats.record(s.status);
+            &*compiled.routes[i].id
+        }
+        None => {
+            m.unrouted.record(s.status);
+            ""
+        }
+    };
+    if let Some(e) = &s.error {
+        m.record_error(e.code());
+        match e.side() {
+            error::Side::Downstream => tracing::info!(
+                shard = shard.info.id, peer = %c.peer, route = route_id, status = s.status,
+                reason = %e, "request rejected"
+            ),
+            _ => tracing::warn!(
+                shard = shard.info.id, peer = %c.peer, route = route_id, status = s.status,
+                reason = %e, "request failed"
+            ),
+        }
+    }
+    if !compiled.published.access_log {
+        return;
+    }
+    let (method, path) = if bad_head {
+        ("-", "-")
+    } else {
+        (
+            std::str::from_utf8(c.head.method_span.of(&c.buf)).unwrap_or("-"),
+            std::str::from_utf8(c.head.target.of(&c.buf)).unwrap_or("-"),
+        )
+    };
+    tracing::info!(
+        target: "access",
+        method,
+        path,
+        status = s.status,
+        bytes = s.bytes_out,
+        upstream_ms = s.upstream_us.map(|u| u as f64 / 1000.0),
+        total_ms = total_us as f64 / 1000.0,
+        route = route_id,
+        shard = shard.info.id,
+        peer = %c.peer,
+    );
+}

@@ -1,0 +1,871 @@
+//! Phase 4: the upstream exchange.
+//!
+//! select node -> pool checkout or connect -> request head (hop-by-hop removed, framing regenerated,
+//! X-Forwarded-*) -> request body (streamed, bounded) -> response head (1xx relayed) -> response
+//! body (streamed, re-framed) -> pool checkin. WebSocket/Upgrade becomes a byte tunnel after 101.
+//!
+//! Memory stays flat whatever the body size: bodies move through the connection's own buffers in
+//! pieces of at most `BODY_CHUNK` bytes.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
+
+use crate::error::{Error, UpstreamError};
+use crate::http1::{
+    self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, Parsed, ParseError, is_hop_by_hop,
+};
+use crate::plugins::{HeaderValue, IDENTITY_HEADERS};
+use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
+use crate::proxy::io::{ReadFail, WriteFail, read_more, write_all_vec, write_range};
+use crate::proxy::{Compiled, Shard};
+use crate::upstream::pool::UpConn;
+use crate::upstream::{self, HashOn, PassHost, ShardUpstream};
+
+const BODY_CHUNK: usize = 64 * 1024;
+const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Runs the exchange and writes the response (or an error response) to the client. Returns how
+/// many bytes of `c.buf` the request used: the head stays in place for the access log and the
+/// caller drains them afterwards (what follows is the next pipelined request).
+pub async fn exchange(
+    shard: &Shard,
+    compiled: &Rc<Compiled>,
+    route_idx: usize,
+    c: &mut ClientConn,
+) -> (Summary, Next, usize) {
+    let route = &compiled.routes[route_idx];
+    let up = &compiled.upstreams[route.upstream];
+    let started = Instant::now();
+    match run(shard, compiled, up, route.websocket, c).await {
+        Ok(done) => {
+            let next = if let Some(up) = done.tunnel {
+                Next::Tunnel(up)
+            } else if done.client_close || !c.head.keep_alive {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            };
+            let summary = Summary {
+                status: done.status,
+                bytes_out: done.bytes_out,
+                upstream_us: Some(started.elapsed().as_micros() as u64),
+                error: done.error,
+            };
+            (summary, next, done.consumed)
+        }
+        Err(Fail { error, response_started, consumed }) => {
+            if response_started {
+                // Headers already went out: the only honest signal left is closing the connection.
+                let summary = Summary { status: 0, bytes_out: 0, upstream_us: None, error: Some(error) };
+                return (summary, Next::Close, 0);
+            }
+            let mut summary = respond_error(c, &error, c.head.method).await;
+            summary.upstream_us = Some(started.elapsed().as_micros() as u64);
+            // The request body may be half read: only a fully consumed request keeps the connection.
+            match consumed {
+                Some(n) if c.head.keep_alive => (summary, Next::KeepAlive, n),
+                _ => (summary, Next::Close, 0),
+            }
+        }
+    }
+}
+
+struct Done {
+    status: u16,
+    bytes_out: u64,
+    /// Bytes of `c.buf` that belonged to this request (head + body).
+    consumed: usize,
+    client_close: bool,
+    /// A failure after the response head was sent (the response was cut short).
+    error: Option<Error>,
+    /// After a 101: the upstream connection to tunnel bytes to.
+    tunnel: Option<UpConn>,
+}
+
+struct Fail {
+    error: Error,
+    response_started: bool,
+    /// Some(n) when the whole request (n bytes of `c.buf`) was consumed, so keep-alive can go on.
+    consumed: Option<usize>,
+}
+
+impl Fail {
+    fn up(error: UpstreamError, consumed: Option<usize>) -> Fail {
+        Fail { error: Error::Upstream { error, retryable: false }, response_started: false, consumed }
+    }
+}
+
+fn hash_key<'a>(c: &'a ClientConn, on: &HashOn) -> &'a [u8] {
+    let buf = &c.buf;
+    match on {
+        HashOn::RemoteAddr => c.peer_ip.as_bytes(),
+        HashOn::Uri => c.head.path.of(buf),
+        HashOn::Host => c.head.host.map(|h| h.of(buf)).unwrap_or(b""),
+        HashOn::Query => c.head.query.map(|q| q.of(buf)).unwrap_or(b""),
+        HashOn::Header(name) => c.head.header(buf, name).unwrap_or(b""),
+        HashOn::Arg(name) => c
+            .head
+            .query
+            .map(|q| q.of(buf))
+            .and_then(|q| {
+                q.split(|b| *b == b'&').find_map(|kv| {
+                    let (k, v) = match kv.iter().position(|b| *b == b'=') {
+                        Some(i) => (&kv[..i], &kv[i + 1..]),
+                        None => (kv, &b""[..]),
+                    };
+                    (k == name.as_bytes()).then_some(v)
+                })
+            })
+            .unwrap_or(b""),
+        HashOn::Cookie(name) => c
+            .head
+            .headers
+            .iter()
+            .filter(|h| h.name.of(buf).eq_ignore_ascii_case(b"cookie"))
+            .find_map(|h| {
+                h.value.of(buf).split(|b| *b == b';').find_map(|kv| {
+                    let kv = kv.trim_ascii();
+                    let i = kv.iter().position(|b| *b == b'=')?;
+                    (&kv[..i] == name.as_bytes()).then_some(&kv[i + 1..])
+                })
+            })
+            .unwrap_or(b""),
+    }
+}
+
+async fn run(
+    shard: &Shard,
+    compiled: &Rc<Compiled>,
+    up: &ShardUpstream,
+    websocket: bool,
+    c: &mut ClientConn,
+) -> Result<Done, Fail> {
+    let head_len = c.head.head_len;
+    let method = c.head.method;
+    let upgrade = websocket && c.head.upgrade;
+    // The whole request is replayable on another connection only when it is already buffered.
+    let buffered_body = match c.head.framing {
+        BodyFraming::None => Some(0usize),
+        BodyFraming::Length(n) => usize::try_from(n).ok().filter(|n| c.buf.len() - head_len >= *n),
+        BodyFraming::Chunked | BodyFraming::CloseDelimited => None,
+    };
+    let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
+
+    build_request_head(compiled, up, c, upgrade);
+    // Small buffered bodies ride in the same write as the head.
+    if let Some(n) = buffered_body {
+        let b = &c.buf[head_len..head_len + n];
+        c.out.extend_from_slice(b);
+    }
+
+    let mut tried: u64 = 0;
+    let mut attempts = 0u32;
+    let mut stale_retry_used = false;
+    loop {
+        let now = Instant::now();
+        let key = match &up.hash_on {
+            Some(on) => hash_key(c, on),
+            None => b"",
+        };
+        let Some(node_idx) = up.pick(key, tried, now) else {
+            return Err(Fail::up(UpstreamError::NoHealthyNode, None));
+        };
+        let node = &up.nodes[node_idx];
+        let (mut conn, reused) = match node.pool.checkout(now) {
+            Some(conn) => (conn, true),
+            None => match upstream::connect(node.addr, up.timeouts.connect).await {
+                Ok(conn) => {
+                    node.pool.opened.set(node.pool.opened.get() + 1);
+                    (conn, false)
+                }
+                Err(e) => {
+                    if up.report_failure(node_idx, Instant::now()) {
+                        tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
+                    }
+                    tracing::info!(upstream = %up.id, node = %node.key, error = ?e, "upstream connect failed");
+                    if attempts < up.retries && method.is_idempotent() {
+                        attempts += 1;
+                        if node_idx < 64 {
+                            tried |= 1 << node_idx;
+                        }
+                        continue;
+                    }
+                    return Err(Fail {
+                        error: Error::Upstream { error: e, retryable: true },
+                        response_started: false,
+                        consumed: buffered_body.map(|n| head_len + n),
+                    });
+                }
+            },
+        };
+        conn.requests += 1;
+
+        // Send the head (+ buffered body).
+        let out = std::mem::take(&mut c.out);
+        let send_deadline = Instant::now() + up.timeouts.send;
+        let (res, out) = write_all_vec(&mut conn.stream, out, Some(send_deadline)).await;
+        c.out = out;
+        if let Err(e) = res {
+            if reused && replayable && !stale_retry_used {
+                // A pooled connection the upstream closed while idle: try once on a fresh one.
+                stale_retry_used = true;
+                continue;
+            }
+            up.report_failure(node_idx, Instant::now());
+            let err = match e {
+                WriteFail::Timeout => UpstreamError::SendTimeout,
+                WriteFail::Io(e) => UpstreamError::Io(e.to_string()),
+            };
+            return Err(Fail::up(err, buffered_body.map(|n| head_len + n)));
+        }
+
+        // Stream the rest of the request body, when it was not buffered.
+        let mut consumed = head_len + buffered_body.unwrap_or(0);
+        if buffered_body.is_none() {
+            if c.head.expect_continue {
+                let (r, _) = c.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+                if r.is_err() {
+                    return Err(Fail { error: client_gone(), response_started: true, consumed: None });
+                }
+            }
+            consumed = stream_request_body(c, &mut conn, up.timeouts.send).await?;
+        }
+
+        // Response head.
+        let read_deadline = Instant::now() + up.timeouts.read;
+        match read_response_head(c, &mut conn, method, read_deadline, &compiled.published.limits.http).await {
+            Ok(()) => {}
+            Err(e) => {
+                let nothing_received = conn.buf.is_empty();
+                if reused
+                    && replayable
+                    && !stale_retry_used
+                    && nothing_received
+                    && matches!(e, UpstreamError::ClosedEarly | UpstreamError::Io(_))
+                {
+                    stale_retry_used = true;
+                    continue;
+                }
+                if matches!(e, UpstreamError::ReadTimeout | UpstreamError::ClosedEarly | UpstreamError::Io(_)) {
+                    up.report_failure(node_idx, Instant::now());
+                }
+                return Err(Fail::up(e, Some(consumed)));
+            }
+        }
+        up.report_success(node_idx);
+
+        if c.resp.status == 101 {
+            if !upgrade {
+                return Err(Fail::up(
+                    UpstreamError::BadResponse(ParseError::Malformed("101 without an upgrade request")),
+                    None,
+                ));
+            }
+            return switch_protocols(c, conn, consumed).await;
+        }
+        return relay_response(shard, c, conn, node_idx, up, method, consumed).await;
+    }
+}
+
+fn client_gone() -> Error {
+    Error::ClientBody("client connection closed".into())
+}
+
+/// Request head for the upstream: method, target, filtered headers, our headers, framing.
+fn build_request_head(compiled: &Compiled, up: &ShardUpstream, c: &mut ClientConn, upgrade: bool) {
+    let buf = &c.buf;
+    let head = &c.head;
+    let out = &mut c.out;
+    out.clear();
+    out.extend_from_slice(head.method_span.of(buf));
+    out.push(b' ');
+    // absolute-form targets are sent on in origin-form.
+    let target = head.target.of(buf);
+    if target.first() == Some(&b'/') || target == b"*" {
+        out.extend_from_slice(target);
+    } else {
+        out.extend_from_slice(head.path.of(buf));
+        if let Some(q) = head.query {
+            out.push(b'?');
+            out.extend_from_slice(q.of(buf));
+        }
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    let client_host = head.host.map(|h| h.of(buf)).unwrap_or(b"");
+    match &up.pass_host {
+        PassHost::Pass => out.extend_from_slice(client_host),
+        PassHost::Node => {
+            // Filled per node below would need a rebuild per retry; nodes of one upstream share a
+            // scheme, so the first node's host is used when the balancer has not picked yet.
+            out.extend_from_slice(up.nodes.first().map(|n| n.host_header.as_bytes()).unwrap_or(b""));
+        }
+        PassHost::Rewrite(h) => out.extend_from_slice(h.as_bytes()),
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let strip_identity = c.outcome.strip_identity_headers;
+    let strip_auth = c.outcome.strip_authorization;
+    let mut xff_prev: Option<&[u8]> = None;
+    for h in &head.headers {
+        let name = h.name.of(buf);
+        let value = h.value.of(buf);
+        if is_hop_by_hop(name) || in_tokens(name, &head.connection_tokens, buf) {
+            continue;
+        }
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => continue,
+            6 if name.eq_ignore_ascii_case(b"expect") => continue,
+            6 if name.eq_ignore_ascii_case(b"cookie") => {
+                if let Some(prefix) = &c.outcome.strip_cookie_prefix {
+                    write_filtered_cookie(out, value, prefix.as_bytes());
+                    continue;
+                }
+            }
+            9 if name.eq_ignore_ascii_case(b"x-real-ip") => continue,
+            13 if strip_auth && name.eq_ignore_ascii_case(b"authorization") => continue,
+            14 if name.eq_ignore_ascii_case(b"content-length") => continue,
+            15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
+                xff_prev = Some(value);
+                continue;
+            }
+            16 | 17 if name.eq_ignore_ascii_case(b"x-forwarded-host")
+                || name.eq_ignore_ascii_case(b"x-forwarded-port")
+                || name.eq_ignore_ascii_case(b"x-forwarded-proto") =>
+            {
+                continue;
+            }
+            _ => {}
+        }
+        if strip_identity && IDENTITY_HEADERS.iter().any(|i| name.eq_ignore_ascii_case(i.as_bytes())) {
+            continue;
+        }
+        push_header(out, name, value);
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    if let Some(prev) = xff_prev {
+        out.extend_from_slice(prev);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(c.peer_ip.as_bytes());
+    out.extend_from_slice(b"\r\nX-Real-IP: ");
+    out.extend_from_slice(c.peer_ip.as_bytes());
+    out.extend_from_slice(if c.tls { b"\r\nX-Forwarded-Proto: https" } else { b"\r\nX-Forwarded-Proto: http" });
+    out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
+    out.extend_from_slice(strip_port(client_host));
+    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
+    out.extend_from_slice(c.local_port.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &c.outcome.upstream_headers {
+        let v: &[u8] = match value {
+            HeaderValue::Shared(s) => s.as_bytes(),
+            HeaderValue::Owned(s) => s.as_bytes(),
+            HeaderValue::Request(span) => span.of(buf),
+        };
+        push_header(out, name.as_bytes(), v);
+    }
+    match head.framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked | BodyFraming::CloseDelimited => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+    }
+    if upgrade {
+        if let Some(u) = head.header(buf, "upgrade") {
+            push_header(out, b"Upgrade", u);
+        }
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let _ = compiled;
+}
+
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.first() == Some(&b'[') {
+        return match host.iter().position(|b| *b == b']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.iter().rposition(|b| *b == b':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+fn in_tokens(name: &[u8], tokens: &[http1::Span], buf: &[u8]) -> bool {
+    tokens.iter().any(|t| t.of(buf).eq_ignore_ascii_case(name))
+}
+
+/// Copies a Cookie header without the cookies whose name starts with `prefix` (our session).
+fn write_filtered_cookie(out: &mut Vec<u8>, value: &[u8], prefix: &[u8]) {
+    let mark = out.len();
+    out.extend_from_slice(b"Cookie: ");
+    let start = out.len();
+    for part in value.split(|b| *b == b';') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.starts_with(prefix) {
+            continue;
+        }
+        if out.len() > start {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(part);
+    }
+    if out.len() == start {
+        out.truncate(mark);
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Streams the request body that was not buffered with the head. Returns bytes of `c.buf` consumed.
+async fn stream_request_body(c: &mut ClientConn, conn: &mut UpConn, send_timeout: Duration) -> Result<usize, Fail> {
+    let head_len = c.head.head_len;
+    match c.head.framing {
+        BodyFraming::Length(n) => {
+            let mut remaining = n;
+            let mut pos = head_len;
+            loop {
+                let avail = (c.buf.len() - pos).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                if avail > 0 {
+                    let buf = std::mem::take(&mut c.buf);
+                    let (r, buf) =
+                        write_range(&mut conn.stream, buf, pos, pos + avail, Some(Instant::now() + send_timeout)).await;
+                    c.buf = buf;
+                    r.map_err(|e| send_fail(e))?;
+                    pos += avail;
+                    remaining -= avail as u64;
+                }
+                if remaining == 0 {
+                    return Ok(pos);
+                }
+                // Keep the head for the log; reuse the space after it.
+                c.buf.truncate(head_len);
+                pos = head_len;
+                let buf = std::mem::take(&mut c.buf);
+                let (r, buf) = read_more(&mut c.stream, buf, BODY_CHUNK, Some(Instant::now() + send_timeout)).await;
+                c.buf = buf;
+                if r.is_err() {
+                    return Err(Fail {
+                        error: Error::ClientBody("client closed before the whole body was received".into()),
+                        response_started: false,
+                        consumed: None,
+                    });
+                }
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+            let mut pos = head_len;
+            let mut wire: Vec<u8> = Vec::with_capacity(BODY_CHUNK + 64);
+            let mut saw_trailers = false;
+            loop {
+                let (n, ev) = dec.decode(&c.buf[pos..]).map_err(|e| Fail {
+                    error: Error::Parse(e),
+                    response_started: false,
+                    consumed: None,
+                })?;
+                let base = pos;
+                pos += n;
+                match ev {
+                    ChunkEvent::Data(span) => {
+                        let data = &c.buf[base + span.start as usize..base + span.end as usize];
+                        http1::write_chunk_header(&mut wire, data.len());
+                        wire.extend_from_slice(data);
+                        wire.extend_from_slice(b"\r\n");
+                        if wire.len() >= BODY_CHUNK {
+                            wire = flush(conn, wire, send_timeout).await?;
+                        }
+                    }
+                    ChunkEvent::Trailers(span) => {
+                        saw_trailers = true;
+                        wire.extend_from_slice(http1::LAST_CHUNK);
+                        wire.extend_from_slice(&c.buf[base + span.start as usize..base + span.end as usize]);
+                        wire.extend_from_slice(b"\r\n");
+                    }
+                    ChunkEvent::End => {
+                        if !saw_trailers {
+                            wire.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        flush(conn, wire, send_timeout).await?;
+                        return Ok(pos);
+                    }
+                    ChunkEvent::NeedMore => {
+                        if !wire.is_empty() {
+                            wire = flush(conn, wire, send_timeout).await?;
+                        }
+                        // Drop what was decoded, keep the head and any partial chunk line.
+                        c.buf.drain(head_len..pos);
+                        pos = head_len;
+                        let buf = std::mem::take(&mut c.buf);
+                        let (r, buf) =
+                            read_more(&mut c.stream, buf, BODY_CHUNK, Some(Instant::now() + send_timeout)).await;
+                        c.buf = buf;
+                        if r.is_err() {
+                            return Err(Fail {
+                                error: Error::ClientBody("client closed inside a chunked body".into()),
+                                response_started: false,
+                                consumed: None,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        BodyFraming::None | BodyFraming::CloseDelimited => Ok(head_len),
+    }
+}
+
+fn send_fail(e: WriteFail) -> Fail {
+    let err = match e {
+        WriteFail::Timeout => UpstreamError::SendTimeout,
+        WriteFail::Io(e) => UpstreamError::Io(e.to_string()),
+    };
+    Fail::up(err, None)
+}
+
+async fn flush(conn: &mut UpConn, wire: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Fail> {
+    let (r, mut wire) = write_all_vec(&mut conn.stream, wire, Some(Instant::now() + timeout)).await;
+    r.map_err(send_fail)?;
+    wire.clear();
+    Ok(wire)
+}
+
+/// Reads until a final (non-1xx) response head is parsed into `c.resp`; 1xx heads are relayed.
+async fn read_response_head(
+    c: &mut ClientConn,
+    conn: &mut UpConn,
+    method: Method,
+    deadline: Instant,
+    limits: &http1::Limits,
+) -> Result<(), UpstreamError> {
+    loop {
+        if !conn.buf.is_empty() {
+            match http1::parse_response(&conn.buf, limits, method, &mut c.resp) {
+                Ok(Parsed::Complete) => {
+                    let status = c.resp.status;
+                    if (100..200).contains(&status) && status != 101 {
+                        // Interim response (100 Continue, 103 Early Hints): relay to 1.1 clients, drop it otherwise.
+                        let n = c.resp.head_len;
+                        if c.head.version_minor == 1 && status != 100 {
+                            let (r, _) = c.stream.write_all(conn.buf[..n].to_vec()).await;
+                            if r.is_err() {
+                                return Err(UpstreamError::Io("client gone".into()));
+                            }
+                        }
+                        conn.buf.drain(..n);
+                        continue;
+                    }
+                    return Ok(());
+                }
+                Ok(Parsed::Partial) => {}
+                Err(e) => return Err(UpstreamError::BadResponse(e)),
+            }
+        }
+        let buf = std::mem::take(&mut conn.buf);
+        let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, Some(deadline)).await;
+        conn.buf = buf;
+        match r {
+            Ok(_) => {}
+            Err(ReadFail::Timeout) => return Err(UpstreamError::ReadTimeout),
+            Err(ReadFail::Eof) => return Err(UpstreamError::ClosedEarly),
+            Err(ReadFail::Io(e)) => return Err(UpstreamError::Io(e.to_string())),
+        }
+    }
+}
+
+/// Writes the response head and streams the body to the client, then returns the upstream
+/// connection to the pool when it is clean.
+async fn relay_response(
+    shard: &Shard,
+    c: &mut ClientConn,
+    mut conn: UpConn,
+    _node_idx: usize,
+    up: &ShardUpstream,
+    method: Method,
+    consumed: usize,
+) -> Result<Done, Fail> {
+    let _ = shard;
+    let status = c.resp.status;
+    let framing = c.resp.framing;
+    let client_11 = c.head.version_minor == 1;
+    // Close-delimited bodies are re-framed as chunked for HTTP/1.1 clients so keep-alive survives.
+    let chunk_out = client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited);
+    let client_close =
+        !c.head.keep_alive || (!client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited));
+
+    let resp_head_len = c.resp.head_len;
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_u64(&mut out, u64::from(status));
+    out.push(b' ');
+    let reason_bytes = c.resp.reason.of(&conn.buf);
+    if reason_bytes.is_empty() {
+        out.extend_from_slice(reason(status).as_bytes());
+    } else {
+        out.extend_from_slice(reason_bytes);
+    }
+    out.extend_from_slice(b"\r\n");
+    for h in &c.resp.headers {
+        let name = h.name.of(&conn.buf);
+        if is_hop_by_hop(name) || in_tokens(name, &c.resp.connection_tokens, &conn.buf) {
+            // TE on a HEAD/304 response describes the GET's body: keep it there.
+            if !(framing == BodyFraming::None && name.eq_ignore_ascii_case(b"transfer-encoding")) {
+                continue;
+            }
+        }
+        if framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        push_header(&mut out, name, h.value.of(&conn.buf));
+    }
+    for (k, v) in &c.outcome.response_headers {
+        push_header(&mut out, k.as_bytes(), v.as_bytes());
+    }
+    match framing {
+        BodyFraming::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            push_u64(&mut out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        BodyFraming::Chunked | BodyFraming::CloseDelimited if chunk_out => {
+            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        }
+        _ => {}
+    }
+    if client_close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    conn.buf.drain(..resp_head_len);
+
+    let write_timeout = up.timeouts.send.max(Duration::from_secs(30));
+    let read_timeout = up.timeouts.read;
+    let mut bytes_out: u64 = 0;
+    let mut upstream_clean = c.resp.keep_alive;
+    let _ = method;
+
+    // Body.
+    let body_result: Result<(), (Error, bool)> = match framing {
+        BodyFraming::None => {
+            let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            out = o;
+            bytes_out += out.len() as u64;
+            r.map_err(|_| (client_gone(), false))
+        }
+        BodyFraming::Length(n) => {
+            let mut remaining = n;
+            let first = conn.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            out.extend_from_slice(&conn.buf[..first]);
+            conn.buf.drain(..first);
+            remaining -= first as u64;
+            let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            out = o;
+            bytes_out += out.len() as u64;
+            let mut result = r.map_err(|_| (client_gone(), false));
+            while result.is_ok() && remaining > 0 {
+                let buf = std::mem::take(&mut conn.buf);
+                let (r, buf) = read_more(&mut conn.stream, buf, BODY_CHUNK, Some(Instant::now() + read_timeout)).await;
+                conn.buf = buf;
+                if r.is_err() {
+                    upstream_clean = false;
+                    result = Err((Error::Upstream { error: UpstreamError::ClosedEarly, retryable: false }, true));
+                    break;
+                }
+                let take = conn.buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let buf = std::mem::take(&mut conn.buf);
+                let (w, mut buf) = write_range(&mut c.stream, buf, 0, take, Some(Instant::now() + write_timeout)).await;
+                buf.drain(..take);
+                conn.buf = buf;
+                remaining -= take as u64;
+                bytes_out += take as u64;
+                if w.is_err() {
+                    upstream_clean = false;
+                    result = Err((client_gone(), false));
+                }
+            }
+            result
+        }
+        BodyFraming::Chunked => {
+            relay_chunked(c, &mut conn, out, chunk_out, read_timeout, write_timeout, &mut bytes_out).await
+        }
+        BodyFraming::CloseDelimited => {
+            upstream_clean = false;
+            relay_until_eof(c, &mut conn, out, chunk_out, read_timeout, write_timeout, &mut bytes_out).await
+        }
+    };
+    c.out = Vec::with_capacity(8 * 1024);
+    if let Err((err, _)) = body_result {
+        return Ok(Done { status, bytes_out, consumed, client_close: true, error: Some(err), tunnel: None });
+    }
+    if upstream_clean && conn.buf.is_empty() {
+        // A node's pool keeps the connection for the next request on this shard.
+        let node = up.nodes.iter().position(|n| Rc::ptr_eq(&n.pool, &up.nodes[_node_idx].pool));
+        if let Some(i) = node {
+            up.nodes[i].pool.checkin(conn, Instant::now());
+        }
+    }
+    Ok(Done { status, bytes_out, consumed, client_close, error: None, tunnel: None })
+}
+
+async fn relay_chunked(
+    c: &mut ClientConn,
+    conn: &mut UpConn,
+    mut out: Vec<u8>,
+    chunk_out: bool,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    bytes_out: &mut u64,
+) -> Result<(), (Error, bool)> {
+    let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
+    let mut pos = 0usize;
+    let mut saw_trailers = false;
+    loop {
+        let (n, ev) = dec
+            .decode(&conn.buf[pos..])
+            .map_err(|e| (Error::Upstream { error: UpstreamError::BadResponse(e), retryable: false }, true))?;
+        let base = pos;
+        pos += n;
+        match ev {
+            ChunkEvent::Data(span) => {
+                let data = &conn.buf[base + span.start as usize..base + span.end as usize];
+                if chunk_out {
+                    http1::write_chunk_header(&mut out, data.len());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                } else {
+                    out.extend_from_slice(data);
+                }
+            }
+            ChunkEvent::Trailers(span) => {
+                saw_trailers = true;
+                if chunk_out {
+                    out.extend_from_slice(http1::LAST_CHUNK);
+                    out.extend_from_slice(&conn.buf[base + span.start as usize..base + span.end as usize]);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            ChunkEvent::End => {
+                if chunk_out && !saw_trailers {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                }
+                conn.buf.drain(..pos);
+                let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+                *bytes_out += o.len() as u64;
+                return r.map_err(|_| (client_gone(), false));
+            }
+            ChunkEvent::NeedMore => {
+                conn.buf.drain(..pos);
+                pos = 0;
+                if !out.is_empty() {
+                    let (r, mut o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+                    *bytes_out += o.len() as u64;
+                    r.map_err(|_| (client_gone(), false))?;
+                    o.clear();
+                    out = o;
+                }
+                let buf = std::mem::take(&mut conn.buf);
+                let (r, buf) = read_more(&mut conn.stream, buf, BODY_CHUNK, Some(Instant::now() + read_timeout)).await;
+                conn.buf = buf;
+                if r.is_err() {
+                    return Err((Error::Upstream { error: UpstreamError::ClosedEarly, retryable: false }, true));
+                }
+            }
+        }
+    }
+}
+
+async fn relay_until_eof(
+    c: &mut ClientConn,
+    conn: &mut UpConn,
+    mut out: Vec<u8>,
+    chunk_out: bool,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    bytes_out: &mut u64,
+) -> Result<(), (Error, bool)> {
+    loop {
+        if !conn.buf.is_empty() {
+            if chunk_out {
+                http1::write_chunk_header(&mut out, conn.buf.len());
+                out.extend_from_slice(&conn.buf);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(&conn.buf);
+            }
+            conn.buf.clear();
+        }
+        if !out.is_empty() {
+            let (r, mut o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            *bytes_out += o.len() as u64;
+            r.map_err(|_| (client_gone(), false))?;
+            o.clear();
+            out = o;
+        }
+        let buf = std::mem::take(&mut conn.buf);
+        let (r, buf) = read_more(&mut conn.stream, buf, BODY_CHUNK, Some(Instant::now() + read_timeout)).await;
+        conn.buf = buf;
+        match r {
+            Ok(_) => {}
+            Err(ReadFail::Eof) => {
+                if chunk_out {
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+                    *bytes_out += o.len() as u64;
+                    r.map_err(|_| (client_gone(), false))?;
+                }
+                return Ok(());
+            }
+            Err(_) => return Err((Error::Upstream { error: UpstreamError::ReadTimeout, retryable: false }, true)),
+        }
+    }
+}
+
+/// After a 101: relay the head to the client and hand the upstream connection to the caller,
+/// which owns the client stream and runs the byte tunnel (`conn::tunnel`).
+async fn switch_protocols(c: &mut ClientConn, mut conn: UpConn, consumed: usize) -> Result<Done, Fail> {
+    let mut out = std::mem::take(&mut c.out);
+    out.clear();
+    // The 101 head is relayed as received: its Connection/Upgrade headers are the handshake.
+    out.extend_from_slice(&conn.buf);
+    conn.buf.clear();
+    let (r, o) = write_all_vec(&mut c.stream, out, None).await;
+    c.out = o;
+    c.out.clear();
+    if r.is_err() {
+        return Err(Fail { error: client_gone(), response_started: true, consumed: None });
+    }
+    // Bytes the client sent after its upgrade request belong to the new protocol.
+    if c.buf.len() > consumed {
+        let extra = c.buf[consumed..].to_vec();
+        let (r, _) = conn.stream.write_all(extra).await;
+        if r.is_err() {
+            return Err(Fail { error: client_gone(), response_started: true, consumed: None });
+        }
+    }
+    let bytes_out = c.resp.head_len as u64;
+    Ok(Done { status: 101, bytes_out, consumed, client_close: true, error: None, tunnel: Some(conn) })
+}
+
+/// Copies bytes both ways until either side closes; both connections end with it.
+pub async fn tunnel(client: monoio::net::TcpStream, upstream: UpConn) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.stream.into_split();
+    let a = async {
+        let _ = monoio::io::copy(&mut cr, &mut uw).await;
+        let _ = uw.shutdown().await;
+    };
+    let b = async {
+        let _ = monoio::io::copy(&mut ur, &mut cw).await;
+        let _ = cw.shutdown().await;
+    };
+    monoio::join!(a, b);
+}

@@ -1,0 +1,142 @@
+//! The data path: one [`Shard`] per core, its listeners, and the per-connection loop.
+//!
+//! ```text
+//! accept ─► conn::serve ─► read_head ─► route ─► rewrite (plugins) ─► forward::exchange ─► log
+//!                ▲                                                        │
+//!                └──────────────────── keep-alive / pipelining ◄──────────┘
+//! ```
+//! The phases are spelled out in `conn.rs` in that order; `forward.rs` owns everything that talks
+//! to the upstream (node selection, pool, request head, bodies, response relay, upgrades).
+
+pub mod conn;
+pub mod forward;
+pub mod io;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use shardgate_runtime::gate::{Gate, Shutdown};
+use shardgate_runtime::shard::ShardInfo;
+use shardgate_runtime::snapshot::Local;
+
+use crate::observe::metrics::{RouteStats, ShardMetrics};
+use crate::plugins::openid_connect::RouteAuth;
+use crate::published::Published;
+use crate::upstream::ShardUpstream;
+use crate::upstream::pool::NodePool;
+
+/// A route as one shard runs it.
+pub struct ShardRoute {
+    pub id: Rc<str>,
+    pub upstream: usize,
+    pub websocket: bool,
+    pub auth: Option<Rc<RouteAuth>>,
+    pub stats: Rc<RouteStats>,
+}
+
+/// The shard's compiled view of one published config version.
+pub struct Compiled {
+    /// The snapshot version this was compiled from (`Local::version`).
+    pub local_version: u64,
+    pub version: u64,
+    pub published: Rc<Arc<Published>>,
+    pub upstreams: Vec<ShardUpstream>,
+    pub routes: Vec<ShardRoute>,
+}
+
+/// Everything a shard owns. Never shared with another thread.
+pub struct Shard {
+    pub info: ShardInfo,
+    published: Local<Published>,
+    compiled: RefCell<Rc<Compiled>>,
+    pub metrics: ShardMetrics,
+    pub gate: Gate,
+    pub shutdown: Shutdown,
+    /// Per-route auth state (caches) survives reloads when the route's plugin config is unchanged.
+    auth_state: RefCell<HashMap<String, Rc<RouteAuth>>>,
+    pub oidc: crate::plugins::openid_connect::ShardOidc,
+}
+
+impl Shard {
+    pub fn new(
+        info: ShardInfo,
+        published: Local<Published>,
+        shutdown: Shutdown,
+        oidc: crate::plugins::openid_connect::ShardOidc,
+    ) -> Rc<Shard> {
+        let metrics = ShardMetrics::new(info.id);
+        let auth_state = RefCell::new(HashMap::new());
+        let snap = published.load();
+        let compiled = compile(&snap, published.version(), &HashMap::new(), &metrics, &auth_state, &oidc);
+        Rc::new(Shard {
+            info,
+            published,
+            compiled: RefCell::new(Rc::new(compiled)),
+            metrics,
+            gate: Gate::new(),
+            shutdown,
+            auth_state,
+            oidc,
+        })
+    }
+
+    /// The config to serve the next request with. A new published version is compiled here,
+    /// between requests; requests in flight keep the `Rc` they started with.
+    pub fn current(&self) -> Rc<Compiled> {
+        let version = self.published.version();
+        {
+            let c = self.compiled.borrow();
+            if c.local_version == version {
+                return c.clone();
+            }
+        }
+        let snap = self.published.load();
+        let mut pools = HashMap::new();
+        for u in &self.compiled.borrow().upstreams {
+            u.export_pools(&mut pools);
+        }
+        let compiled = Rc::new(compile(&snap, version, &pools, &self.metrics, &self.auth_state, &self.oidc));
+        *self.compiled.borrow_mut() = compiled.clone();
+        tracing::info!(shard = self.info.id, version = compiled.version, "shard switched to new config");
+        compiled
+    }
+}
+
+fn compile(
+    snap: &Rc<Arc<Published>>,
+    local_version: u64,
+    pools: &HashMap<String, Rc<NodePool>>,
+    metrics: &ShardMetrics,
+    auth_state: &RefCell<HashMap<String, Rc<RouteAuth>>>,
+    oidc: &crate::plugins::openid_connect::ShardOidc,
+) -> Compiled {
+    let upstreams = snap.upstreams.iter().map(|spec| ShardUpstream::build(spec, pools)).collect();
+    let mut old_auth = auth_state.borrow_mut();
+    let mut new_auth = HashMap::new();
+    let routes = snap
+        .routes
+        .iter()
+        .map(|r| {
+            let auth = r.oidc.as_ref().map(|conf| {
+                let key = format!("{}#{}", r.id, conf.fingerprint);
+                let a = match old_auth.get(&key) {
+                    Some(a) => a.clone(),
+                    None => Rc::new(RouteAuth::new(conf.clone(), oidc)),
+                };
+                new_auth.insert(key, a.clone());
+                a
+            });
+            ShardRoute {
+                id: Rc::from(r.id.as_str()),
+                upstream: r.upstream,
+                websocket: r.websocket,
+                auth,
+                stats: metrics.route(&r.id),
+            }
+        })
+        .collect();
+    *old_auth = new_auth;
+    Compiled { local_version, version: snap.version, published: snap.clone(), upstreams, routes }
+}

@@ -1,0 +1,125 @@
+//! What the control side publishes to every shard for one config version: the validated config
+//! turned into exactly what the data path reads (route table, resolved upstream nodes, prepared
+//! plugin settings). Built once per load on the control thread; shards never parse or resolve.
+
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{self, Balancer, Config, HashVar};
+use crate::http1;
+use crate::plugins::openid_connect::{OidcRoute, OidcShared, prepare};
+use crate::route::RouteTable;
+use crate::upstream::pool::PoolLimits;
+use crate::upstream::{HashOn, PassHost, Passive, Timeouts, UpstreamSpec};
+
+/// Timeouts and limits the connection loop applies.
+#[derive(Clone, Debug)]
+pub struct ProxyLimits {
+    pub http: http1::Limits,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// A route as shards need it.
+pub struct PublishedRoute {
+    pub id: String,
+    pub upstream: usize,
+    pub websocket: bool,
+    pub oidc: Option<Arc<OidcRoute>>,
+}
+
+pub struct Published {
+    pub version: u64,
+    pub table: RouteTable,
+    pub routes: Vec<PublishedRoute>,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub limits: ProxyLimits,
+    pub access_log: bool,
+    pub config: Config,
+}
+
+impl Published {
+    /// Prepares `config` for the shards. Fails (with every problem, one per line) when a node
+    /// name does not resolve or a plugin's keys/schema do not load: a reload then changes nothing.
+    pub fn build(version: u64, config: Config, oidc: &OidcShared) -> Result<Published, String> {
+        let mut problems = Vec::new();
+        let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        for (i, u) in config.upstreams.iter().enumerate() {
+            let mut nodes = Vec::with_capacity(u.nodes.len());
+            for n in &u.nodes {
+                match n.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                    Some(addr) => {
+                        let host = if n.port == u.scheme.default_port() { n.host.clone() } else { n.addr.clone() };
+                        nodes.push((n.addr.clone(), addr, host, n.weight));
+                    }
+                    None => problems.push(format!("upstreams[{i}].nodes: cannot resolve {}", n.addr)),
+                }
+            }
+            if u.scheme == config::Scheme::Https {
+                problems.push(format!("upstreams[{i}].scheme: https upstreams are not supported by shardgate yet"));
+            }
+            let chash = match &u.balancer {
+                Balancer::RoundRobin => None,
+                Balancer::Chash(on) => Some(match on {
+                    config::HashOn::Var(HashVar::RemoteAddr) => HashOn::RemoteAddr,
+                    config::HashOn::Var(HashVar::Uri | HashVar::RequestUri) => HashOn::Uri,
+                    config::HashOn::Var(HashVar::Host) => HashOn::Host,
+                    config::HashOn::Var(HashVar::QueryString) => HashOn::Query,
+                    config::HashOn::Var(HashVar::Arg(a)) => HashOn::Arg(a.clone()),
+                    config::HashOn::Header(h) => HashOn::Header(h.clone()),
+                    config::HashOn::Cookie(c) => HashOn::Cookie(c.clone()),
+                }),
+            };
+            upstreams.push(UpstreamSpec {
+                id: u.id.clone(),
+                nodes,
+                chash,
+                pass_host: match &u.pass_host {
+                    config::PassHost::Pass => PassHost::Pass,
+                    config::PassHost::Node => PassHost::Node,
+                    config::PassHost::Rewrite(h) => PassHost::Rewrite(h.clone()),
+                },
+                timeouts: Timeouts { connect: u.timeout.connect, send: u.timeout.send, read: u.timeout.read },
+                retries: u.retries,
+                passive: Passive { failures: u.health.tcp_failures, cooldown: u.health.cool_down },
+                pool: PoolLimits {
+                    size: u.keepalive_pool.size,
+                    idle_timeout: u.keepalive_pool.idle_timeout,
+                    max_requests: u.keepalive_pool.requests,
+                },
+            });
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for (i, r) in config.routes.iter().enumerate() {
+            let oidc_route = match &r.plugins.openid_connect {
+                Some(conf) => match prepare::prepare(conf.clone(), oidc, &format!("routes[{i}].plugins.openid-connect")) {
+                    Ok(p) => Some(Arc::new(p)),
+                    Err(e) => {
+                        problems.push(e);
+                        None
+                    }
+                },
+                None => None,
+            };
+            routes.push(PublishedRoute { id: r.id.clone(), upstream: r.upstream, websocket: r.enable_websocket, oidc: oidc_route });
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
+        let l = &config.gateway.limits;
+        Ok(Published {
+            version,
+            table: RouteTable::build(&config.routes),
+            routes,
+            upstreams,
+            limits: ProxyLimits {
+                http: http1::Limits { max_header_bytes: l.max_header_bytes, max_headers: l.max_headers },
+                header_timeout: l.header_timeout,
+                idle_timeout: l.idle_timeout,
+            },
+            access_log: config.gateway.access_log,
+            config,
+        })
+    }
+}

@@ -1,0 +1,361 @@
+//! Process orchestration: load the config, start the control thread (actors + admin) and one shard
+//! per core, then turn signals into reloads and a graceful shutdown.
+//!
+//! ```text
+//! main thread   signals ──Reload──► ConfigActor (control thread) ──publish──► every shard
+//!               signals ──Terminate──► Shutdown::trigger ──► shards stop accepting, drain, exit
+//! control       ConfigActor, MetricsActor (asks shards), admin listener, OIDC provider actors
+//! shards        listeners (SO_REUSEPORT) ──► proxy::conn::serve
+//! ```
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shardgate_runtime::actor::{Addr, Reply, mailbox};
+use shardgate_runtime::gate::Shutdown;
+use shardgate_runtime::shard::{DriverChoice, ShardInfo, ShardSet};
+use shardgate_runtime::signals::{Signal, block_signals, spawn_signal_thread};
+use shardgate_runtime::snapshot::Publisher;
+use shardgate_runtime::{bind_reuseport, run_on_current_thread};
+
+use crate::config;
+use crate::observe::metrics::{MetricsSnapshot, render_prometheus};
+use crate::plugins::openid_connect::{OidcControl, OidcShared, ShardOidc};
+use crate::proxy::{Shard, conn};
+use crate::published::Published;
+
+/// Commands a shard accepts from the control side.
+pub enum ShardCmd {
+    Metrics(Reply<MetricsSnapshot>),
+}
+
+/// Options from the command line that override the file.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub config_path: PathBuf,
+    pub shards: Option<usize>,
+    pub driver: Option<DriverChoice>,
+}
+
+/// State of the control thread, shared by its tasks (single thread: `Rc`).
+pub struct Control {
+    pub shutdown: Shutdown,
+    pub shard_count: usize,
+    pub shards_up: Arc<AtomicUsize>,
+    pub shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>>,
+    pub publisher: Arc<Publisher<Published>>,
+    pub oidc: Rc<OidcControl>,
+    oidc_shared: Arc<OidcShared>,
+    config_path: PathBuf,
+    version: RefCell<u64>,
+}
+
+impl Control {
+    /// `/readyz`: config loaded, every shard serving, every provider discovered.
+    pub fn readiness(&self) -> (bool, String) {
+        let up = self.shards_up.load(Ordering::Acquire);
+        let shards_ok = up == self.shard_count;
+        let (oidc_ok, oidc_detail) = self.oidc.readiness();
+        let ready = shards_ok && oidc_ok;
+        let detail = format!(
+            "{{\"ready\":{ready},\"config_version\":{},\"shards_up\":{up},\"shards\":{},\"providers\":{oidc_detail}}}\n",
+            self.publisher.current().version,
+            self.shard_count,
+        );
+        (ready, detail)
+    }
+
+    /// The metrics actor's job: ask every shard for its counters and merge them.
+    pub async fn collect_metrics(&self) -> String {
+        let addrs: Vec<Addr<ShardCmd>> = match self.shard_addrs.lock() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        let mut snaps = Vec::with_capacity(addrs.len());
+        for a in &addrs {
+            match a.ask(ShardCmd::Metrics, Duration::from_secs(2)).await {
+                Ok(s) => snaps.push(s),
+                Err(e) => tracing::warn!(error = ?e, "a shard did not answer the metrics request"),
+            }
+        }
+        let mut extra = BTreeMap::new();
+        self.oidc.counters(&mut extra);
+        render_prometheus(&snaps, &extra)
+    }
+
+    /// The config actor's job on SIGHUP: load, validate, publish; a bad file changes nothing.
+    fn reload(&self) {
+        match config::load_file(&self.config_path) {
+            Err(e) => {
+                tracing::error!(path = %self.config_path.display(), problems = %e, "config reload rejected; the previous config keeps serving");
+            }
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    tracing::warn!(path = %w.path, "{}", w.message);
+                }
+                let version = *self.version.borrow() + 1;
+                match Published::build(version, loaded.config, &self.oidc_shared) {
+                    Ok(p) => {
+                        *self.version.borrow_mut() = version;
+                        self.publisher.publish(Arc::new(p));
+                        tracing::info!(version, "config reloaded and published to every shard");
+                    }
+                    Err(e) => tracing::error!(problems = %e, "config reload rejected; the previous config keeps serving"),
+                }
+            }
+        }
+    }
+}
+
+/// `shardgate run`: returns the process exit code.
+pub fn run(opts: RunOptions) -> i32 {
+    if let Err(e) = block_signals() {
+        tracing::error!(error = %e, "cannot block signals");
+        return 1;
+    }
+    let loaded = match config::load_file(&opts.config_path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!(path = %w.path, "{}", w.message);
+    }
+    let cfg = loaded.config;
+    let shard_count = match (opts.shards, cfg.gateway.shards) {
+        (Some(n), _) | (None, config::Shards::Count(n)) => n,
+        (None, config::Shards::Auto) => shardgate_runtime::available_cores(),
+    }
+    .max(1);
+    let driver = opts.driver.unwrap_or(match cfg.gateway.driver {
+        config::Driver::Auto => DriverChoice::Auto,
+        config::Driver::Uring => DriverChoice::Uring,
+        config::Driver::Epoll => DriverChoice::Epoll,
+    });
+    let listen = cfg.gateway.listen.clone();
+    let admin = cfg.gateway.admin.as_ref().map(|a| a.listen);
+    let shutdown_timeout = cfg.gateway.shutdown_timeout;
+    let max_conns_per_shard = (cfg.gateway.limits.max_connections / shard_count).max(1);
+
+    let oidc_shared = OidcShared::new();
+    let published = match Published::build(1, cfg, &oidc_shared) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let publisher = Arc::new(Publisher::new(Arc::new(published)));
+    let shutdown = Shutdown::new();
+    let shards_up = Arc::new(AtomicUsize::new(0));
+    let shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>> = Arc::new(Mutex::new(Vec::new()));
+
+    let signals = match spawn_signal_thread() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the signal thread");
+            return 1;
+        }
+    };
+
+    // Shards.
+    let shard_set = {
+        let publisher = publisher.clone();
+        let shutdown = shutdown.clone();
+        let shards_up = shards_up.clone();
+        let shard_addrs = shard_addrs.clone();
+        let listen = listen.clone();
+        ShardSet::spawn(shard_count, driver, true, move |info: ShardInfo| {
+            let publisher = publisher.clone();
+            let shutdown = shutdown.clone();
+            let shards_up = shards_up.clone();
+            let shard_addrs = shard_addrs.clone();
+            let listen = listen.clone();
+            async move {
+                let oidc = ShardOidc::new(info.id);
+                run_shard(info, publisher, shutdown, shards_up, shard_addrs, listen, max_conns_per_shard, shutdown_timeout, oidc)
+                    .await
+            }
+        })
+    };
+    let shard_set = match shard_set {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start shards");
+            return 1;
+        }
+    };
+    tracing::info!(shards = shard_count, drivers = ?shard_set.drivers().iter().map(|d| d.to_string()).collect::<Vec<_>>(), listen = ?listen, "shardgate started");
+
+    // Control thread: config actor, metrics, admin, OIDC providers.
+    let control_thread = {
+        let shutdown = shutdown.clone();
+        let publisher = publisher.clone();
+        let shards_up = shards_up.clone();
+        let shard_addrs = shard_addrs.clone();
+        let config_path = opts.config_path.clone();
+        let oidc_shared = oidc_shared.clone();
+        let (reload_tx, reload_rx) = flume::unbounded::<()>();
+        let signal_shutdown = shutdown.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                while let Ok(sig) = signals.recv() {
+                    match sig {
+                        Signal::Reload => {
+                            let _ = reload_tx.send(());
+                        }
+                        Signal::Terminate => {
+                            tracing::info!("shutdown requested: draining in-flight requests");
+                            signal_shutdown.trigger();
+                            break;
+                        }
+                    }
+                }
+            })
+            .ok();
+        std::thread::Builder::new().name("control".into()).spawn(move || {
+            let res = run_on_current_thread(DriverChoice::Epoll, |_| async move {
+                let oidc = Rc::new(OidcControl::start(oidc_shared.clone(), shutdown.clone()));
+                let control = Rc::new(Control {
+                    shutdown: shutdown.clone(),
+                    shard_count,
+                    shards_up,
+                    shard_addrs,
+                    publisher,
+                    oidc,
+                    oidc_shared,
+                    config_path,
+                    version: RefCell::new(1),
+                });
+                if let Some(addr) = admin {
+                    let c = control.clone();
+                    monoio::spawn(async move {
+                        if let Err(e) = crate::admin::serve(addr, c).await {
+                            tracing::error!(%addr, error = %e, "admin listener failed");
+                        }
+                    });
+                }
+                loop {
+                    let r = monoio::select! {
+                        r = reload_rx.recv_async() => r,
+                        _ = control.shutdown.wait() => break,
+                    };
+                    if r.is_err() {
+                        break;
+                    }
+                    control.reload();
+                }
+            });
+            if let Err(e) = res {
+                tracing::error!(error = %e, "control thread failed");
+            }
+        })
+    };
+    if let Err(e) = &control_thread {
+        tracing::error!(error = %e, "cannot start the control thread");
+        return 1;
+    }
+
+    shard_set.join();
+    shutdown.trigger();
+    if let Ok(t) = control_thread {
+        let _ = t.join();
+    }
+    tracing::info!("shardgate stopped");
+    0
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_shard(
+    info: ShardInfo,
+    publisher: Arc<Publisher<Published>>,
+    shutdown: Shutdown,
+    shards_up: Arc<AtomicUsize>,
+    shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>>,
+    listen: Vec<std::net::SocketAddr>,
+    max_conns: usize,
+    shutdown_timeout: Duration,
+    oidc: ShardOidc,
+) {
+    let local = publisher.subscribe().attach();
+    let shard = Shard::new(info, local, shutdown.clone(), oidc);
+    shardgate_runtime::clock::shard_clock();
+
+    let (addr, cmds) = mailbox::<ShardCmd>(64);
+    match shard_addrs.lock() {
+        Ok(mut a) => a.push(addr),
+        Err(p) => p.into_inner().push(addr),
+    }
+    {
+        let shard = shard.clone();
+        monoio::spawn(async move {
+            while let Some(cmd) = cmds.recv().await {
+                match cmd {
+                    ShardCmd::Metrics(reply) => reply.send(shard.metrics.snapshot()),
+                }
+            }
+        });
+    }
+
+    let mut listeners = Vec::new();
+    for a in &listen {
+        match bind_reuseport(*a, 4096) {
+            Ok(l) => listeners.push((l, a.port())),
+            Err(e) => {
+                tracing::error!(shard = info.id, addr = %a, error = %e, "cannot listen; this shard stops");
+                shutdown.trigger();
+                return;
+            }
+        }
+    }
+    shards_up.fetch_add(1, Ordering::AcqRel);
+    tracing::debug!(shard = info.id, driver = %info.driver, "shard serving");
+
+    let mut accept_tasks = Vec::new();
+    for (listener, port) in listeners {
+        let shard = shard.clone();
+        accept_tasks.push(monoio::spawn(async move {
+            loop {
+                let accepted = monoio::select! {
+                    a = listener.accept() => a,
+                    _ = shard.shutdown.wait() => break,
+                };
+                match accepted {
+                    Ok((stream, peer)) => {
+                        if shard.metrics.open_connections.get() as usize >= max_conns {
+                            // Over the limit: refuse fast rather than queue without bound.
+                            drop(stream);
+                            shard.metrics.record_error("max_connections");
+                            continue;
+                        }
+                        let shard = shard.clone();
+                        monoio::spawn(conn::serve(shard, stream, peer, port));
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        monoio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }));
+    }
+    shutdown.wait().await;
+    for t in accept_tasks {
+        t.await;
+    }
+    shard.gate.close();
+    let drained = shard.gate.drained(shutdown_timeout).await;
+    if !drained {
+        tracing::warn!(shard = info.id, in_flight = shard.gate.in_flight(), "shutdown_timeout reached with requests in flight");
+    }
+    shards_up.fetch_sub(1, Ordering::AcqRel);
+}
