@@ -625,8 +625,7 @@ pub struct SessionContents {
     pub user: bool,
 }
 
-/// Outbound proxy for IdP calls. Parsed and type-checked; the IdP client does not use a proxy
-/// yet, so `check` rejects a proxy URL rather than silently connecting directly.
+/// Outbound proxy for IdP calls (HTTP CONNECT for https).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyOpts {
@@ -685,16 +684,6 @@ impl OidcConf {
         if self.dpop.as_ref().is_some_and(|d| d.enabled) {
             out.push(Problem::new(at("dpop.enabled"), unsupported("dpop")));
         }
-        if let Some(proxy) = &self.proxy_opts
-            && (proxy.http_proxy.is_some() || proxy.https_proxy.is_some())
-        {
-            out.push(Problem::new(
-                at("proxy_opts"),
-                "APISIX attribute `proxy_opts` is not supported by shardgate yet (IdP calls \
-                 are made directly)",
-            ));
-        }
-
         if self.client_id.is_empty() {
             out.push(Problem::new(at("client_id"), "must not be empty"));
         }

@@ -1,1 +1,324 @@
-//! config (in progress)
+//! Configuration: an APISIX-shaped YAML file in, a validated [`Config`] out.
+//!
+//! ```text
+//! text --env.rs--> text with ${VAR} expanded --file.rs (serde)--> FileConfig --build.rs--> Config
+//! ```
+//! - `env.rs` expands `${VAR}` and `${VAR:-default}` (`$${` is a literal `${`). It works on the raw
+//!   text, so quote values that may contain YAML syntax: `client_secret: "${SECRET}"`.
+//! - `file.rs` mirrors the file field for field; type errors name their path
+//!   (`routes[0].upstream.nodes: invalid type ...`) via serde_path_to_error.
+//! - `build.rs` does every semantic check, collecting all problems, and compiles the types the
+//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, `Arc`ed plugin configs.
+//!
+//! Loading has no side effects beyond reading the file and checking that TLS files exist.
+
+mod build;
+mod env;
+mod file;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use shardgate_oidc::config::{OidcConf, Problem};
+
+use crate::route::MethodSet;
+
+/// A validated configuration, published to every shard as an `Arc`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: GatewayConf,
+    /// Top-level upstreams first, in file order, then inline route upstreams (id `route:<id>`).
+    pub upstreams: Vec<UpstreamConf>,
+    /// In file order, disabled routes included (they never match).
+    pub routes: Vec<RouteConf>,
+}
+
+/// The loaded configuration plus the warnings worth logging.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+}
+
+/// Every problem found; `Display` prints one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", DisplayProblems(.problems))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+struct DisplayProblems<'a>(&'a [Problem]);
+
+impl fmt::Display for DisplayProblems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigError {
+    fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            problems: vec![Problem::new(path, message)],
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConf {
+    pub listen: Vec<SocketAddr>,
+    pub tls: Option<TlsConf>,
+    pub admin: Option<AdminConf>,
+    pub shards: Shards,
+    /// The CLI `--driver` overrides this.
+    pub driver: Driver,
+    pub limits: Limits,
+    /// How long SIGTERM waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+    pub access_log: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConf {
+    pub listen: Vec<SocketAddr>,
+    /// Resolved against the config file's directory when loaded from a file.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConf {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shards {
+    /// One per available core.
+    Auto,
+    /// At least 1.
+    Count(usize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// io_uring when it works here, else epoll.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request line plus headers; more is a 431.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// Time to receive a complete request head.
+    pub header_timeout: Duration,
+    /// Keep-alive idle time between requests.
+    pub idle_timeout: Duration,
+    /// Per shard.
+    pub max_connections: usize,
+    /// Largest request body buffered in memory (the rest is streamed).
+    pub max_body_buffer: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConf {
+    pub id: String,
+    pub balancer: Balancer,
+    pub nodes: Vec<Node>,
+    pub scheme: Scheme,
+    pub pass_host: PassHost,
+    pub timeout: UpstreamTimeout,
+    pub keepalive_pool: KeepalivePool,
+    /// Default as APISIX: number of nodes - 1. Which requests may be retried is the proxy's call.
+    pub retries: u32,
+    /// None: no limit (APISIX `retry_timeout: 0`).
+    pub retry_timeout: Option<Duration>,
+    pub health: PassiveHealth,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// `host:port`, IPv6 in brackets; what to connect to.
+    pub addr: String,
+    /// Without brackets.
+    pub host: String,
+    pub port: u16,
+    /// 0 = never picked.
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Balancer {
+    RoundRobin,
+    /// Consistent hashing on a request value.
+    Chash(HashOn),
+}
+
+/// APISIX `hash_on` + `key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Var(HashVar),
+    /// Lowercase header name.
+    Header(String),
+    Cookie(String),
+}
+
+/// The nginx variables APISIX allows as a chash key that shardgate computes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashVar {
+    RemoteAddr,
+    Uri,
+    RequestUri,
+    Host,
+    QueryString,
+    /// `arg_<name>`: a query parameter.
+    Arg(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// The `Host` header sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PassHost {
+    /// The client's.
+    Pass,
+    /// The chosen node's `host[:port]`.
+    Node,
+    /// This value (`upstream_host`).
+    Rewrite(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeout {
+    pub connect: Duration,
+    pub send: Duration,
+    pub read: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepalivePool {
+    /// Idle connections kept per upstream (per shard).
+    pub size: usize,
+    pub idle_timeout: Duration,
+    /// Requests served on one connection before it is closed.
+    pub requests: u32,
+}
+
+/// Passive health: a node that fails this many times in a row is skipped for `cool_down`, then
+/// tried again; `successes` consecutive successes make it healthy, a failure re-ejects it.
+/// A count of 0 disables that kind of failure. Without APISIX `checks.passive`, only connect
+/// failures and timeouts count (`health.failures`, default 3); with it, APISIX's thresholds apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    pub tcp_failures: u32,
+    pub timeouts: u32,
+    pub http_failures: u32,
+    /// Response statuses that count as an HTTP failure.
+    pub http_statuses: Vec<u16>,
+    pub successes: u32,
+    pub cool_down: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConf {
+    pub id: String,
+    pub name: Option<String>,
+    /// Patterns as written: exact, or prefix with a trailing `*`.
+    pub uris: Vec<String>,
+    /// Lowercase; exact or `*.suffix`. Empty: any host.
+    pub hosts: Vec<String>,
+    pub methods: MethodSet,
+    pub priority: i64,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    pub enable_websocket: bool,
+    /// APISIX `status: 1`.
+    pub enabled: bool,
+    pub plugins: RoutePlugins,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RoutePlugins {
+    pub openid_connect: Option<Arc<OidcConf>>,
+}
+
+/// Load and validate a file. Relative TLS paths are resolved against its directory.
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::one(path.display().to_string(), format!("cannot read: {e}")))?;
+    load(&text, &|name| std::env::var(name).ok(), path.parent())
+}
+
+/// Load and validate YAML text, expanding `${VAR}` from the process environment.
+pub fn load_str(text: &str) -> Result<Loaded, ConfigError> {
+    load(text, &|name| std::env::var(name).ok(), None)
+}
+
+/// Load and validate YAML text with an injected environment.
+pub fn load_str_with_env(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded, ConfigError> {
+    load(text, env, None)
+}
+
+fn load(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    base_dir: Option<&Path>,
+) -> Result<Loaded, ConfigError> {
+    let text = env::interpolate(text, env).map_err(|problems| ConfigError { problems })?;
+    let file = parse(&text)?;
+    build::build(file, base_dir)
+}
+
+fn parse(text: &str) -> Result<file::FileConfig, ConfigError> {
+    // An empty document (or only comments, like APISIX's `#END`) is an empty config.
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Ok(file::FileConfig::default());
+    }
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        let message = e.into_inner().to_string();
+        // serde_yaml already prefixes some messages with the same path.
+        let message = match message
+            .strip_prefix(path.as_str())
+            .and_then(|m| m.strip_prefix(": "))
+        {
+            Some(rest) if !path.is_empty() => rest.to_owned(),
+            _ => message,
+        };
+        ConfigError::one(path, message)
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,305 @@
-//! route (in progress)
+//! The compiled route table: host, URI (exact and prefix), method, priority.
+//!
+//! Matching follows APISIX's radixtree router:
+//! - `uri` is exact, or a prefix when it ends in `*` (`/api/*` matches `/api/` and below, not
+//!   `/api`). Paths are compared as raw bytes: the caller passes the path without the query and
+//!   must already have rejected or resolved dot-segments, or `/public/../private` would match
+//!   `/public/*`.
+//! - `host` is exact (ASCII case-insensitive; the port is stripped from the `Host` header) or
+//!   `*.example.com`, which matches one or more labels before `.example.com` but not
+//!   `example.com` itself. A route without hosts matches any host, or none.
+//! - `methods`: empty matches every method; tokens are case-sensitive (RFC 9110).
+//! - Disabled routes never match.
+//!
+//! Among the routes that match, the winner is decided by, in order: higher `priority`; exact URI
+//! over prefix; longer prefix over shorter; exact host over wildcard host (longer wildcard over
+//! shorter) over no host; then config order. radixtree only lets `priority` order routes that
+//! share a URI; here it applies to every candidate, which gives the same answer whenever
+//! priorities are left at 0 and a predictable one otherwise.
+//!
+//! `find` does not allocate: exact URIs are one hash lookup, prefixes one lookup per distinct
+//! prefix length no longer than the path, and the host is lowercased into a stack buffer.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use crate::config::RouteConf;
+
+/// The longest DNS name; a longer `Host` cannot equal any configured host pattern.
+const MAX_HOST: usize = 253;
+
+/// The request methods APISIX's `methods` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+    Patch,
+    Head,
+    Options,
+    Connect,
+    Trace,
+    Purge,
+}
+
+impl Method {
+    const ALL: [(Method, &'static str); 10] = [
+        (Method::Get, "GET"),
+        (Method::Post, "POST"),
+        (Method::Put, "PUT"),
+        (Method::Delete, "DELETE"),
+        (Method::Patch, "PATCH"),
+        (Method::Head, "HEAD"),
+        (Method::Options, "OPTIONS"),
+        (Method::Connect, "CONNECT"),
+        (Method::Trace, "TRACE"),
+        (Method::Purge, "PURGE"),
+    ];
+
+    /// Case-sensitive, as method tokens are.
+    pub fn from_token(token: &[u8]) -> Option<Method> {
+        Method::ALL
+            .iter()
+            .find(|(_, name)| name.as_bytes() == token)
+            .map(|(m, _)| *m)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Method::ALL[self as usize].1
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+/// A set of methods; empty means "any method", including ones not in [`Method`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MethodSet(u16);
+
+impl MethodSet {
+    pub const ANY: MethodSet = MethodSet(0);
+
+    pub fn insert(&mut self, method: Method) {
+        self.0 |= method.bit();
+    }
+
+    pub fn is_any(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, method: Method) -> bool {
+        self.is_any() || self.0 & method.bit() != 0
+    }
+
+    /// Whether a request with this raw method token is allowed.
+    pub fn allows(self, token: &[u8]) -> bool {
+        self.is_any() || Method::from_token(token).is_some_and(|m| self.contains(m))
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Method> {
+        Method::ALL
+            .into_iter()
+            .map(|(m, _)| m)
+            .filter(move |m| self.0 & m.bit() != 0)
+    }
+}
+
+/// Why a `uri` or `host` pattern is refused; config reports it with the field's path.
+pub fn check_uri_pattern(uri: &str) -> Result<(), &'static str> {
+    if !uri.starts_with('/') {
+        return Err("must start with `/`");
+    }
+    if uri[..uri.len() - 1].contains('*') {
+        return Err("`*` is only allowed at the end (prefix match)");
+    }
+    if uri.split('/').any(|segment| segment.starts_with(':')) {
+        return Err("parameterised segments (`/:name`) are not supported by shardgate");
+    }
+    if uri
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?')
+    {
+        return Err("must be a path without spaces, control characters or a query");
+    }
+    Ok(())
+}
+
+pub fn check_host_pattern(host: &str) -> Result<(), &'static str> {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    if name.is_empty() || name.len() > MAX_HOST {
+        return Err("must be a host name (1-253 characters)");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err("must be a host name or `*.suffix` (no port, no other `*`)");
+    }
+    if name.starts_with('.') || name.ends_with('.') || name.contains("..") {
+        return Err("must not have empty labels");
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+enum HostPattern {
+    Exact(Box<[u8]>),
+    /// `.example.com` for `*.example.com`.
+    Suffix(Box<[u8]>),
+}
+
+#[derive(Debug)]
+struct Entry {
+    route: usize,
+    priority: i64,
+    /// 0 for an exact URI; for a prefix, smaller for longer prefixes.
+    path_rank: u32,
+    hosts: Range<usize>,
+    methods: MethodSet,
+}
+
+/// Compiled once per config load; shared by every shard.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    entries: Vec<Entry>,
+    hosts: Vec<HostPattern>,
+    exact: HashMap<Box<[u8]>, Vec<usize>>,
+    prefix: HashMap<Box<[u8]>, Vec<usize>>,
+    /// Distinct prefix lengths, longest first.
+    prefix_lens: Vec<usize>,
+}
+
+/// Lower is better; see the module docs for the order.
+type Rank = (std::cmp::Reverse<i64>, u32, u32, usize);
+
+impl RouteTable {
+    pub fn build(routes: &[RouteConf]) -> RouteTable {
+        let mut table = RouteTable::default();
+        for (index, route) in routes.iter().enumerate() {
+            if !route.enabled {
+                continue;
+            }
+            let start = table.hosts.len();
+            for host in &route.hosts {
+                let host = host.to_ascii_lowercase().into_bytes();
+                table.hosts.push(match host.strip_prefix(b"*") {
+                    Some(suffix) => HostPattern::Suffix(suffix.into()),
+                    None => HostPattern::Exact(host.into()),
+                });
+            }
+            let hosts = start..table.hosts.len();
+            for uri in &route.uris {
+                let entry = table.entries.len();
+                let (map, path, path_rank) = match uri.strip_suffix('*') {
+                    Some(prefix) => {
+                        let rank = u32::MAX - u32::try_from(prefix.len()).unwrap_or(u32::MAX - 1);
+                        (&mut table.prefix, prefix, rank)
+                    }
+                    None => (&mut table.exact, uri.as_str(), 0),
+                };
+                map.entry(path.as_bytes().into()).or_default().push(entry);
+                table.entries.push(Entry {
+                    route: index,
+                    priority: route.priority,
+                    path_rank,
+                    hosts: hosts.clone(),
+                    methods: route.methods,
+                });
+            }
+        }
+        table.prefix_lens = table.prefix.keys().map(|k| k.len()).collect();
+        table.prefix_lens.sort_unstable_by(|a, b| b.cmp(a));
+        table.prefix_lens.dedup();
+        table
+    }
+
+    /// The index (into the `routes` given to `build`) of the best matching route.
+    /// `host` is the raw `Host` header (may carry a port), `path` the raw path without the
+    /// query, `method` the raw method token.
+    pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
+        let mut buf = [0u8; MAX_HOST];
+        let host = host.and_then(|h| normalize_host(h, &mut buf));
+        let mut best: Option<(Rank, usize)> = None;
+        let mut consider = |candidates: &[usize]| {
+            for &i in candidates {
+                let entry = &self.entries[i];
+                if !entry.methods.allows(method) {
+                    continue;
+                }
+                let Some(host_rank) = self.host_rank(entry, host) else {
+                    continue;
+                };
+                let rank = (
+                    std::cmp::Reverse(entry.priority),
+                    entry.path_rank,
+                    host_rank,
+                    i,
+                );
+                if best.as_ref().is_none_or(|(b, _)| rank < *b) {
+                    best = Some((rank, entry.route));
+                }
+            }
+        };
+        if let Some(candidates) = self.exact.get(path) {
+            consider(candidates);
+        }
+        for &len in &self.prefix_lens {
+            if let Some(prefix) = path.get(..len)
+                && let Some(candidates) = self.prefix.get(prefix)
+            {
+                consider(candidates);
+            }
+        }
+        best.map(|(_, route)| route)
+    }
+
+    /// None: the route's hosts exclude this request. 0 is the best rank.
+    fn host_rank(&self, entry: &Entry, host: Option<&[u8]>) -> Option<u32> {
+        if entry.hosts.is_empty() {
+            return Some(u32::MAX);
+        }
+        let host = host?;
+        let mut best: Option<u32> = None;
+        for pattern in &self.hosts[entry.hosts.clone()] {
+            let rank = match pattern {
+                HostPattern::Exact(exact) if **exact == *host => 0,
+                HostPattern::Suffix(suffix)
+                    if host.len() > suffix.len() && host.ends_with(suffix) =>
+                {
+                    // Longer suffixes are more specific; MAX_HOST bounds the subtraction.
+                    1 + (MAX_HOST - suffix.len().min(MAX_HOST)) as u32
+                }
+                _ => continue,
+            };
+            best = Some(best.map_or(rank, |b| b.min(rank)));
+        }
+        best
+    }
+}
+
+/// The host part of a `Host` header, lowercased into `buf`: port and a trailing dot removed.
+/// None when empty or too long to equal any pattern.
+fn normalize_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST]) -> Option<&'b [u8]> {
+    let raw = raw.trim_ascii();
+    let host = if raw.first() == Some(&b'[') {
+        // IPv6 literal: keep the brackets, drop what follows `]`.
+        let end = raw.iter().position(|&b| b == b']')?;
+        &raw[..=end]
+    } else {
+        let end = raw.iter().position(|&b| b == b':').unwrap_or(raw.len());
+        &raw[..end]
+    };
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty() || host.len() > MAX_HOST {
+        return None;
+    }
+    let out = &mut buf[..host.len()];
+    out.copy_from_slice(host);
+    out.make_ascii_lowercase();
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;

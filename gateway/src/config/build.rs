@@ -1,0 +1,742 @@
+//! `FileConfig` -> `Config`: every semantic check, all problems collected, no side effects
+//! beyond checking that TLS files exist.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::file::{
+    DriverFile, FileConfig, GatewayFile, PassHostFile, RouteFile, SchemeFile, ShardsFile,
+    UpstreamFile, UpstreamType,
+};
+use super::{
+    AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf, HashOn, HashVar, KeepalivePool,
+    Limits, Loaded, Node, PassHost, PassiveHealth, Problem, RouteConf, RoutePlugins, Scheme,
+    Shards, TlsConf, UpstreamConf, UpstreamTimeout,
+};
+use crate::route::{self, Method, MethodSet};
+
+/// Collects errors and warnings while building.
+struct Builder<'a> {
+    problems: Vec<Problem>,
+    warnings: Vec<Problem>,
+    base_dir: Option<&'a Path>,
+}
+
+impl Builder<'_> {
+    fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::new(path, message));
+    }
+
+    fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push(Problem::new(path, message));
+    }
+
+    fn unsupported(&mut self, path: &str, fields: &[(&'static str, bool)]) {
+        for &(name, present) in fields {
+            if present {
+                let at = if path.is_empty() {
+                    name.to_owned()
+                } else {
+                    format!("{path}.{name}")
+                };
+                self.error(
+                    at,
+                    format!("APISIX attribute `{name}` is not supported by shardgate"),
+                );
+            }
+        }
+    }
+
+    /// Seconds (floats allowed, as APISIX) to a Duration; `> 0` unless `allow_zero`.
+    fn seconds(&mut self, path: &str, value: f64, allow_zero: bool) -> Duration {
+        let ok = value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0));
+        match Duration::try_from_secs_f64(value) {
+            Ok(d) if ok => d,
+            _ => {
+                let want = if allow_zero { ">= 0" } else { "> 0" };
+                self.error(path, format!("must be a number of seconds {want}"));
+                Duration::ZERO
+            }
+        }
+    }
+
+    fn listen(&mut self, path: &str, addrs: &[String]) -> Vec<SocketAddr> {
+        if addrs.is_empty() {
+            self.error(path, "needs at least one address");
+        }
+        let mut out = Vec::with_capacity(addrs.len());
+        for (i, addr) in addrs.iter().enumerate() {
+            match addr.parse() {
+                Ok(a) => out.push(a),
+                Err(_) => self.error(
+                    format!("{path}[{i}]"),
+                    format!("`{addr}` is not an ip:port socket address (e.g. 0.0.0.0:9080)"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn existing_file(&mut self, path: &str, file: &str) -> PathBuf {
+        let mut resolved = PathBuf::from(file);
+        if resolved.is_relative()
+            && let Some(dir) = self.base_dir
+        {
+            resolved = dir.join(resolved);
+        }
+        if !resolved.is_file() {
+            self.error(
+                path,
+                format!("file `{}` does not exist", resolved.display()),
+            );
+        }
+        resolved
+    }
+}
+
+pub(super) fn build(file: FileConfig, base_dir: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let mut b = Builder {
+        problems: Vec::new(),
+        warnings: Vec::new(),
+        base_dir,
+    };
+    b.unsupported("", &file.unsupported());
+    let gateway = gateway(&mut b, &file.gateway);
+
+    let mut upstreams = Vec::with_capacity(file.upstreams.len() + file.routes.len());
+    // id -> (position in the file, index in `upstreams`).
+    let mut upstream_ids: HashMap<String, (usize, usize)> = HashMap::new();
+    for (i, up) in file.upstreams.iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        let id = match &up.id {
+            Some(id) if !id.0.is_empty() => id.0.clone(),
+            _ => {
+                b.error(format!("{path}.id"), "required");
+                continue;
+            }
+        };
+        if let Some((first, _)) = upstream_ids.get(&id) {
+            b.error(
+                format!("{path}.id"),
+                format!("duplicate id `{id}` (first used by upstreams[{first}])"),
+            );
+            continue;
+        }
+        upstream_ids.insert(id.clone(), (i, upstreams.len()));
+        upstreams.push(upstream(&mut b, &path, id, up));
+    }
+    let index_of: HashMap<String, usize> = upstream_ids
+        .into_iter()
+        .map(|(id, (_, index))| (id, index))
+        .collect();
+
+    let mut routes = Vec::with_capacity(file.routes.len());
+    let mut route_ids: HashMap<String, usize> = HashMap::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let id =
+            r.id.as_ref()
+                .map_or_else(|| i.to_string(), |id| id.0.clone());
+        if let Some(first) = route_ids.get(&id) {
+            b.error(
+                format!("{path}.id"),
+                format!("duplicate id `{id}` (first used by routes[{first}])"),
+            );
+        } else {
+            route_ids.insert(id.clone(), i);
+        }
+        if let Some(conf) = route(&mut b, &path, id, r, &index_of, &mut upstreams) {
+            routes.push((i, conf));
+        }
+    }
+    redirect_uri_warnings(&mut b, &routes);
+
+    if !b.problems.is_empty() {
+        return Err(ConfigError {
+            problems: b.problems,
+        });
+    }
+    let config = Config {
+        gateway,
+        upstreams,
+        routes: routes.into_iter().map(|(_, r)| r).collect(),
+    };
+    Ok(Loaded {
+        config,
+        warnings: b.warnings,
+    })
+}
+
+fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
+    let listen = b.listen("gateway.listen", &g.listen);
+    let tls = g.tls.as_ref().map(|tls| TlsConf {
+        listen: b.listen("gateway.tls.listen", &tls.listen),
+        cert: b.existing_file("gateway.tls.cert", &tls.cert),
+        key: b.existing_file("gateway.tls.key", &tls.key),
+    });
+    let admin = g
+        .admin
+        .as_ref()
+        .and_then(|admin| match admin.listen.parse() {
+            Ok(listen) => Some(AdminConf { listen }),
+            Err(_) => {
+                b.error(
+                    "gateway.admin.listen",
+                    format!(
+                        "`{}` is not an ip:port socket address (e.g. 127.0.0.1:9090)",
+                        admin.listen
+                    ),
+                );
+                None
+            }
+        });
+    let shards = match g.shards {
+        ShardsFile::Auto => Shards::Auto,
+        ShardsFile::Count(n) => Shards::Count(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    let driver = match g.driver {
+        DriverFile::Auto => Driver::Auto,
+        DriverFile::Uring => Driver::Uring,
+        DriverFile::Epoll => Driver::Epoll,
+    };
+    let l = &g.limits;
+    for (name, value) in [
+        ("max_header_bytes", l.max_header_bytes),
+        ("max_headers", l.max_headers),
+        ("max_connections", l.max_connections),
+        ("max_body_buffer", l.max_body_buffer),
+    ] {
+        if value == 0 {
+            b.error(format!("gateway.limits.{name}"), "must be at least 1");
+        }
+    }
+    let limits = Limits {
+        max_header_bytes: l.max_header_bytes,
+        max_headers: l.max_headers,
+        header_timeout: b.seconds("gateway.limits.header_timeout", l.header_timeout, false),
+        idle_timeout: b.seconds("gateway.limits.idle_timeout", l.idle_timeout, false),
+        max_connections: l.max_connections,
+        max_body_buffer: l.max_body_buffer,
+    };
+    GatewayConf {
+        listen,
+        tls,
+        admin,
+        shards,
+        driver,
+        limits,
+        shutdown_timeout: b.seconds("gateway.shutdown_timeout", g.shutdown_timeout, true),
+        access_log: g.access_log,
+    }
+}
+
+fn upstream(b: &mut Builder<'_>, path: &str, id: String, up: &UpstreamFile) -> UpstreamConf {
+    b.unsupported(path, &up.unsupported());
+    let scheme = match up.scheme {
+        SchemeFile::Http => Scheme::Http,
+        SchemeFile::Https => Scheme::Https,
+        other => {
+            let name = format!("{other:?}").to_ascii_lowercase();
+            b.error(
+                format!("{path}.scheme"),
+                format!("`{name}` is not supported by shardgate (http or https)"),
+            );
+            Scheme::Http
+        }
+    };
+    let balancer = match up.kind {
+        UpstreamType::Roundrobin => {
+            if up.hash_on.is_some() || up.key.is_some() {
+                b.warn(
+                    format!("{path}.hash_on"),
+                    "`hash_on`/`key` only apply to `type: chash`; ignored",
+                );
+            }
+            Balancer::RoundRobin
+        }
+        UpstreamType::Chash => Balancer::Chash(hash_on(b, path, up)),
+        UpstreamType::Ewma | UpstreamType::LeastConn => {
+            let name = if up.kind == UpstreamType::Ewma {
+                "ewma"
+            } else {
+                "least_conn"
+            };
+            b.error(
+                format!("{path}.type"),
+                format!(
+                    "APISIX balancer `{name}` is not supported by shardgate (roundrobin or chash)"
+                ),
+            );
+            Balancer::RoundRobin
+        }
+    };
+    let nodes = nodes(b, path, up, scheme);
+    let pass_host = match (up.pass_host, &up.upstream_host) {
+        (PassHostFile::Pass, _) => PassHost::Pass,
+        (PassHostFile::Node, _) => PassHost::Node,
+        (PassHostFile::Rewrite, Some(host)) if !host.is_empty() => PassHost::Rewrite(host.clone()),
+        (PassHostFile::Rewrite, _) => {
+            b.error(
+                format!("{path}.upstream_host"),
+                "required when pass_host is `rewrite`",
+            );
+            PassHost::Pass
+        }
+    };
+    let timeout = UpstreamTimeout {
+        connect: b.seconds(
+            &format!("{path}.timeout.connect"),
+            up.timeout.connect,
+            false,
+        ),
+        send: b.seconds(&format!("{path}.timeout.send"), up.timeout.send, false),
+        read: b.seconds(&format!("{path}.timeout.read"), up.timeout.read, false),
+    };
+    let keepalive_pool = KeepalivePool {
+        size: up.keepalive_pool.size,
+        idle_timeout: b.seconds(
+            &format!("{path}.keepalive_pool.idle_timeout"),
+            up.keepalive_pool.idle_timeout,
+            true,
+        ),
+        requests: up.keepalive_pool.requests,
+    };
+    if up.keepalive_pool.requests == 0 {
+        b.error(
+            format!("{path}.keepalive_pool.requests"),
+            "must be at least 1",
+        );
+    }
+    let retry_timeout = b.seconds(&format!("{path}.retry_timeout"), up.retry_timeout, true);
+    let retries = up
+        .retries
+        .unwrap_or_else(|| u32::try_from(nodes.len().saturating_sub(1)).unwrap_or(u32::MAX));
+    UpstreamConf {
+        id,
+        balancer,
+        nodes,
+        scheme,
+        pass_host,
+        timeout,
+        keepalive_pool,
+        retries,
+        retry_timeout: (!retry_timeout.is_zero()).then_some(retry_timeout),
+        health: health(b, path, up),
+    }
+}
+
+fn hash_on(b: &mut Builder<'_>, path: &str, up: &UpstreamFile) -> HashOn {
+    let kind = up.hash_on.as_deref().unwrap_or("vars");
+    let Some(key) = up.key.as_deref().filter(|k| !k.is_empty()) else {
+        b.error(format!("{path}.key"), "required with `type: chash`");
+        return HashOn::Var(HashVar::RemoteAddr);
+    };
+    match kind {
+        "vars" => HashOn::Var(match key {
+            "remote_addr" => HashVar::RemoteAddr,
+            "uri" => HashVar::Uri,
+            "request_uri" => HashVar::RequestUri,
+            "host" => HashVar::Host,
+            "query_string" => HashVar::QueryString,
+            _ => match key.strip_prefix("arg_").filter(|a| !a.is_empty()) {
+                Some(arg) => HashVar::Arg(arg.to_owned()),
+                None => {
+                    b.error(
+                        format!("{path}.key"),
+                        format!(
+                            "variable `{key}` is not supported by shardgate (remote_addr, uri, \
+                             request_uri, host, query_string, arg_<name>)"
+                        ),
+                    );
+                    HashVar::RemoteAddr
+                }
+            },
+        }),
+        "header" => HashOn::Header(key.to_ascii_lowercase()),
+        "cookie" => HashOn::Cookie(key.to_owned()),
+        "consumer" | "vars_combinations" => {
+            b.error(
+                format!("{path}.hash_on"),
+                format!(
+                    "APISIX `hash_on: {kind}` is not supported by shardgate (vars, header, cookie)"
+                ),
+            );
+            HashOn::Var(HashVar::RemoteAddr)
+        }
+        other => {
+            b.error(
+                format!("{path}.hash_on"),
+                format!("unknown value `{other}` (vars, header, cookie)"),
+            );
+            HashOn::Var(HashVar::RemoteAddr)
+        }
+    }
+}
+
+fn nodes(b: &mut Builder<'_>, path: &str, up: &UpstreamFile, scheme: Scheme) -> Vec<Node> {
+    let Some(file_nodes) = &up.nodes else {
+        b.error(format!("{path}.nodes"), "required");
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(file_nodes.0.len());
+    for (i, node) in file_nodes.0.iter().enumerate() {
+        let at = format!("{path}.nodes[{i}]");
+        if node.priority.is_some() {
+            b.error(
+                format!("{at}.priority"),
+                "APISIX attribute `priority` is not supported by shardgate",
+            );
+        }
+        let parsed = match node.port {
+            // List form: `host` is a bare host (an IPv6 literal may come with or without brackets).
+            Some(port) => parse_host(&node.host).map(|host| (host, port)),
+            // Map form: the key is `host[:port]`.
+            None => parse_host_port(&node.host, scheme.default_port()),
+        };
+        match parsed {
+            Some((host, port)) => {
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                out.push(Node {
+                    addr,
+                    host,
+                    port,
+                    weight: node.weight,
+                });
+            }
+            None => b.error(at, format!("`{}` is not a valid host:port", node.host)),
+        }
+    }
+    if out.is_empty() && file_nodes.0.is_empty() {
+        b.error(format!("{path}.nodes"), "needs at least one node");
+    } else if !out.is_empty() && out.iter().all(|n| n.weight == 0) {
+        b.error(
+            format!("{path}.nodes"),
+            "at least one node needs a weight > 0",
+        );
+    }
+    out
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port`. None when malformed.
+fn parse_host_port(s: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => default_port,
+            _ => parse_port(after.strip_prefix(':')?)?,
+        };
+        return v6.parse::<Ipv6Addr>().ok().map(|ip| (ip.to_string(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => parse_host(host).zip(parse_port(port)),
+        None => parse_host(s).map(|h| (h, default_port)),
+    }
+}
+
+fn parse_port(s: &str) -> Option<u16> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0 && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// An IPv4/IPv6 address or a DNS host name, normalized (lowercase, no brackets).
+fn parse_host(s: &str) -> Option<String> {
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Some(ip.to_string());
+    }
+    let valid = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    valid.then(|| s.to_ascii_lowercase())
+}
+
+fn health(b: &mut Builder<'_>, path: &str, up: &UpstreamFile) -> PassiveHealth {
+    let cool_down = b.seconds(
+        &format!("{path}.health.cool_down"),
+        up.health.cool_down,
+        false,
+    );
+    let Some(checks) = &up.checks else {
+        return PassiveHealth {
+            tcp_failures: up.health.failures,
+            timeouts: up.health.failures,
+            http_failures: 0,
+            http_statuses: Vec::new(),
+            successes: 1,
+            cool_down,
+        };
+    };
+    if checks.active.is_some() {
+        b.error(
+            format!("{path}.checks.active"),
+            "APISIX attribute `checks.active` is not supported by shardgate (passive checks only)",
+        );
+    }
+    let Some(passive) = &checks.passive else {
+        return PassiveHealth {
+            tcp_failures: up.health.failures,
+            timeouts: up.health.failures,
+            http_failures: 0,
+            http_statuses: Vec::new(),
+            successes: 1,
+            cool_down,
+        };
+    };
+    if passive.healthy.http_statuses.is_some() {
+        b.error(
+            format!("{path}.checks.passive.healthy.http_statuses"),
+            "APISIX attribute `checks.passive.healthy.http_statuses` is not supported by shardgate",
+        );
+    }
+    let tcp_only = passive.kind.as_deref() == Some("tcp");
+    match passive.kind.as_deref() {
+        None | Some("http" | "https" | "tcp") => {}
+        Some(other) => b.error(
+            format!("{path}.checks.passive.type"),
+            format!("unknown value `{other}` (http, https, tcp)"),
+        ),
+    }
+    let u = &passive.unhealthy;
+    for (i, status) in u.http_statuses.iter().enumerate() {
+        if !(200..=599).contains(status) {
+            b.error(
+                format!("{path}.checks.passive.unhealthy.http_statuses[{i}]"),
+                "must be 200-599",
+            );
+        }
+    }
+    PassiveHealth {
+        tcp_failures: u.tcp_failures,
+        timeouts: u.timeouts,
+        http_failures: if tcp_only { 0 } else { u.http_failures },
+        http_statuses: if tcp_only {
+            Vec::new()
+        } else {
+            u.http_statuses.clone()
+        },
+        successes: passive.healthy.successes.max(1),
+        cool_down,
+    }
+}
+
+fn route(
+    b: &mut Builder<'_>,
+    path: &str,
+    id: String,
+    r: &RouteFile,
+    upstream_index: &HashMap<String, usize>,
+    upstreams: &mut Vec<UpstreamConf>,
+) -> Option<RouteConf> {
+    b.unsupported(path, &r.unsupported());
+    let uris = match (&r.uri, &r.uris) {
+        (Some(_), Some(_)) => {
+            b.error(format!("{path}.uris"), "set `uri` or `uris`, not both");
+            Vec::new()
+        }
+        (Some(uri), None) => vec![(format!("{path}.uri"), uri.clone())],
+        (None, Some(uris)) if !uris.is_empty() => uris
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (format!("{path}.uris[{i}]"), u.clone()))
+            .collect(),
+        (None, Some(_)) => {
+            b.error(format!("{path}.uris"), "needs at least one URI");
+            Vec::new()
+        }
+        (None, None) => {
+            b.error(path, "needs `uri` or `uris`");
+            Vec::new()
+        }
+    };
+    for (at, uri) in &uris {
+        if let Err(message) = route::check_uri_pattern(uri) {
+            b.error(at.clone(), message);
+        }
+    }
+    let hosts = match (&r.host, &r.hosts) {
+        (Some(_), Some(_)) => {
+            b.error(format!("{path}.hosts"), "set `host` or `hosts`, not both");
+            Vec::new()
+        }
+        (Some(host), None) => vec![(format!("{path}.host"), host)],
+        (None, Some(hosts)) => hosts
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (format!("{path}.hosts[{i}]"), h))
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    for (at, host) in &hosts {
+        if let Err(message) = route::check_host_pattern(host) {
+            b.error(at.clone(), message);
+        }
+    }
+    let mut methods = MethodSet::ANY;
+    for (i, name) in r.methods.iter().enumerate() {
+        match Method::from_token(name.as_bytes()) {
+            Some(m) => methods.insert(m),
+            None => b.error(
+                format!("{path}.methods[{i}]"),
+                format!("`{name}` is not one of GET POST PUT DELETE PATCH HEAD OPTIONS CONNECT TRACE PURGE"),
+            ),
+        }
+    }
+    let enabled = match r.status {
+        1 => true,
+        0 => false,
+        _ => {
+            b.error(
+                format!("{path}.status"),
+                "must be 0 (disabled) or 1 (enabled)",
+            );
+            true
+        }
+    };
+    let upstream = match (&r.upstream_id, &r.upstream) {
+        (Some(_), Some(_)) => {
+            b.error(
+                format!("{path}.upstream"),
+                "set `upstream_id` or `upstream`, not both",
+            );
+            None
+        }
+        (Some(up_id), None) => match upstream_index.get(&up_id.0) {
+            Some(&index) => Some(index),
+            None => {
+                b.error(
+                    format!("{path}.upstream_id"),
+                    format!("no upstream with id `{}`", up_id.0),
+                );
+                None
+            }
+        },
+        (None, Some(inline)) => {
+            let conf = upstream(
+                b,
+                &format!("{path}.upstream"),
+                format!("route:{id}"),
+                inline,
+            );
+            upstreams.push(conf);
+            Some(upstreams.len() - 1)
+        }
+        (None, None) => {
+            b.error(path, "needs `upstream_id` or `upstream`");
+            None
+        }
+    };
+    let mut plugins = RoutePlugins::default();
+    for name in &r.plugins.unknown {
+        b.error(
+            format!("{path}.plugins.{name}"),
+            format!("plugin `{name}` is not supported by shardgate (supported: openid-connect)"),
+        );
+    }
+    if let Some(oidc) = &r.plugins.openid_connect {
+        b.problems
+            .extend(oidc.check(&format!("{path}.plugins.openid-connect")));
+        plugins.openid_connect = Some(Arc::new((**oidc).clone()));
+    }
+    Some(RouteConf {
+        id,
+        name: r.name.clone(),
+        uris: uris.into_iter().map(|(_, u)| u).collect(),
+        hosts: hosts
+            .into_iter()
+            .map(|(_, h)| h.to_ascii_lowercase())
+            .collect(),
+        methods,
+        priority: r.priority,
+        upstream: upstream?,
+        enable_websocket: r.enable_websocket,
+        enabled,
+        plugins,
+    })
+}
+
+/// APISIX's most reported failure is a `redirect_uri` that is also a page users visit: the
+/// plugin treats the visit as the login callback and fails with "no session state found".
+/// The opposite mistake, a callback path no protected route serves, never completes a login.
+fn redirect_uri_warnings(b: &mut Builder<'_>, routes: &[(usize, RouteConf)]) {
+    let protected: Vec<&(usize, RouteConf)> = routes
+        .iter()
+        .filter(|(_, r)| r.enabled && r.plugins.openid_connect.is_some())
+        .collect();
+    for (i, route) in routes {
+        let Some(oidc) = &route.plugins.openid_connect else {
+            continue;
+        };
+        if oidc.bearer_only {
+            continue;
+        }
+        let Some(redirect) = oidc.redirect_uri.as_deref() else {
+            continue;
+        };
+        let Some(callback) = uri_path(redirect) else {
+            continue;
+        };
+        let at = format!("routes[{i}].plugins.openid-connect.redirect_uri");
+        let mut served = false;
+        for (j, other) in &protected {
+            for uri in &other.uris {
+                let (clash, matches) = match uri.strip_suffix('*') {
+                    Some(prefix) => (
+                        callback == prefix || callback == prefix.trim_end_matches('/'),
+                        callback.starts_with(prefix),
+                    ),
+                    None => (callback == uri, callback == uri),
+                };
+                served |= matches;
+                if clash {
+                    b.warn(
+                        at.clone(),
+                        format!(
+                            "path `{callback}` is also the URI `{uri}` of protected route `{}` \
+                             (routes[{j}]): visiting it is treated as the login callback and fails \
+                             with \"no session state found\"; use a dedicated callback path",
+                            other.id
+                        ),
+                    );
+                }
+            }
+        }
+        if !served {
+            b.warn(
+                at,
+                format!(
+                    "path `{callback}` is not matched by any route with openid-connect, so the \
+                     IdP's callback cannot complete the login"
+                ),
+            );
+        }
+    }
+}
+
+/// The path of an absolute URL or of a path-only URI, without query or fragment.
+fn uri_path(uri: &str) -> Option<&str> {
+    let rest = match uri.split_once("://") {
+        Some((_, after)) => &after[after.find('/')?..],
+        None => uri,
+    };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}

@@ -1,0 +1,674 @@
+//! The YAML shape, field for field: APISIX standalone (`routes`, `upstreams`) plus `gateway`.
+//!
+//! Only shapes and types are checked here. APISIX attributes shardgate does not implement are
+//! parsed as `Option<IgnoredAny>` so `build.rs` can name them in an "unsupported" error, which a
+//! user can tell apart from the unknown-field error a typo gets.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use shardgate_oidc::config::OidcConf;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    #[serde(default)]
+    pub gateway: GatewayFile,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamFile>,
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    // APISIX standalone sections shardgate does not implement.
+    #[serde(default)]
+    pub services: Option<IgnoredAny>,
+    #[serde(default)]
+    pub consumers: Option<IgnoredAny>,
+    #[serde(default)]
+    pub consumer_groups: Option<IgnoredAny>,
+    #[serde(default)]
+    pub ssls: Option<IgnoredAny>,
+    #[serde(default)]
+    pub global_rules: Option<IgnoredAny>,
+    #[serde(default)]
+    pub plugin_configs: Option<IgnoredAny>,
+    #[serde(default)]
+    pub plugin_metadata: Option<IgnoredAny>,
+    #[serde(default)]
+    pub stream_routes: Option<IgnoredAny>,
+    #[serde(default)]
+    pub protos: Option<IgnoredAny>,
+    #[serde(default)]
+    pub secrets: Option<IgnoredAny>,
+}
+
+impl FileConfig {
+    pub fn unsupported(&self) -> [(&'static str, bool); 10] {
+        [
+            ("services", self.services.is_some()),
+            ("consumers", self.consumers.is_some()),
+            ("consumer_groups", self.consumer_groups.is_some()),
+            ("ssls", self.ssls.is_some()),
+            ("global_rules", self.global_rules.is_some()),
+            ("plugin_configs", self.plugin_configs.is_some()),
+            ("plugin_metadata", self.plugin_metadata.is_some()),
+            ("stream_routes", self.stream_routes.is_some()),
+            ("protos", self.protos.is_some()),
+            ("secrets", self.secrets.is_some()),
+        ]
+    }
+}
+
+// Defaults, one per attribute, named after it.
+pub(crate) const LISTEN: &str = "0.0.0.0:9080";
+pub(crate) const TLS_LISTEN: &str = "0.0.0.0:9443";
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_HEADERS: usize = 100;
+pub(crate) const HEADER_TIMEOUT: f64 = 10.0;
+pub(crate) const IDLE_TIMEOUT: f64 = 60.0;
+pub(crate) const MAX_CONNECTIONS: usize = 20_000;
+pub(crate) const MAX_BODY_BUFFER: usize = 64 * 1024;
+pub(crate) const SHUTDOWN_TIMEOUT: f64 = 30.0;
+/// APISIX leaves upstream timeouts to nginx's `proxy_*_timeout`, 60 s each.
+pub(crate) const UPSTREAM_TIMEOUT: f64 = 60.0;
+pub(crate) const KEEPALIVE_POOL_SIZE: usize = 320;
+pub(crate) const KEEPALIVE_POOL_IDLE_TIMEOUT: f64 = 60.0;
+pub(crate) const KEEPALIVE_POOL_REQUESTS: u32 = 1000;
+/// shardgate passive health: consecutive failures before a node is skipped...
+pub(crate) const HEALTH_FAILURES: u32 = 3;
+/// ...and for how long.
+pub(crate) const HEALTH_COOL_DOWN: f64 = 10.0;
+// APISIX `checks.passive` defaults.
+pub(crate) const PASSIVE_HEALTHY_SUCCESSES: u32 = 5;
+pub(crate) const PASSIVE_UNHEALTHY_HTTP_FAILURES: u32 = 5;
+pub(crate) const PASSIVE_UNHEALTHY_TCP_FAILURES: u32 = 2;
+pub(crate) const PASSIVE_UNHEALTHY_TIMEOUTS: u32 = 7;
+pub(crate) const PASSIVE_UNHEALTHY_HTTP_STATUSES: [u16; 3] = [429, 500, 503];
+pub(crate) const ROUTE_STATUS: u8 = 1;
+
+fn listen() -> Vec<String> {
+    vec![LISTEN.to_owned()]
+}
+fn tls_listen() -> Vec<String> {
+    vec![TLS_LISTEN.to_owned()]
+}
+fn max_header_bytes() -> usize {
+    MAX_HEADER_BYTES
+}
+fn max_headers() -> usize {
+    MAX_HEADERS
+}
+fn header_timeout() -> f64 {
+    HEADER_TIMEOUT
+}
+fn idle_timeout() -> f64 {
+    IDLE_TIMEOUT
+}
+fn max_connections() -> usize {
+    MAX_CONNECTIONS
+}
+fn max_body_buffer() -> usize {
+    MAX_BODY_BUFFER
+}
+fn shutdown_timeout() -> f64 {
+    SHUTDOWN_TIMEOUT
+}
+fn upstream_timeout() -> f64 {
+    UPSTREAM_TIMEOUT
+}
+fn keepalive_pool_size() -> usize {
+    KEEPALIVE_POOL_SIZE
+}
+fn keepalive_pool_idle_timeout() -> f64 {
+    KEEPALIVE_POOL_IDLE_TIMEOUT
+}
+fn keepalive_pool_requests() -> u32 {
+    KEEPALIVE_POOL_REQUESTS
+}
+fn health_failures() -> u32 {
+    HEALTH_FAILURES
+}
+fn health_cool_down() -> f64 {
+    HEALTH_COOL_DOWN
+}
+fn passive_healthy_successes() -> u32 {
+    PASSIVE_HEALTHY_SUCCESSES
+}
+fn passive_unhealthy_http_failures() -> u32 {
+    PASSIVE_UNHEALTHY_HTTP_FAILURES
+}
+fn passive_unhealthy_tcp_failures() -> u32 {
+    PASSIVE_UNHEALTHY_TCP_FAILURES
+}
+fn passive_unhealthy_timeouts() -> u32 {
+    PASSIVE_UNHEALTHY_TIMEOUTS
+}
+fn passive_unhealthy_http_statuses() -> Vec<u16> {
+    PASSIVE_UNHEALTHY_HTTP_STATUSES.to_vec()
+}
+fn route_status() -> u8 {
+    ROUTE_STATUS
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GatewayFile {
+    #[serde(default = "listen")]
+    pub listen: Vec<String>,
+    pub tls: Option<TlsFile>,
+    pub admin: Option<AdminFile>,
+    #[serde(default)]
+    pub shards: ShardsFile,
+    #[serde(default)]
+    pub driver: DriverFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default = "shutdown_timeout")]
+    pub shutdown_timeout: f64,
+    #[serde(default = "yes")]
+    pub access_log: bool,
+}
+
+impl Default for GatewayFile {
+    fn default() -> Self {
+        GatewayFile {
+            listen: listen(),
+            tls: None,
+            admin: None,
+            shards: ShardsFile::Auto,
+            driver: DriverFile::Auto,
+            limits: LimitsFile::default(),
+            shutdown_timeout: SHUTDOWN_TIMEOUT,
+            access_log: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsFile {
+    #[serde(default = "tls_listen")]
+    pub listen: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminFile {
+    pub listen: String,
+}
+
+/// `shards: auto` or a count.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShardsFile {
+    #[default]
+    Auto,
+    Count(u64),
+}
+
+impl<'de> Deserialize<'de> for ShardsFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ShardsFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`auto` or an integer >= 1")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ShardsFile, E> {
+                if v == 0 {
+                    return Err(E::invalid_value(de::Unexpected::Unsigned(v), &self));
+                }
+                Ok(ShardsFile::Count(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ShardsFile, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(de::Unexpected::Signed(v), &self)),
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ShardsFile, E> {
+                match v {
+                    "auto" => Ok(ShardsFile::Auto),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum DriverFile {
+    #[default]
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LimitsFile {
+    #[serde(default = "max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "max_headers")]
+    pub max_headers: usize,
+    #[serde(default = "header_timeout")]
+    pub header_timeout: f64,
+    #[serde(default = "idle_timeout")]
+    pub idle_timeout: f64,
+    #[serde(default = "max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "max_body_buffer")]
+    pub max_body_buffer: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        LimitsFile {
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_headers: MAX_HEADERS,
+            header_timeout: HEADER_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            max_body_buffer: MAX_BODY_BUFFER,
+        }
+    }
+}
+
+/// APISIX ids may be strings or integers; we keep them as strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Id(pub String);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or integer id")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                Ok(Id(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                Ok(Id(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamFile {
+    pub id: Option<Id>,
+    #[serde(rename = "type", default)]
+    pub kind: UpstreamType,
+    pub hash_on: Option<String>,
+    pub key: Option<String>,
+    pub nodes: Option<NodesFile>,
+    #[serde(default)]
+    pub scheme: SchemeFile,
+    #[serde(default)]
+    pub pass_host: PassHostFile,
+    pub upstream_host: Option<String>,
+    #[serde(default)]
+    pub timeout: UpstreamTimeoutFile,
+    #[serde(default)]
+    pub keepalive_pool: KeepalivePoolFile,
+    pub retries: Option<u32>,
+    #[serde(default)]
+    pub retry_timeout: f64,
+    pub checks: Option<ChecksFile>,
+    /// shardgate's own passive health settings.
+    #[serde(default)]
+    pub health: HealthFile,
+    // Metadata: accepted, no behaviour.
+    #[serde(default, rename = "name")]
+    _name: Option<String>,
+    #[serde(default, rename = "desc")]
+    _desc: Option<String>,
+    #[serde(default, rename = "labels")]
+    _labels: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(default, rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    // APISIX attributes shardgate does not implement.
+    #[serde(default)]
+    pub tls: Option<IgnoredAny>,
+    #[serde(default)]
+    pub discovery_type: Option<IgnoredAny>,
+    #[serde(default)]
+    pub discovery_args: Option<IgnoredAny>,
+    #[serde(default)]
+    pub service_name: Option<IgnoredAny>,
+}
+
+impl UpstreamFile {
+    pub fn unsupported(&self) -> [(&'static str, bool); 4] {
+        [
+            ("tls", self.tls.is_some()),
+            ("discovery_type", self.discovery_type.is_some()),
+            ("discovery_args", self.discovery_args.is_some()),
+            ("service_name", self.service_name.is_some()),
+        ]
+    }
+}
+
+/// The balancer. APISIX's other types are parsed to be named in an "unsupported" error.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum UpstreamType {
+    #[default]
+    Roundrobin,
+    Chash,
+    Ewma,
+    LeastConn,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SchemeFile {
+    #[default]
+    Http,
+    Https,
+    Grpc,
+    Grpcs,
+    Tcp,
+    Tls,
+    Udp,
+    Kafka,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PassHostFile {
+    #[default]
+    Pass,
+    Node,
+    Rewrite,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTimeoutFile {
+    #[serde(default = "upstream_timeout")]
+    pub connect: f64,
+    #[serde(default = "upstream_timeout")]
+    pub send: f64,
+    #[serde(default = "upstream_timeout")]
+    pub read: f64,
+}
+
+impl Default for UpstreamTimeoutFile {
+    fn default() -> Self {
+        UpstreamTimeoutFile {
+            connect: UPSTREAM_TIMEOUT,
+            send: UPSTREAM_TIMEOUT,
+            read: UPSTREAM_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeepalivePoolFile {
+    #[serde(default = "keepalive_pool_size")]
+    pub size: usize,
+    #[serde(default = "keepalive_pool_idle_timeout")]
+    pub idle_timeout: f64,
+    #[serde(default = "keepalive_pool_requests")]
+    pub requests: u32,
+}
+
+impl Default for KeepalivePoolFile {
+    fn default() -> Self {
+        KeepalivePoolFile {
+            size: KEEPALIVE_POOL_SIZE,
+            idle_timeout: KEEPALIVE_POOL_IDLE_TIMEOUT,
+            requests: KEEPALIVE_POOL_REQUESTS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthFile {
+    #[serde(default = "health_failures")]
+    pub failures: u32,
+    #[serde(default = "health_cool_down")]
+    pub cool_down: f64,
+}
+
+impl Default for HealthFile {
+    fn default() -> Self {
+        HealthFile {
+            failures: HEALTH_FAILURES,
+            cool_down: HEALTH_COOL_DOWN,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChecksFile {
+    #[serde(default)]
+    pub active: Option<IgnoredAny>,
+    pub passive: Option<PassiveFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PassiveFile {
+    /// APISIX: `http` (default), `https` or `tcp`; only decides which failures count.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub healthy: PassiveHealthyFile,
+    #[serde(default)]
+    pub unhealthy: PassiveUnhealthyFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PassiveHealthyFile {
+    #[serde(default)]
+    pub http_statuses: Option<IgnoredAny>,
+    #[serde(default = "passive_healthy_successes")]
+    pub successes: u32,
+}
+
+impl Default for PassiveHealthyFile {
+    fn default() -> Self {
+        PassiveHealthyFile {
+            http_statuses: None,
+            successes: PASSIVE_HEALTHY_SUCCESSES,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PassiveUnhealthyFile {
+    #[serde(default = "passive_unhealthy_http_statuses")]
+    pub http_statuses: Vec<u16>,
+    #[serde(default = "passive_unhealthy_http_failures")]
+    pub http_failures: u32,
+    #[serde(default = "passive_unhealthy_tcp_failures")]
+    pub tcp_failures: u32,
+    #[serde(default = "passive_unhealthy_timeouts")]
+    pub timeouts: u32,
+}
+
+impl Default for PassiveUnhealthyFile {
+    fn default() -> Self {
+        PassiveUnhealthyFile {
+            http_statuses: passive_unhealthy_http_statuses(),
+            http_failures: PASSIVE_UNHEALTHY_HTTP_FAILURES,
+            tcp_failures: PASSIVE_UNHEALTHY_TCP_FAILURES,
+            timeouts: PASSIVE_UNHEALTHY_TIMEOUTS,
+        }
+    }
+}
+
+/// `nodes`: APISIX accepts a map `"host:port": weight` or a list of `{host, port, weight}`.
+#[derive(Debug)]
+pub(crate) struct NodesFile(pub Vec<NodeFile>);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NodeFile {
+    pub host: String,
+    pub port: Option<u16>,
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: Option<IgnoredAny>,
+    /// Accepted, no behaviour.
+    #[serde(default, rename = "metadata")]
+    _metadata: Option<IgnoredAny>,
+}
+
+impl<'de> Deserialize<'de> for NodesFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NodesFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of \"host:port\": weight, or a list of {host, port, weight}")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodesFile, A::Error> {
+                let mut nodes = Vec::new();
+                // The port stays inside `host` here; build.rs splits and checks it.
+                while let Some((host, weight)) = map.next_entry::<String, u32>()? {
+                    nodes.push(NodeFile {
+                        host,
+                        port: None,
+                        weight,
+                        priority: None,
+                        _metadata: None,
+                    });
+                }
+                Ok(NodesFile(nodes))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<NodesFile, A::Error> {
+                let mut nodes = Vec::new();
+                while let Some(node) = seq.next_element::<NodeFile>()? {
+                    nodes.push(node);
+                }
+                Ok(NodesFile(nodes))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RouteFile {
+    pub id: Option<Id>,
+    pub name: Option<String>,
+    #[serde(default, rename = "desc")]
+    _desc: Option<String>,
+    #[serde(default, rename = "labels")]
+    _labels: Option<BTreeMap<String, String>>,
+    pub uri: Option<String>,
+    pub uris: Option<Vec<String>>,
+    pub host: Option<String>,
+    pub hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub priority: i64,
+    pub upstream_id: Option<Id>,
+    pub upstream: Option<UpstreamFile>,
+    #[serde(default)]
+    pub enable_websocket: bool,
+    #[serde(default = "route_status")]
+    pub status: u8,
+    #[serde(default)]
+    pub plugins: PluginsFile,
+    #[serde(default, rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(default, rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    // APISIX attributes shardgate does not implement.
+    #[serde(default)]
+    pub vars: Option<IgnoredAny>,
+    #[serde(default)]
+    pub remote_addr: Option<IgnoredAny>,
+    #[serde(default)]
+    pub remote_addrs: Option<IgnoredAny>,
+    #[serde(default)]
+    pub filter_func: Option<IgnoredAny>,
+    #[serde(default)]
+    pub script: Option<IgnoredAny>,
+    #[serde(default)]
+    pub script_id: Option<IgnoredAny>,
+    #[serde(default)]
+    pub service_id: Option<IgnoredAny>,
+    #[serde(default)]
+    pub plugin_config_id: Option<IgnoredAny>,
+    #[serde(default)]
+    pub timeout: Option<IgnoredAny>,
+}
+
+impl RouteFile {
+    pub fn unsupported(&self) -> [(&'static str, bool); 9] {
+        [
+            ("vars", self.vars.is_some()),
+            ("remote_addr", self.remote_addr.is_some()),
+            ("remote_addrs", self.remote_addrs.is_some()),
+            ("filter_func", self.filter_func.is_some()),
+            ("script", self.script.is_some()),
+            ("script_id", self.script_id.is_some()),
+            ("service_id", self.service_id.is_some()),
+            ("plugin_config_id", self.plugin_config_id.is_some()),
+            ("timeout", self.timeout.is_some()),
+        ]
+    }
+}
+
+/// `plugins`: `openid-connect` is typed; any other name is kept to be named in an error.
+#[derive(Debug, Default)]
+pub(crate) struct PluginsFile {
+    pub openid_connect: Option<Box<OidcConf>>,
+    pub unknown: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for PluginsFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = PluginsFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of plugin name to plugin configuration")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PluginsFile, A::Error> {
+                let mut plugins = PluginsFile::default();
+                while let Some(name) = map.next_key::<String>()? {
+                    if name == "openid-connect" {
+                        if plugins.openid_connect.is_some() {
+                            return Err(de::Error::duplicate_field("openid-connect"));
+                        }
+                        plugins.openid_connect = Some(Box::new(map.next_value()?));
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                        plugins.unknown.push(name);
+                    }
+                }
+                Ok(plugins)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}

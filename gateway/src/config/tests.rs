@@ -1,0 +1,723 @@
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use shardgate_oidc::config::{SameSite, UnauthAction};
+
+use super::*;
+use crate::route::Method;
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load(yaml: &str) -> Loaded {
+    match load_str_with_env(yaml, &no_env) {
+        Ok(loaded) => loaded,
+        Err(e) => panic!("expected a valid config, got:\n{e}"),
+    }
+}
+
+fn errors(yaml: &str) -> Vec<String> {
+    match load_str_with_env(yaml, &no_env) {
+        Ok(_) => panic!("expected errors"),
+        Err(e) => e.problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn has(errors: &[String], needle: &str) -> bool {
+    errors.iter().any(|e| e.contains(needle))
+}
+
+const MINIMAL: &str = r#"
+upstreams:
+  - id: app
+    nodes: { "127.0.0.1:18080": 1 }
+routes:
+  - id: r
+    uri: /*
+    upstream_id: app
+"#;
+
+#[test]
+fn empty_config_gets_every_gateway_default() {
+    for text in ["", "\n", "#END\n"] {
+        let c = load(text).config;
+        let g = &c.gateway;
+        assert_eq!(
+            g.listen,
+            vec!["0.0.0.0:9080".parse::<SocketAddr>().unwrap()]
+        );
+        assert!(g.tls.is_none() && g.admin.is_none());
+        assert_eq!(g.shards, Shards::Auto);
+        assert_eq!(g.driver, Driver::Auto);
+        assert_eq!(g.limits.max_header_bytes, 32_768);
+        assert_eq!(g.limits.max_headers, 100);
+        assert_eq!(g.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!(g.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(g.limits.max_connections, 20_000);
+        assert_eq!(g.limits.max_body_buffer, 65_536);
+        assert_eq!(g.shutdown_timeout, Duration::from_secs(30));
+        assert!(g.access_log);
+        assert!(c.routes.is_empty() && c.upstreams.is_empty());
+    }
+}
+
+#[test]
+fn upstream_and_route_defaults() {
+    let c = load(MINIMAL).config;
+    let u = &c.upstreams[0];
+    assert_eq!(u.id, "app");
+    assert_eq!(u.balancer, Balancer::RoundRobin);
+    assert_eq!(
+        u.nodes,
+        vec![Node {
+            addr: "127.0.0.1:18080".into(),
+            host: "127.0.0.1".into(),
+            port: 18080,
+            weight: 1
+        }]
+    );
+    assert_eq!(u.scheme, Scheme::Http);
+    assert_eq!(u.pass_host, PassHost::Pass);
+    let sixty = Duration::from_secs(60);
+    assert_eq!(
+        u.timeout,
+        UpstreamTimeout {
+            connect: sixty,
+            send: sixty,
+            read: sixty
+        }
+    );
+    assert_eq!(
+        u.keepalive_pool,
+        KeepalivePool {
+            size: 320,
+            idle_timeout: sixty,
+            requests: 1000
+        }
+    );
+    assert_eq!(u.retries, 0, "APISIX: nodes - 1");
+    assert_eq!(u.retry_timeout, None);
+    assert_eq!(
+        u.health,
+        PassiveHealth {
+            tcp_failures: 3,
+            timeouts: 3,
+            http_failures: 0,
+            http_statuses: vec![],
+            successes: 1,
+            cool_down: Duration::from_secs(10)
+        }
+    );
+    let r = &c.routes[0];
+    assert_eq!(r.id, "r");
+    assert_eq!(r.uris, ["/*"]);
+    assert!(r.hosts.is_empty() && r.methods.is_any());
+    assert_eq!(r.priority, 0);
+    assert_eq!(r.upstream, 0);
+    assert!(r.enabled && !r.enable_websocket);
+    assert!(r.plugins.openid_connect.is_none());
+}
+
+#[test]
+fn full_gateway_section_parses() {
+    let dir = temp_dir("tls");
+    std::fs::write(dir.join("cert.pem"), "x").unwrap();
+    std::fs::write(dir.join("key.pem"), "x").unwrap();
+    let yaml = r#"
+gateway:
+  listen: ["127.0.0.1:8080", "[::1]:8080"]
+  tls: { listen: ["0.0.0.0:8443"], cert: cert.pem, key: key.pem }
+  admin: { listen: "127.0.0.1:9090" }
+  shards: 2
+  driver: epoll
+  limits: { max_header_bytes: 8192, max_headers: 50, header_timeout: 2.5, idle_timeout: 5, max_connections: 10, max_body_buffer: 1024 }
+  shutdown_timeout: 0
+  access_log: false
+"#;
+    let path = dir.join("config.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let g = load_file(&path).unwrap().config.gateway;
+    assert_eq!(g.listen.len(), 2);
+    let tls = g.tls.unwrap();
+    assert_eq!(
+        tls.cert,
+        dir.join("cert.pem"),
+        "relative to the config file"
+    );
+    assert_eq!(
+        tls.listen,
+        vec!["0.0.0.0:8443".parse::<SocketAddr>().unwrap()]
+    );
+    assert_eq!(
+        g.admin.unwrap().listen,
+        "127.0.0.1:9090".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(g.shards, Shards::Count(2));
+    assert_eq!(g.driver, Driver::Epoll);
+    assert_eq!(g.limits.header_timeout, Duration::from_millis(2500));
+    assert_eq!(g.shutdown_timeout, Duration::ZERO);
+    assert!(!g.access_log);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn missing_tls_files_and_bad_listen_addresses_are_named() {
+    let e = errors(
+        r#"
+gateway:
+  listen: ["localhost:80", "0.0.0.0:9080"]
+  tls: { cert: /nonexistent/cert.pem, key: /nonexistent/key.pem }
+  admin: { listen: "9090" }
+"#,
+    );
+    assert!(
+        has(
+            &e,
+            "gateway.listen[0]: `localhost:80` is not an ip:port socket address"
+        ),
+        "{e:?}"
+    );
+    assert!(
+        has(
+            &e,
+            "gateway.tls.cert: file `/nonexistent/cert.pem` does not exist"
+        ),
+        "{e:?}"
+    );
+    assert!(has(&e, "gateway.tls.key: file"), "{e:?}");
+    assert!(has(&e, "gateway.admin.listen: `9090` is not"), "{e:?}");
+    assert_eq!(e.len(), 4, "{e:?}");
+}
+
+#[test]
+fn shards_must_be_auto_or_positive() {
+    assert!(has(
+        &errors("gateway: { shards: 0 }"),
+        "gateway.shards: invalid value"
+    ));
+    assert!(has(
+        &errors("gateway: { shards: many }"),
+        "gateway.shards: invalid value"
+    ));
+}
+
+#[test]
+fn type_errors_name_their_path() {
+    let e = errors(
+        r#"
+routes:
+  - id: r
+    uri: /
+    upstream_id: app
+    plugins:
+      openid-connect:
+        client_id: c
+        discovery: https://idp.example.com/.well-known/openid-configuration
+        session: { secret: [not, a, string] }
+"#,
+    );
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].starts_with("routes[0].plugins.openid-connect.session.secret: invalid type"),
+        "{e:?}"
+    );
+    let e = errors("upstreams:\n  - id: a\n    nodes: { \"h:1\": heavy }\n");
+    assert!(e[0].starts_with("upstreams[0].nodes"), "{e:?}");
+    let e = errors("gateway:\n  limits: { max_headers: -1 }\n");
+    assert!(
+        e[0].starts_with("gateway.limits.max_headers: invalid type: integer `-1`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn unknown_field_is_a_typo_error_and_apisix_field_is_unsupported() {
+    let typo = errors("routes:\n  - id: r\n    uri: /\n    upstream_id: a\n    methds: [GET]\n");
+    assert!(has(&typo, "routes[0]: unknown field `methds`"), "{typo:?}");
+    let e = errors(
+        r#"
+consumers: []
+upstreams:
+  - id: app
+    nodes: { "127.0.0.1:1": 1 }
+    tls: { client_cert: x }
+    discovery_type: dns
+routes:
+  - id: r
+    uri: /
+    upstream_id: app
+    vars: [["arg_a", "==", "1"]]
+    remote_addrs: ["10.0.0.0/8"]
+    service_id: 1
+    timeout: { connect: 1 }
+    filter_func: "function() end"
+"#,
+    );
+    for field in [
+        "consumers: APISIX attribute `consumers`",
+        "upstreams[0].tls: APISIX attribute `tls` is not supported by shardgate",
+        "upstreams[0].discovery_type: APISIX attribute `discovery_type`",
+        "routes[0].vars: APISIX attribute `vars` is not supported by shardgate",
+        "routes[0].remote_addrs: APISIX attribute",
+        "routes[0].service_id: APISIX attribute",
+        "routes[0].timeout: APISIX attribute",
+        "routes[0].filter_func: APISIX attribute",
+    ] {
+        assert!(has(&e, field), "missing {field:?} in {e:?}");
+    }
+    assert_eq!(e.len(), 8, "{e:?}");
+}
+
+#[test]
+fn unknown_plugins_are_named() {
+    let e = errors(&format!(
+        "{MINIMAL}    plugins: {{ key-auth: {{}}, limit-count: {{ count: 1 }} }}\n"
+    ));
+    assert_eq!(
+        e,
+        [
+            "routes[0].plugins.key-auth: plugin `key-auth` is not supported by shardgate (supported: openid-connect)",
+            "routes[0].plugins.limit-count: plugin `limit-count` is not supported by shardgate (supported: openid-connect)",
+        ]
+    );
+}
+
+#[test]
+fn env_interpolation_set_default_and_missing() {
+    let env: HashMap<&str, &str> = [("PORT", "18081"), ("EMPTY", "")].into();
+    let lookup = |name: &str| env.get(name).map(|v| v.to_string());
+    let yaml = "upstreams:\n  - id: ${ID:-app}\n    nodes: { \"127.0.0.1:${PORT}\": 1 }\n    upstream_host: \"${EMPTY:-fallback}$${LITERAL}\"\n    pass_host: rewrite\n";
+    let c = load_str_with_env(yaml, &lookup).unwrap().config;
+    assert_eq!(c.upstreams[0].id, "app");
+    assert_eq!(c.upstreams[0].nodes[0].port, 18081);
+    assert_eq!(
+        c.upstreams[0].pass_host,
+        PassHost::Rewrite("fallback${LITERAL}".into())
+    );
+
+    let e = load_str_with_env(
+        "a: ${MISSING}\nb: ok\nc: ${ALSO_MISSING} ${1BAD}\nd: ${UNCLOSED\n",
+        &lookup,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "line 1: environment variable `MISSING` is not set (use `${MISSING:-default}` for a default)\n\
+         line 3: environment variable `ALSO_MISSING` is not set (use `${ALSO_MISSING:-default}` for a default)\n\
+         line 3: `${1BAD}`: `1BAD` is not a valid environment variable name\n\
+         line 4: unterminated `${` (expected `}` on the same line)"
+    );
+}
+
+#[test]
+fn load_str_reads_the_process_environment() {
+    // PATH is set in every test environment; the value only needs to survive as a string.
+    let loaded = load_str("gateway: { access_log: true }\n# ${PATH}\n");
+    assert!(loaded.is_ok());
+}
+
+#[test]
+fn duplicate_ids_are_reported() {
+    let e = errors(
+        r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+  - { id: app, nodes: { "127.0.0.1:2": 1 } }
+routes:
+  - { id: r, uri: /a, upstream_id: app }
+  - { id: r, uri: /b, upstream_id: app }
+"#,
+    );
+    assert_eq!(
+        e,
+        [
+            "upstreams[1].id: duplicate id `app` (first used by upstreams[0])",
+            "routes[1].id: duplicate id `r` (first used by routes[0])",
+        ]
+    );
+}
+
+#[test]
+fn route_cross_checks_collect_every_problem() {
+    let e = errors(
+        r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+routes:
+  - { id: a, uri: /a, uris: [/b], upstream_id: app }
+  - { id: b, uri: /b, upstream_id: nope }
+  - { id: c, uri: /c }
+  - { id: d, uri: /d, upstream_id: app, upstream: { nodes: { "127.0.0.1:1": 1 } } }
+  - { id: e, upstream_id: app }
+  - { id: f, uri: "no-slash", host: "a.*.com", methods: [get, GET], status: 2, upstream_id: app }
+  - { id: g, uri: /g, host: a.com, hosts: [b.com], upstream_id: app }
+"#,
+    );
+    let want = [
+        "routes[0].uris: set `uri` or `uris`, not both",
+        "routes[1].upstream_id: no upstream with id `nope`",
+        "routes[2]: needs `upstream_id` or `upstream`",
+        "routes[3].upstream: set `upstream_id` or `upstream`, not both",
+        "routes[4]: needs `uri` or `uris`",
+        "routes[5].uri: must start with `/`",
+        "routes[5].host: must be a host name or `*.suffix`",
+        "routes[5].methods[0]: `get` is not one of",
+        "routes[5].status: must be 0 (disabled) or 1 (enabled)",
+        "routes[6].hosts: set `host` or `hosts`, not both",
+    ];
+    for w in want {
+        assert!(has(&e, w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+}
+
+#[test]
+fn upstream_cross_checks() {
+    let e = errors(
+        r#"
+upstreams:
+  - { nodes: { "127.0.0.1:1": 1 } }
+  - id: weights
+    nodes: { "127.0.0.1:1": 0, "127.0.0.1:2": 0 }
+  - id: addrs
+    nodes: { "bad host:1": 1, "127.0.0.1:99999": 1, "[::1]:80": 1, "h:0": 1 }
+  - { id: rewrite, pass_host: rewrite, nodes: { "a:1": 1 } }
+  - { id: chash, type: chash, nodes: { "a:1": 1 } }
+  - { id: ewma, type: ewma, nodes: { "a:1": 1 } }
+  - { id: grpc, scheme: grpc, nodes: { "a:1": 1 } }
+  - { id: timeouts, timeout: { connect: 0, read: -1 }, nodes: { "a:1": 1 } }
+  - { id: active, checks: { active: { type: http } }, nodes: { "a:1": 1 } }
+  - { id: empty, nodes: {} }
+  - { id: consumer, type: chash, hash_on: consumer, key: x, nodes: { "a:1": 1 } }
+  - { id: badvar, type: chash, key: http_x, nodes: { "a:1": 1 } }
+"#,
+    );
+    let want = [
+        "upstreams[0].id: required",
+        "upstreams[1].nodes: at least one node needs a weight > 0",
+        "upstreams[2].nodes[0]: `bad host:1` is not a valid host:port",
+        "upstreams[2].nodes[1]: `127.0.0.1:99999` is not a valid host:port",
+        "upstreams[2].nodes[3]: `h:0` is not a valid host:port",
+        "upstreams[3].upstream_host: required when pass_host is `rewrite`",
+        "upstreams[4].key: required with `type: chash`",
+        "upstreams[5].type: APISIX balancer `ewma` is not supported by shardgate",
+        "upstreams[6].scheme: `grpc` is not supported by shardgate",
+        "upstreams[7].timeout.connect: must be a number of seconds > 0",
+        "upstreams[7].timeout.read: must be a number of seconds > 0",
+        "upstreams[8].checks.active: APISIX attribute `checks.active` is not supported",
+        "upstreams[9].nodes: needs at least one node",
+        "upstreams[10].hash_on: APISIX `hash_on: consumer` is not supported",
+        "upstreams[11].key: variable `http_x` is not supported",
+    ];
+    for w in want {
+        assert!(has(&e, w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+}
+
+#[test]
+fn nodes_in_every_apisix_shape() {
+    let c = load(
+        r#"
+upstreams:
+  - id: map
+    scheme: https
+    nodes: { "Example.COM": 2, "[::1]:8443": 1, "10.0.0.1:80": 0 }
+  - id: list
+    type: chash
+    hash_on: header
+    key: X-User
+    retries: 5
+    retry_timeout: 0.5
+    pass_host: rewrite
+    upstream_host: internal.example
+    timeout: { connect: 0.25, send: 1, read: 2 }
+    keepalive_pool: { size: 8, idle_timeout: 0, requests: 10 }
+    nodes:
+      - { host: 127.0.0.1, port: 18080, weight: 1 }
+      - { host: "::1", port: 18081, weight: 3 }
+      - { host: backend.local, port: 80, weight: 1, metadata: { zone: a } }
+"#,
+    )
+    .config;
+    let map = &c.upstreams[0];
+    assert_eq!(
+        map.nodes[0],
+        Node {
+            addr: "example.com:443".into(),
+            host: "example.com".into(),
+            port: 443,
+            weight: 2
+        }
+    );
+    assert_eq!(
+        map.nodes[1],
+        Node {
+            addr: "[::1]:8443".into(),
+            host: "::1".into(),
+            port: 8443,
+            weight: 1
+        }
+    );
+    assert_eq!(map.nodes[2].weight, 0);
+    assert_eq!(map.retries, 2);
+    let list = &c.upstreams[1];
+    assert_eq!(
+        list.balancer,
+        Balancer::Chash(HashOn::Header("x-user".into()))
+    );
+    assert_eq!(list.nodes[1].addr, "[::1]:18081");
+    assert_eq!(list.nodes[2].addr, "backend.local:80");
+    assert_eq!(list.retries, 5);
+    assert_eq!(list.retry_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(list.pass_host, PassHost::Rewrite("internal.example".into()));
+    assert_eq!(list.timeout.connect, Duration::from_millis(250));
+    assert_eq!(
+        list.keepalive_pool,
+        KeepalivePool {
+            size: 8,
+            idle_timeout: Duration::ZERO,
+            requests: 10
+        }
+    );
+}
+
+#[test]
+fn passive_checks_and_own_health_settings() {
+    let c = load(
+        r#"
+upstreams:
+  - id: apisix
+    nodes: { "a:1": 1 }
+    checks:
+      passive:
+        healthy: { successes: 2 }
+        unhealthy: { http_failures: 4, tcp_failures: 1, timeouts: 2 }
+    health: { cool_down: 30 }
+  - id: defaults
+    nodes: { "a:1": 1 }
+    checks: { passive: {} }
+  - id: ours
+    nodes: { "a:1": 1 }
+    health: { failures: 5, cool_down: 1.5 }
+"#,
+    )
+    .config;
+    let h = &c.upstreams[0].health;
+    assert_eq!(
+        (h.tcp_failures, h.timeouts, h.http_failures, h.successes),
+        (1, 2, 4, 2)
+    );
+    assert_eq!(h.http_statuses, vec![429, 500, 503]);
+    assert_eq!(h.cool_down, Duration::from_secs(30));
+    let d = &c.upstreams[1].health;
+    assert_eq!(
+        (d.tcp_failures, d.timeouts, d.http_failures, d.successes),
+        (2, 7, 5, 5)
+    );
+    let o = &c.upstreams[2].health;
+    assert_eq!((o.tcp_failures, o.timeouts, o.http_failures), (5, 5, 0));
+    assert_eq!(o.cool_down, Duration::from_millis(1500));
+}
+
+#[test]
+fn inline_upstreams_get_a_synthetic_id_and_index() {
+    let c = load(
+        r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+routes:
+  - id: 7
+    uris: [/a, /b/*]
+    host: API.example.com
+    methods: [GET, POST]
+    priority: -3
+    enable_websocket: true
+    upstream: { nodes: { "127.0.0.1:2": 1 } }
+  - { uri: /x, upstream_id: app, status: 0 }
+"#,
+    )
+    .config;
+    assert_eq!(c.upstreams.len(), 2);
+    assert_eq!(c.upstreams[1].id, "route:7");
+    let r = &c.routes[0];
+    assert_eq!(r.id, "7");
+    assert_eq!(r.upstream, 1);
+    assert_eq!(r.hosts, ["api.example.com"]);
+    assert_eq!(
+        r.methods.iter().collect::<Vec<_>>(),
+        [Method::Get, Method::Post]
+    );
+    assert_eq!(r.priority, -3);
+    assert!(r.enable_websocket);
+    assert_eq!(
+        c.routes[1].id, "1",
+        "APISIX standalone: the index when no id"
+    );
+    assert!(!c.routes[1].enabled);
+}
+
+const OIDC_ROUTE: &str = r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+routes:
+  - id: protected
+    uri: /app/*
+    upstream_id: app
+    plugins:
+      openid-connect:
+        client_id: gw
+        client_secret: secret
+        discovery: http://127.0.0.1:9000/.well-known/openid-configuration
+        session: { secret: 0123456789abcdef }
+"#;
+
+#[test]
+fn openid_connect_problems_carry_the_route_path() {
+    let yaml = OIDC_ROUTE
+        .replace("0123456789abcdef", "short")
+        .replace("http://127.0.0.1:9000", "http://idp.example.com")
+        + "        response_mode: form_post\n";
+    let e = errors(&yaml);
+    assert_eq!(
+        e,
+        [
+            "routes[0].plugins.openid-connect.response_mode: APISIX attribute `response_mode` is not supported by shardgate",
+            "routes[0].plugins.openid-connect.discovery: must use https (plain http is allowed only for loopback hosts)",
+            "routes[0].plugins.openid-connect.session.secret: must be at least 16 bytes",
+        ]
+    );
+}
+
+#[test]
+fn redirect_uri_equal_to_a_protected_route_is_a_warning() {
+    let ok = load(&format!(
+        "{OIDC_ROUTE}        redirect_uri: https://gw.example.com/app/callback\n"
+    ));
+    assert!(ok.warnings.is_empty(), "{:?}", ok.warnings);
+
+    let clash = load(&format!(
+        "{OIDC_ROUTE}        redirect_uri: https://gw.example.com/app/\n  - id: home\n    uri: /home\n    upstream_id: app\n"
+    ));
+    assert_eq!(clash.warnings.len(), 1, "{:?}", clash.warnings);
+    assert_eq!(
+        clash.warnings[0].path,
+        "routes[0].plugins.openid-connect.redirect_uri"
+    );
+    assert!(clash.warnings[0].message.contains("no session state found"));
+
+    let exact =
+        OIDC_ROUTE.replace("uri: /app/*", "uri: /login") + "        redirect_uri: /login?x=1\n";
+    let w = load(&exact).warnings;
+    assert_eq!(w.len(), 1);
+    assert!(w[0].message.contains("`/login`"), "{w:?}");
+
+    let unserved = load(&format!(
+        "{OIDC_ROUTE}        redirect_uri: /elsewhere/cb\n"
+    ))
+    .warnings;
+    assert_eq!(unserved.len(), 1);
+    assert!(
+        unserved[0]
+            .message
+            .contains("not matched by any route with openid-connect")
+    );
+}
+
+/// The example from APISIX's openid-connect docs (Authorization code flow), plus options.
+#[test]
+fn realistic_apisix_openid_connect_config_parses() {
+    let yaml = r#"
+routes:
+  - id: auth-with-oidc
+    uri: /anything/*
+    plugins:
+      openid-connect:
+        bearer_only: false
+        session:
+          secret: ${SESSION_SECRET:-change-me-to-a-long-random-value}
+          cookie: { lifetime: 7200 }
+        client_id: apisix
+        client_secret: ${OIDC_CLIENT_SECRET}
+        discovery: https://keycloak.example.com/realms/quickstart-realm/.well-known/openid-configuration
+        scope: openid profile
+        redirect_uri: http://127.0.0.1:9080/anything/callback
+        logout_path: /anything/logout
+        post_logout_redirect_uri: https://example.com/
+        use_pkce: true
+        unauth_action: auth
+        required_scopes: [profile]
+        set_userinfo_header: true
+        ssl_verify: false
+        timeout: 10
+        introspection_endpoint_auth_method: client_secret_post
+        claim_validator:
+          issuer: { valid_issuers: ["https://keycloak.example.com/realms/quickstart-realm"] }
+          audience: { required: true, match_with_client_id: true }
+        session_contents: { access_token: true, id_token: true, user: true }
+        authorization_params: { prompt: login, kc_idp_hint: github }
+        claim_schema:
+          type: object
+          properties: { email: { type: string } }
+          required: [email]
+        par: { enabled: false }
+        dpop: { enabled: false }
+        proxy_opts: { no_proxy: localhost }
+    upstream:
+      type: roundrobin
+      nodes:
+        "httpbin.org:80": 1
+#END
+"#;
+    let env = |name: &str| (name == "OIDC_CLIENT_SECRET").then(|| "from-env".to_owned());
+    let loaded = load_str_with_env(yaml, &env).unwrap();
+    let oidc = loaded.config.routes[0]
+        .plugins
+        .openid_connect
+        .as_ref()
+        .unwrap();
+    assert_eq!(oidc.client_secret.as_ref().unwrap().expose(), "from-env");
+    assert_eq!(oidc.session.absolute_timeout, 7200);
+    assert_eq!(oidc.session.cookie_same_site, SameSite::Lax);
+    assert_eq!(oidc.unauth_action, UnauthAction::Auth);
+    assert!(!oidc.ssl_verify);
+    assert_eq!(oidc.authorization_params["kc_idp_hint"], "github");
+    assert!(oidc.claim_validator.audience.match_with_client_id);
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let dbg = format!("{:?}", loaded.config);
+    assert!(
+        !dbg.contains("from-env") && !dbg.contains("change-me"),
+        "secrets leak into Debug"
+    );
+}
+
+#[test]
+fn config_error_display_is_one_line_per_problem() {
+    let e = ConfigError {
+        problems: vec![Problem::new("a.b", "bad"), Problem::new("", "worse")],
+    };
+    assert_eq!(e.to_string(), "a.b: bad\nworse");
+}
+
+#[test]
+fn load_file_reports_unreadable_files() {
+    let e = load_file(Path::new("/nonexistent/shardgate.yaml")).unwrap_err();
+    assert_eq!(e.problems.len(), 1);
+    assert!(e.problems[0].message.starts_with("cannot read"));
+}
+
+#[test]
+fn config_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Config>();
+    check::<Loaded>();
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("shardgate-config-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
