@@ -64,14 +64,14 @@ pub(crate) fn collect_headers(
 /// httparse accepts a lone LF as a line ending; RFC 9112 2.2 lets a server do so, but a proxy that
 /// does while the next hop does not is a request smuggling vector, so we refuse it.
 pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for &b in head {
-        if b == b'\n' && prev != b'\r' {
-            return true;
-        }
-        prev = b;
-    }
-    false
+    let Some((&first, rest)) = head.split_first() else {
+        return false;
+    };
+    // Branch-free so it vectorizes: valid heads are scanned to the end anyway.
+    let bare = head.iter().zip(rest).fold(0u32, |n, (&prev, &b)| {
+        n | u32::from((b == b'\n') & (prev != b'\r'))
+    });
+    first == b'\n' || bare != 0
 }
 
 /// Which start line precedes the header section (they differ in where the version sits).
