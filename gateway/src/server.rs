@@ -129,6 +129,10 @@ pub fn run(opts: RunOptions) -> i32 {
         tracing::warn!(path = %w.path, "{}", w.message);
     }
     let cfg = loaded.config;
+    if cfg.gateway.tls.is_some() {
+        eprintln!("gateway.tls: TLS listeners are not supported by this build yet; terminate TLS in front of shardgate");
+        return 2;
+    }
     let shard_count = match (opts.shards, cfg.gateway.shards) {
         (Some(n), _) | (None, config::Shards::Count(n)) => n,
         (None, config::Shards::Auto) => shardgate_runtime::available_cores(),

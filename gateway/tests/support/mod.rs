@@ -1,0 +1,586 @@
+//! Shared fixtures for the gateway's integration tests: the real `shardgate` binary with a config,
+//! real loopback upstreams, the real test IdP (`scripts/idp/server.mjs`), and a small HTTP client.
+//! Everything binds 127.0.0.1 only; every wait is bounded.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound then released; the OS does not hand it out again immediately).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "shardgate-test-{}-{}-{}",
+        std::process::id(),
+        tag,
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// A running `shardgate` process.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway with `yaml`, where `{port}` and `{admin}` are replaced by free ports.
+    /// `args` are extra CLI arguments (e.g. `["--driver", "epoll", "--shards", "2"]`).
+    pub fn start(yaml: &str, args: &[&str]) -> Gateway {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = scratch_dir("gw");
+        let config_path = dir.join("config.yaml");
+        let text = yaml.replace("{port}", &port.to_string()).replace("{admin}", &admin_port.to_string());
+        std::fs::write(&config_path, text).expect("write config");
+        let log_path = dir.join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .args(args)
+            .env("SHARDGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn shardgate");
+        let mut gw = Gateway { child: Some(child), port, admin_port, config_path, log_path, dir };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("shardgate exited early ({status}):\n{}", self.log());
+                }
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        panic!("shardgate did not start listening within 20 s:\n{}", self.log());
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.admin_port))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle` (bounded).
+    pub fn wait_log(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        assert!(ok.success());
+    }
+
+    /// Rewrites the config file (same `{port}` substitution) and sends SIGHUP.
+    pub fn reload(&self, yaml: &str) {
+        let text = yaml.replace("{port}", &self.port.to_string()).replace("{admin}", &self.admin_port.to_string());
+        std::fs::write(&self.config_path, text).expect("write config");
+        self.signal("HUP");
+    }
+
+    /// Waits for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.child = None;
+                return Some(s);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn metrics(&self) -> String {
+        get(self.admin_addr(), "/metrics", &[]).text()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn headers_all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Reads one response from `r` (Content-Length, chunked or close-delimited). `head_request`
+/// means the response has no body.
+pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> std::io::Result<Response> {
+    let mut line = String::new();
+    let mut status;
+    let mut headers;
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"));
+        }
+        status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        headers = Vec::new();
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let l = line.trim_end_matches(['\r', '\n']);
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        if !(100..200).contains(&status) || status == 101 {
+            break;
+        }
+    }
+    let mut resp = Response { status, headers, body: Vec::new() };
+    if head_request || status == 204 || status == 304 || status == 101 {
+        return Ok(resp);
+    }
+    if resp.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            if size == 0 {
+                // Trailers until an empty line.
+                loop {
+                    line.clear();
+                    r.read_line(&mut line)?;
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = line.trim_end().split_once(':') {
+                        resp.headers.push((format!("trailer:{}", k.trim()), v.trim().to_string()));
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0; size];
+            r.read_exact(&mut chunk)?;
+            resp.body.extend_from_slice(&chunk);
+            line.clear();
+            r.read_line(&mut line)?;
+        }
+    } else if let Some(n) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        resp.body = vec![0; n];
+        r.read_exact(&mut resp.body)?;
+    } else {
+        r.read_to_end(&mut resp.body)?;
+    }
+    Ok(resp)
+}
+
+/// One request on a fresh connection (`Connection: close`).
+pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut has_len = false;
+    for (k, v) in headers {
+        if k.eq_ignore_ascii_case("host") {
+            req = req.replacen(&format!("Host: {addr}\r\n"), "", 1);
+        }
+        if k.eq_ignore_ascii_case("content-length") || k.eq_ignore_ascii_case("transfer-encoding") {
+            has_len = true;
+        }
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() && !has_len {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    s.write_all(body).expect("write body");
+    let mut r = BufReader::new(s);
+    read_response(&mut r, method == "HEAD").expect("response")
+}
+
+pub fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    request(addr, "GET", path, headers, b"")
+}
+
+/// Sends raw bytes and returns everything read until the peer closes (or 10 s).
+pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// What a test upstream saw for one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+pub type Handler = Arc<dyn Fn(&Seen, &mut TcpStream) -> bool + Send + Sync>;
+
+/// A threaded HTTP/1.1 upstream on loopback that records what it receives. The default handler
+/// answers 200 with a small JSON body and keeps the connection alive.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub connections: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Upstream {
+    pub fn echo() -> Upstream {
+        Upstream::with_handler(Arc::new(|seen: &Seen, s: &mut TcpStream| {
+            let body = serde_json::json!({
+                "method": seen.method,
+                "target": seen.target,
+                "headers": seen.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect::<HashMap<_, _>>(),
+                "body_len": seen.body.len(),
+            })
+            .to_string();
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            s.write_all(resp.as_bytes()).is_ok()
+        }))
+    }
+
+    /// `handler` writes the response; returning false closes the connection.
+    pub fn with_handler(handler: Handler) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let connections = connections.clone();
+            let seen = seen.clone();
+            let stop = stop.clone();
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let Ok(stream) = conn else { continue };
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    let seen = seen.clone();
+                    let handler = handler.clone();
+                    thread::spawn(move || serve_upstream_conn(stream, seen, handler));
+                }
+            });
+        }
+        Upstream { addr, connections, seen, stop }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn node(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_upstream_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: Handler) {
+    stream.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let mut writer = match stream.try_clone() {
+        Ok(w) => w,
+        Err(_) => return,
+    };
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end_matches(['\r', '\n']);
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let mut body = Vec::new();
+        if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+            loop {
+                let mut l = String::new();
+                if r.read_line(&mut l).unwrap_or(0) == 0 {
+                    return;
+                }
+                let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                if size == 0 {
+                    loop {
+                        let mut t = String::new();
+                        r.read_line(&mut t).ok();
+                        if t.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = t.trim_end().split_once(':') {
+                            headers.push((format!("trailer:{}", k.trim()), v.trim().to_string()));
+                        }
+                    }
+                    break;
+                }
+                let mut chunk = vec![0; size];
+                if r.read_exact(&mut chunk).is_err() {
+                    return;
+                }
+                body.extend_from_slice(&chunk);
+                let mut crlf = String::new();
+                r.read_line(&mut crlf).ok();
+            }
+        } else if let Some(n) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body = vec![0; n];
+            if r.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let s = Seen { method, target, headers, body };
+        if let Ok(mut v) = seen.lock() {
+            v.push(Seen { body: s.body.iter().take(4096).copied().collect(), ..s.clone() });
+        }
+        if !handler(&s, &mut writer) {
+            return;
+        }
+    }
+}
+
+/// The real test identity provider (`oidc-provider`, see scripts/idp/README.md).
+pub struct Idp {
+    child: Option<Child>,
+    pub issuer: String,
+    pub port: u16,
+    pub env: Vec<(String, String)>,
+    pub log_path: PathBuf,
+}
+
+impl Idp {
+    /// Starts the IdP with extra `IDP_*` environment. `IDP_PORT` may be given to reuse a port.
+    pub fn start(env: &[(&str, &str)]) -> Idp {
+        let node = std::env::var("SHARDGATE_NODE").unwrap_or_else(|_| "node".to_string());
+        let script = repo_root().join("scripts/idp/server.mjs");
+        assert!(
+            repo_root().join("scripts/idp/node_modules").exists(),
+            "the test IdP is not installed: run scripts/install.sh (or scripts/test.sh)"
+        );
+        let log_path = scratch_dir("idp").join("idp.log");
+        let log = std::fs::File::create(&log_path).expect("idp log");
+        let mut cmd = Command::new(node);
+        cmd.arg(script).stdout(Stdio::piped()).stderr(Stdio::from(log));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn node");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(rest) = line.trim().strip_prefix("READY ") {
+                    let _ = tx.send(rest.to_string());
+                }
+                line.clear();
+            }
+        });
+        let issuer = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("IdP did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default()));
+        let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).expect("issuer port");
+        Idp {
+            child: Some(child),
+            issuer,
+            port,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            log_path,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn discovery(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.issuer)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restarts on the same port with changed environment (key rotation: another `IDP_KEYS`).
+    pub fn restart(&mut self, env: &[(&str, &str)]) {
+        self.stop();
+        let port = self.port.to_string();
+        let mut all: Vec<(&str, &str)> = vec![("IDP_PORT", port.as_str())];
+        all.extend(env.iter().copied());
+        let mut new = Idp::start(&all);
+        self.issuer = new.issuer.clone();
+        self.log_path = new.log_path.clone();
+        self.child = new.child.take();
+    }
+
+    /// Request counts by path (`GET /__stats`).
+    pub fn stats(&self) -> serde_json::Value {
+        get(self.addr(), "/__stats", &[]).json()
+    }
+
+    pub fn path_count(&self, path: &str) -> u64 {
+        self.stats()["paths"][path].as_u64().unwrap_or(0)
+    }
+
+    pub fn reset_stats(&self) {
+        request(self.addr(), "POST", "/__stats/reset", &[], b"");
+    }
+
+    /// POST /token with client_secret_basic; returns the JSON answer.
+    pub fn token(&self, client: &str, secret: &str, form: &[(&str, &str)]) -> serde_json::Value {
+        let body: String = form.iter().map(|(k, v)| format!("{}={}", urlenc(k), urlenc(v))).collect::<Vec<_>>().join("&");
+        let basic = base64_encode(format!("{client}:{secret}").as_bytes());
+        let auth = format!("Basic {basic}");
+        let r = request(
+            self.addr(),
+            "POST",
+            "/token",
+            &[("Content-Type", "application/x-www-form-urlencoded"), ("Authorization", &auth)],
+            body.as_bytes(),
+        );
+        r.json()
+    }
+
+    /// A client-credentials access token.
+    pub fn client_credentials(&self, client: &str, scope: &str, resource: Option<&str>) -> String {
+        let mut form = vec![("grant_type", "client_credentials"), ("scope", scope)];
+        if let Some(r) = resource {
+            form.push(("resource", r));
+        }
+        let j = self.token(client, &format!("{client}-secret"), &form);
+        j["access_token"].as_str().unwrap_or_else(|| panic!("no token: {j}")).to_string()
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn urlenc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+pub fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
