@@ -127,7 +127,10 @@ fn check_no_steady_state_allocation() {
     let mut req = RequestHead::new();
     let mut resp = ResponseHead::new();
     for input in [BROWSER_GET, API_POST] {
-        assert_eq!(parse_request(input, &limits, &mut req), Ok(Parsed::Complete));
+        assert_eq!(
+            parse_request(input, &limits, &mut req),
+            Ok(Parsed::Complete)
+        );
     }
     assert_eq!(
         parse_response(UPSTREAM_200, &limits, Method::Get, &mut resp),
@@ -148,7 +151,9 @@ fn check_no_steady_state_allocation() {
         black_box(decode_all(&wire));
     }
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
-    println!("http1 steady state: {allocations} allocations in 1000 rounds of 3 heads + 64 KiB body");
+    println!(
+        "http1 steady state: {allocations} allocations in 1000 rounds of 3 heads + 64 KiB body"
+    );
     if allocations != 0 {
         eprintln!("http1 parse allocates in steady state");
         std::process::exit(1);
