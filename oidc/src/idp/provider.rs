@@ -82,9 +82,15 @@ pub enum KidLookup {
 #[derive(Debug)]
 pub struct SharedCall {
     pub key: String,
+    /// `GET` (userinfo) or `POST` (token, introspection, revocation).
+    pub method: &'static str,
     pub url: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Keep a successful answer this long for later asks with the same key. Refresh uses it: a
+    /// request still carrying the old cookie gets the tokens the first refresh obtained instead of
+    /// redeeming a rotated refresh token a second time (which the IdP would refuse).
+    pub grace: Option<Duration>,
 }
 
 pub enum ProviderMsg {
@@ -199,6 +205,8 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
     }));
     let inflight: Rc<RefCell<HashMap<String, Vec<Reply<Result<Arc<Response>, IdpError>>>>>> =
         Rc::new(RefCell::new(HashMap::new()));
+    // Successful answers kept for their `grace` period (refresh-token rotation).
+    let recent: Rc<RefCell<HashMap<String, (Instant, Arc<Response>)>>> = Rc::new(RefCell::new(HashMap::new()));
 
     // Periodic discovery/JWKS maintenance runs as its own task so IdP latency never blocks the mailbox.
     {
@@ -287,6 +295,16 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                 }
             }
             ProviderMsg::Shared { call, reply } => {
+                {
+                    let mut recent = recent.borrow_mut();
+                    let now = Instant::now();
+                    recent.retain(|_, (until, _)| *until > now);
+                    if let Some((_, resp)) = recent.get(&call.key) {
+                        inc(&actor.borrow().handle.counters.shared_coalesced);
+                        reply.send(Ok(resp.clone()));
+                        continue;
+                    }
+                }
                 let first = {
                     let mut map = inflight.borrow_mut();
                     match map.get_mut(&call.key) {
@@ -304,13 +322,20 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                 if first {
                     let actor = actor.clone();
                     let inflight = inflight.clone();
+                    let recent = recent.clone();
                     monoio::spawn(async move {
                         let counters = actor.borrow().handle.counters.clone();
                         inc(&counters.shared_calls);
                         // The client is borrowed across an await: take a clone of what we need first.
                         let client = actor.borrow().client.clone();
-                        let result = client.post_form(&call.url, &call.headers, &call.body).await;
+                        let body = (call.method != "GET").then_some(call.body.as_slice());
+                        let result = client.request(call.method, &call.url, &call.headers, body).await;
                         let result = result.map(Arc::new);
+                        if let (Some(grace), Ok(resp)) = (call.grace, &result) {
+                            if resp.status == 200 {
+                                recent.borrow_mut().insert(call.key.clone(), (Instant::now() + grace, resp.clone()));
+                            }
+                        }
                         let waiters = inflight.borrow_mut().remove(&call.key).unwrap_or_default();
                         for w in waiters {
                             w.send(result.clone());

@@ -333,7 +333,14 @@ async fn introspect(auth: &RouteAuth, c: &ClientConn, token: &str, now: u64) -> 
     let (body, headers) = req
         .build(&auth.route.introspection_auth, &endpoint, now, &jti)
         .map_err(|e| Fail::Unavailable("cannot build the introspection request", e.to_string()))?;
-    let call = SharedCall { key: format!("{}\n{}\n{token}", endpoint, conf.client_id), url: endpoint, headers, body };
+    let call = SharedCall {
+        key: format!("introspect\n{}\n{}\n{token}", endpoint, conf.client_id),
+        method: "POST",
+        url: endpoint,
+        headers,
+        body,
+        grace: None,
+    };
     let timeout = conf.timeout() + Duration::from_secs(1);
     let resp = match handle.addr.ask(|reply| ProviderMsg::Shared { call, reply }, timeout).await {
         Ok(Ok(r)) => r,
