@@ -584,3 +584,241 @@ pub fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the proxy integration tests (proxy_*.rs).
+
+/// Defines one `#[test]` per I/O driver for each listed `fn name(driver: &str)`: `name::uring` and
+/// `name::epoll`. Use with `#[macro_use] mod support;`.
+#[allow(unused_macros)]
+macro_rules! both_drivers {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn uring() {
+                    super::$name("uring")
+                }
+                #[test]
+                fn epoll() {
+                    super::$name("epoll")
+                }
+            }
+        )*
+    };
+}
+
+/// CLI arguments for a gateway on `driver` with `shards` shards.
+pub fn driver_args(driver: &str, shards: usize) -> Vec<String> {
+    vec![
+        "--driver".into(),
+        driver.into(),
+        "--shards".into(),
+        shards.to_string(),
+    ]
+}
+
+impl Gateway {
+    /// [`Gateway::start`] on `driver` with `shards` shards.
+    pub fn start_on(yaml: &str, driver: &str, shards: usize) -> Gateway {
+        let args = driver_args(driver, shards);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Gateway::start(yaml, &args)
+    }
+
+    /// Waits until `needle` occurs at least `n` times in the log (bounded).
+    pub fn wait_log_count(&self, needle: &str, n: usize, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().matches(needle).count() >= n {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The gateway's resident set size in KiB (`VmRSS` from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// Panics when the log shows a panic (a hostile input must never crash a shard).
+    pub fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
+    }
+}
+
+/// `VmRSS` of a process in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// A minimal config: `gateway` (listen + admin + `gateway_extra` lines), one upstream `app` with
+/// `nodes` (+ `upstream_extra` lines), one route `r` on `/*` (+ `route_extra` lines). The extras
+/// are YAML lines without indentation; they are indented here.
+pub fn config(
+    nodes: &[&str],
+    gateway_extra: &str,
+    upstream_extra: &str,
+    route_extra: &str,
+) -> String {
+    let indent = |text: &str, n: usize| -> String {
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| format!("{}{l}\n", " ".repeat(n)))
+            .collect()
+    };
+    let nodes: Vec<String> = nodes.iter().map(|n| format!("\"{n}\": 1")).collect();
+    format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n  admin: {{ listen: \"127.0.0.1:{{admin}}\" }}\n{}\
+         upstreams:\n  - id: app\n    nodes: {{ {} }}\n{}\
+         routes:\n  - id: r\n    uri: /*\n    upstream_id: app\n{}",
+        indent(gateway_extra, 2),
+        nodes.join(", "),
+        indent(upstream_extra, 4),
+        indent(route_extra, 4),
+    )
+}
+
+/// A loopback address with nothing listening on it.
+pub fn dead_node() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+impl Upstream {
+    /// Like [`Upstream::echo`], plus an `"upstream": tag` field and an `X-Upstream: tag` header, to
+    /// tell upstreams apart.
+    pub fn tagged(tag: &'static str) -> Upstream {
+        Upstream::with_handler(Arc::new(move |seen: &Seen, s: &mut TcpStream| {
+            let body = serde_json::json!({
+                "upstream": tag,
+                "method": seen.method,
+                "target": seen.target,
+                "body_len": seen.body.len(),
+            })
+            .to_string();
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nX-Upstream: {tag}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(resp.as_bytes()).is_ok()
+        }))
+    }
+}
+
+/// A keep-alive client connection: requests are written as given, responses read one by one.
+pub struct Conn {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        let writer = s.try_clone().expect("clone");
+        Conn {
+            reader: BufReader::new(s),
+            writer,
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("write");
+    }
+
+    pub fn read(&mut self) -> Response {
+        read_response(&mut self.reader, false).expect("response")
+    }
+
+    /// A keep-alive GET of `path` (Host: `host`).
+    pub fn get(&mut self, host: &str, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        self.read()
+    }
+
+    /// Reads one CRLF-terminated line.
+    pub fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.reader.read_line(&mut l).expect("read line");
+        l
+    }
+
+    /// True when the peer closes the connection within `within` (EOF or reset); false on a timeout
+    /// or when data arrives instead.
+    pub fn closed_within(&mut self, within: Duration) -> bool {
+        self.reader.get_ref().set_read_timeout(Some(within)).ok();
+        let mut b = [0u8; 1];
+        let r = self.reader.read(&mut b);
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .ok();
+        match r {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+}
+
+/// Sends raw bytes; returns what came back and whether the peer closed the connection (within 10 s).
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (Vec<u8>, bool) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, true),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (out, false);
+            }
+            // A reset after the response still means "closed".
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// The status code of the first status line in `bytes` (0 when there is none).
+pub fn status_of(bytes: &[u8]) -> u16 {
+    let text = String::from_utf8_lossy(bytes);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Runs the `shardgate` binary with `args` to completion (for `validate`).
+pub fn shardgate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(args)
+        .output()
+        .expect("run shardgate")
+}
+
+/// Writes `text` to a fresh scratch file and returns its path.
+pub fn scratch_file(name: &str, text: &str) -> PathBuf {
+    let path = scratch_dir("file").join(name);
+    std::fs::write(&path, text).expect("write scratch file");
+    path
+}
