@@ -176,14 +176,16 @@ pub fn run(opts: RunOptions) -> i32 {
         let shards_up = shards_up.clone();
         let shard_addrs = shard_addrs.clone();
         let listen = listen.clone();
+        let oidc_shared = oidc_shared.clone();
         ShardSet::spawn(shard_count, driver, true, move |info: ShardInfo| {
             let publisher = publisher.clone();
             let shutdown = shutdown.clone();
             let shards_up = shards_up.clone();
             let shard_addrs = shard_addrs.clone();
             let listen = listen.clone();
+            let oidc_shared = oidc_shared.clone();
             async move {
-                let oidc = ShardOidc::new(info.id);
+                let oidc = ShardOidc::new(info.id, oidc_shared);
                 run_shard(info, publisher, shutdown, shards_up, shard_addrs, listen, max_conns_per_shard, shutdown_timeout, oidc)
                     .await
             }

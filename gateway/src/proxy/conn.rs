@@ -187,6 +187,29 @@ async fn handle(shard: &Shard, compiled: &Rc<Compiled>, c: &mut ClientConn, star
     next
 }
 
+/// Makes sure a Content-Length request body (at most `max` bytes) is fully in `c.buf` and returns
+/// a copy, for the few requests the gateway answers itself with a body (back-channel logout).
+pub async fn buffered_body(c: &mut ClientConn, max: usize) -> Result<Vec<u8>, &'static str> {
+    let n = match c.head.framing {
+        BodyFraming::None => return Ok(Vec::new()),
+        BodyFraming::Length(n) => usize::try_from(n).map_err(|_| "request body too large")?,
+        _ => return Err("a chunked body is not accepted here"),
+    };
+    if n > max {
+        return Err("request body too large");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.buf.len() < c.head.head_len + n {
+        let buf = std::mem::take(&mut c.buf);
+        let (r, buf) = read_more(&mut c.stream, buf, 8 * 1024, Some(deadline)).await;
+        c.buf = buf;
+        if r.is_err() {
+            return Err("request body not received");
+        }
+    }
+    Ok(c.buf[c.head.head_len..c.head.head_len + n].to_vec())
+}
+
 /// After answering without reading the request body, the body's bytes would be taken for the next
 /// request: consume it when it is already buffered, otherwise close.
 fn finish_early(c: &mut ClientConn) -> Next {

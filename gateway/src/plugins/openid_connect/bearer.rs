@@ -62,7 +62,7 @@ impl From<TokenError> for Fail {
 pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Result<(), Error> {
     let conf = &auth.route.conf;
     if !conf.bearer_enabled() {
-        return no_credentials(auth, shard);
+        return super::session::rewrite(auth, c).await;
     }
     let span = match extract_token(c) {
         Err(resp) => return Err(Error::Plugin(resp)),
@@ -70,7 +70,7 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
             if conf.bearer_only {
                 return Err(challenge(auth, None));
             }
-            return no_credentials(auth, shard);
+            return super::session::rewrite(auth, c).await;
         }
         Ok(Some(span)) => span,
     };
@@ -126,16 +126,6 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
             tracing::warn!(route_discovery = %auth.route.conf.discovery, %detail, "{what}");
             Err(Error::Unavailable(what))
         }
-    }
-}
-
-/// No token (and not bearer_only): the session flow's business. Until a session is found the
-/// route's `unauth_action` decides.
-fn no_credentials(auth: &RouteAuth, _shard: &Shard) -> Result<(), Error> {
-    use shardgate_oidc::config::UnauthAction;
-    match auth.route.conf.unauth_action {
-        UnauthAction::Pass => Ok(()),
-        UnauthAction::Deny | UnauthAction::Auth => Err(challenge(auth, None)),
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod bearer;
 pub mod prepare;
+pub mod session;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +37,11 @@ pub use prepare::OidcRoute;
 /// Process-wide registry of provider actors, shared by the control thread and config loads.
 pub struct OidcShared {
     providers: Mutex<HashMap<ProviderSpec, ProviderHandle>>,
+    /// Back-channel logouts, appended by whichever shard received them; every shard copies new
+    /// entries into its own list when `revocation_version` moves (one relaxed load per session
+    /// request, a cache line that is written only on logout).
+    revocations: Mutex<Vec<(shardgate_oidc::flow::LogoutSubject, u64)>>,
+    revocation_version: std::sync::atomic::AtomicU64,
     spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>)>,
     spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>)>,
 }
@@ -43,7 +49,36 @@ pub struct OidcShared {
 impl OidcShared {
     pub fn new() -> Arc<OidcShared> {
         let (spawn_tx, spawn_rx) = flume::unbounded();
-        Arc::new(OidcShared { providers: Mutex::new(HashMap::new()), spawn_tx, spawn_rx })
+        Arc::new(OidcShared {
+            providers: Mutex::new(HashMap::new()),
+            revocations: Mutex::new(Vec::new()),
+            revocation_version: std::sync::atomic::AtomicU64::new(0),
+            spawn_tx,
+            spawn_rx,
+        })
+    }
+
+    pub fn revocation_version(&self) -> u64 {
+        self.revocation_version.load(Ordering::Acquire)
+    }
+
+    /// Revocations published after version `seen` (versions count entries).
+    pub fn revocations_since(&self, seen: u64) -> Vec<(shardgate_oidc::flow::LogoutSubject, u64)> {
+        let list = match self.revocations.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        let from = usize::try_from(seen).unwrap_or(usize::MAX).min(list.len());
+        list[from..].to_vec()
+    }
+
+    pub fn publish_revocation(&self, subject: shardgate_oidc::flow::LogoutSubject, until: u64) {
+        let mut list = match self.revocations.lock() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        list.push((subject, until));
+        self.revocation_version.store(list.len() as u64, Ordering::Release);
     }
 
     /// The provider for `spec`, created (and queued for the control thread to run) on first use,
@@ -145,6 +180,7 @@ pub struct ShardOidc {
 
 struct ShardOidcInner {
     shard: usize,
+    shared: Arc<OidcShared>,
     clock: CoarseClock,
     rng: ring::rand::SystemRandom,
     /// Provider snapshots attached on this shard, by discovery URL + settings.
@@ -152,10 +188,11 @@ struct ShardOidcInner {
 }
 
 impl ShardOidc {
-    pub fn new(shard: usize) -> ShardOidc {
+    pub fn new(shard: usize, shared: Arc<OidcShared>) -> ShardOidc {
         ShardOidc {
             inner: Rc::new(ShardOidcInner {
                 shard,
+                shared,
                 clock: shardgate_runtime::clock::shard_clock(),
                 rng: ring::rand::SystemRandom::new(),
                 providers: RefCell::new(HashMap::new()),
@@ -173,6 +210,10 @@ impl ShardOidc {
 
     pub fn shard(&self) -> usize {
         self.inner.shard
+    }
+
+    pub fn shared(&self) -> &OidcShared {
+        &self.inner.shared
     }
 
     /// A random URL-safe id (`jti`, state, nonce).
@@ -212,13 +253,32 @@ pub struct RouteAuth {
     pub rejected: RefCell<TtlCache<bearer::Rejected>>,
     pub introspected: RefCell<TtlCache<Rc<bearer::Verified>>>,
     pub policy: RefCell<Option<(u64, Rc<shardgate_oidc::claims::ClaimsPolicy>)>>,
+    /// Cookie sessions (absent with `bearer_only`).
+    pub session: Option<session::SessionState>,
+    /// Prefix of our cookies, removed from the upstream Cookie header.
+    pub cookie_prefix: Rc<str>,
 }
 
 impl RouteAuth {
     pub fn new(route: Arc<OidcRoute>, oidc: &ShardOidc) -> RouteAuth {
         let provider = route.provider.as_ref().map(|h| (h.clone(), oidc.provider_state(h)));
         let cap = route.conf.jwt_verification_cache_size.max(16);
+        let session = if route.conf.bearer_only {
+            None
+        } else {
+            match session::SessionState::new(&route.conf) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    // Config validation requires a valid secret; reaching here means a bug there.
+                    tracing::error!(error = %e, "cookie sessions disabled on this route");
+                    None
+                }
+            }
+        };
+        let cookie_prefix: Rc<str> = Rc::from(route.conf.session.cookie_name.as_str());
         RouteAuth {
+            session,
+            cookie_prefix,
             oidc: oidc.clone(),
             provider,
             verified: RefCell::new(TtlCache::new(cap)),

@@ -38,6 +38,8 @@ pub struct OidcRoute {
     pub audience: Option<AudienceRule>,
     pub schema: Option<CompiledSchema>,
     pub introspection_auth: PreparedClientAuth,
+    /// Client authentication at the token endpoint (code exchange, refresh, revocation).
+    pub token_auth: PreparedClientAuth,
     /// `WWW-Authenticate: Bearer realm="<realm>"` prefix, built once.
     pub challenge: String,
 }
@@ -115,6 +117,23 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
             .map_err(|e| format!("{path}: {e}"))?
     };
 
+    let token_auth = ClientAuth {
+        method: if conf.bearer_only { AuthMethod::None } else { auth_method(conf.token_endpoint_auth_method) },
+        client_id: conf.client_id.clone(),
+        client_secret: conf.client_secret.as_ref().map(|s| s.expose().to_string()),
+        private_key_pem: conf.client_rsa_private_key.as_ref().map(|s| s.expose().to_string()),
+        key_id: conf.client_rsa_private_key_id.clone(),
+        assertion_alg: conf.client_jwt_assertion_alg.and_then(|a| Alg::from_name(&format!("{a:?}"))),
+        assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
+        assertion_audience: conf.client_jwt_assertion_audience.clone(),
+    };
+    let token_auth = if token_auth.method != AuthMethod::None && token_auth.client_secret.is_none() && token_auth.private_key_pem.is_none() && conf.use_pkce {
+        // A public client with PKCE authenticates by client_id alone.
+        ClientAuth { method: AuthMethod::None, ..token_auth }
+    } else {
+        token_auth
+    };
+    let token_auth = token_auth.prepare().map_err(|e| format!("{path}: token endpoint client authentication: {e}"))?;
     let proxy = conf.proxy_opts.as_ref().map(|p| {
         (
             p.http_proxy.clone(),
@@ -143,6 +162,7 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
         audience,
         schema,
         introspection_auth,
+        token_auth,
         challenge,
     })
 }

@@ -1,0 +1,788 @@
+//! The browser side: authorization code + PKCE login, sealed cookie sessions, refresh, logout, and
+//! the back-channel logout receiver. The protocol pieces are sans-IO in `shardgate_oidc::{flow,
+//! session}`; this module reads the request, talks to the IdP through the provider actor, and
+//! writes cookies and redirects.
+//!
+//! Request routing inside a protected route, in order:
+//! `logout_path` -> logout; the redirect_uri path -> callback; `<logout_path>/backchannel` (POST)
+//! -> back-channel logout; otherwise the session cookie (refreshing the access token when due),
+//! and without a usable session `unauth_action` (302 to the IdP / 401 / pass).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use shardgate_oidc::config::{OidcConf, SameSite as ConfSameSite, UnauthAction};
+use shardgate_oidc::discovery::ProviderMetadata;
+use shardgate_oidc::flow::{
+    self, AuthorizeParams, Callback, ClaimError, FlowError, IdTokenRules, LoginState, LogoutAction, Revocations, TokenResponse,
+    TokenState,
+};
+use shardgate_oidc::idp::client::Response;
+use shardgate_oidc::idp::provider::{KidLookup, ProviderMsg, SharedCall};
+use shardgate_oidc::jwt::{Alg, AlgPolicy, Jwt, TokenError, verify_signature};
+use shardgate_oidc::session::{
+    self, CookieAttrs, RawValue, SameSite, SessionCodec, SessionData, SessionKeys, SessionTimeouts,
+};
+
+use super::RouteAuth;
+use crate::error::Error;
+use crate::plugins::{HeaderValue, PluginResponse};
+use crate::proxy::conn::ClientConn;
+
+/// Refresh answers are shared with requests still carrying the old cookie for this long.
+const REFRESH_GRACE: Duration = Duration::from_secs(60);
+/// Path suffix APISIX uses for the default redirect_uri.
+const DEFAULT_REDIRECT_SUFFIX: &str = "/.apisix/redirect";
+
+/// A route's session machinery on one shard.
+pub struct SessionState {
+    codec: SessionCodec,
+    cookie_name: String,
+    attrs: CookieAttrs,
+    login_attrs: CookieAttrs,
+    scratch: RefCell<Vec<u8>>,
+    revocations: RefCell<Revocations>,
+    revocations_seen: Cell<u64>,
+    backchannel_path: String,
+}
+
+impl SessionState {
+    pub fn new(conf: &OidcConf) -> Result<SessionState, String> {
+        let s = &conf.session;
+        let secret = s.secret.as_ref().ok_or("session.secret is required unless bearer_only")?;
+        let fallbacks: Vec<&[u8]> = s.secret_fallbacks.iter().map(|f| f.expose().as_bytes()).collect();
+        let keys = SessionKeys::new(secret.expose().as_bytes(), &fallbacks).map_err(|e| e.to_string())?;
+        let timeouts = SessionTimeouts {
+            idling: s.idling_timeout,
+            rolling: s.rolling_timeout,
+            absolute: s.absolute_timeout,
+            ..SessionTimeouts::default()
+        };
+        let codec = SessionCodec::new(keys, timeouts).with_compression_threshold(s.compression_threshold);
+        let same_site = match s.cookie_same_site {
+            ConfSameSite::Strict => SameSite::Strict,
+            ConfSameSite::None => SameSite::None,
+            _ => SameSite::Lax,
+        };
+        let attrs = CookieAttrs {
+            path: s.cookie_path.clone(),
+            domain: s.cookie_domain.clone(),
+            secure: s.cookie_secure,
+            http_only: s.cookie_http_only,
+            same_site,
+            max_age: None,
+        };
+        attrs.validate().map_err(|e| e.to_string())?;
+        session::validate_cookie_name(&s.cookie_name).map_err(|e| e.to_string())?;
+        // Login cookies must survive the cross-site redirect back from the IdP (a top-level GET):
+        // Lax does; Strict would drop them, so they are never Strict.
+        let login_attrs = CookieAttrs {
+            same_site: if same_site == SameSite::Strict { SameSite::Lax } else { same_site },
+            max_age: Some(conf.authorization_state_expires_in),
+            ..attrs.clone()
+        };
+        Ok(SessionState {
+            codec,
+            cookie_name: s.cookie_name.clone(),
+            attrs,
+            login_attrs,
+            scratch: RefCell::new(Vec::with_capacity(4096)),
+            revocations: RefCell::new(Revocations::new(100_000)),
+            revocations_seen: Cell::new(0),
+            backchannel_path: format!("{}/backchannel", conf.logout_path.trim_end_matches('/')),
+        })
+    }
+
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+}
+
+fn cookie_values(c: &ClientConn) -> impl Iterator<Item = &[u8]> {
+    c.head.headers.iter().filter(|h| h.name.of(&c.buf).eq_ignore_ascii_case(b"cookie")).map(|h| h.value.of(&c.buf))
+}
+
+fn conf(auth: &RouteAuth) -> &OidcConf {
+    &auth.route.conf
+}
+
+/// The session branch of the rewrite phase.
+pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> {
+    let Some(s) = &auth.session else {
+        return unauthenticated_without_session(auth);
+    };
+    // Our cookies never reach the upstream.
+    c.outcome.strip_cookie_prefix = Some(auth.cookie_prefix.clone());
+    let now = auth.oidc.now_secs();
+    let path = c.head.path.of(&c.buf).to_vec();
+    let conf = conf(auth);
+    if path == conf.logout_path.as_bytes() {
+        return logout(auth, s, c, now).await;
+    }
+    if path == s.backchannel_path.as_bytes() && c.head.method == crate::http1::Method::Post {
+        return backchannel_logout(auth, s, c, now).await;
+    }
+    if is_callback(conf, &path) {
+        return callback(auth, s, c, now).await;
+    }
+    sync_revocations(auth, s);
+    match open_session(s, c, now) {
+        Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => use_session(auth, s, c, data, now).await,
+        Ok(Some(data)) => {
+            tracing::info!(sub = ?data.sub, sid = ?data.sid, "session revoked by back-channel logout");
+            clear_session_cookies(s, c);
+            unauthenticated(auth, s, c, now).await
+        }
+        Ok(None) => unauthenticated(auth, s, c, now).await,
+        Err(e) => {
+            // Tampered, truncated, foreign or expired: no session (never a 500).
+            tracing::info!(reason = %e, "session cookie refused");
+            clear_session_cookies(s, c);
+            unauthenticated(auth, s, c, now).await
+        }
+    }
+}
+
+fn unauthenticated_without_session(auth: &RouteAuth) -> Result<(), Error> {
+    match conf(auth).unauth_action {
+        UnauthAction::Pass => Ok(()),
+        _ => Err(plain(401, "unauthorized", "no credentials", vec![("WWW-Authenticate".into(), auth.route.challenge.clone())])),
+    }
+}
+
+fn is_callback(conf: &OidcConf, path: &[u8]) -> bool {
+    match &conf.redirect_uri {
+        Some(uri) => url_path(uri).as_bytes() == path,
+        None => path.ends_with(DEFAULT_REDIRECT_SUFFIX.as_bytes()),
+    }
+}
+
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let path = rest.find('/').map(|i| &rest[i..]).unwrap_or("/");
+    path.split(['?', '#']).next().unwrap_or("/")
+}
+
+/// The redirect_uri of this request: the configured one, or APISIX's default `<uri>/.apisix/redirect`.
+fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
+    if let Some(u) = &conf.redirect_uri {
+        return u.clone();
+    }
+    let host = c.head.host.map(|h| String::from_utf8_lossy(h.of(&c.buf)).into_owned()).unwrap_or_default();
+    let scheme = if c.tls { "https" } else { "http" };
+    let path = String::from_utf8_lossy(c.head.path.of(&c.buf)).into_owned();
+    let path = path.strip_suffix(DEFAULT_REDIRECT_SUFFIX).unwrap_or(&path).trim_end_matches('/').to_string();
+    format!("{scheme}://{host}{path}{DEFAULT_REDIRECT_SUFFIX}")
+}
+
+fn open_session(s: &SessionState, c: &ClientConn, now: u64) -> Result<Option<SessionData>, String> {
+    let mut joined = s.scratch.borrow_mut();
+    let mut joined_owned = std::mem::take(&mut *joined);
+    let collected = session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined_owned).map_err(|e| e.to_string());
+    let result = match collected {
+        Ok(None) => Ok(None),
+        Ok(Some(_)) => {
+            let mut scratch = Vec::new();
+            s.codec.open_with(&joined_owned, &s.cookie_name, now, &mut scratch).map(Some).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e),
+    };
+    *joined = joined_owned;
+    result
+}
+
+fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
+    let present = session::present_chunks(cookie_values(c), &s.cookie_name);
+    let mut cookies = Vec::new();
+    session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
+    c.outcome.response_headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+}
+
+/// Pulls new back-channel revocations published by any shard into this shard's list.
+fn sync_revocations(auth: &RouteAuth, s: &SessionState) {
+    let shared = auth.oidc.shared();
+    let v = shared.revocation_version();
+    if v == s.revocations_seen.get() {
+        return;
+    }
+    let mut list = s.revocations.borrow_mut();
+    for (subject, until) in shared.revocations_since(s.revocations_seen.get()) {
+        list.revoke(&subject, until);
+    }
+    list.prune(auth.oidc.now_secs());
+    s.revocations_seen.set(v);
+}
+
+fn provider_metadata(auth: &RouteAuth) -> Result<Arc<ProviderMetadata>, Error> {
+    let st = auth.provider.as_ref().map(|(_, l)| l.load());
+    match st.as_ref().and_then(|s| s.metadata.clone()) {
+        Some(m) => Ok(m),
+        None => Err(Error::Unavailable("OIDC discovery not loaded yet")),
+    }
+}
+
+async fn idp_call(auth: &RouteAuth, call: SharedCall) -> Result<Arc<Response>, Error> {
+    let Some((handle, _)) = &auth.provider else { return Err(Error::Unavailable("no identity provider")) };
+    let timeout = conf(auth).timeout() + Duration::from_secs(1);
+    match handle.addr.ask(|reply| ProviderMsg::Shared { call, reply }, timeout).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "identity provider call failed");
+            Err(Error::Unavailable("identity provider unreachable"))
+        }
+        Err(e) => {
+            tracing::warn!(error = ?e, "identity provider call did not answer in time");
+            Err(Error::Unavailable("identity provider did not answer in time"))
+        }
+    }
+}
+
+/// A token-endpoint POST (code exchange, refresh, revocation) with the route's client auth.
+fn token_call(auth: &RouteAuth, url: &str, key: String, form: Vec<(String, String)>, grace: Option<Duration>, now: u64) -> Result<SharedCall, Error> {
+    let mut body = shardgate_oidc::client_auth::FormBody::new();
+    for (k, v) in &form {
+        body.append(k, v);
+    }
+    let mut headers = vec![("Content-Type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    auth.route
+        .token_auth
+        .apply(url, now, &auth.oidc.random_id(), &mut body, &mut headers)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot authenticate to the token endpoint");
+            Error::Unavailable("token endpoint client authentication failed")
+        })?;
+    Ok(SharedCall { key, method: "POST", url: url.to_string(), headers, body: body.into_bytes(), grace })
+}
+
+async fn unauthenticated(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+    let conf = conf(auth);
+    let api_shaped = c.head.header(&c.buf, "x-requested-with").is_some()
+        || c.head.header(&c.buf, "accept").is_some_and(|a| contains(a, b"application/json"));
+    let action = if api_shaped { conf.api_unauth_action() } else { conf.unauth_action };
+    match action {
+        UnauthAction::Pass => Ok(()),
+        UnauthAction::Deny => Err(plain(401, "unauthorized", "no session", response_cookies(c, vec![("WWW-Authenticate".into(), auth.route.challenge.clone())]))),
+        UnauthAction::Auth => start_login(auth, s, c, now, None).await,
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+async fn start_login(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64, prompt: Option<&str>) -> Result<(), Error> {
+    let conf = conf(auth);
+    let meta = provider_metadata(auth)?;
+    let Some(endpoint) = meta.authorization_endpoint.as_deref() else {
+        return Err(Error::Unavailable("the IdP advertises no authorization_endpoint"));
+    };
+    let redirect = redirect_uri(conf, c);
+    let extra: Vec<(String, String)> = conf.authorization_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let params = AuthorizeParams {
+        authorization_endpoint: endpoint,
+        client_id: &conf.client_id,
+        redirect_uri: &redirect,
+        scope: &conf.scope,
+        use_nonce: conf.use_nonce,
+        use_pkce: conf.use_pkce,
+        extra: &extra,
+        prompt,
+    };
+    let original = String::from_utf8_lossy(c.head.target.of(&c.buf)).into_owned();
+    let (url, login) = flow::start_login(&params, &original, now, auth.oidc.rng()).map_err(flow_page)?;
+    let Some(name) = login.cookie_name(&s.cookie_name) else {
+        return Err(Error::Unavailable("login state could not be named"));
+    };
+    let value = login.seal(&s.codec, &name, auth.oidc.rng()).map_err(flow_page)?;
+    let mut headers = vec![("Location".to_string(), url), ("Cache-Control".to_string(), "no-cache, no-store, max-age=0".to_string())];
+    // Many tabs may log in at once: each login has its own cookie; old ones are pruned.
+    let mut cookies = Vec::new();
+    {
+        let existing = flow::login_cookies(cookie_values(c), &s.cookie_name);
+        let mut scratch = Vec::new();
+        let aged: Vec<(String, u64)> = existing
+            .iter()
+            .map(|(n, v)| {
+                let n = String::from_utf8_lossy(n).into_owned();
+                let created = LoginState::open(&s.codec, v, &n, &mut scratch).map(|l| l.created_at).unwrap_or(0);
+                (n, created)
+            })
+            .collect();
+        let refs: Vec<(&str, u64)> = aged.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        for i in flow::prune(&refs, now, conf.authorization_state_expires_in, conf.authorization_state_max_number as usize) {
+            session::clear_cookie(&aged[i].0, &s.login_attrs, &mut cookies);
+        }
+    }
+    session::set_cookie_headers(&name, &[value], &s.login_attrs, &mut cookies);
+    headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+    Err(Error::Plugin(PluginResponse {
+        status: 302,
+        headers,
+        content_type: "text/plain",
+        body: b"redirecting to the identity provider\n".to_vec(),
+        code: "login_redirect",
+        reason: "no session: redirect to the identity provider".into(),
+    }))
+}
+
+async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+    let conf = conf(auth);
+    let query = c.head.query.map(|q| q.of(&c.buf).to_vec()).unwrap_or_default();
+    let cb: Callback = flow::parse_callback(&query).map_err(flow_page)?;
+    let state = cb.state.clone().unwrap_or_default();
+    let Some(login_name) = flow::login_cookie_name(&s.cookie_name, &state) else {
+        return Err(flow_page(FlowError::NoLoginState));
+    };
+    let login_value = flow::login_cookies(cookie_values(c), &s.cookie_name)
+        .into_iter()
+        .find(|(n, _)| *n == login_name.as_bytes())
+        .map(|(_, v)| v.to_vec());
+    let Some(login_value) = login_value else {
+        return Err(flow_page(FlowError::NoLoginState));
+    };
+    let login = LoginState::open(&s.codec, &login_value, &login_name, &mut Vec::new()).map_err(flow_page)?;
+    let meta = provider_metadata(auth)?;
+    flow::check_callback(&cb, &login, Some(&meta.issuer), now, conf.authorization_state_expires_in).map_err(flow_page)?;
+    let code = cb.code.clone().unwrap_or_default();
+    let Some(token_endpoint) = meta.token_endpoint.as_deref() else {
+        return Err(Error::Unavailable("the IdP advertises no token_endpoint"));
+    };
+    let form = flow::token_request_form(&code, &login.redirect_uri, login.code_verifier.as_deref());
+    let call = token_call(auth, token_endpoint, format!("code\n{code}"), form, None, now)?;
+    let resp = idp_call(auth, call).await?;
+    let tokens = TokenResponse::parse(resp.status, &resp.body).map_err(flow_page)?;
+
+    let mut data = SessionData::new(now);
+    data.iss = Some(meta.issuer.clone());
+    let id_token = tokens.id_token.clone();
+    if let Some(raw) = &id_token {
+        let payload = verify_id_token(auth, raw).await?;
+        let rules = IdTokenRules {
+            issuer: &meta.issuer,
+            client_id: &conf.client_id,
+            nonce: login.nonce.as_deref(),
+            leeway: conf.iat_slack,
+            max_age: None,
+        };
+        let info = flow::check_id_token_claims(&payload, &rules, now).map_err(flow_page)?;
+        data.sub = Some(info.sub.clone());
+        data.sid = info.sid.clone();
+        data.id_token_claims = RawValue::from_string(String::from_utf8_lossy(&payload).into_owned()).ok();
+    }
+    let contents = conf.session_contents.as_ref();
+    let keep = |f: fn(&shardgate_oidc::config::SessionContents) -> bool| contents.is_none_or(f);
+    if conf.set_userinfo_header && keep(|c| c.user) {
+        if let (Some(ep), true) = (meta.userinfo_endpoint.as_deref(), !tokens.access_token.is_empty()) {
+            let call = SharedCall {
+                key: format!("userinfo\n{}", tokens.access_token),
+                method: "GET",
+                url: ep.to_string(),
+                headers: vec![("Authorization".into(), format!("Bearer {}", tokens.access_token))],
+                body: Vec::new(),
+                grace: None,
+            };
+            match idp_call(auth, call).await {
+                Ok(r) if r.status == 200 => {
+                    let user: Option<Box<RawValue>> = serde_json::from_slice(&r.body).ok();
+                    // lua-resty-openidc keeps userinfo only when it is about the same subject.
+                    let same_sub = serde_json::from_slice::<serde_json::Value>(&r.body)
+                        .ok()
+                        .and_then(|v| v.get("sub").and_then(|s| s.as_str()).map(str::to_string))
+                        .is_some_and(|sub| data.sub.as_deref().is_none_or(|own| own == sub));
+                    if same_sub {
+                        data.user = user;
+                    }
+                }
+                Ok(r) => tracing::warn!(status = r.status, "userinfo refused; continuing without it"),
+                Err(_) => tracing::warn!("userinfo unavailable; continuing without it"),
+            }
+        }
+    }
+    tokens.apply_to(&mut data, now, conf.access_token_expires_in);
+    if !keep(|c| c.access_token) {
+        data.access_token = None;
+        data.refresh_token = None;
+    }
+    if keep(|c| c.enc_id_token) || conf.set_raw_id_token_header {
+        data.id_token = id_token;
+    }
+    if !keep(|c| c.id_token) {
+        data.id_token_claims = None;
+    }
+    let mut cookies = Vec::new();
+    seal_into(s, &data, now, auth, &mut cookies)?;
+    session::clear_cookie(&login_name, &s.login_attrs, &mut cookies);
+    let target = flow::safe_redirect_target(login.original_url.as_bytes()).unwrap_or_else(|| "/".into());
+    tracing::info!(sub = ?data.sub, "login completed");
+    let mut headers = vec![("Location".to_string(), target), ("Cache-Control".into(), "no-store".into())];
+    headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+    Err(Error::Plugin(PluginResponse {
+        status: 302,
+        headers,
+        content_type: "text/plain",
+        body: b"logged in\n".to_vec(),
+        code: "login_complete",
+        reason: "login completed".into(),
+    }))
+}
+
+fn seal_into(s: &SessionState, data: &SessionData, now: u64, auth: &RouteAuth, out: &mut Vec<String>) -> Result<(), Error> {
+    let chunks = s.codec.seal(data, &s.cookie_name, now, auth.oidc.rng()).map_err(|e| {
+        tracing::error!(error = %e, "cannot seal the session cookie (use session_contents to store less)");
+        Error::Plugin(PluginResponse {
+            status: 500,
+            headers: Vec::new(),
+            content_type: "text/plain",
+            body: format!("the session does not fit in cookies: {e}\n").into_bytes(),
+            code: "session_too_large",
+            reason: e.to_string(),
+        })
+    })?;
+    let attrs = CookieAttrs { max_age: s.codec.max_age(data, now), ..s.attrs.clone() };
+    session::set_cookie_headers(&s.cookie_name, &chunks, &attrs, out);
+    Ok(())
+}
+
+/// Verifies an ID token's signature with the provider's keys (one unknown-kid refetch allowed).
+async fn verify_id_token(auth: &RouteAuth, raw: &str) -> Result<Vec<u8>, Error> {
+    let conf = conf(auth);
+    let jwt = Jwt::parse(raw).map_err(id_token_error)?;
+    if jwt.alg() == Alg::None {
+        if conf.accept_none_alg {
+            tracing::warn!("accepting an unsigned ID token (accept_none_alg)");
+            return Ok(jwt.payload().to_vec());
+        }
+        return Err(id_token_error(TokenError::NoneAlg));
+    }
+    let Some((handle, local)) = &auth.provider else { return Err(Error::Unavailable("no identity provider")) };
+    let policy = AlgPolicy::default();
+    let mut st = local.load();
+    let Some(mut keys) = st.keys.clone() else { return Err(Error::Unavailable("JWKS not loaded yet")) };
+    let mut result = verify_signature(&jwt, &keys, &policy);
+    if let Err(TokenError::UnknownKid { kid }) = &result {
+        let lookup = handle
+            .addr
+            .ask(|reply| ProviderMsg::UnknownKid { kid: kid.clone(), reply }, conf.timeout() + Duration::from_secs(1))
+            .await
+            .unwrap_or(KidLookup::Unavailable);
+        if lookup == KidLookup::Found {
+            st = Rc::new(handle.state.current());
+            if let Some(k) = st.keys.clone() {
+                keys = k;
+            }
+            result = verify_signature(&jwt, &keys, &policy);
+        }
+    }
+    match result {
+        Ok(()) => Ok(jwt.payload().to_vec()),
+        Err(TokenError::UnsupportedAlg | TokenError::AlgNotAllowed { .. }) if conf.accept_unsupported_alg => {
+            tracing::warn!(alg = %jwt.alg(), "ID token signature NOT verified (accept_unsupported_alg)");
+            Ok(jwt.payload().to_vec())
+        }
+        Err(e) => Err(id_token_error(e)),
+    }
+}
+
+fn id_token_error(e: TokenError) -> Error {
+    flow_page(FlowError::IdToken(ClaimError::Malformed(format!("signature: {e}"))))
+}
+
+async fn use_session(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, mut data: SessionData, now: u64) -> Result<(), Error> {
+    let conf = conf(auth);
+    if conf.force_reauthorize || flow::needs_reauthentication(&data, now, conf.refresh_session_interval) {
+        return start_login(auth, s, c, now, conf.refresh_session_interval.map(|_| "none")).await;
+    }
+    let mut reissue = s.codec.needs_reissue(&data, now);
+    match flow::access_token_state(&data, now, conf.access_token_expires_leeway) {
+        TokenState::Fresh => {}
+        state => {
+            if conf.renew_access_token_on_expiry && data.refresh_token.is_some() {
+                match refresh(auth, &mut data, now).await {
+                    Ok(()) => reissue = true,
+                    Err(RefreshFail::Fatal(why)) => {
+                        tracing::info!(sub = ?data.sub, reason = %why, "refresh refused by the IdP: session ended");
+                        clear_session_cookies(s, c);
+                        return unauthenticated(auth, s, c, now).await;
+                    }
+                    Err(RefreshFail::Transient(why)) if state == TokenState::NeedsRefresh => {
+                        tracing::warn!(reason = %why, "refresh failed; the current access token is still valid");
+                    }
+                    Err(RefreshFail::Transient(why)) => {
+                        tracing::warn!(reason = %why, "refresh failed and the access token expired");
+                        return Err(Error::Unavailable("token refresh failed: identity provider unavailable"));
+                    }
+                }
+            } else if state == TokenState::Expired {
+                clear_session_cookies(s, c);
+                return unauthenticated(auth, s, c, now).await;
+            }
+        }
+    }
+    check_session_claims(auth, &data)?;
+    if reissue {
+        s.codec.touch(&mut data, now);
+        let mut cookies = Vec::new();
+        seal_into(s, &data, now, auth, &mut cookies)?;
+        c.outcome.response_headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+    }
+    set_session_headers(auth, c, &data);
+    Ok(())
+}
+
+fn check_session_claims(auth: &RouteAuth, data: &SessionData) -> Result<(), Error> {
+    let conf = conf(auth);
+    if !conf.required_scopes.is_empty() {
+        let have = data.scope.as_deref().unwrap_or("");
+        let missing: Vec<&str> =
+            conf.required_scopes.iter().map(String::as_str).filter(|w| !have.split(' ').any(|h| h == *w)).collect();
+        if !missing.is_empty() {
+            return Err(plain(403, "insufficient_scope", &format!("required scopes {} not present", missing.join(" ")), Vec::new()));
+        }
+    }
+    if let Some(schema) = &auth.route.schema {
+        let v = serde_json::json!({
+            "user": data.user.as_ref().and_then(|u| serde_json::from_str::<serde_json::Value>(u.get()).ok()),
+            "access_token": data.access_token,
+            "id_token": data.id_token_claims.as_ref().and_then(|u| serde_json::from_str::<serde_json::Value>(u.get()).ok()),
+        });
+        if let Err(e) = schema.validate(&v) {
+            return Err(plain(401, "invalid_session", &format!("claims do not match claim_schema: {e}"), Vec::new()));
+        }
+    }
+    Ok(())
+}
+
+fn set_session_headers(auth: &RouteAuth, c: &mut ClientConn, data: &SessionData) {
+    let conf = conf(auth);
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let out = &mut c.outcome.upstream_headers;
+    if conf.set_access_token_header {
+        if let Some(at) = &data.access_token {
+            if conf.access_token_in_authorization_header {
+                c.outcome.strip_authorization = true;
+                out.push(("Authorization", HeaderValue::Owned(format!("Bearer {at}"))));
+            } else {
+                out.push(("X-Access-Token", HeaderValue::Owned(at.clone())));
+            }
+        }
+    }
+    if conf.set_id_token_header {
+        if let Some(claims) = &data.id_token_claims {
+            out.push(("X-ID-Token", HeaderValue::Owned(b64(claims.get()))));
+        }
+    }
+    if conf.set_userinfo_header {
+        if let Some(user) = &data.user {
+            out.push(("X-Userinfo", HeaderValue::Owned(b64(user.get()))));
+        }
+    }
+    if conf.set_refresh_token_header {
+        if let Some(rt) = &data.refresh_token {
+            out.push(("X-Refresh-Token", HeaderValue::Owned(rt.clone())));
+        }
+    }
+    if conf.set_raw_id_token_header {
+        if let Some(t) = &data.id_token {
+            out.push(("X-Raw-ID-Token", HeaderValue::Owned(t.clone())));
+        }
+    }
+}
+
+enum RefreshFail {
+    /// The IdP refused the refresh token (RFC 6749 5.2): the session is over.
+    Fatal(String),
+    /// Network or 5xx: try again on a later request.
+    Transient(String),
+}
+
+/// One refresh per refresh token across every shard (single-flight in the provider actor); the
+/// answer is kept for a grace period so requests still carrying the old cookie get the same new
+/// tokens instead of redeeming a rotated refresh token again.
+async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(), RefreshFail> {
+    let conf = conf(auth);
+    let meta = provider_metadata(auth).map_err(|e| RefreshFail::Transient(e.to_string()))?;
+    let endpoint = meta.token_endpoint.clone().ok_or_else(|| RefreshFail::Transient("no token_endpoint".into()))?;
+    let Some(rt) = data.refresh_token.clone() else { return Err(RefreshFail::Fatal("no refresh token".into())) };
+    let form = flow::refresh_request_form(&rt, Some(&conf.scope));
+    let call = token_call(auth, &endpoint, format!("refresh\n{rt}"), form, Some(REFRESH_GRACE), now)
+        .map_err(|e| RefreshFail::Transient(e.to_string()))?;
+    let resp = idp_call(auth, call).await.map_err(|e| RefreshFail::Transient(e.to_string()))?;
+    match TokenResponse::parse(resp.status, &resp.body) {
+        Ok(tokens) => {
+            if let Some(raw) = &tokens.id_token {
+                // A refreshed ID token must still be ours and signed; the nonce is not repeated.
+                if let Ok(payload) = verify_id_token(auth, raw).await {
+                    let rules = IdTokenRules { issuer: &meta.issuer, client_id: &conf.client_id, nonce: None, leeway: conf.iat_slack, max_age: None };
+                    if flow::check_id_token_claims(&payload, &rules, now).is_ok() {
+                        data.id_token_claims = RawValue::from_string(String::from_utf8_lossy(&payload).into_owned()).ok();
+                        if data.id_token.is_some() {
+                            data.id_token = Some(raw.clone());
+                        }
+                    }
+                }
+            }
+            tokens.apply_to(data, now, conf.access_token_expires_in);
+            data.version = data.version.wrapping_add(1);
+            Ok(())
+        }
+        Err(e) if e.is_fatal() => Err(RefreshFail::Fatal(e.to_string())),
+        Err(e) => Err(RefreshFail::Transient(e.to_string())),
+    }
+}
+
+async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+    let conf = conf(auth);
+    let data = open_session(s, c, now).ok().flatten();
+    let mut cookies = Vec::new();
+    let present = session::present_chunks(cookie_values(c), &s.cookie_name);
+    session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
+    let meta = provider_metadata(auth).ok();
+    if conf.revoke_tokens_on_logout {
+        if let (Some(d), Some(ep)) = (&data, meta.as_ref().and_then(|m| m.revocation_endpoint.clone())) {
+            for (token, hint) in [(&d.refresh_token, "refresh_token"), (&d.access_token, "access_token")] {
+                if let Some(t) = token {
+                    let form = vec![("token".to_string(), t.clone()), ("token_type_hint".to_string(), hint.to_string())];
+                    if let Ok(call) = token_call(auth, &ep, format!("revoke\n{t}"), form, None, now) {
+                        match idp_call(auth, call).await {
+                            Ok(r) if r.status == 200 => {}
+                            Ok(r) => tracing::warn!(status = r.status, hint, "token revocation refused"),
+                            Err(_) => tracing::warn!(hint, "token revocation failed"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let hint = data.as_ref().and_then(|d| d.id_token.as_deref());
+    let end_session = meta.as_ref().and_then(|m| m.end_session_endpoint.as_deref());
+    let action = flow::logout_redirect(end_session, hint, conf.post_logout_redirect_uri.as_deref());
+    tracing::info!(sub = ?data.as_ref().and_then(|d| d.sub.clone()), "logout");
+    let mut headers: Vec<(String, String)> = cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)).collect();
+    headers.push(("Cache-Control".into(), "no-store".into()));
+    match action {
+        LogoutAction::RedirectTo(url) => {
+            headers.push(("Location".into(), url));
+            Err(Error::Plugin(PluginResponse {
+                status: 302,
+                headers,
+                content_type: "text/plain",
+                body: b"logged out\n".to_vec(),
+                code: "logout",
+                reason: "logout".into(),
+            }))
+        }
+        LogoutAction::LoggedOutPage => Err(Error::Plugin(PluginResponse {
+            status: 200,
+            headers,
+            content_type: "text/html; charset=utf-8",
+            body: b"<!doctype html><html><head><title>Logged out</title></head><body><p>You have been logged out.</p></body></html>\n".to_vec(),
+            code: "logout",
+            reason: "logout".into(),
+        })),
+    }
+}
+
+/// OIDC Back-Channel Logout 1.0: the IdP POSTs `logout_token`; every session with its sid (or
+/// sub) is refused from now on, on every shard, until it would have expired anyway.
+async fn backchannel_logout(auth: &RouteAuth, _s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+    let conf = conf(auth);
+    let body = crate::proxy::conn::buffered_body(c, 64 * 1024).await.map_err(|why| plain(400, "invalid_request", why, Vec::new()))?;
+    let token = form_value(&body, "logout_token").ok_or_else(|| plain(400, "invalid_request", "missing logout_token", Vec::new()))?;
+    let meta = provider_metadata(auth)?;
+    let payload = match verify_id_token(auth, &token).await {
+        Ok(p) => p,
+        Err(_) => return Err(plain(400, "invalid_request", "logout_token signature is not valid", Vec::new())),
+    };
+    let subject = flow::check_logout_token_claims(&payload, &meta.issuer, &conf.client_id, now, conf.iat_slack)
+        .map_err(|e| plain(400, "invalid_request", &e.to_string(), Vec::new()))?;
+    let until = now + conf.session.absolute_timeout.max(conf.session.idling_timeout);
+    tracing::info!(sid = ?subject.sid, sub = ?subject.sub, "back-channel logout: sessions revoked on every shard");
+    auth.oidc.shared().publish_revocation(subject, until);
+    Err(Error::Plugin(PluginResponse {
+        status: 200,
+        headers: vec![("Cache-Control".into(), "no-store".into())],
+        content_type: "text/plain",
+        body: Vec::new(),
+        code: "backchannel_logout",
+        reason: "back-channel logout".into(),
+    }))
+}
+
+fn form_value(body: &[u8], name: &str) -> Option<String> {
+    body.split(|b| *b == b'&').find_map(|kv| {
+        let (k, v) = match kv.iter().position(|b| *b == b'=') {
+            Some(i) => (&kv[..i], &kv[i + 1..]),
+            None => (kv, &b""[..]),
+        };
+        (k == name.as_bytes()).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(v: &[u8]) -> String {
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < v.len() => {
+                let h = std::str::from_utf8(&v[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match h {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Attaches any Set-Cookie (cleared broken cookies) already collected to a response.
+fn response_cookies(c: &mut ClientConn, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers.append(&mut c.outcome.response_headers);
+    headers
+}
+
+fn plain(status: u16, code: &'static str, why: &str, headers: Vec<(String, String)>) -> Error {
+    let body = serde_json::json!({ "error": code, "error_description": why }).to_string() + "\n";
+    Error::Plugin(PluginResponse { status, headers, content_type: "application/json", body: body.into_bytes(), code, reason: why.to_string() })
+}
+
+/// A flow failure as a helpful 4xx page (never a 500), with the likely causes spelled out.
+fn flow_page(e: FlowError) -> Error {
+    let status = match &e {
+        FlowError::TokenEndpointHttp { .. } => 502,
+        _ => 400,
+    };
+    let causes = e.likely_causes();
+    let mut html = String::from("<!doctype html><html><head><title>Login failed</title></head><body><h1>Login could not be completed</h1>");
+    html.push_str(&format!("<p>{}</p>", escape_html(&e.to_string())));
+    if !causes.is_empty() {
+        html.push_str("<p>Likely causes:</p><ul>");
+        for cause in causes {
+            html.push_str(&format!("<li>{}</li>", escape_html(cause)));
+        }
+        html.push_str("</ul>");
+    }
+    html.push_str("<p><a href=\"/\">Start again</a></p></body></html>\n");
+    tracing::warn!(error = %e, likely_causes = ?causes, "login flow failed");
+    Error::Plugin(PluginResponse {
+        status,
+        headers: vec![("Cache-Control".into(), "no-store".into())],
+        content_type: "text/html; charset=utf-8",
+        body: html.into_bytes(),
+        code: "login_failed",
+        reason: e.to_string(),
+    })
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
