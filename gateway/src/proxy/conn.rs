@@ -234,7 +234,8 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
     let close = r.close || !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
     let mut out = std::mem::take(&mut c.out);
     out.clear();
-    write_simple_head(&mut out, r.status, r.content_type, r.body.len(), close);
+    let own_cache_control = r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("cache-control"));
+    write_simple_head(&mut out, r.status, r.content_type, r.body.len(), close, !own_cache_control);
     for (k, v) in r.headers.iter().chain(c.outcome.response_headers.iter()) {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
@@ -253,7 +254,7 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
     }
 }
 
-pub fn write_simple_head(out: &mut Vec<u8>, status: u16, content_type: &str, len: usize, close: bool) {
+pub fn write_simple_head(out: &mut Vec<u8>, status: u16, content_type: &str, len: usize, close: bool, no_store: bool) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');
@@ -262,7 +263,10 @@ pub fn write_simple_head(out: &mut Vec<u8>, status: u16, content_type: &str, len
     out.extend_from_slice(content_type.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
     push_u64(out, len as u64);
-    out.extend_from_slice(b"\r\nCache-Control: no-store\r\n");
+    out.extend_from_slice(b"\r\n");
+    if no_store {
+        out.extend_from_slice(b"Cache-Control: no-store\r\n");
+    }
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
     }
