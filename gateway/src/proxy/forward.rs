@@ -153,7 +153,7 @@ async fn run(
     };
     let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
 
-    build_request_head(compiled, up, c, upgrade);
+    let mut node_host = build_request_head(compiled, up, c, upgrade);
     // Small buffered bodies ride in the same write as the head.
     if let Some(n) = buffered_body {
         let b = &c.buf[head_len..head_len + n];
@@ -173,6 +173,9 @@ async fn run(
             return Err(Fail::up(UpstreamError::NoHealthyNode, None));
         };
         let node = &up.nodes[node_idx];
+        if let Some(range) = node_host.clone() {
+            set_node_host(&mut c.out, range, node.host_header.as_bytes(), &mut node_host);
+        }
         let (mut conn, reused) = match node.pool.checkout(now) {
             Some(conn) => (conn, true),
             None => match upstream::connect(node.addr, up.timeouts.connect).await {
@@ -273,11 +276,33 @@ fn client_gone() -> Error {
     Error::ClientBody("client connection closed".into())
 }
 
+/// With `pass_host: node` the Host value must name the node picked for this attempt, which a retry
+/// may change: rewrite the value in place when it differs.
+fn set_node_host(
+    out: &mut Vec<u8>,
+    range: std::ops::Range<usize>,
+    host: &[u8],
+    node_host: &mut Option<std::ops::Range<usize>>,
+) {
+    if out.get(range.clone()) != Some(host) {
+        let start = range.start;
+        out.splice(range, host.iter().copied());
+        *node_host = Some(start..start + host.len());
+    }
+}
+
 /// Request head for the upstream: method, target, filtered headers, our headers, framing.
-fn build_request_head(compiled: &Compiled, up: &ShardUpstream, c: &mut ClientConn, upgrade: bool) {
+/// Returns where the Host value is in `c.out` when it names a node (`pass_host: node`).
+fn build_request_head(
+    compiled: &Compiled,
+    up: &ShardUpstream,
+    c: &mut ClientConn,
+    upgrade: bool,
+) -> Option<std::ops::Range<usize>> {
     let buf = &c.buf;
     let head = &c.head;
     let out = &mut c.out;
+    let mut node_host = None;
     out.clear();
     out.extend_from_slice(head.method_span.of(buf));
     out.push(b' ');
@@ -297,9 +322,11 @@ fn build_request_head(compiled: &Compiled, up: &ShardUpstream, c: &mut ClientCon
     match &up.pass_host {
         PassHost::Pass => out.extend_from_slice(client_host),
         PassHost::Node => {
-            // Filled per node below would need a rebuild per retry; nodes of one upstream share a
-            // scheme, so the first node's host is used when the balancer has not picked yet.
+            // The balancer has not picked yet: the first node's value holds the place, and
+            // `set_node_host` replaces it once a node is chosen.
+            let start = out.len();
             out.extend_from_slice(up.nodes.first().map(|n| n.host_header.as_bytes()).unwrap_or(b""));
+            node_host = Some(start..out.len());
         }
         PassHost::Rewrite(h) => out.extend_from_slice(h.as_bytes()),
     }
@@ -384,6 +411,7 @@ fn build_request_head(compiled: &Compiled, up: &ShardUpstream, c: &mut ClientCon
     }
     out.extend_from_slice(b"\r\n");
     let _ = compiled;
+    node_host
 }
 
 fn strip_port(host: &[u8]) -> &[u8] {
