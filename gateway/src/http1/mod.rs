@@ -131,6 +131,7 @@ impl Method {
         )
     }
 
+    /// The method name; `Other` has none (`"OTHER"`), its bytes are at `RequestHead::method_span`.
     pub fn as_str(self) -> &'static str {
         match self {
             Method::Get => "GET",
