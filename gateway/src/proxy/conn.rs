@@ -170,13 +170,12 @@ async fn handle(shard: &Shard, compiled: &Rc<Compiled>, c: &mut ClientConn, star
 
     // Phase 3: rewrite (plugins).
     c.outcome.clear();
-    if let Some(auth) = &route.auth {
-        if let Err(err) = auth.rewrite(shard, c).await {
+    if let Some(auth) = &route.auth
+        && let Err(err) = auth.rewrite(shard, c).await {
             let summary = respond_error(c, &err, method).await;
             log(shard, compiled, c, Some(route_idx), started, &summary, false);
             return finish_early(c);
         }
-    }
 
     // Phase 4: forward.
     let (summary, next, consumed) = forward::exchange(shard, compiled, route_idx, c).await;

@@ -104,6 +104,8 @@ impl Shard {
     }
 }
 
+// `Local::load` hands out `Rc<Arc<_>>` so a request never touches the shared refcount.
+#[allow(clippy::redundant_allocation)]
 fn compile(
     snap: &Rc<Arc<Published>>,
     local_version: u64,

@@ -240,10 +240,8 @@ impl Client {
         req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         req.extend_from_slice(url.authority().as_bytes());
         req.extend_from_slice(b"\r\nUser-Agent: shardgate\r\nAccept: application/json\r\n");
-        if let (Some(_), false) = (&via_proxy, url.https) {
-            if let Some(a) = &self.cfg.http_proxy_authorization {
-                req.extend_from_slice(format!("Proxy-Authorization: {a}\r\n").as_bytes());
-            }
+        if let (Some(_), false, Some(a)) = (&via_proxy, url.https, &self.cfg.http_proxy_authorization) {
+            req.extend_from_slice(format!("Proxy-Authorization: {a}\r\n").as_bytes());
         }
         for (k, v) in headers {
             if k.contains(['\r', '\n', ':']) || v.contains(['\r', '\n']) {

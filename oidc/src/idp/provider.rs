@@ -169,6 +169,10 @@ struct Actor {
     forced_pending: bool,
 }
 
+type SharedReply = Reply<Result<Arc<Response>, IdpError>>;
+/// Successful shared-call answers kept for their grace period, by key.
+type RecentAnswers = HashMap<String, (Instant, Arc<Response>)>;
+
 /// Runs the actor until `shutdown`; call on the control thread's runtime.
 pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown: Shutdown) {
     let spec = handle.spec.clone();
@@ -203,10 +207,9 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
         kid_waiters: Vec::new(),
         forced_pending: false,
     }));
-    let inflight: Rc<RefCell<HashMap<String, Vec<Reply<Result<Arc<Response>, IdpError>>>>>> =
-        Rc::new(RefCell::new(HashMap::new()));
+    let inflight: Rc<RefCell<HashMap<String, Vec<SharedReply>>>> = Rc::new(RefCell::new(HashMap::new()));
     // Successful answers kept for their `grace` period (refresh-token rotation).
-    let recent: Rc<RefCell<HashMap<String, (Instant, Arc<Response>)>>> = Rc::new(RefCell::new(HashMap::new()));
+    let recent: Rc<RefCell<RecentAnswers>> = Rc::new(RefCell::new(HashMap::new()));
 
     // Periodic discovery/JWKS maintenance runs as its own task so IdP latency never blocks the mailbox.
     {
@@ -331,10 +334,10 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                         let body = (call.method != "GET").then_some(call.body.as_slice());
                         let result = client.request(call.method, &call.url, &call.headers, body).await;
                         let result = result.map(Arc::new);
-                        if let (Some(grace), Ok(resp)) = (call.grace, &result) {
-                            if resp.status == 200 {
-                                recent.borrow_mut().insert(call.key.clone(), (Instant::now() + grace, resp.clone()));
-                            }
+                        if let (Some(grace), Ok(resp)) = (call.grace, &result)
+                            && resp.status == 200
+                        {
+                            recent.borrow_mut().insert(call.key.clone(), (Instant::now() + grace, resp.clone()));
                         }
                         let waiters = inflight.borrow_mut().remove(&call.key).unwrap_or_default();
                         for w in waiters {

@@ -85,13 +85,12 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
     let cache = if introspection { &auth.introspected } else { &auth.verified };
     if use_cache {
         let hit = cache.borrow().get(token.as_bytes(), now_ms).cloned();
-        if let Some(v) = hit {
-            if v.generation == 0 || v.generation == current_generation(auth) {
+        if let Some(v) = hit
+            && (v.generation == 0 || v.generation == current_generation(auth)) {
                 m.bump("shardgate_oidc_token_cache_total{result=\"hit\"}", 1);
                 apply(auth, c, span, &v);
                 return Ok(());
             }
-        }
         m.bump("shardgate_oidc_token_cache_total{result=\"miss\"}", 1);
     }
     let rejected = auth.rejected.borrow().get(token.as_bytes(), now_ms).cloned();
@@ -199,11 +198,10 @@ fn verified(auth: &RouteAuth, token: &str, payload: &[u8], generation: u64) -> V
 fn claims_policy(auth: &RouteAuth, include_issuer: bool) -> Result<Rc<ClaimsPolicy>, Fail> {
     let generation = auth.provider.as_ref().map(|(_, l)| l.load().generation).unwrap_or(0);
     let key = generation * 2 + u64::from(include_issuer);
-    if let Some((g, p)) = &*auth.policy.borrow() {
-        if *g == key {
+    if let Some((g, p)) = &*auth.policy.borrow()
+        && *g == key {
             return Ok(p.clone());
         }
-    }
     let conf = &auth.route.conf;
     let mut valid_issuers = conf.claim_validator.issuer.valid_issuers.clone();
     if include_issuer && valid_issuers.is_empty() {

@@ -374,8 +374,8 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u
     }
     let contents = conf.session_contents.as_ref();
     let keep = |f: fn(&shardgate_oidc::config::SessionContents) -> bool| contents.is_none_or(f);
-    if conf.set_userinfo_header && keep(|c| c.user) {
-        if let (Some(ep), true) = (meta.userinfo_endpoint.as_deref(), !tokens.access_token.is_empty()) {
+    if conf.set_userinfo_header && keep(|c| c.user)
+        && let (Some(ep), true) = (meta.userinfo_endpoint.as_deref(), !tokens.access_token.is_empty()) {
             let call = SharedCall {
                 key: format!("userinfo\n{}", tokens.access_token),
                 method: "GET",
@@ -400,7 +400,6 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u
                 Err(_) => tracing::warn!("userinfo unavailable; continuing without it"),
             }
         }
-    }
     tokens.apply_to(&mut data, now, conf.access_token_expires_in);
     if !keep(|c| c.access_token) {
         data.access_token = None;
@@ -559,8 +558,8 @@ fn set_session_headers(auth: &RouteAuth, c: &mut ClientConn, data: &SessionData)
     let conf = conf(auth);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let out = &mut c.outcome.upstream_headers;
-    if conf.set_access_token_header {
-        if let Some(at) = &data.access_token {
+    if conf.set_access_token_header
+        && let Some(at) = &data.access_token {
             if conf.access_token_in_authorization_header {
                 c.outcome.strip_authorization = true;
                 out.push(("Authorization", HeaderValue::Owned(format!("Bearer {at}"))));
@@ -568,27 +567,22 @@ fn set_session_headers(auth: &RouteAuth, c: &mut ClientConn, data: &SessionData)
                 out.push(("X-Access-Token", HeaderValue::Owned(at.clone())));
             }
         }
-    }
-    if conf.set_id_token_header {
-        if let Some(claims) = &data.id_token_claims {
+    if conf.set_id_token_header
+        && let Some(claims) = &data.id_token_claims {
             out.push(("X-ID-Token", HeaderValue::Owned(b64(claims.get()))));
         }
-    }
-    if conf.set_userinfo_header {
-        if let Some(user) = &data.user {
+    if conf.set_userinfo_header
+        && let Some(user) = &data.user {
             out.push(("X-Userinfo", HeaderValue::Owned(b64(user.get()))));
         }
-    }
-    if conf.set_refresh_token_header {
-        if let Some(rt) = &data.refresh_token {
+    if conf.set_refresh_token_header
+        && let Some(rt) = &data.refresh_token {
             out.push(("X-Refresh-Token", HeaderValue::Owned(rt.clone())));
         }
-    }
-    if conf.set_raw_id_token_header {
-        if let Some(t) = &data.id_token {
+    if conf.set_raw_id_token_header
+        && let Some(t) = &data.id_token {
             out.push(("X-Raw-ID-Token", HeaderValue::Owned(t.clone())));
         }
-    }
 }
 
 enum RefreshFail {
@@ -640,8 +634,8 @@ async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
     let meta = provider_metadata(auth).ok();
-    if conf.revoke_tokens_on_logout {
-        if let (Some(d), Some(ep)) = (&data, meta.as_ref().and_then(|m| m.revocation_endpoint.clone())) {
+    if conf.revoke_tokens_on_logout
+        && let (Some(d), Some(ep)) = (&data, meta.as_ref().and_then(|m| m.revocation_endpoint.clone())) {
             for (token, hint) in [(&d.refresh_token, "refresh_token"), (&d.access_token, "access_token")] {
                 if let Some(t) = token {
                     let form = vec![("token".to_string(), t.clone()), ("token_type_hint".to_string(), hint.to_string())];
@@ -655,7 +649,6 @@ async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64
                 }
             }
         }
-    }
     let hint = data.as_ref().and_then(|d| d.id_token.as_deref());
     let end_session = meta.as_ref().and_then(|m| m.end_session_endpoint.as_deref());
     let action = flow::logout_redirect(end_session, hint, conf.post_logout_redirect_uri.as_deref());
