@@ -467,7 +467,7 @@ async fn stream_request_body(c: &mut ClientConn, conn: &mut UpConn, send_timeout
                     let (r, buf) =
                         write_range(&mut conn.stream, buf, pos, pos + avail, Some(Instant::now() + send_timeout)).await;
                     c.buf = buf;
-                    r.map_err(|e| send_fail(e))?;
+                    r.map_err(send_fail)?;
                     pos += avail;
                     remaining -= avail as u64;
                 }
