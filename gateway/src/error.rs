@@ -54,7 +54,10 @@ pub enum Error {
     /// No route matches host, path and method.
     RouteNotFound,
     /// Upstream failures; `retryable` is set when nothing reached the upstream, so another node may be tried.
-    Upstream { error: UpstreamError, retryable: bool },
+    Upstream {
+        error: UpstreamError,
+        retryable: bool,
+    },
     /// The route's plugin answered for itself (authentication, redirects, ...): the response is ready.
     Plugin(crate::plugins::PluginResponse),
     /// Something only an actor or the IdP can provide is not available yet (discovery not done).
@@ -67,9 +70,10 @@ impl Error {
     /// The side a failure is blamed on (log level, metrics label).
     pub fn side(&self) -> Side {
         match self {
-            Error::Parse(_) | Error::HeaderTimeout | Error::ClientBody(_) | Error::RouteNotFound => {
-                Side::Downstream
-            }
+            Error::Parse(_)
+            | Error::HeaderTimeout
+            | Error::ClientBody(_)
+            | Error::RouteNotFound => Side::Downstream,
             Error::Upstream { .. } => Side::Upstream,
             Error::Plugin(_) => Side::Downstream,
             Error::Unavailable(_) => Side::Idp,
@@ -117,7 +121,9 @@ impl fmt::Display for Error {
                 UpstreamError::ClosedEarly => {
                     f.write_str("upstream closed the connection before a response")
                 }
-                UpstreamError::BadResponse(e) => write!(f, "upstream sent a malformed response: {e}"),
+                UpstreamError::BadResponse(e) => {
+                    write!(f, "upstream sent a malformed response: {e}")
+                }
                 UpstreamError::Io(e) => write!(f, "upstream i/o: {e}"),
             },
             Error::Plugin(r) => write!(f, "{}: {}", r.code, r.reason),
@@ -186,9 +192,18 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(respond(&Error::Parse(ParseError::HeaderTooLarge)).status, 431);
-        assert_eq!(respond(&Error::Parse(ParseError::TooManyHeaders)).status, 431);
-        assert_eq!(respond(&Error::Parse(ParseError::Malformed("x"))).status, 400);
+        assert_eq!(
+            respond(&Error::Parse(ParseError::HeaderTooLarge)).status,
+            431
+        );
+        assert_eq!(
+            respond(&Error::Parse(ParseError::TooManyHeaders)).status,
+            431
+        );
+        assert_eq!(
+            respond(&Error::Parse(ParseError::Malformed("x"))).status,
+            400
+        );
         assert!(respond(&Error::Parse(ParseError::Ambiguous("x"))).close);
         assert_eq!(respond(&Error::HeaderTimeout).status, 408);
         assert_eq!(respond(&Error::RouteNotFound).status, 404);
@@ -197,7 +212,10 @@ mod tests {
             retryable: true,
         };
         assert_eq!(respond(&refused).status, 502);
-        let slow = Error::Upstream { error: UpstreamError::ReadTimeout, retryable: false };
+        let slow = Error::Upstream {
+            error: UpstreamError::ReadTimeout,
+            retryable: false,
+        };
         assert_eq!(respond(&slow).status, 504);
         assert_eq!(respond(&Error::Unavailable("discovery")).status, 503);
     }

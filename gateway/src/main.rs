@@ -9,7 +9,11 @@ use shardgate_gateway::server::{RunOptions, run};
 use shardgate_runtime::shard::DriverChoice;
 
 #[derive(Parser, Debug)]
-#[command(name = "shardgate", version, about = "Thread-per-core API gateway with a full OpenID Connect relying party")]
+#[command(
+    name = "shardgate",
+    version,
+    about = "Thread-per-core API gateway with a full OpenID Connect relying party"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -52,7 +56,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let Some(path) = cli.config.clone() else {
-        eprintln!("shardgate: a config file is required: shardgate run -c FILE (or shardgate validate -c FILE)");
+        eprintln!(
+            "shardgate: a config file is required: shardgate run -c FILE (or shardgate validate -c FILE)"
+        );
         return ExitCode::from(2);
     };
     match cli.command {
@@ -99,8 +105,12 @@ fn validate(path: &std::path::Path) -> ExitCode {
 
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SHARDGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(true);
+    let filter =
+        EnvFilter::try_from_env("SHARDGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

@@ -50,14 +50,22 @@ impl Published {
             for n in &u.nodes {
                 match n.addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
                     Some(addr) => {
-                        let host = if n.port == u.scheme.default_port() { n.host.clone() } else { n.addr.clone() };
+                        let host = if n.port == u.scheme.default_port() {
+                            n.host.clone()
+                        } else {
+                            n.addr.clone()
+                        };
                         nodes.push((n.addr.clone(), addr, host, n.weight));
                     }
-                    None => problems.push(format!("upstreams[{i}].nodes: cannot resolve {}", n.addr)),
+                    None => {
+                        problems.push(format!("upstreams[{i}].nodes: cannot resolve {}", n.addr))
+                    }
                 }
             }
             if u.scheme == config::Scheme::Https {
-                problems.push(format!("upstreams[{i}].scheme: https upstreams are not supported by shardgate yet"));
+                problems.push(format!(
+                    "upstreams[{i}].scheme: https upstreams are not supported by shardgate yet"
+                ));
             }
             let chash = match &u.balancer {
                 Balancer::RoundRobin => None,
@@ -80,9 +88,16 @@ impl Published {
                     config::PassHost::Node => PassHost::Node,
                     config::PassHost::Rewrite(h) => PassHost::Rewrite(h.clone()),
                 },
-                timeouts: Timeouts { connect: u.timeout.connect, send: u.timeout.send, read: u.timeout.read },
+                timeouts: Timeouts {
+                    connect: u.timeout.connect,
+                    send: u.timeout.send,
+                    read: u.timeout.read,
+                },
                 retries: u.retries,
-                passive: Passive { failures: u.health.tcp_failures, cooldown: u.health.cool_down },
+                passive: Passive {
+                    failures: u.health.tcp_failures,
+                    cooldown: u.health.cool_down,
+                },
                 pool: PoolLimits {
                     size: u.keepalive_pool.size,
                     idle_timeout: u.keepalive_pool.idle_timeout,
@@ -93,7 +108,11 @@ impl Published {
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
             let oidc_route = match &r.plugins.openid_connect {
-                Some(conf) => match prepare::prepare(conf.clone(), oidc, &format!("routes[{i}].plugins.openid-connect")) {
+                Some(conf) => match prepare::prepare(
+                    conf.clone(),
+                    oidc,
+                    &format!("routes[{i}].plugins.openid-connect"),
+                ) {
                     Ok(p) => Some(Arc::new(p)),
                     Err(e) => {
                         problems.push(e);
@@ -102,7 +121,12 @@ impl Published {
                 },
                 None => None,
             };
-            routes.push(PublishedRoute { id: r.id.clone(), upstream: r.upstream, websocket: r.enable_websocket, oidc: oidc_route });
+            routes.push(PublishedRoute {
+                id: r.id.clone(),
+                upstream: r.upstream,
+                websocket: r.enable_websocket,
+                oidc: oidc_route,
+            });
         }
         if !problems.is_empty() {
             return Err(problems.join("\n"));
@@ -114,7 +138,10 @@ impl Published {
             routes,
             upstreams,
             limits: ProxyLimits {
-                http: http1::Limits { max_header_bytes: l.max_header_bytes, max_headers: l.max_headers },
+                http: http1::Limits {
+                    max_header_bytes: l.max_header_bytes,
+                    max_headers: l.max_headers,
+                },
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,
             },

@@ -105,7 +105,9 @@ impl Control {
                         self.publisher.publish(Arc::new(p));
                         tracing::info!(version, "config reloaded and published to every shard");
                     }
-                    Err(e) => tracing::error!(problems = %e, "config reload rejected; the previous config keeps serving"),
+                    Err(e) => {
+                        tracing::error!(problems = %e, "config reload rejected; the previous config keeps serving")
+                    }
                 }
             }
         }
@@ -130,7 +132,9 @@ pub fn run(opts: RunOptions) -> i32 {
     }
     let cfg = loaded.config;
     if cfg.gateway.tls.is_some() {
-        eprintln!("gateway.tls: TLS listeners are not supported by this build yet; terminate TLS in front of shardgate");
+        eprintln!(
+            "gateway.tls: TLS listeners are not supported by this build yet; terminate TLS in front of shardgate"
+        );
         return 2;
     }
     let shard_count = match (opts.shards, cfg.gateway.shards) {
@@ -186,8 +190,18 @@ pub fn run(opts: RunOptions) -> i32 {
             let oidc_shared = oidc_shared.clone();
             async move {
                 let oidc = ShardOidc::new(info.id, oidc_shared);
-                run_shard(info, publisher, shutdown, shards_up, shard_addrs, listen, max_conns_per_shard, shutdown_timeout, oidc)
-                    .await
+                run_shard(
+                    info,
+                    publisher,
+                    shutdown,
+                    shards_up,
+                    shard_addrs,
+                    listen,
+                    max_conns_per_shard,
+                    shutdown_timeout,
+                    oidc,
+                )
+                .await
             }
         })
     };
@@ -227,43 +241,45 @@ pub fn run(opts: RunOptions) -> i32 {
                 }
             })
             .ok();
-        std::thread::Builder::new().name("control".into()).spawn(move || {
-            let res = run_on_current_thread(DriverChoice::Epoll, |_| async move {
-                let oidc = Rc::new(OidcControl::start(oidc_shared.clone(), shutdown.clone()));
-                let control = Rc::new(Control {
-                    shutdown: shutdown.clone(),
-                    shard_count,
-                    shards_up,
-                    shard_addrs,
-                    publisher,
-                    oidc,
-                    oidc_shared,
-                    config_path,
-                    version: RefCell::new(1),
-                });
-                if let Some(addr) = admin {
-                    let c = control.clone();
-                    monoio::spawn(async move {
-                        if let Err(e) = crate::admin::serve(addr, c).await {
-                            tracing::error!(%addr, error = %e, "admin listener failed");
-                        }
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || {
+                let res = run_on_current_thread(DriverChoice::Epoll, |_| async move {
+                    let oidc = Rc::new(OidcControl::start(oidc_shared.clone(), shutdown.clone()));
+                    let control = Rc::new(Control {
+                        shutdown: shutdown.clone(),
+                        shard_count,
+                        shards_up,
+                        shard_addrs,
+                        publisher,
+                        oidc,
+                        oidc_shared,
+                        config_path,
+                        version: RefCell::new(1),
                     });
-                }
-                loop {
-                    let r = monoio::select! {
-                        r = reload_rx.recv_async() => r,
-                        _ = control.shutdown.wait() => break,
-                    };
-                    if r.is_err() {
-                        break;
+                    if let Some(addr) = admin {
+                        let c = control.clone();
+                        monoio::spawn(async move {
+                            if let Err(e) = crate::admin::serve(addr, c).await {
+                                tracing::error!(%addr, error = %e, "admin listener failed");
+                            }
+                        });
                     }
-                    control.reload();
+                    loop {
+                        let r = monoio::select! {
+                            r = reload_rx.recv_async() => r,
+                            _ = control.shutdown.wait() => break,
+                        };
+                        if r.is_err() {
+                            break;
+                        }
+                        control.reload();
+                    }
+                });
+                if let Err(e) = res {
+                    tracing::error!(error = %e, "control thread failed");
                 }
-            });
-            if let Err(e) = res {
-                tracing::error!(error = %e, "control thread failed");
-            }
-        })
+            })
     };
     if let Err(e) = &control_thread {
         tracing::error!(error = %e, "cannot start the control thread");
@@ -361,7 +377,11 @@ async fn run_shard(
     shard.gate.close();
     let drained = shard.gate.drained(shutdown_timeout).await;
     if !drained {
-        tracing::warn!(shard = info.id, in_flight = shard.gate.in_flight(), "shutdown_timeout reached with requests in flight");
+        tracing::warn!(
+            shard = info.id,
+            in_flight = shard.gate.in_flight(),
+            "shutdown_timeout reached with requests in flight"
+        );
     }
     shards_up.fetch_sub(1, Ordering::AcqRel);
 }

@@ -33,5 +33,8 @@ routes:
     assert_eq!(seen.header("connection"), None);
     let missing = get(gw.addr(), "/", &[("Host", "x")]);
     assert_eq!(missing.status, 200);
-    assert!(gw.metrics().contains("shardgate_requests_total{route=\"all\",status=\"200\"} 2"));
+    assert!(
+        gw.metrics()
+            .contains("shardgate_requests_total{route=\"all\",status=\"200\"} 2")
+    );
 }

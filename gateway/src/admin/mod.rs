@@ -34,7 +34,10 @@ pub async fn serve(addr: SocketAddr, control: Rc<Control>) -> std::io::Result<()
 }
 
 async fn handle(mut stream: TcpStream, control: Rc<Control>) {
-    let limits = Limits { max_header_bytes: 8192, max_headers: 64 };
+    let limits = Limits {
+        max_header_bytes: 8192,
+        max_headers: 64,
+    };
     let mut head = RequestHead::new();
     let mut buf = Vec::with_capacity(2048);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -43,7 +46,9 @@ async fn handle(mut stream: TcpStream, control: Rc<Control>) {
             Ok(Parsed::Complete) => break,
             Ok(Parsed::Partial) => {}
             Err(_) => {
-                let _ = stream.write_all(response(400, "text/plain", b"bad request\n".to_vec())).await;
+                let _ = stream
+                    .write_all(response(400, "text/plain", b"bad request\n".to_vec()))
+                    .await;
                 return;
             }
         }
@@ -58,7 +63,11 @@ async fn handle(mut stream: TcpStream, control: Rc<Control>) {
         b"/healthz" => response(200, "text/plain", b"ok\n".to_vec()),
         b"/readyz" => {
             let (ready, detail) = control.readiness();
-            response(if ready { 200 } else { 503 }, "application/json", detail.into_bytes())
+            response(
+                if ready { 200 } else { 503 },
+                "application/json",
+                detail.into_bytes(),
+            )
         }
         b"/metrics" => {
             let text = control.collect_metrics().await;

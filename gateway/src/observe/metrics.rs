@@ -75,7 +75,10 @@ impl ShardMetrics {
     }
 
     pub fn record_latency(&self, total_us: u64, upstream_us: Option<u64>) {
-        let _ = self.total_us.borrow_mut().record(total_us.clamp(1, 60_000_000));
+        let _ = self
+            .total_us
+            .borrow_mut()
+            .record(total_us.clamp(1, 60_000_000));
         if let Some(u) = upstream_us {
             let _ = self.upstream_us.borrow_mut().record(u.clamp(1, 60_000_000));
         }
@@ -118,7 +121,12 @@ impl ShardMetrics {
             open_connections: self.open_connections.get(),
             accepted: self.accepted.get(),
             requests: self.requests.get(),
-            errors: self.errors.borrow().iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            errors: self
+                .errors
+                .borrow()
+                .iter()
+                .map(|(c, n)| (c.to_string(), *n))
+                .collect(),
             counters: self.plugin_counters.borrow().clone(),
         }
     }
@@ -139,8 +147,10 @@ pub struct MetricsSnapshot {
     pub counters: BTreeMap<String, u64>,
 }
 
-const BUCKETS_US: [u64; 14] =
-    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000];
+const BUCKETS_US: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
 
 /// Merges shard snapshots into Prometheus text exposition format.
 pub fn render_prometheus(shards: &[MetricsSnapshot], extra: &BTreeMap<String, u64>) -> String {
@@ -167,30 +177,62 @@ pub fn render_prometheus(shards: &[MetricsSnapshot], extra: &BTreeMap<String, u6
     out.push_str("# HELP shardgate_requests_total Requests answered, by route and status.\n");
     out.push_str("# TYPE shardgate_requests_total counter\n");
     for ((route, status), n) in &by_route {
-        let _ = writeln!(out, "shardgate_requests_total{{route=\"{}\",status=\"{status}\"}} {n}", escape(route));
+        let _ = writeln!(
+            out,
+            "shardgate_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+            escape(route)
+        );
     }
     out.push_str("# HELP shardgate_errors_total Requests that failed, by error code.\n");
     out.push_str("# TYPE shardgate_errors_total counter\n");
     for (code, n) in &errors {
-        let _ = writeln!(out, "shardgate_errors_total{{code=\"{}\"}} {n}", escape(code));
+        let _ = writeln!(
+            out,
+            "shardgate_errors_total{{code=\"{}\"}} {n}",
+            escape(code)
+        );
     }
-    histogram(&mut out, "shardgate_request_duration_seconds", "Total request latency.", &total);
-    histogram(&mut out, "shardgate_upstream_duration_seconds", "Upstream latency (connect to response end).", &upstream);
+    histogram(
+        &mut out,
+        "shardgate_request_duration_seconds",
+        "Total request latency.",
+        &total,
+    );
+    histogram(
+        &mut out,
+        "shardgate_upstream_duration_seconds",
+        "Upstream latency (connect to response end).",
+        &upstream,
+    );
 
     out.push_str("# HELP shardgate_open_connections Client connections open now.\n");
     out.push_str("# TYPE shardgate_open_connections gauge\n");
     for s in shards {
-        let _ = writeln!(out, "shardgate_open_connections{{shard=\"{}\"}} {}", s.shard, s.open_connections);
+        let _ = writeln!(
+            out,
+            "shardgate_open_connections{{shard=\"{}\"}} {}",
+            s.shard, s.open_connections
+        );
     }
     out.push_str("# HELP shardgate_shard_requests_total Requests handled per shard.\n");
     out.push_str("# TYPE shardgate_shard_requests_total counter\n");
     for s in shards {
-        let _ = writeln!(out, "shardgate_shard_requests_total{{shard=\"{}\"}} {}", s.shard, s.requests);
+        let _ = writeln!(
+            out,
+            "shardgate_shard_requests_total{{shard=\"{}\"}} {}",
+            s.shard, s.requests
+        );
     }
-    out.push_str("# HELP shardgate_shard_connections_accepted_total Connections accepted per shard.\n");
+    out.push_str(
+        "# HELP shardgate_shard_connections_accepted_total Connections accepted per shard.\n",
+    );
     out.push_str("# TYPE shardgate_shard_connections_accepted_total counter\n");
     for s in shards {
-        let _ = writeln!(out, "shardgate_shard_connections_accepted_total{{shard=\"{}\"}} {}", s.shard, s.accepted);
+        let _ = writeln!(
+            out,
+            "shardgate_shard_connections_accepted_total{{shard=\"{}\"}} {}",
+            s.shard, s.accepted
+        );
     }
     // Plugin counters are named `metric{label="v"}` already; group them by metric name for TYPE lines.
     let mut last = String::new();
@@ -213,13 +255,18 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram<u64>) {
         let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {n}", b as f64 / 1e6);
     }
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.len());
-    let sum: f64 = h.iter_recorded().map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64).sum();
+    let sum: f64 = h
+        .iter_recorded()
+        .map(|v| v.value_iterated_to() as f64 * v.count_at_value() as f64)
+        .sum();
     let _ = writeln!(out, "{name}_sum {}", sum / 1e6);
     let _ = writeln!(out, "{name}_count {}", h.len());
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -237,7 +284,10 @@ mod tests {
         a.record_latency(300, Some(200));
         b.record_latency(3000, None);
         let text = render_prometheus(&[a.snapshot(), b.snapshot()], &BTreeMap::new());
-        assert!(text.contains("shardgate_requests_total{route=\"api\",status=\"200\"} 3"), "{text}");
+        assert!(
+            text.contains("shardgate_requests_total{route=\"api\",status=\"200\"} 3"),
+            "{text}"
+        );
         assert!(text.contains("shardgate_requests_total{route=\"api\",status=\"502\"} 1"));
         assert!(text.contains("shardgate_request_duration_seconds_count 2"));
         assert!(text.contains("shardgate_upstream_duration_seconds_count 1"));

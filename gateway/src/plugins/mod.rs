@@ -59,5 +59,10 @@ impl Outcome {
 }
 
 /// The identity headers a client must never be able to set (design.md section 6).
-pub const IDENTITY_HEADERS: [&str; 5] =
-    ["x-access-token", "x-id-token", "x-userinfo", "x-refresh-token", "x-raw-id-token"];
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-access-token",
+    "x-id-token",
+    "x-userinfo",
+    "x-refresh-token",
+    "x-raw-id-token",
+];

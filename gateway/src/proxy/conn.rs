@@ -60,7 +60,10 @@ pub struct Summary {
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, local_port: u16) {
     let _ = stream.set_nodelay(true);
     shard.metrics.accepted.set(shard.metrics.accepted.get() + 1);
-    shard.metrics.open_connections.set(shard.metrics.open_connections.get() + 1);
+    shard
+        .metrics
+        .open_connections
+        .set(shard.metrics.open_connections.get() + 1);
     let mut c = ClientConn {
         stream,
         buf: Vec::with_capacity(8 * 1024),
@@ -78,14 +81,22 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, local_
         let compiled = shard.current();
         match read_head(&shard, &compiled, &mut c).await {
             Ok(started) => {
-                let Some(_guard) = shard.gate.enter() else { break };
+                // The head may have waited through a reload (an idle keep-alive connection):
+                // the request is served with the config current when it arrived.
+                let compiled = shard.current();
+                let Some(_guard) = shard.gate.enter() else {
+                    break;
+                };
                 let next = handle(&shard, &compiled, &mut c, started).await;
                 c.served += 1;
                 match next {
                     Next::KeepAlive if !shard.shutdown.is_triggered() => {}
                     Next::KeepAlive | Next::Close => break,
                     Next::Tunnel(up) => {
-                        shard.metrics.open_connections.set(shard.metrics.open_connections.get() - 1);
+                        shard
+                            .metrics
+                            .open_connections
+                            .set(shard.metrics.open_connections.get() - 1);
                         forward::tunnel(c.stream, up).await;
                         return;
                     }
@@ -100,7 +111,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, local_
             }
         }
     }
-    shard.metrics.open_connections.set(shard.metrics.open_connections.get() - 1);
+    shard
+        .metrics
+        .open_connections
+        .set(shard.metrics.open_connections.get() - 1);
 }
 
 enum HeadFail {
@@ -111,12 +125,17 @@ enum HeadFail {
 }
 
 /// Phase 1: wait for and parse one request head.
-async fn read_head(shard: &Shard, compiled: &Compiled, c: &mut ClientConn) -> Result<Instant, HeadFail> {
+async fn read_head(
+    shard: &Shard,
+    compiled: &Compiled,
+    c: &mut ClientConn,
+) -> Result<Instant, HeadFail> {
     let limits = &compiled.published.limits;
     let mut header_deadline: Option<Instant> = None;
     loop {
         if !c.buf.is_empty() {
-            let started = *header_deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+            let started =
+                *header_deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
             match http1::parse_request(&c.buf, &limits.http, &mut c.head) {
                 Ok(Parsed::Complete) => return Ok(started - limits.header_timeout),
                 Ok(Parsed::Partial) => {}
@@ -140,7 +159,9 @@ async fn read_head(shard: &Shard, compiled: &Compiled, c: &mut ClientConn) -> Re
         c.buf = buf;
         match res {
             Ok(_) => {
-                if c.buf.len() > limits.http.max_header_bytes + 8 * 1024 && header_deadline.is_some() {
+                if c.buf.len() > limits.http.max_header_bytes + 8 * 1024
+                    && header_deadline.is_some()
+                {
                     // parse_request reports HeaderTooLarge itself; this only bounds the buffer.
                     continue;
                 }
@@ -154,7 +175,12 @@ async fn read_head(shard: &Shard, compiled: &Compiled, c: &mut ClientConn) -> Re
 }
 
 /// Phases 2-5 for one parsed request.
-async fn handle(shard: &Shard, compiled: &Rc<Compiled>, c: &mut ClientConn, started: Instant) -> Next {
+async fn handle(
+    shard: &Shard,
+    compiled: &Rc<Compiled>,
+    c: &mut ClientConn,
+    started: Instant,
+) -> Next {
     let method = c.head.method;
     // Phase 2: route.
     let path = c.head.path.of(&c.buf);
@@ -171,15 +197,32 @@ async fn handle(shard: &Shard, compiled: &Rc<Compiled>, c: &mut ClientConn, star
     // Phase 3: rewrite (plugins).
     c.outcome.clear();
     if let Some(auth) = &route.auth
-        && let Err(err) = auth.rewrite(shard, c).await {
-            let summary = respond_error(c, &err, method).await;
-            log(shard, compiled, c, Some(route_idx), started, &summary, false);
-            return finish_early(c);
-        }
+        && let Err(err) = auth.rewrite(shard, c).await
+    {
+        let summary = respond_error(c, &err, method).await;
+        log(
+            shard,
+            compiled,
+            c,
+            Some(route_idx),
+            started,
+            &summary,
+            false,
+        );
+        return finish_early(c);
+    }
 
     // Phase 4: forward.
     let (summary, next, consumed) = forward::exchange(shard, compiled, route_idx, c).await;
-    log(shard, compiled, c, Some(route_idx), started, &summary, false);
+    log(
+        shard,
+        compiled,
+        c,
+        Some(route_idx),
+        started,
+        &summary,
+        false,
+    );
     if matches!(next, Next::KeepAlive) {
         c.buf.drain(..consumed.min(c.buf.len()));
     }
@@ -216,7 +259,11 @@ fn finish_early(c: &mut ClientConn) -> Next {
     match c.head.framing {
         BodyFraming::None => {
             c.buf.drain(..head_len);
-            if c.head.keep_alive { Next::KeepAlive } else { Next::Close }
+            if c.head.keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
         }
         BodyFraming::Length(n) if (c.buf.len() - head_len) as u64 >= n && c.head.keep_alive => {
             // `n` fits in the buffer, so it fits in usize.
@@ -233,8 +280,18 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
     let close = r.close || !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
     let mut out = std::mem::take(&mut c.out);
     out.clear();
-    let own_cache_control = r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("cache-control"));
-    write_simple_head(&mut out, r.status, r.content_type, r.body.len(), close, !own_cache_control);
+    let own_cache_control = r
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("cache-control"));
+    write_simple_head(
+        &mut out,
+        r.status,
+        r.content_type,
+        r.body.len(),
+        close,
+        !own_cache_control,
+    );
     for (k, v) in r.headers.iter().chain(c.outcome.response_headers.iter()) {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
@@ -243,7 +300,12 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
         out.extend_from_slice(&r.body);
     }
     let len = out.len() as u64;
-    let (res, out) = write_all_vec(&mut c.stream, out, Some(Instant::now() + Duration::from_secs(30))).await;
+    let (res, out) = write_all_vec(
+        &mut c.stream,
+        out,
+        Some(Instant::now() + Duration::from_secs(30)),
+    )
+    .await;
     c.out = out;
     Summary {
         status: r.status,
@@ -253,7 +315,14 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
     }
 }
 
-pub fn write_simple_head(out: &mut Vec<u8>, status: u16, content_type: &str, len: usize, close: bool, no_store: bool) {
+pub fn write_simple_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    len: usize,
+    close: bool,
+    no_store: bool,
+) {
     out.extend_from_slice(b"HTTP/1.1 ");
     push_u64(out, u64::from(status));
     out.push(b' ');

@@ -14,7 +14,7 @@ use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
 
 use crate::error::{Error, UpstreamError};
 use crate::http1::{
-    self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, Parsed, ParseError, is_hop_by_hop,
+    self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
 use crate::plugins::{HeaderValue, IDENTITY_HEADERS};
 use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
@@ -55,10 +55,19 @@ pub async fn exchange(
             };
             (summary, next, done.consumed)
         }
-        Err(Fail { error, response_started, consumed }) => {
+        Err(Fail {
+            error,
+            response_started,
+            consumed,
+        }) => {
             if response_started {
                 // Headers already went out: the only honest signal left is closing the connection.
-                let summary = Summary { status: 0, bytes_out: 0, upstream_us: None, error: Some(error) };
+                let summary = Summary {
+                    status: 0,
+                    bytes_out: 0,
+                    upstream_us: None,
+                    error: Some(error),
+                };
                 return (summary, Next::Close, 0);
             }
             let mut summary = respond_error(c, &error, c.head.method).await;
@@ -93,7 +102,14 @@ struct Fail {
 
 impl Fail {
     fn up(error: UpstreamError, consumed: Option<usize>) -> Fail {
-        Fail { error: Error::Upstream { error, retryable: false }, response_started: false, consumed }
+        Fail {
+            error: Error::Upstream {
+                error,
+                retryable: false,
+            },
+            response_started: false,
+            consumed,
+        }
     }
 }
 
@@ -148,7 +164,9 @@ async fn run(
     // The whole request is replayable on another connection only when it is already buffered.
     let buffered_body = match c.head.framing {
         BodyFraming::None => Some(0usize),
-        BodyFraming::Length(n) => usize::try_from(n).ok().filter(|n| c.buf.len() - head_len >= *n),
+        BodyFraming::Length(n) => usize::try_from(n)
+            .ok()
+            .filter(|n| c.buf.len() - head_len >= *n),
         BodyFraming::Chunked | BodyFraming::CloseDelimited => None,
     };
     let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
@@ -174,7 +192,12 @@ async fn run(
         };
         let node = &up.nodes[node_idx];
         if let Some(range) = node_host.clone() {
-            set_node_host(&mut c.out, range, node.host_header.as_bytes(), &mut node_host);
+            set_node_host(
+                &mut c.out,
+                range,
+                node.host_header.as_bytes(),
+                &mut node_host,
+            );
         }
         let (mut conn, reused) = match node.pool.checkout(now) {
             Some(conn) => (conn, true),
@@ -196,7 +219,10 @@ async fn run(
                         continue;
                     }
                     return Err(Fail {
-                        error: Error::Upstream { error: e, retryable: true },
+                        error: Error::Upstream {
+                            error: e,
+                            retryable: true,
+                        },
                         response_started: false,
                         consumed: buffered_body.map(|n| head_len + n),
                     });
@@ -228,9 +254,16 @@ async fn run(
         let mut consumed = head_len + buffered_body.unwrap_or(0);
         if buffered_body.is_none() {
             if c.head.expect_continue {
-                let (r, _) = c.stream.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await;
+                let (r, _) = c
+                    .stream
+                    .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
+                    .await;
                 if r.is_err() {
-                    return Err(Fail { error: client_gone(), response_started: true, consumed: None });
+                    return Err(Fail {
+                        error: client_gone(),
+                        response_started: true,
+                        consumed: None,
+                    });
                 }
             }
             consumed = stream_request_body(c, &mut conn, up.timeouts.send).await?;
@@ -238,7 +271,15 @@ async fn run(
 
         // Response head.
         let read_deadline = Instant::now() + up.timeouts.read;
-        match read_response_head(c, &mut conn, method, read_deadline, &compiled.published.limits.http).await {
+        match read_response_head(
+            c,
+            &mut conn,
+            method,
+            read_deadline,
+            &compiled.published.limits.http,
+        )
+        .await
+        {
             Ok(()) => {}
             Err(e) => {
                 let nothing_received = conn.buf.is_empty();
@@ -251,7 +292,10 @@ async fn run(
                     stale_retry_used = true;
                     continue;
                 }
-                if matches!(e, UpstreamError::ReadTimeout | UpstreamError::ClosedEarly | UpstreamError::Io(_)) {
+                if matches!(
+                    e,
+                    UpstreamError::ReadTimeout | UpstreamError::ClosedEarly | UpstreamError::Io(_)
+                ) {
                     up.report_failure(node_idx, Instant::now());
                 }
                 return Err(Fail::up(e, Some(consumed)));
@@ -262,7 +306,9 @@ async fn run(
         if c.resp.status == 101 {
             if !upgrade {
                 return Err(Fail::up(
-                    UpstreamError::BadResponse(ParseError::Malformed("101 without an upgrade request")),
+                    UpstreamError::BadResponse(ParseError::Malformed(
+                        "101 without an upgrade request",
+                    )),
                     None,
                 ));
             }
@@ -325,7 +371,12 @@ fn build_request_head(
             // The balancer has not picked yet: the first node's value holds the place, and
             // `set_node_host` replaces it once a node is chosen.
             let start = out.len();
-            out.extend_from_slice(up.nodes.first().map(|n| n.host_header.as_bytes()).unwrap_or(b""));
+            out.extend_from_slice(
+                up.nodes
+                    .first()
+                    .map(|n| n.host_header.as_bytes())
+                    .unwrap_or(b""),
+            );
             node_host = Some(start..out.len());
         }
         PassHost::Rewrite(h) => out.extend_from_slice(h.as_bytes()),
@@ -357,15 +408,20 @@ fn build_request_head(
                 xff_prev = Some(value);
                 continue;
             }
-            16 | 17 if name.eq_ignore_ascii_case(b"x-forwarded-host")
-                || name.eq_ignore_ascii_case(b"x-forwarded-port")
-                || name.eq_ignore_ascii_case(b"x-forwarded-proto") =>
+            16 | 17
+                if name.eq_ignore_ascii_case(b"x-forwarded-host")
+                    || name.eq_ignore_ascii_case(b"x-forwarded-port")
+                    || name.eq_ignore_ascii_case(b"x-forwarded-proto") =>
             {
                 continue;
             }
             _ => {}
         }
-        if strip_identity && IDENTITY_HEADERS.iter().any(|i| name.eq_ignore_ascii_case(i.as_bytes())) {
+        if strip_identity
+            && IDENTITY_HEADERS
+                .iter()
+                .any(|i| name.eq_ignore_ascii_case(i.as_bytes()))
+        {
             continue;
         }
         push_header(out, name, value);
@@ -378,7 +434,11 @@ fn build_request_head(
     out.extend_from_slice(c.peer_ip.as_bytes());
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     out.extend_from_slice(c.peer_ip.as_bytes());
-    out.extend_from_slice(if c.tls { b"\r\nX-Forwarded-Proto: https" } else { b"\r\nX-Forwarded-Proto: http" });
+    out.extend_from_slice(if c.tls {
+        b"\r\nX-Forwarded-Proto: https"
+    } else {
+        b"\r\nX-Forwarded-Proto: http"
+    });
     out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
     out.extend_from_slice(strip_port(client_host));
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
@@ -454,18 +514,29 @@ fn write_filtered_cookie(out: &mut Vec<u8>, value: &[u8], prefix: &[u8]) {
 }
 
 /// Streams the request body that was not buffered with the head. Returns bytes of `c.buf` consumed.
-async fn stream_request_body(c: &mut ClientConn, conn: &mut UpConn, send_timeout: Duration) -> Result<usize, Fail> {
+async fn stream_request_body(
+    c: &mut ClientConn,
+    conn: &mut UpConn,
+    send_timeout: Duration,
+) -> Result<usize, Fail> {
     let head_len = c.head.head_len;
     match c.head.framing {
         BodyFraming::Length(n) => {
             let mut remaining = n;
             let mut pos = head_len;
             loop {
-                let avail = (c.buf.len() - pos).min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let avail =
+                    (c.buf.len() - pos).min(usize::try_from(remaining).unwrap_or(usize::MAX));
                 if avail > 0 {
                     let buf = std::mem::take(&mut c.buf);
-                    let (r, buf) =
-                        write_range(&mut conn.stream, buf, pos, pos + avail, Some(Instant::now() + send_timeout)).await;
+                    let (r, buf) = write_range(
+                        &mut conn.stream,
+                        buf,
+                        pos,
+                        pos + avail,
+                        Some(Instant::now() + send_timeout),
+                    )
+                    .await;
                     c.buf = buf;
                     r.map_err(send_fail)?;
                     pos += avail;
@@ -478,11 +549,19 @@ async fn stream_request_body(c: &mut ClientConn, conn: &mut UpConn, send_timeout
                 c.buf.truncate(head_len);
                 pos = head_len;
                 let buf = std::mem::take(&mut c.buf);
-                let (r, buf) = read_more(&mut c.stream, buf, BODY_CHUNK, Some(Instant::now() + send_timeout)).await;
+                let (r, buf) = read_more(
+                    &mut c.stream,
+                    buf,
+                    BODY_CHUNK,
+                    Some(Instant::now() + send_timeout),
+                )
+                .await;
                 c.buf = buf;
                 if r.is_err() {
                     return Err(Fail {
-                        error: Error::ClientBody("client closed before the whole body was received".into()),
+                        error: Error::ClientBody(
+                            "client closed before the whole body was received".into(),
+                        ),
                         response_started: false,
                         consumed: None,
                     });
@@ -515,7 +594,9 @@ async fn stream_request_body(c: &mut ClientConn, conn: &mut UpConn, send_timeout
                     ChunkEvent::Trailers(span) => {
                         saw_trailers = true;
                         wire.extend_from_slice(http1::LAST_CHUNK);
-                        wire.extend_from_slice(&c.buf[base + span.start as usize..base + span.end as usize]);
+                        wire.extend_from_slice(
+                            &c.buf[base + span.start as usize..base + span.end as usize],
+                        );
                         wire.extend_from_slice(b"\r\n");
                     }
                     ChunkEvent::End => {
@@ -533,12 +614,19 @@ async fn stream_request_body(c: &mut ClientConn, conn: &mut UpConn, send_timeout
                         c.buf.drain(head_len..pos);
                         pos = head_len;
                         let buf = std::mem::take(&mut c.buf);
-                        let (r, buf) =
-                            read_more(&mut c.stream, buf, BODY_CHUNK, Some(Instant::now() + send_timeout)).await;
+                        let (r, buf) = read_more(
+                            &mut c.stream,
+                            buf,
+                            BODY_CHUNK,
+                            Some(Instant::now() + send_timeout),
+                        )
+                        .await;
                         c.buf = buf;
                         if r.is_err() {
                             return Err(Fail {
-                                error: Error::ClientBody("client closed inside a chunked body".into()),
+                                error: Error::ClientBody(
+                                    "client closed inside a chunked body".into(),
+                                ),
                                 response_started: false,
                                 consumed: None,
                             });
@@ -625,9 +713,10 @@ async fn relay_response(
     let framing = c.resp.framing;
     let client_11 = c.head.version_minor == 1;
     // Close-delimited bodies are re-framed as chunked for HTTP/1.1 clients so keep-alive survives.
-    let chunk_out = client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited);
-    let client_close =
-        !c.head.keep_alive || (!client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited));
+    let chunk_out =
+        client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited);
+    let client_close = !c.head.keep_alive
+        || (!client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited));
 
     let resp_head_len = c.resp.head_len;
     let mut out = std::mem::take(&mut c.out);
@@ -684,7 +773,8 @@ async fn relay_response(
     // Body.
     let body_result: Result<(), (Error, bool)> = match framing {
         BodyFraming::None => {
-            let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            let (r, o) =
+                write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
             out = o;
             bytes_out += out.len() as u64;
             r.map_err(|_| (client_gone(), false))
@@ -695,22 +785,45 @@ async fn relay_response(
             out.extend_from_slice(&conn.buf[..first]);
             conn.buf.drain(..first);
             remaining -= first as u64;
-            let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            let (r, o) =
+                write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
             out = o;
             bytes_out += out.len() as u64;
             let mut result = r.map_err(|_| (client_gone(), false));
             while result.is_ok() && remaining > 0 {
                 let buf = std::mem::take(&mut conn.buf);
-                let (r, buf) = read_more(&mut conn.stream, buf, BODY_CHUNK, Some(Instant::now() + read_timeout)).await;
+                let (r, buf) = read_more(
+                    &mut conn.stream,
+                    buf,
+                    BODY_CHUNK,
+                    Some(Instant::now() + read_timeout),
+                )
+                .await;
                 conn.buf = buf;
                 if r.is_err() {
                     upstream_clean = false;
-                    result = Err((Error::Upstream { error: UpstreamError::ClosedEarly, retryable: false }, true));
+                    result = Err((
+                        Error::Upstream {
+                            error: UpstreamError::ClosedEarly,
+                            retryable: false,
+                        },
+                        true,
+                    ));
                     break;
                 }
-                let take = conn.buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let take = conn
+                    .buf
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                 let buf = std::mem::take(&mut conn.buf);
-                let (w, mut buf) = write_range(&mut c.stream, buf, 0, take, Some(Instant::now() + write_timeout)).await;
+                let (w, mut buf) = write_range(
+                    &mut c.stream,
+                    buf,
+                    0,
+                    take,
+                    Some(Instant::now() + write_timeout),
+                )
+                .await;
                 buf.drain(..take);
                 conn.buf = buf;
                 remaining -= take as u64;
@@ -723,25 +836,60 @@ async fn relay_response(
             result
         }
         BodyFraming::Chunked => {
-            relay_chunked(c, &mut conn, out, chunk_out, read_timeout, write_timeout, &mut bytes_out).await
+            relay_chunked(
+                c,
+                &mut conn,
+                out,
+                chunk_out,
+                read_timeout,
+                write_timeout,
+                &mut bytes_out,
+            )
+            .await
         }
         BodyFraming::CloseDelimited => {
             upstream_clean = false;
-            relay_until_eof(c, &mut conn, out, chunk_out, read_timeout, write_timeout, &mut bytes_out).await
+            relay_until_eof(
+                c,
+                &mut conn,
+                out,
+                chunk_out,
+                read_timeout,
+                write_timeout,
+                &mut bytes_out,
+            )
+            .await
         }
     };
     c.out = Vec::with_capacity(8 * 1024);
     if let Err((err, _)) = body_result {
-        return Ok(Done { status, bytes_out, consumed, client_close: true, error: Some(err), tunnel: None });
+        return Ok(Done {
+            status,
+            bytes_out,
+            consumed,
+            client_close: true,
+            error: Some(err),
+            tunnel: None,
+        });
     }
     if upstream_clean && conn.buf.is_empty() {
         // A node's pool keeps the connection for the next request on this shard.
-        let node = up.nodes.iter().position(|n| Rc::ptr_eq(&n.pool, &up.nodes[_node_idx].pool));
+        let node = up
+            .nodes
+            .iter()
+            .position(|n| Rc::ptr_eq(&n.pool, &up.nodes[_node_idx].pool));
         if let Some(i) = node {
             up.nodes[i].pool.checkin(conn, Instant::now());
         }
     }
-    Ok(Done { status, bytes_out, consumed, client_close, error: None, tunnel: None })
+    Ok(Done {
+        status,
+        bytes_out,
+        consumed,
+        client_close,
+        error: None,
+        tunnel: None,
+    })
 }
 
 async fn relay_chunked(
@@ -757,9 +905,15 @@ async fn relay_chunked(
     let mut pos = 0usize;
     let mut saw_trailers = false;
     loop {
-        let (n, ev) = dec
-            .decode(&conn.buf[pos..])
-            .map_err(|e| (Error::Upstream { error: UpstreamError::BadResponse(e), retryable: false }, true))?;
+        let (n, ev) = dec.decode(&conn.buf[pos..]).map_err(|e| {
+            (
+                Error::Upstream {
+                    error: UpstreamError::BadResponse(e),
+                    retryable: false,
+                },
+                true,
+            )
+        })?;
         let base = pos;
         pos += n;
         match ev {
@@ -777,7 +931,9 @@ async fn relay_chunked(
                 saw_trailers = true;
                 if chunk_out {
                     out.extend_from_slice(http1::LAST_CHUNK);
-                    out.extend_from_slice(&conn.buf[base + span.start as usize..base + span.end as usize]);
+                    out.extend_from_slice(
+                        &conn.buf[base + span.start as usize..base + span.end as usize],
+                    );
                     out.extend_from_slice(b"\r\n");
                 }
             }
@@ -786,7 +942,8 @@ async fn relay_chunked(
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
                 conn.buf.drain(..pos);
-                let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+                let (r, o) =
+                    write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
                 *bytes_out += o.len() as u64;
                 return r.map_err(|_| (client_gone(), false));
             }
@@ -794,17 +951,31 @@ async fn relay_chunked(
                 conn.buf.drain(..pos);
                 pos = 0;
                 if !out.is_empty() {
-                    let (r, mut o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+                    let (r, mut o) =
+                        write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout))
+                            .await;
                     *bytes_out += o.len() as u64;
                     r.map_err(|_| (client_gone(), false))?;
                     o.clear();
                     out = o;
                 }
                 let buf = std::mem::take(&mut conn.buf);
-                let (r, buf) = read_more(&mut conn.stream, buf, BODY_CHUNK, Some(Instant::now() + read_timeout)).await;
+                let (r, buf) = read_more(
+                    &mut conn.stream,
+                    buf,
+                    BODY_CHUNK,
+                    Some(Instant::now() + read_timeout),
+                )
+                .await;
                 conn.buf = buf;
                 if r.is_err() {
-                    return Err((Error::Upstream { error: UpstreamError::ClosedEarly, retryable: false }, true));
+                    return Err((
+                        Error::Upstream {
+                            error: UpstreamError::ClosedEarly,
+                            retryable: false,
+                        },
+                        true,
+                    ));
                 }
             }
         }
@@ -832,34 +1003,55 @@ async fn relay_until_eof(
             conn.buf.clear();
         }
         if !out.is_empty() {
-            let (r, mut o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            let (r, mut o) =
+                write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
             *bytes_out += o.len() as u64;
             r.map_err(|_| (client_gone(), false))?;
             o.clear();
             out = o;
         }
         let buf = std::mem::take(&mut conn.buf);
-        let (r, buf) = read_more(&mut conn.stream, buf, BODY_CHUNK, Some(Instant::now() + read_timeout)).await;
+        let (r, buf) = read_more(
+            &mut conn.stream,
+            buf,
+            BODY_CHUNK,
+            Some(Instant::now() + read_timeout),
+        )
+        .await;
         conn.buf = buf;
         match r {
             Ok(_) => {}
             Err(ReadFail::Eof) => {
                 if chunk_out {
                     out.extend_from_slice(b"0\r\n\r\n");
-                    let (r, o) = write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+                    let (r, o) =
+                        write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout))
+                            .await;
                     *bytes_out += o.len() as u64;
                     r.map_err(|_| (client_gone(), false))?;
                 }
                 return Ok(());
             }
-            Err(_) => return Err((Error::Upstream { error: UpstreamError::ReadTimeout, retryable: false }, true)),
+            Err(_) => {
+                return Err((
+                    Error::Upstream {
+                        error: UpstreamError::ReadTimeout,
+                        retryable: false,
+                    },
+                    true,
+                ));
+            }
         }
     }
 }
 
 /// After a 101: relay the head to the client and hand the upstream connection to the caller,
 /// which owns the client stream and runs the byte tunnel (`conn::tunnel`).
-async fn switch_protocols(c: &mut ClientConn, mut conn: UpConn, consumed: usize) -> Result<Done, Fail> {
+async fn switch_protocols(
+    c: &mut ClientConn,
+    mut conn: UpConn,
+    consumed: usize,
+) -> Result<Done, Fail> {
     let mut out = std::mem::take(&mut c.out);
     out.clear();
     // The 101 head is relayed as received: its Connection/Upgrade headers are the handshake.
@@ -869,18 +1061,33 @@ async fn switch_protocols(c: &mut ClientConn, mut conn: UpConn, consumed: usize)
     c.out = o;
     c.out.clear();
     if r.is_err() {
-        return Err(Fail { error: client_gone(), response_started: true, consumed: None });
+        return Err(Fail {
+            error: client_gone(),
+            response_started: true,
+            consumed: None,
+        });
     }
     // Bytes the client sent after its upgrade request belong to the new protocol.
     if c.buf.len() > consumed {
         let extra = c.buf[consumed..].to_vec();
         let (r, _) = conn.stream.write_all(extra).await;
         if r.is_err() {
-            return Err(Fail { error: client_gone(), response_started: true, consumed: None });
+            return Err(Fail {
+                error: client_gone(),
+                response_started: true,
+                consumed: None,
+            });
         }
     }
     let bytes_out = c.resp.head_len as u64;
-    Ok(Done { status: 101, bytes_out, consumed, client_close: true, error: None, tunnel: Some(conn) })
+    Ok(Done {
+        status: 101,
+        bytes_out,
+        consumed,
+        client_close: true,
+        error: None,
+        tunnel: Some(conn),
+    })
 }
 
 /// Copies bytes both ways until either side closes; both connections end with it.

@@ -69,7 +69,14 @@ impl Shard {
         let metrics = ShardMetrics::new(info.id);
         let auth_state = RefCell::new(HashMap::new());
         let snap = published.load();
-        let compiled = compile(&snap, published.version(), &HashMap::new(), &metrics, &auth_state, &oidc);
+        let compiled = compile(
+            &snap,
+            published.version(),
+            &HashMap::new(),
+            &metrics,
+            &auth_state,
+            &oidc,
+        );
         Rc::new(Shard {
             info,
             published,
@@ -97,9 +104,20 @@ impl Shard {
         for u in &self.compiled.borrow().upstreams {
             u.export_pools(&mut pools);
         }
-        let compiled = Rc::new(compile(&snap, version, &pools, &self.metrics, &self.auth_state, &self.oidc));
+        let compiled = Rc::new(compile(
+            &snap,
+            version,
+            &pools,
+            &self.metrics,
+            &self.auth_state,
+            &self.oidc,
+        ));
         *self.compiled.borrow_mut() = compiled.clone();
-        tracing::info!(shard = self.info.id, version = compiled.version, "shard switched to new config");
+        tracing::info!(
+            shard = self.info.id,
+            version = compiled.version,
+            "shard switched to new config"
+        );
         compiled
     }
 }
@@ -114,7 +132,11 @@ fn compile(
     auth_state: &RefCell<HashMap<String, Rc<RouteAuth>>>,
     oidc: &crate::plugins::openid_connect::ShardOidc,
 ) -> Compiled {
-    let upstreams = snap.upstreams.iter().map(|spec| ShardUpstream::build(spec, pools)).collect();
+    let upstreams = snap
+        .upstreams
+        .iter()
+        .map(|spec| ShardUpstream::build(spec, pools))
+        .collect();
     let mut old_auth = auth_state.borrow_mut();
     let mut new_auth = HashMap::new();
     let routes = snap
@@ -140,5 +162,11 @@ fn compile(
         })
         .collect();
     *old_auth = new_auth;
-    Compiled { local_version, version: snap.version, published: snap.clone(), upstreams, routes }
+    Compiled {
+        local_version,
+        version: snap.version,
+        published: snap.clone(),
+        upstreams,
+        routes,
+    }
 }

@@ -76,7 +76,10 @@ impl Ring {
         let mut points = Vec::new();
         for (node, w) in weights.iter().enumerate() {
             for v in 0..w.saturating_mul(VNODES_PER_WEIGHT).min(4000) {
-                points.push((hash_key(&[&node.to_le_bytes()[..], &v.to_le_bytes()[..]]), node));
+                points.push((
+                    hash_key(&[&node.to_le_bytes()[..], &v.to_le_bytes()[..]]),
+                    node,
+                ));
             }
         }
         points.sort_unstable();
@@ -137,13 +140,22 @@ mod tests {
     fn chash_is_stable_and_moves_only_keys_of_a_down_node() {
         let ring = Ring::new(&[1, 1, 1]);
         let keys: Vec<String> = (0..300).map(|i| format!("client-{i}")).collect();
-        let before: Vec<usize> = keys.iter().map(|k| ring.pick(k.as_bytes(), &|_| true).unwrap()).collect();
-        let again: Vec<usize> = keys.iter().map(|k| ring.pick(k.as_bytes(), &|_| true).unwrap()).collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| ring.pick(k.as_bytes(), &|_| true).unwrap())
+            .collect();
+        let again: Vec<usize> = keys
+            .iter()
+            .map(|k| ring.pick(k.as_bytes(), &|_| true).unwrap())
+            .collect();
         assert_eq!(before, again);
         for n in 0..3 {
             assert!(before.contains(&n), "every node gets keys");
         }
-        let after: Vec<usize> = keys.iter().map(|k| ring.pick(k.as_bytes(), &|i| i != 1).unwrap()).collect();
+        let after: Vec<usize> = keys
+            .iter()
+            .map(|k| ring.pick(k.as_bytes(), &|i| i != 1).unwrap())
+            .collect();
         for (b, a) in before.iter().zip(&after) {
             if *b != 1 {
                 assert_eq!(a, b, "keys of healthy nodes stay put");

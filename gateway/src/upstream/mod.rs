@@ -165,7 +165,9 @@ impl ShardUpstream {
 
     /// Counts a failure; returns true when the node just entered its cool-down.
     pub fn report_failure(&self, node: usize, now: Instant) -> bool {
-        let Some(n) = self.nodes.get(node) else { return false };
+        let Some(n) = self.nodes.get(node) else {
+            return false;
+        };
         let f = n.consecutive_failures.get().saturating_add(1);
         n.consecutive_failures.set(f);
         if self.passive.failures > 0 && f >= self.passive.failures {
@@ -189,7 +191,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, Upst
         Ok(Ok(stream)) => {
             // Small request/response exchanges: never wait for Nagle.
             let _ = stream.set_nodelay(true);
-            Ok(UpConn { stream, buf: Vec::with_capacity(16 * 1024), requests: 0, idle_since: Instant::now() })
+            Ok(UpConn {
+                stream,
+                buf: Vec::with_capacity(16 * 1024),
+                requests: 0,
+                idle_since: Instant::now(),
+            })
         }
     }
 }

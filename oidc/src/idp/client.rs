@@ -82,7 +82,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -118,7 +121,10 @@ impl Url {
             let host = &v6[..end];
             let port = match &v6[end + 1..] {
                 "" => default_port,
-                p => p.strip_prefix(':').and_then(|p| p.parse().ok()).ok_or_else(bad)?,
+                p => p
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(bad)?,
             };
             (host.to_string(), port)
         } else {
@@ -130,16 +136,34 @@ impl Url {
         if host.is_empty() || target.contains(['\r', '\n', ' ']) {
             return Err(bad());
         }
-        Ok(Url { https, host, port, target })
+        Ok(Url {
+            https,
+            host,
+            port,
+            target,
+        })
     }
 
     fn authority(&self) -> String {
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == if self.https { 443 } else { 80 } { host } else { format!("{host}:{}", self.port) }
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == if self.https { 443 } else { 80 } {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
     }
 
     fn origin_key(&self) -> String {
-        format!("{}://{}:{}", if self.https { "https" } else { "http" }, self.host, self.port)
+        format!(
+            "{}://{}:{}",
+            if self.https { "https" } else { "http" },
+            self.host,
+            self.port
+        )
     }
 }
 
@@ -186,7 +210,11 @@ const IDLE_KEEP: Duration = Duration::from_secs(30);
 impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Client, IdpError> {
         let tls = tls_connector(&cfg)?;
-        Ok(Client { cfg, tls, idle: RefCell::new(HashMap::new()) })
+        Ok(Client {
+            cfg,
+            tls,
+            idle: RefCell::new(HashMap::new()),
+        })
     }
 
     pub fn config(&self) -> &ClientConfig {
@@ -198,7 +226,12 @@ impl Client {
     }
 
     /// `application/x-www-form-urlencoded` POST.
-    pub async fn post_form(&self, url: &str, headers: &[(String, String)], body: &[u8]) -> Result<Response, IdpError> {
+    pub async fn post_form(
+        &self,
+        url: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Response, IdpError> {
         self.request("POST", url, headers, Some(body)).await
     }
 
@@ -213,7 +246,12 @@ impl Client {
     ) -> Result<Response, IdpError> {
         let url = Url::parse(url)?;
         let deadline = Instant::now() + self.cfg.timeout;
-        match monoio::time::timeout_at(deadline.into(), self.request_inner(method, &url, headers, body)).await {
+        match monoio::time::timeout_at(
+            deadline.into(),
+            self.request_inner(method, &url, headers, body),
+        )
+        .await
+        {
             Ok(r) => r,
             Err(_) => Err(IdpError::Timeout(url.origin_key())),
         }
@@ -233,14 +271,18 @@ impl Client {
         match (&via_proxy, url.https) {
             // Plain http through a proxy: absolute-form target, as RFC 9112 3.2.2 wants.
             (Some(_), false) => {
-                req.extend_from_slice(format!("http://{}{}", url.authority(), url.target).as_bytes());
+                req.extend_from_slice(
+                    format!("http://{}{}", url.authority(), url.target).as_bytes(),
+                );
             }
             _ => req.extend_from_slice(url.target.as_bytes()),
         }
         req.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         req.extend_from_slice(url.authority().as_bytes());
         req.extend_from_slice(b"\r\nUser-Agent: shardgate\r\nAccept: application/json\r\n");
-        if let (Some(_), false, Some(a)) = (&via_proxy, url.https, &self.cfg.http_proxy_authorization) {
+        if let (Some(_), false, Some(a)) =
+            (&via_proxy, url.https, &self.cfg.http_proxy_authorization)
+        {
             req.extend_from_slice(format!("Proxy-Authorization: {a}\r\n").as_bytes());
         }
         for (k, v) in headers {
@@ -250,7 +292,10 @@ impl Client {
             req.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
         }
         if let Some(b) = body {
-            if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
                 req.extend_from_slice(b"Content-Type: application/x-www-form-urlencoded\r\n");
             }
             req.extend_from_slice(format!("Content-Length: {}\r\n", b.len()).as_bytes());
@@ -277,10 +322,13 @@ impl Client {
             Err((e, nothing_read)) if was_pooled && nothing_read => {
                 drop(conn);
                 let mut conn = self.connect(url, via_proxy.as_deref()).await?;
-                let (resp, reusable) = self.exchange(&mut conn, &req, method == "HEAD", url).await.map_err(|(e2, _)| {
-                    tracing::debug!(error = %e, "stale pooled IdP connection");
-                    e2
-                })?;
+                let (resp, reusable) = self
+                    .exchange(&mut conn, &req, method == "HEAD", url)
+                    .await
+                    .map_err(|(e2, _)| {
+                        tracing::debug!(error = %e, "stale pooled IdP connection");
+                        e2
+                    })?;
                 if reusable {
                     self.checkin(key, conn);
                 }
@@ -291,7 +339,11 @@ impl Client {
     }
 
     fn proxy_for(&self, url: &Url) -> Option<String> {
-        let proxy = if url.https { self.cfg.https_proxy.as_ref() } else { self.cfg.http_proxy.as_ref() }?;
+        let proxy = if url.https {
+            self.cfg.https_proxy.as_ref()
+        } else {
+            self.cfg.http_proxy.as_ref()
+        }?;
         let bypass = self.cfg.no_proxy.iter().any(|n| {
             n == "*" || n == &url.host || (n.starts_with('.') && url.host.ends_with(n.as_str()))
         });
@@ -313,7 +365,10 @@ impl Client {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(key).or_default();
         if list.len() < 8 {
-            list.push(Idle { conn, since: Instant::now() });
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -343,14 +398,19 @@ impl Client {
             let mut buf = Vec::with_capacity(1024);
             loop {
                 if buf.len() > 16 * 1024 {
-                    return Err(IdpError::BadResponse(target, "proxy response head too large"));
+                    return Err(IdpError::BadResponse(
+                        target,
+                        "proxy response head too large",
+                    ));
                 }
                 buf.reserve(1024);
                 let len = buf.len();
                 let (r, slice) = stream.read(buf.slice_mut(len..)).await;
                 buf = slice.into_inner();
                 match r {
-                    Ok(0) => return Err(IdpError::BadResponse(target, "proxy closed during CONNECT")),
+                    Ok(0) => {
+                        return Err(IdpError::BadResponse(target, "proxy closed during CONNECT"));
+                    }
                     Ok(_) => {}
                     Err(e) => return Err(IdpError::Io(target, e.to_string())),
                 }
@@ -365,23 +425,38 @@ impl Client {
                         break;
                     }
                     Ok(httparse::Status::Partial) => continue,
-                    Err(_) => return Err(IdpError::BadResponse(target, "malformed CONNECT response")),
+                    Err(_) => {
+                        return Err(IdpError::BadResponse(target, "malformed CONNECT response"));
+                    }
                 }
             }
         }
         if !url.https {
             return Ok(Conn::Plain(stream));
         }
-        let name = ServerName::try_from(url.host.clone()).map_err(|e| IdpError::Tls(url.host.clone(), e.to_string()))?;
-        let tls = self.tls.connect(name, stream).await.map_err(|e| IdpError::Tls(url.authority(), e.to_string()))?;
+        let name = ServerName::try_from(url.host.clone())
+            .map_err(|e| IdpError::Tls(url.host.clone(), e.to_string()))?;
+        let tls = self
+            .tls
+            .connect(name, stream)
+            .await
+            .map_err(|e| IdpError::Tls(url.authority(), e.to_string()))?;
         Ok(Conn::Tls(Box::new(tls)))
     }
 
     /// Writes the request and reads one response. Err carries whether nothing at all was read
     /// (the signature of a keep-alive connection the server had closed).
-    async fn exchange(&self, conn: &mut Conn, req: &[u8], head_only: bool, url: &Url) -> Result<(Response, bool), (IdpError, bool)> {
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        req: &[u8],
+        head_only: bool,
+        url: &Url,
+    ) -> Result<(Response, bool), (IdpError, bool)> {
         let who = url.origin_key();
-        conn.write_all(req.to_vec()).await.map_err(|e| (IdpError::Io(who.clone(), e.to_string()), true))?;
+        conn.write_all(req.to_vec())
+            .await
+            .map_err(|e| (IdpError::Io(who.clone(), e.to_string()), true))?;
         let mut buf: Vec<u8> = Vec::with_capacity(8 * 1024);
         let max = self.cfg.max_body + 64 * 1024;
         loop {
@@ -396,13 +471,23 @@ impl Client {
             };
             let eof = n == 0;
             if eof && buf.is_empty() {
-                return Err((IdpError::BadResponse(who, "connection closed before a response"), true));
+                return Err((
+                    IdpError::BadResponse(who, "connection closed before a response"),
+                    true,
+                ));
             }
             match parse_response(&buf, head_only, eof, self.cfg.max_body) {
                 Ok(Some(done)) => return Ok(done),
-                Ok(None) if eof => return Err((IdpError::BadResponse(who, "connection closed mid-response"), false)),
+                Ok(None) if eof => {
+                    return Err((
+                        IdpError::BadResponse(who, "connection closed mid-response"),
+                        false,
+                    ));
+                }
                 Ok(None) => {}
-                Err(ParseFail::TooLarge) => return Err((IdpError::TooLarge(who, self.cfg.max_body), false)),
+                Err(ParseFail::TooLarge) => {
+                    return Err((IdpError::TooLarge(who, self.cfg.max_body), false));
+                }
                 Err(ParseFail::Bad(why)) => return Err((IdpError::BadResponse(who, why), false)),
             }
             if buf.len() > max {
@@ -418,7 +503,12 @@ enum ParseFail {
 }
 
 /// Parses a complete response out of `buf`, or `None` when more bytes are needed.
-fn parse_response(buf: &[u8], head_only: bool, eof: bool, max_body: usize) -> Result<Option<(Response, bool)>, ParseFail> {
+fn parse_response(
+    buf: &[u8],
+    head_only: bool,
+    eof: bool,
+    max_body: usize,
+) -> Result<Option<(Response, bool)>, ParseFail> {
     let mut hs = [httparse::EMPTY_HEADER; 64];
     let mut resp = httparse::Response::new(&mut hs);
     let head_len = match resp.parse(buf) {
@@ -434,7 +524,11 @@ fn parse_response(buf: &[u8], head_only: bool, eof: bool, max_body: usize) -> Re
     for h in resp.headers.iter() {
         let v = String::from_utf8_lossy(h.value).into_owned();
         if h.name.eq_ignore_ascii_case("content-length") {
-            content_length = Some(v.trim().parse().map_err(|_| ParseFail::Bad("bad Content-Length"))?);
+            content_length = Some(
+                v.trim()
+                    .parse()
+                    .map_err(|_| ParseFail::Bad("bad Content-Length"))?,
+            );
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = v.to_ascii_lowercase().contains("chunked");
         } else if h.name.eq_ignore_ascii_case("connection") {
@@ -476,7 +570,14 @@ fn parse_response(buf: &[u8], head_only: bool, eof: bool, max_body: usize) -> Re
         (rest.to_vec(), buf.len())
     };
     let reusable = !close && complete_at == buf.len();
-    Ok(Some((Response { status, headers, body }, reusable)))
+    Ok(Some((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        reusable,
+    )))
 }
 
 /// Decodes a whole chunked body; `None` when incomplete.
@@ -484,17 +585,24 @@ fn dechunk(mut input: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>
     let total = input.len();
     let mut body = Vec::new();
     loop {
-        let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+        let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
         let line = &input[..line_end];
         let size_hex = line.split(|b| *b == b';').next().unwrap_or(line);
-        let size_str = std::str::from_utf8(size_hex).map_err(|_| ParseFail::Bad("bad chunk size"))?.trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| ParseFail::Bad("bad chunk size"))?;
+        let size_str = std::str::from_utf8(size_hex)
+            .map_err(|_| ParseFail::Bad("bad chunk size"))?
+            .trim();
+        let size =
+            usize::from_str_radix(size_str, 16).map_err(|_| ParseFail::Bad("bad chunk size"))?;
         input = &input[line_end + 2..];
         if size == 0 {
             // Trailers end with an empty line.
             let mut rest = input;
             loop {
-                let Some(e) = rest.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+                let Some(e) = rest.windows(2).position(|w| w == b"\r\n") else {
+                    return Ok(None);
+                };
                 rest = &rest[e + 2..];
                 if e == 0 {
                     return Ok(Some((body, total - rest.len())));
@@ -527,9 +635,12 @@ fn tls_connector(cfg: &ClientConfig) -> Result<monoio_rustls::TlsConnector, IdpE
             let _ = roots.add(cert);
         }
         if let Some(path) = &cfg.ca_file {
-            let pem = std::fs::read(path).map_err(|e| IdpError::TlsConfig(format!("{path}: {e}")))?;
+            let pem =
+                std::fs::read(path).map_err(|e| IdpError::TlsConfig(format!("{path}: {e}")))?;
             for cert in rustls_pemfile_certs(&pem) {
-                roots.add(cert).map_err(|e| IdpError::TlsConfig(format!("{path}: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| IdpError::TlsConfig(format!("{path}: {e}")))?;
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -544,7 +655,9 @@ fn tls_connector(cfg: &ClientConfig) -> Result<monoio_rustls::TlsConnector, IdpE
 
 fn rustls_pemfile_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
-    CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect()
+    CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect()
 }
 
 /// `ssl_verify: false`: accept any certificate (documented as dangerous, off by default).
@@ -574,7 +687,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -583,7 +701,12 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -597,13 +720,20 @@ mod tests {
 
     #[test]
     fn url_parsing() {
-        let u = Url::parse("https://idp.example.com/realms/x/.well-known/openid-configuration").unwrap();
-        assert_eq!((u.https, u.host.as_str(), u.port), (true, "idp.example.com", 443));
+        let u = Url::parse("https://idp.example.com/realms/x/.well-known/openid-configuration")
+            .unwrap();
+        assert_eq!(
+            (u.https, u.host.as_str(), u.port),
+            (true, "idp.example.com", 443)
+        );
         assert_eq!(u.target, "/realms/x/.well-known/openid-configuration");
         let u = Url::parse("http://127.0.0.1:9800").unwrap();
         assert_eq!((u.port, u.target.as_str()), (9800, "/"));
         let u = Url::parse("http://[::1]:81/a?b=c").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.target.as_str()), ("::1", 81, "/a?b=c"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.target.as_str()),
+            ("::1", 81, "/a?b=c")
+        );
         assert!(Url::parse("ftp://x").is_err());
         assert!(Url::parse("http://:80/").is_err());
         assert!(Url::parse("http://x/a b").is_err());
@@ -612,18 +742,40 @@ mod tests {
     #[test]
     fn parses_length_chunked_and_close_delimited() {
         let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
-        let (resp, reuse) = parse_response(r, false, false, 1024).ok().flatten().unwrap();
-        assert_eq!((resp.status, resp.body.as_slice(), reuse), (200, &b"{}"[..], true));
+        let (resp, reuse) = parse_response(r, false, false, 1024)
+            .ok()
+            .flatten()
+            .unwrap();
+        assert_eq!(
+            (resp.status, resp.body.as_slice(), reuse),
+            (200, &b"{}"[..], true)
+        );
         let r = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
-        let (resp, _) = parse_response(r, false, false, 1024).ok().flatten().unwrap();
+        let (resp, _) = parse_response(r, false, false, 1024)
+            .ok()
+            .flatten()
+            .unwrap();
         assert_eq!(resp.body, b"{}");
         let partial = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n";
-        assert!(parse_response(partial, false, false, 1024).ok().unwrap().is_none());
+        assert!(
+            parse_response(partial, false, false, 1024)
+                .ok()
+                .unwrap()
+                .is_none()
+        );
         let r = b"HTTP/1.1 200 OK\r\n\r\nabc";
-        assert!(parse_response(r, false, false, 1024).ok().unwrap().is_none());
+        assert!(
+            parse_response(r, false, false, 1024)
+                .ok()
+                .unwrap()
+                .is_none()
+        );
         let (resp, reuse) = parse_response(r, false, true, 1024).ok().flatten().unwrap();
         assert_eq!((resp.body.as_slice(), reuse), (&b"abc"[..], false));
         let big = b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n";
-        assert!(matches!(parse_response(big, false, false, 1024), Err(ParseFail::TooLarge)));
+        assert!(matches!(
+            parse_response(big, false, false, 1024),
+            Err(ParseFail::TooLarge)
+        ));
     }
 }

@@ -94,9 +94,15 @@ pub struct SharedCall {
 }
 
 pub enum ProviderMsg {
-    UnknownKid { kid: String, reply: Reply<KidLookup> },
+    UnknownKid {
+        kid: String,
+        reply: Reply<KidLookup>,
+    },
     /// A POST made once for all identical concurrent asks (introspection, refresh).
-    Shared { call: SharedCall, reply: Reply<Result<Arc<Response>, IdpError>> },
+    Shared {
+        call: SharedCall,
+        reply: Reply<Result<Arc<Response>, IdpError>>,
+    },
     /// Refetch discovery and JWKS now (tests, admin).
     Refresh,
 }
@@ -207,7 +213,8 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
         kid_waiters: Vec::new(),
         forced_pending: false,
     }));
-    let inflight: Rc<RefCell<HashMap<String, Vec<SharedReply>>>> = Rc::new(RefCell::new(HashMap::new()));
+    let inflight: Rc<RefCell<HashMap<String, Vec<SharedReply>>>> =
+        Rc::new(RefCell::new(HashMap::new()));
     // Successful answers kept for their `grace` period (refresh-token rotation).
     let recent: Rc<RefCell<RecentAnswers>> = Rc::new(RefCell::new(HashMap::new()));
 
@@ -219,7 +226,11 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
             loop {
                 let wake = {
                     let a = actor.borrow();
-                    a.next_discovery.min(if a.handle.spec.need_jwks { a.next_jwks } else { a.next_discovery })
+                    a.next_discovery.min(if a.handle.spec.need_jwks {
+                        a.next_jwks
+                    } else {
+                        a.next_discovery
+                    })
                 };
                 monoio::select! {
                     _ = monoio::time::sleep_until(wake.into()) => {}
@@ -250,7 +261,8 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                 let start_fetch = {
                     let mut a = actor.borrow_mut();
                     let now = Instant::now();
-                    a.negative_kids.retain(|_, t| now.duration_since(*t) < NEGATIVE_KID_TTL);
+                    a.negative_kids
+                        .retain(|_, t| now.duration_since(*t) < NEGATIVE_KID_TTL);
                     if a.keys.as_ref().is_some_and(|k| k.contains_kid(&kid)) {
                         reply.send(KidLookup::Found);
                         false
@@ -261,7 +273,10 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                         // Single flight: join the fetch already running.
                         a.kid_waiters.push((kid, reply));
                         false
-                    } else if a.last_forced.is_some_and(|t| now.duration_since(t) < FORCED_REFETCH_INTERVAL) {
+                    } else if a
+                        .last_forced
+                        .is_some_and(|t| now.duration_since(t) < FORCED_REFETCH_INTERVAL)
+                    {
                         inc(&a.handle.counters.kid_rate_limited);
                         a.negative_kids.insert(kid, now);
                         reply.send(KidLookup::NotFound);
@@ -332,12 +347,16 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                         // The client is borrowed across an await: take a clone of what we need first.
                         let client = actor.borrow().client.clone();
                         let body = (call.method != "GET").then_some(call.body.as_slice());
-                        let result = client.request(call.method, &call.url, &call.headers, body).await;
+                        let result = client
+                            .request(call.method, &call.url, &call.headers, body)
+                            .await;
                         let result = result.map(Arc::new);
                         if let (Some(grace), Ok(resp)) = (call.grace, &result)
                             && resp.status == 200
                         {
-                            recent.borrow_mut().insert(call.key.clone(), (Instant::now() + grace, resp.clone()));
+                            recent
+                                .borrow_mut()
+                                .insert(call.key.clone(), (Instant::now() + grace, resp.clone()));
                         }
                         let waiters = inflight.borrow_mut().remove(&call.key).unwrap_or_default();
                         for w in waiters {
@@ -396,7 +415,11 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
             }
         }
     }
-    let jwks_uri = actor.borrow().metadata.as_ref().and_then(|m| m.jwks_uri.clone());
+    let jwks_uri = actor
+        .borrow()
+        .metadata
+        .as_ref()
+        .and_then(|m| m.jwks_uri.clone());
     if due_jwks {
         match jwks_uri {
             None => {
@@ -415,14 +438,19 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
                         return Err(format!("jwks_uri answered HTTP {}", r.status));
                     }
                     let max_age = r.header("cache-control").and_then(max_age);
-                    KeySet::from_json(&r.body).map(|k| (k, max_age)).map_err(|e| e.to_string())
+                    KeySet::from_json(&r.body)
+                        .map(|k| (k, max_age))
+                        .map_err(|e| e.to_string())
                 }) {
                     Ok((keys, max_age)) => {
                         inc(&a.handle.counters.jwks_ok);
                         for s in keys.skipped() {
                             tracing::info!(kid = ?s.kid, reason = s.reason, "JWK skipped");
                         }
-                        let same = a.keys.as_ref().is_some_and(|k| k.fingerprint() == keys.fingerprint());
+                        let same = a
+                            .keys
+                            .as_ref()
+                            .is_some_and(|k| k.fingerprint() == keys.fingerprint());
                         if !same {
                             changed = true;
                             tracing::info!(jwks = %uri, keys = keys.len(), kids = ?keys.kids().collect::<Vec<_>>(), "JWKS loaded");
@@ -454,7 +482,11 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
         let status = if ready {
             Status::Ready
         } else {
-            Status::Pending(a.last_error.clone().unwrap_or_else(|| "discovery not fetched yet".into()))
+            Status::Pending(
+                a.last_error
+                    .clone()
+                    .unwrap_or_else(|| "discovery not fetched yet".into()),
+            )
         };
         let state = ProviderState {
             generation: a.generation,
@@ -474,5 +506,9 @@ async fn get(actor: &Rc<RefCell<Actor>>, url: &str) -> Result<Response, String> 
 }
 
 fn max_age(cache_control: &str) -> Option<u64> {
-    cache_control.split(',').find_map(|d| d.trim().strip_prefix("max-age=").and_then(|v| v.trim().parse().ok()))
+    cache_control.split(',').find_map(|d| {
+        d.trim()
+            .strip_prefix("max-age=")
+            .and_then(|v| v.trim().parse().ok())
+    })
 }

@@ -55,7 +55,11 @@ enum Fail {
 
 impl From<TokenError> for Fail {
     fn from(e: TokenError) -> Fail {
-        Fail::Reject(Rejected { status: e.http_status(), error: e.bearer_error(), description: Rc::from(e.to_string()) })
+        Fail::Reject(Rejected {
+            status: e.http_status(),
+            error: e.bearer_error(),
+            description: Rc::from(e.to_string()),
+        })
     }
 }
 
@@ -81,21 +85,37 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
     let m = &shard.metrics;
 
     let introspection = auth.route.check == TokenCheck::Introspection;
-    let use_cache = if introspection { !conf.introspection_cache_ignore } else { !conf.jwt_verification_cache_ignore };
-    let cache = if introspection { &auth.introspected } else { &auth.verified };
+    let use_cache = if introspection {
+        !conf.introspection_cache_ignore
+    } else {
+        !conf.jwt_verification_cache_ignore
+    };
+    let cache = if introspection {
+        &auth.introspected
+    } else {
+        &auth.verified
+    };
     if use_cache {
         let hit = cache.borrow().get(token.as_bytes(), now_ms).cloned();
         if let Some(v) = hit
-            && (v.generation == 0 || v.generation == current_generation(auth)) {
-                m.bump("shardgate_oidc_token_cache_total{result=\"hit\"}", 1);
-                apply(auth, c, span, &v);
-                return Ok(());
-            }
+            && (v.generation == 0 || v.generation == current_generation(auth))
+        {
+            m.bump("shardgate_oidc_token_cache_total{result=\"hit\"}", 1);
+            apply(auth, c, span, &v);
+            return Ok(());
+        }
         m.bump("shardgate_oidc_token_cache_total{result=\"miss\"}", 1);
     }
-    let rejected = auth.rejected.borrow().get(token.as_bytes(), now_ms).cloned();
+    let rejected = auth
+        .rejected
+        .borrow()
+        .get(token.as_bytes(), now_ms)
+        .cloned();
     if let Some(r) = rejected {
-        m.bump("shardgate_oidc_rejections_total{reason=\"negative_cache\"}", 1);
+        m.bump(
+            "shardgate_oidc_rejections_total{reason=\"negative_cache\"}",
+            1,
+        );
         return Err(reject(auth, &r));
     }
 
@@ -109,19 +129,31 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
         Ok((v, ttl_secs)) => {
             let v = Rc::new(v);
             if use_cache && ttl_secs > 0 {
-                cache.borrow_mut().insert(token.as_bytes(), v.clone(), now_ms + ttl_secs * 1000);
+                cache
+                    .borrow_mut()
+                    .insert(token.as_bytes(), v.clone(), now_ms + ttl_secs * 1000);
             }
             apply(auth, c, span, &v);
             Ok(())
         }
         Err(Fail::Reject(r)) => {
-            m.bump(&format!("shardgate_oidc_rejections_total{{reason=\"{}\"}}", r.error), 1);
+            m.bump(
+                &format!("shardgate_oidc_rejections_total{{reason=\"{}\"}}", r.error),
+                1,
+            );
             // Don't remember failures that time will fix by itself (not yet valid) as long.
-            auth.rejected.borrow_mut().insert(token.as_bytes(), r.clone(), now_ms + NEGATIVE_TTL_MS);
+            auth.rejected.borrow_mut().insert(
+                token.as_bytes(),
+                r.clone(),
+                now_ms + NEGATIVE_TTL_MS,
+            );
             Err(reject(auth, &r))
         }
         Err(Fail::Unavailable(what, detail)) => {
-            m.bump("shardgate_oidc_rejections_total{reason=\"idp_unavailable\"}", 1);
+            m.bump(
+                "shardgate_oidc_rejections_total{reason=\"idp_unavailable\"}",
+                1,
+            );
             tracing::warn!(route_discovery = %auth.route.conf.discovery, %detail, "{what}");
             Err(Error::Unavailable(what))
         }
@@ -139,7 +171,12 @@ fn current_generation(auth: &RouteAuth) -> u64 {
 /// A header without a space is a 400; another scheme means "no token".
 fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
     let buf = &c.buf;
-    if let Some(h) = c.head.headers.iter().find(|h| h.name.of(buf).eq_ignore_ascii_case(b"authorization")) {
+    if let Some(h) = c
+        .head
+        .headers
+        .iter()
+        .find(|h| h.name.of(buf).eq_ignore_ascii_case(b"authorization"))
+    {
         let v = h.value.of(buf);
         let Some(sp) = v.iter().position(|b| *b == b' ') else {
             return Err(PluginResponse {
@@ -160,9 +197,16 @@ fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
         if start >= h.value.end {
             return Ok(None);
         }
-        return Ok(Some(Span { start, end: h.value.end }));
+        return Ok(Some(Span {
+            start,
+            end: h.value.end,
+        }));
     }
-    Ok(c.head.headers.iter().find(|h| h.name.of(buf).eq_ignore_ascii_case(b"x-access-token")).map(|h| h.value))
+    Ok(c.head
+        .headers
+        .iter()
+        .find(|h| h.name.of(buf).eq_ignore_ascii_case(b"x-access-token"))
+        .map(|h| h.value))
 }
 
 fn apply(auth: &RouteAuth, c: &mut ClientConn, token: Span, v: &Verified) {
@@ -172,13 +216,17 @@ fn apply(auth: &RouteAuth, c: &mut ClientConn, token: Span, v: &Verified) {
         match &v.authorization {
             Some(a) => {
                 out.strip_authorization = true;
-                out.upstream_headers.push(("Authorization", HeaderValue::Shared(a.clone())));
+                out.upstream_headers
+                    .push(("Authorization", HeaderValue::Shared(a.clone())));
             }
-            None => out.upstream_headers.push(("X-Access-Token", HeaderValue::Request(token))),
+            None => out
+                .upstream_headers
+                .push(("X-Access-Token", HeaderValue::Request(token))),
         }
     }
     if let Some(u) = &v.userinfo_b64 {
-        out.upstream_headers.push(("X-Userinfo", HeaderValue::Shared(u.clone())));
+        out.upstream_headers
+            .push(("X-Userinfo", HeaderValue::Shared(u.clone())));
     }
 }
 
@@ -196,12 +244,17 @@ fn verified(auth: &RouteAuth, token: &str, payload: &[u8], generation: u64) -> V
 
 /// The claim rules, rebuilt only when the provider's metadata changes (issuer from discovery).
 fn claims_policy(auth: &RouteAuth, include_issuer: bool) -> Result<Rc<ClaimsPolicy>, Fail> {
-    let generation = auth.provider.as_ref().map(|(_, l)| l.load().generation).unwrap_or(0);
+    let generation = auth
+        .provider
+        .as_ref()
+        .map(|(_, l)| l.load().generation)
+        .unwrap_or(0);
     let key = generation * 2 + u64::from(include_issuer);
     if let Some((g, p)) = &*auth.policy.borrow()
-        && *g == key {
-            return Ok(p.clone());
-        }
+        && *g == key
+    {
+        return Ok(p.clone());
+    }
     let conf = &auth.route.conf;
     let mut valid_issuers = conf.claim_validator.issuer.valid_issuers.clone();
     if include_issuer && valid_issuers.is_empty() {
@@ -209,7 +262,12 @@ fn claims_policy(auth: &RouteAuth, include_issuer: bool) -> Result<Rc<ClaimsPoli
         let state = auth.provider.as_ref().map(|(_, l)| l.load());
         match state.as_ref().and_then(|s| s.metadata.as_ref()) {
             Some(m) => valid_issuers.push(m.issuer.clone()),
-            None => return Err(Fail::Unavailable("issuer validation unavailable: discovery not loaded", String::new())),
+            None => {
+                return Err(Fail::Unavailable(
+                    "issuer validation unavailable: discovery not loaded",
+                    String::new(),
+                ));
+            }
         }
     }
     let policy = Rc::new(ClaimsPolicy {
@@ -228,11 +286,19 @@ async fn verify_jwt(auth: &RouteAuth, token: &str, now: u64) -> Result<(Verified
     let (keys, generation): (Arc<KeySet>, u64) = match auth.route.check {
         TokenCheck::StaticKey => match &auth.route.static_keys {
             Some(k) => (k.clone(), 0),
-            None => return Err(Fail::Unavailable("no verification key configured", String::new())),
+            None => {
+                return Err(Fail::Unavailable(
+                    "no verification key configured",
+                    String::new(),
+                ));
+            }
         },
         _ => {
             let Some((_, local)) = &auth.provider else {
-                return Err(Fail::Unavailable("no identity provider configured", String::new()));
+                return Err(Fail::Unavailable(
+                    "no identity provider configured",
+                    String::new(),
+                ));
             };
             let st = local.load();
             match &st.keys {
@@ -250,24 +316,41 @@ async fn verify_jwt(auth: &RouteAuth, token: &str, now: u64) -> Result<(Verified
     let (keys, generation) = match verify_signature(&jwt, &keys, policy) {
         Ok(()) => (keys, generation),
         Err(TokenError::UnknownKid { kid }) if auth.route.check == TokenCheck::Jwks => {
-            let Some((handle, local)) = &auth.provider else { return Err(TokenError::UnknownKid { kid }.into()) };
+            let Some((handle, local)) = &auth.provider else {
+                return Err(TokenError::UnknownKid { kid }.into());
+            };
             let timeout = auth.route.conf.timeout() + Duration::from_secs(1);
             let lookup = handle
                 .addr
-                .ask(|reply| ProviderMsg::UnknownKid { kid: kid.clone(), reply }, timeout)
+                .ask(
+                    |reply| ProviderMsg::UnknownKid {
+                        kid: kid.clone(),
+                        reply,
+                    },
+                    timeout,
+                )
                 .await
                 .unwrap_or(KidLookup::Unavailable);
             match lookup {
                 KidLookup::NotFound => return Err(TokenError::UnknownKid { kid }.into()),
                 KidLookup::Unavailable => {
-                    return Err(Fail::Unavailable("unknown kid and the IdP's JWKS is unreachable", kid));
+                    return Err(Fail::Unavailable(
+                        "unknown kid and the IdP's JWKS is unreachable",
+                        kid,
+                    ));
                 }
                 KidLookup::Found => {
                     // The reply can overtake the snapshot on its way to this shard: read the
                     // publisher directly on this (rare) path.
                     let st = local.load();
-                    let st = if st.keys.as_ref().is_some_and(|k| k.contains_kid(&kid)) { st } else { Rc::new(handle.state.current()) };
-                    let Some(k) = st.keys.clone() else { return Err(TokenError::UnknownKid { kid }.into()) };
+                    let st = if st.keys.as_ref().is_some_and(|k| k.contains_kid(&kid)) {
+                        st
+                    } else {
+                        Rc::new(handle.state.current())
+                    };
+                    let Some(k) = st.keys.clone() else {
+                        return Err(TokenError::UnknownKid { kid }.into());
+                    };
                     verify_signature(&jwt, &k, policy)?;
                     (k, st.generation)
                 }
@@ -279,32 +362,58 @@ async fn verify_jwt(auth: &RouteAuth, token: &str, now: u64) -> Result<(Verified
     let claims = ClaimsView::parse(jwt.payload())?;
     claims_policy(auth, true)?.check(&claims, now)?;
     check_schema(auth, jwt.payload())?;
-    let ttl = claims.cache_until(now, MAX_VERIFIED_TTL_SECS).saturating_sub(now);
+    let ttl = claims
+        .cache_until(now, MAX_VERIFIED_TTL_SECS)
+        .saturating_sub(now);
     Ok((verified(auth, token, jwt.payload(), generation), ttl))
 }
 
 fn check_schema(auth: &RouteAuth, json: &[u8]) -> Result<(), Fail> {
     if let Some(schema) = &auth.route.schema {
-        let value: serde_json::Value =
-            serde_json::from_slice(json).map_err(|_| Fail::from(TokenError::Malformed("claims are not JSON")))?;
-        schema.validate(&value).map_err(|e| Fail::from(TokenError::SchemaMismatch(e)))?;
+        let value: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|_| Fail::from(TokenError::Malformed("claims are not JSON")))?;
+        schema
+            .validate(&value)
+            .map_err(|e| Fail::from(TokenError::SchemaMismatch(e)))?;
     }
     Ok(())
 }
 
-async fn introspect(auth: &RouteAuth, c: &ClientConn, token: &str, now: u64) -> Result<(Verified, u64), Fail> {
+async fn introspect(
+    auth: &RouteAuth,
+    c: &ClientConn,
+    token: &str,
+    now: u64,
+) -> Result<(Verified, u64), Fail> {
     let conf = &auth.route.conf;
     let Some((handle, local)) = &auth.provider else {
-        return Err(Fail::Unavailable("no identity provider configured", String::new()));
+        return Err(Fail::Unavailable(
+            "no identity provider configured",
+            String::new(),
+        ));
     };
     let endpoint = match &conf.introspection_endpoint {
         Some(e) => e.clone(),
         None => {
             let st = local.load();
-            match st.metadata.as_ref().map(|m| m.introspection_endpoint.clone()) {
+            match st
+                .metadata
+                .as_ref()
+                .map(|m| m.introspection_endpoint.clone())
+            {
                 Some(Some(e)) => e,
-                Some(None) => return Err(Fail::Unavailable("the IdP advertises no introspection_endpoint", String::new())),
-                None => return Err(Fail::Unavailable("discovery not loaded yet", st.last_error.clone().unwrap_or_default())),
+                Some(None) => {
+                    return Err(Fail::Unavailable(
+                        "the IdP advertises no introspection_endpoint",
+                        String::new(),
+                    ));
+                }
+                None => {
+                    return Err(Fail::Unavailable(
+                        "discovery not loaded yet",
+                        st.last_error.clone().unwrap_or_default(),
+                    ));
+                }
             }
         }
     };
@@ -312,7 +421,9 @@ async fn introspect(auth: &RouteAuth, c: &ClientConn, token: &str, now: u64) -> 
         .introspection_addon_headers
         .iter()
         .filter_map(|name| {
-            c.head.header(&c.buf, name).map(|v| (name.clone(), String::from_utf8_lossy(v).into_owned()))
+            c.head
+                .header(&c.buf, name)
+                .map(|v| (name.clone(), String::from_utf8_lossy(v).into_owned()))
         })
         .collect();
     let mut req = IntrospectionRequest::new(token);
@@ -330,10 +441,24 @@ async fn introspect(auth: &RouteAuth, c: &ClientConn, token: &str, now: u64) -> 
         grace: None,
     };
     let timeout = conf.timeout() + Duration::from_secs(1);
-    let resp = match handle.addr.ask(|reply| ProviderMsg::Shared { call, reply }, timeout).await {
+    let resp = match handle
+        .addr
+        .ask(|reply| ProviderMsg::Shared { call, reply }, timeout)
+        .await
+    {
         Ok(Ok(r)) => r,
-        Ok(Err(e)) => return Err(Fail::Unavailable("introspection endpoint unreachable", e.to_string())),
-        Err(e) => return Err(Fail::Unavailable("introspection did not answer in time", format!("{e:?}"))),
+        Ok(Err(e)) => {
+            return Err(Fail::Unavailable(
+                "introspection endpoint unreachable",
+                e.to_string(),
+            ));
+        }
+        Err(e) => {
+            return Err(Fail::Unavailable(
+                "introspection did not answer in time",
+                format!("{e:?}"),
+            ));
+        }
     };
     if resp.status != 200 {
         return Err(Fail::Unavailable(
@@ -341,15 +466,25 @@ async fn introspect(auth: &RouteAuth, c: &ClientConn, token: &str, now: u64) -> 
             format!("HTTP {}", resp.status),
         ));
     }
-    let parsed = IntrospectionResponse::parse(&resp.body)
-        .map_err(|e| Fail::Unavailable("introspection answer is not valid RFC 7662 JSON", e.to_string()))?;
+    let parsed = IntrospectionResponse::parse(&resp.body).map_err(|e| {
+        Fail::Unavailable(
+            "introspection answer is not valid RFC 7662 JSON",
+            e.to_string(),
+        )
+    })?;
     if !parsed.active {
-        let r = Rejected { status: 401, error: "invalid_token", description: Rc::from("token is not active") };
+        let r = Rejected {
+            status: 401,
+            error: "invalid_token",
+            description: Rc::from("token is not active"),
+        };
         if conf.introspection_enable_negative_cache {
             let now_ms = auth.oidc.now_millis();
-            auth.rejected
-                .borrow_mut()
-                .insert(token.as_bytes(), r.clone(), now_ms + conf.introspection_negative_cache_ttl.max(1) * 1000);
+            auth.rejected.borrow_mut().insert(
+                token.as_bytes(),
+                r.clone(),
+                now_ms + conf.introspection_negative_cache_ttl.max(1) * 1000,
+            );
         }
         return Err(Fail::Reject(r));
     }
@@ -357,12 +492,22 @@ async fn introspect(auth: &RouteAuth, c: &ClientConn, token: &str, now: u64) -> 
     // APISIX does no issuer check on introspection; an explicit valid_issuers list still applies.
     claims_policy(auth, false)?.check(&claims, now)?;
     check_schema(auth, parsed.raw())?;
-    let ttl = parsed.ttl(now, conf.introspection_interval, &conf.introspection_expiry_claim).unwrap_or(0);
+    let ttl = parsed
+        .ttl(
+            now,
+            conf.introspection_interval,
+            &conf.introspection_expiry_claim,
+        )
+        .unwrap_or(0);
     Ok((verified(auth, token, parsed.raw(), 0), ttl))
 }
 
 fn bad_token(why: &str) -> Rejected {
-    Rejected { status: 401, error: "invalid_token", description: Rc::from(why) }
+    Rejected {
+        status: 401,
+        error: "invalid_token",
+        description: Rc::from(why),
+    }
 }
 
 /// 401 without an error code: no credentials at all (RFC 6750 3.1).
@@ -378,9 +523,24 @@ fn challenge(auth: &RouteAuth, _why: Option<&str>) -> Error {
 }
 
 fn reject(auth: &RouteAuth, r: &Rejected) -> Error {
-    let desc: String = r.description.chars().map(|ch| if ch == '"' || ch == '\\' || ch.is_control() { '\'' } else { ch }).collect();
-    let www = format!("{}, error=\"{}\", error_description=\"{}\"", auth.route.challenge, r.error, desc);
-    let body = serde_json::json!({ "error": r.error, "error_description": &*r.description }).to_string() + "\n";
+    let desc: String = r
+        .description
+        .chars()
+        .map(|ch| {
+            if ch == '"' || ch == '\\' || ch.is_control() {
+                '\''
+            } else {
+                ch
+            }
+        })
+        .collect();
+    let www = format!(
+        "{}, error=\"{}\", error_description=\"{}\"",
+        auth.route.challenge, r.error, desc
+    );
+    let body = serde_json::json!({ "error": r.error, "error_description": &*r.description })
+        .to_string()
+        + "\n";
     Error::Plugin(PluginResponse {
         status: r.status,
         headers: vec![("WWW-Authenticate".into(), www)],

@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use ring::rand::SecureRandom;
 use shardgate_oidc::cache::TtlCache;
-use shardgate_oidc::idp::provider::{self, ProviderHandle, ProviderMsg, ProviderSpec, ProviderState};
+use shardgate_oidc::idp::provider::{
+    self, ProviderHandle, ProviderMsg, ProviderSpec, ProviderState,
+};
 use shardgate_runtime::actor::Mailbox;
 use shardgate_runtime::clock::{Clock, CoarseClock};
 use shardgate_runtime::gate::Shutdown;
@@ -78,7 +80,8 @@ impl OidcShared {
             Err(p) => p.into_inner(),
         };
         list.push((subject, until));
-        self.revocation_version.store(list.len() as u64, Ordering::Release);
+        self.revocation_version
+            .store(list.len() as u64, Ordering::Release);
     }
 
     /// The provider for `spec`, created (and queued for the control thread to run) on first use,
@@ -154,16 +157,43 @@ impl OidcControl {
             let c = &h.counters;
             let d = json_str(&h.spec.discovery_url);
             let mut put = |name: &str, outcome: &str, v: &std::sync::atomic::AtomicU64| {
-                out.insert(format!("{name}{{discovery={d},outcome=\"{outcome}\"}}"), v.load(Ordering::Relaxed));
+                out.insert(
+                    format!("{name}{{discovery={d},outcome=\"{outcome}\"}}"),
+                    v.load(Ordering::Relaxed),
+                );
             };
-            put("shardgate_oidc_discovery_fetches_total", "ok", &c.discovery_ok);
-            put("shardgate_oidc_discovery_fetches_total", "error", &c.discovery_err);
+            put(
+                "shardgate_oidc_discovery_fetches_total",
+                "ok",
+                &c.discovery_ok,
+            );
+            put(
+                "shardgate_oidc_discovery_fetches_total",
+                "error",
+                &c.discovery_err,
+            );
             put("shardgate_oidc_jwks_fetches_total", "ok", &c.jwks_ok);
             put("shardgate_oidc_jwks_fetches_total", "error", &c.jwks_err);
-            put("shardgate_oidc_jwks_unknown_kid_refetches_total", "started", &c.jwks_forced);
-            put("shardgate_oidc_jwks_unknown_kid_refetches_total", "rate_limited", &c.kid_rate_limited);
-            put("shardgate_oidc_idp_shared_calls_total", "sent", &c.shared_calls);
-            put("shardgate_oidc_idp_shared_calls_total", "coalesced", &c.shared_coalesced);
+            put(
+                "shardgate_oidc_jwks_unknown_kid_refetches_total",
+                "started",
+                &c.jwks_forced,
+            );
+            put(
+                "shardgate_oidc_jwks_unknown_kid_refetches_total",
+                "rate_limited",
+                &c.kid_rate_limited,
+            );
+            put(
+                "shardgate_oidc_idp_shared_calls_total",
+                "sent",
+                &c.shared_calls,
+            );
+            put(
+                "shardgate_oidc_idp_shared_calls_total",
+                "coalesced",
+                &c.shared_coalesced,
+            );
         }
     }
 }
@@ -261,7 +291,10 @@ pub struct RouteAuth {
 
 impl RouteAuth {
     pub fn new(route: Arc<OidcRoute>, oidc: &ShardOidc) -> RouteAuth {
-        let provider = route.provider.as_ref().map(|h| (h.clone(), oidc.provider_state(h)));
+        let provider = route
+            .provider
+            .as_ref()
+            .map(|h| (h.clone(), oidc.provider_state(h)));
         let cap = route.conf.jwt_verification_cache_size.max(16);
         let session = if route.conf.bearer_only {
             None

@@ -46,7 +46,10 @@ pub struct OidcRoute {
 
 impl std::fmt::Debug for OidcRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OidcRoute").field("fingerprint", &self.fingerprint).field("check", &self.check).finish()
+        f.debug_struct("OidcRoute")
+            .field("fingerprint", &self.fingerprint)
+            .field("check", &self.check)
+            .finish()
     }
 }
 
@@ -71,8 +74,9 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
 
     let mut alg_policy = match &conf.token_signing_alg_values_expected {
         Some(name) => {
-            let alg = Alg::from_name(name)
-                .ok_or_else(|| format!("{path}.token_signing_alg_values_expected: unknown algorithm {name:?}"))?;
+            let alg = Alg::from_name(name).ok_or_else(|| {
+                format!("{path}.token_signing_alg_values_expected: unknown algorithm {name:?}")
+            })?;
             AlgPolicy::only(alg)
         }
         None => AlgPolicy::default(),
@@ -89,56 +93,95 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
     }
 
     let a = &conf.claim_validator.audience;
-    let audience = (a.required || a.match_with_client_id || a.claim != "aud").then(|| AudienceRule {
-        claim: a.claim.clone(),
-        required: a.required || a.match_with_client_id,
-        expected: if a.match_with_client_id { vec![conf.client_id.clone()] } else { Vec::new() },
-    });
+    let audience =
+        (a.required || a.match_with_client_id || a.claim != "aud").then(|| AudienceRule {
+            claim: a.claim.clone(),
+            required: a.required || a.match_with_client_id,
+            expected: if a.match_with_client_id {
+                vec![conf.client_id.clone()]
+            } else {
+                Vec::new()
+            },
+        });
     let schema = match &conf.claim_schema {
-        Some(s) => Some(CompiledSchema::compile(s).map_err(|e| format!("{path}.claim_schema: {e}"))?),
+        Some(s) => {
+            Some(CompiledSchema::compile(s).map_err(|e| format!("{path}.claim_schema: {e}"))?)
+        }
         None => None,
     };
     let introspection_auth = ClientAuth {
         method: auth_method(conf.introspection_endpoint_auth_method),
         client_id: conf.client_id.clone(),
         client_secret: conf.client_secret.as_ref().map(|s| s.expose().to_string()),
-        private_key_pem: conf.client_rsa_private_key.as_ref().map(|s| s.expose().to_string()),
+        private_key_pem: conf
+            .client_rsa_private_key
+            .as_ref()
+            .map(|s| s.expose().to_string()),
         key_id: conf.client_rsa_private_key_id.clone(),
-        assertion_alg: conf.client_jwt_assertion_alg.and_then(|a| Alg::from_name(&format!("{a:?}"))),
+        assertion_alg: conf
+            .client_jwt_assertion_alg
+            .and_then(|a| Alg::from_name(&format!("{a:?}"))),
         assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
         assertion_audience: conf.client_jwt_assertion_audience.clone(),
     };
     let introspection_auth = if check == TokenCheck::Introspection || !conf.bearer_only {
-        introspection_auth.prepare().map_err(|e| format!("{path}: introspection client authentication: {e}"))?
+        introspection_auth
+            .prepare()
+            .map_err(|e| format!("{path}: introspection client authentication: {e}"))?
     } else {
         // Unused on this route: don't demand credentials APISIX wouldn't demand.
-        ClientAuth { method: AuthMethod::None, client_id: conf.client_id.clone(), ..ClientAuth::default() }
-            .prepare()
-            .map_err(|e| format!("{path}: {e}"))?
+        ClientAuth {
+            method: AuthMethod::None,
+            client_id: conf.client_id.clone(),
+            ..ClientAuth::default()
+        }
+        .prepare()
+        .map_err(|e| format!("{path}: {e}"))?
     };
 
     let token_auth = ClientAuth {
-        method: if conf.bearer_only { AuthMethod::None } else { auth_method(conf.token_endpoint_auth_method) },
+        method: if conf.bearer_only {
+            AuthMethod::None
+        } else {
+            auth_method(conf.token_endpoint_auth_method)
+        },
         client_id: conf.client_id.clone(),
         client_secret: conf.client_secret.as_ref().map(|s| s.expose().to_string()),
-        private_key_pem: conf.client_rsa_private_key.as_ref().map(|s| s.expose().to_string()),
+        private_key_pem: conf
+            .client_rsa_private_key
+            .as_ref()
+            .map(|s| s.expose().to_string()),
         key_id: conf.client_rsa_private_key_id.clone(),
-        assertion_alg: conf.client_jwt_assertion_alg.and_then(|a| Alg::from_name(&format!("{a:?}"))),
+        assertion_alg: conf
+            .client_jwt_assertion_alg
+            .and_then(|a| Alg::from_name(&format!("{a:?}"))),
         assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
         assertion_audience: conf.client_jwt_assertion_audience.clone(),
     };
-    let token_auth = if token_auth.method != AuthMethod::None && token_auth.client_secret.is_none() && token_auth.private_key_pem.is_none() && conf.use_pkce {
+    let token_auth = if token_auth.method != AuthMethod::None
+        && token_auth.client_secret.is_none()
+        && token_auth.private_key_pem.is_none()
+        && conf.use_pkce
+    {
         // A public client with PKCE authenticates by client_id alone.
-        ClientAuth { method: AuthMethod::None, ..token_auth }
+        ClientAuth {
+            method: AuthMethod::None,
+            ..token_auth
+        }
     } else {
         token_auth
     };
-    let token_auth = token_auth.prepare().map_err(|e| format!("{path}: token endpoint client authentication: {e}"))?;
+    let token_auth = token_auth
+        .prepare()
+        .map_err(|e| format!("{path}: token endpoint client authentication: {e}"))?;
     let proxy = conf.proxy_opts.as_ref().map(|p| {
         (
             p.http_proxy.clone(),
             p.https_proxy.clone(),
-            p.no_proxy.as_deref().map(|n| n.split(',').map(|s| s.trim().to_string()).collect()).unwrap_or_default(),
+            p.no_proxy
+                .as_deref()
+                .map(|n| n.split(',').map(|s| s.trim().to_string()).collect())
+                .unwrap_or_default(),
         )
     });
     let spec = ProviderSpec {
@@ -151,7 +194,10 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
         proxy,
     };
     let provider = Some(shared.provider(spec));
-    let challenge = format!("Bearer realm=\"{}\"", conf.realm.replace(['"', '\\', '\r', '\n'], ""));
+    let challenge = format!(
+        "Bearer realm=\"{}\"",
+        conf.realm.replace(['"', '\\', '\r', '\n'], "")
+    );
     Ok(OidcRoute {
         conf,
         fingerprint,

@@ -17,8 +17,8 @@ use base64::Engine as _;
 use shardgate_oidc::config::{OidcConf, SameSite as ConfSameSite, UnauthAction};
 use shardgate_oidc::discovery::ProviderMetadata;
 use shardgate_oidc::flow::{
-    self, AuthorizeParams, Callback, ClaimError, FlowError, IdTokenRules, LoginState, LogoutAction, Revocations, TokenResponse,
-    TokenState,
+    self, AuthorizeParams, Callback, ClaimError, FlowError, IdTokenRules, LoginState, LogoutAction,
+    Revocations, TokenResponse, TokenState,
 };
 use shardgate_oidc::idp::client::Response;
 use shardgate_oidc::idp::provider::{KidLookup, ProviderMsg, SharedCall};
@@ -52,16 +52,25 @@ pub struct SessionState {
 impl SessionState {
     pub fn new(conf: &OidcConf) -> Result<SessionState, String> {
         let s = &conf.session;
-        let secret = s.secret.as_ref().ok_or("session.secret is required unless bearer_only")?;
-        let fallbacks: Vec<&[u8]> = s.secret_fallbacks.iter().map(|f| f.expose().as_bytes()).collect();
-        let keys = SessionKeys::new(secret.expose().as_bytes(), &fallbacks).map_err(|e| e.to_string())?;
+        let secret = s
+            .secret
+            .as_ref()
+            .ok_or("session.secret is required unless bearer_only")?;
+        let fallbacks: Vec<&[u8]> = s
+            .secret_fallbacks
+            .iter()
+            .map(|f| f.expose().as_bytes())
+            .collect();
+        let keys =
+            SessionKeys::new(secret.expose().as_bytes(), &fallbacks).map_err(|e| e.to_string())?;
         let timeouts = SessionTimeouts {
             idling: s.idling_timeout,
             rolling: s.rolling_timeout,
             absolute: s.absolute_timeout,
             ..SessionTimeouts::default()
         };
-        let codec = SessionCodec::new(keys, timeouts).with_compression_threshold(s.compression_threshold);
+        let codec =
+            SessionCodec::new(keys, timeouts).with_compression_threshold(s.compression_threshold);
         let same_site = match s.cookie_same_site {
             ConfSameSite::Strict => SameSite::Strict,
             ConfSameSite::None => SameSite::None,
@@ -80,7 +89,11 @@ impl SessionState {
         // Login cookies must survive the cross-site redirect back from the IdP (a top-level GET):
         // Lax does; Strict would drop them, so they are never Strict.
         let login_attrs = CookieAttrs {
-            same_site: if same_site == SameSite::Strict { SameSite::Lax } else { same_site },
+            same_site: if same_site == SameSite::Strict {
+                SameSite::Lax
+            } else {
+                same_site
+            },
             max_age: Some(conf.authorization_state_expires_in),
             ..attrs.clone()
         };
@@ -102,7 +115,11 @@ impl SessionState {
 }
 
 fn cookie_values(c: &ClientConn) -> impl Iterator<Item = &[u8]> {
-    c.head.headers.iter().filter(|h| h.name.of(&c.buf).eq_ignore_ascii_case(b"cookie")).map(|h| h.value.of(&c.buf))
+    c.head
+        .headers
+        .iter()
+        .filter(|h| h.name.of(&c.buf).eq_ignore_ascii_case(b"cookie"))
+        .map(|h| h.value.of(&c.buf))
 }
 
 fn conf(auth: &RouteAuth) -> &OidcConf {
@@ -130,7 +147,9 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     }
     sync_revocations(auth, s);
     match open_session(s, c, now) {
-        Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => use_session(auth, s, c, data, now).await,
+        Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => {
+            use_session(auth, s, c, data, now).await
+        }
         Ok(Some(data)) => {
             tracing::info!(sub = ?data.sub, sid = ?data.sid, "session revoked by back-channel logout");
             clear_session_cookies(s, c);
@@ -149,7 +168,12 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
 fn unauthenticated_without_session(auth: &RouteAuth) -> Result<(), Error> {
     match conf(auth).unauth_action {
         UnauthAction::Pass => Ok(()),
-        _ => Err(plain(401, "unauthorized", "no credentials", vec![("WWW-Authenticate".into(), auth.route.challenge.clone())])),
+        _ => Err(plain(
+            401,
+            "unauthorized",
+            "no credentials",
+            vec![("WWW-Authenticate".into(), auth.route.challenge.clone())],
+        )),
     }
 }
 
@@ -171,22 +195,34 @@ fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
     if let Some(u) = &conf.redirect_uri {
         return u.clone();
     }
-    let host = c.head.host.map(|h| String::from_utf8_lossy(h.of(&c.buf)).into_owned()).unwrap_or_default();
+    let host = c
+        .head
+        .host
+        .map(|h| String::from_utf8_lossy(h.of(&c.buf)).into_owned())
+        .unwrap_or_default();
     let scheme = if c.tls { "https" } else { "http" };
     let path = String::from_utf8_lossy(c.head.path.of(&c.buf)).into_owned();
-    let path = path.strip_suffix(DEFAULT_REDIRECT_SUFFIX).unwrap_or(&path).trim_end_matches('/').to_string();
+    let path = path
+        .strip_suffix(DEFAULT_REDIRECT_SUFFIX)
+        .unwrap_or(&path)
+        .trim_end_matches('/')
+        .to_string();
     format!("{scheme}://{host}{path}{DEFAULT_REDIRECT_SUFFIX}")
 }
 
 fn open_session(s: &SessionState, c: &ClientConn, now: u64) -> Result<Option<SessionData>, String> {
     let mut joined = s.scratch.borrow_mut();
     let mut joined_owned = std::mem::take(&mut *joined);
-    let collected = session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined_owned).map_err(|e| e.to_string());
+    let collected = session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined_owned)
+        .map_err(|e| e.to_string());
     let result = match collected {
         Ok(None) => Ok(None),
         Ok(Some(_)) => {
             let mut scratch = Vec::new();
-            s.codec.open_with(&joined_owned, &s.cookie_name, now, &mut scratch).map(Some).map_err(|e| e.to_string())
+            s.codec
+                .open_with(&joined_owned, &s.cookie_name, now, &mut scratch)
+                .map(Some)
+                .map_err(|e| e.to_string())
         }
         Err(e) => Err(e),
     };
@@ -198,7 +234,9 @@ fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     let mut cookies = Vec::new();
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
-    c.outcome.response_headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+    c.outcome
+        .response_headers
+        .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
 }
 
 /// Pulls new back-channel revocations published by any shard into this shard's list.
@@ -225,9 +263,15 @@ fn provider_metadata(auth: &RouteAuth) -> Result<Arc<ProviderMetadata>, Error> {
 }
 
 async fn idp_call(auth: &RouteAuth, call: SharedCall) -> Result<Arc<Response>, Error> {
-    let Some((handle, _)) = &auth.provider else { return Err(Error::Unavailable("no identity provider")) };
+    let Some((handle, _)) = &auth.provider else {
+        return Err(Error::Unavailable("no identity provider"));
+    };
     let timeout = conf(auth).timeout() + Duration::from_secs(1);
-    match handle.addr.ask(|reply| ProviderMsg::Shared { call, reply }, timeout).await {
+    match handle
+        .addr
+        .ask(|reply| ProviderMsg::Shared { call, reply }, timeout)
+        .await
+    {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "identity provider call failed");
@@ -235,18 +279,30 @@ async fn idp_call(auth: &RouteAuth, call: SharedCall) -> Result<Arc<Response>, E
         }
         Err(e) => {
             tracing::warn!(error = ?e, "identity provider call did not answer in time");
-            Err(Error::Unavailable("identity provider did not answer in time"))
+            Err(Error::Unavailable(
+                "identity provider did not answer in time",
+            ))
         }
     }
 }
 
 /// A token-endpoint POST (code exchange, refresh, revocation) with the route's client auth.
-fn token_call(auth: &RouteAuth, url: &str, key: String, form: Vec<(String, String)>, grace: Option<Duration>, now: u64) -> Result<SharedCall, Error> {
+fn token_call(
+    auth: &RouteAuth,
+    url: &str,
+    key: String,
+    form: Vec<(String, String)>,
+    grace: Option<Duration>,
+    now: u64,
+) -> Result<SharedCall, Error> {
     let mut body = shardgate_oidc::client_auth::FormBody::new();
     for (k, v) in &form {
         body.append(k, v);
     }
-    let mut headers = vec![("Content-Type".to_string(), "application/x-www-form-urlencoded".to_string())];
+    let mut headers = vec![(
+        "Content-Type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
     auth.route
         .token_auth
         .apply(url, now, &auth.oidc.random_id(), &mut body, &mut headers)
@@ -254,33 +310,72 @@ fn token_call(auth: &RouteAuth, url: &str, key: String, form: Vec<(String, Strin
             tracing::error!(error = %e, "cannot authenticate to the token endpoint");
             Error::Unavailable("token endpoint client authentication failed")
         })?;
-    Ok(SharedCall { key, method: "POST", url: url.to_string(), headers, body: body.into_bytes(), grace })
+    Ok(SharedCall {
+        key,
+        method: "POST",
+        url: url.to_string(),
+        headers,
+        body: body.into_bytes(),
+        grace,
+    })
 }
 
-async fn unauthenticated(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+async fn unauthenticated(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &mut ClientConn,
+    now: u64,
+) -> Result<(), Error> {
     let conf = conf(auth);
     let api_shaped = c.head.header(&c.buf, "x-requested-with").is_some()
-        || c.head.header(&c.buf, "accept").is_some_and(|a| contains(a, b"application/json"));
-    let action = if api_shaped { conf.api_unauth_action() } else { conf.unauth_action };
+        || c.head
+            .header(&c.buf, "accept")
+            .is_some_and(|a| contains(a, b"application/json"));
+    let action = if api_shaped {
+        conf.api_unauth_action()
+    } else {
+        conf.unauth_action
+    };
     match action {
         UnauthAction::Pass => Ok(()),
-        UnauthAction::Deny => Err(plain(401, "unauthorized", "no session", response_cookies(c, vec![("WWW-Authenticate".into(), auth.route.challenge.clone())]))),
+        UnauthAction::Deny => Err(plain(
+            401,
+            "unauthorized",
+            "no session",
+            response_cookies(
+                c,
+                vec![("WWW-Authenticate".into(), auth.route.challenge.clone())],
+            ),
+        )),
         UnauthAction::Auth => start_login(auth, s, c, now, None).await,
     }
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
-async fn start_login(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64, prompt: Option<&str>) -> Result<(), Error> {
+async fn start_login(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &mut ClientConn,
+    now: u64,
+    prompt: Option<&str>,
+) -> Result<(), Error> {
     let conf = conf(auth);
     let meta = provider_metadata(auth)?;
     let Some(endpoint) = meta.authorization_endpoint.as_deref() else {
-        return Err(Error::Unavailable("the IdP advertises no authorization_endpoint"));
+        return Err(Error::Unavailable(
+            "the IdP advertises no authorization_endpoint",
+        ));
     };
     let redirect = redirect_uri(conf, c);
-    let extra: Vec<(String, String)> = conf.authorization_params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let extra: Vec<(String, String)> = conf
+        .authorization_params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let params = AuthorizeParams {
         authorization_endpoint: endpoint,
         client_id: &conf.client_id,
@@ -292,12 +387,21 @@ async fn start_login(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now
         prompt,
     };
     let original = String::from_utf8_lossy(c.head.target.of(&c.buf)).into_owned();
-    let (url, login) = flow::start_login(&params, &original, now, auth.oidc.rng()).map_err(flow_page)?;
+    let (url, login) =
+        flow::start_login(&params, &original, now, auth.oidc.rng()).map_err(flow_page)?;
     let Some(name) = login.cookie_name(&s.cookie_name) else {
         return Err(Error::Unavailable("login state could not be named"));
     };
-    let value = login.seal(&s.codec, &name, auth.oidc.rng()).map_err(flow_page)?;
-    let mut headers = vec![("Location".to_string(), url), ("Cache-Control".to_string(), "no-cache, no-store, max-age=0".to_string())];
+    let value = login
+        .seal(&s.codec, &name, auth.oidc.rng())
+        .map_err(flow_page)?;
+    let mut headers = vec![
+        ("Location".to_string(), url),
+        (
+            "Cache-Control".to_string(),
+            "no-cache, no-store, max-age=0".to_string(),
+        ),
+    ];
     // Many tabs may log in at once: each login has its own cookie; old ones are pruned.
     let mut cookies = Vec::new();
     {
@@ -307,12 +411,19 @@ async fn start_login(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now
             .iter()
             .map(|(n, v)| {
                 let n = String::from_utf8_lossy(n).into_owned();
-                let created = LoginState::open(&s.codec, v, &n, &mut scratch).map(|l| l.created_at).unwrap_or(0);
+                let created = LoginState::open(&s.codec, v, &n, &mut scratch)
+                    .map(|l| l.created_at)
+                    .unwrap_or(0);
                 (n, created)
             })
             .collect();
         let refs: Vec<(&str, u64)> = aged.iter().map(|(n, t)| (n.as_str(), *t)).collect();
-        for i in flow::prune(&refs, now, conf.authorization_state_expires_in, conf.authorization_state_max_number as usize) {
+        for i in flow::prune(
+            &refs,
+            now,
+            conf.authorization_state_expires_in,
+            conf.authorization_state_max_number as usize,
+        ) {
             session::clear_cookie(&aged[i].0, &s.login_attrs, &mut cookies);
         }
     }
@@ -328,9 +439,18 @@ async fn start_login(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now
     }))
 }
 
-async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+async fn callback(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &mut ClientConn,
+    now: u64,
+) -> Result<(), Error> {
     let conf = conf(auth);
-    let query = c.head.query.map(|q| q.of(&c.buf).to_vec()).unwrap_or_default();
+    let query = c
+        .head
+        .query
+        .map(|q| q.of(&c.buf).to_vec())
+        .unwrap_or_default();
     let cb: Callback = flow::parse_callback(&query).map_err(flow_page)?;
     let state = cb.state.clone().unwrap_or_default();
     let Some(login_name) = flow::login_cookie_name(&s.cookie_name, &state) else {
@@ -343,15 +463,30 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u
     let Some(login_value) = login_value else {
         return Err(flow_page(FlowError::NoLoginState));
     };
-    let login = LoginState::open(&s.codec, &login_value, &login_name, &mut Vec::new()).map_err(flow_page)?;
+    let login = LoginState::open(&s.codec, &login_value, &login_name, &mut Vec::new())
+        .map_err(flow_page)?;
     let meta = provider_metadata(auth)?;
-    flow::check_callback(&cb, &login, Some(&meta.issuer), now, conf.authorization_state_expires_in).map_err(flow_page)?;
+    flow::check_callback(
+        &cb,
+        &login,
+        Some(&meta.issuer),
+        now,
+        conf.authorization_state_expires_in,
+    )
+    .map_err(flow_page)?;
     let code = cb.code.clone().unwrap_or_default();
     let Some(token_endpoint) = meta.token_endpoint.as_deref() else {
         return Err(Error::Unavailable("the IdP advertises no token_endpoint"));
     };
     let form = flow::token_request_form(&code, &login.redirect_uri, login.code_verifier.as_deref());
-    let call = token_call(auth, token_endpoint, format!("code\n{code}"), form, None, now)?;
+    let call = token_call(
+        auth,
+        token_endpoint,
+        format!("code\n{code}"),
+        form,
+        None,
+        now,
+    )?;
     let resp = idp_call(auth, call).await?;
     let tokens = TokenResponse::parse(resp.status, &resp.body).map_err(flow_page)?;
 
@@ -370,36 +505,45 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u
         let info = flow::check_id_token_claims(&payload, &rules, now).map_err(flow_page)?;
         data.sub = Some(info.sub.clone());
         data.sid = info.sid.clone();
-        data.id_token_claims = RawValue::from_string(String::from_utf8_lossy(&payload).into_owned()).ok();
+        data.id_token_claims =
+            RawValue::from_string(String::from_utf8_lossy(&payload).into_owned()).ok();
     }
     let contents = conf.session_contents.as_ref();
     let keep = |f: fn(&shardgate_oidc::config::SessionContents) -> bool| contents.is_none_or(f);
-    if conf.set_userinfo_header && keep(|c| c.user)
-        && let (Some(ep), true) = (meta.userinfo_endpoint.as_deref(), !tokens.access_token.is_empty()) {
-            let call = SharedCall {
-                key: format!("userinfo\n{}", tokens.access_token),
-                method: "GET",
-                url: ep.to_string(),
-                headers: vec![("Authorization".into(), format!("Bearer {}", tokens.access_token))],
-                body: Vec::new(),
-                grace: None,
-            };
-            match idp_call(auth, call).await {
-                Ok(r) if r.status == 200 => {
-                    let user: Option<Box<RawValue>> = serde_json::from_slice(&r.body).ok();
-                    // lua-resty-openidc keeps userinfo only when it is about the same subject.
-                    let same_sub = serde_json::from_slice::<serde_json::Value>(&r.body)
-                        .ok()
-                        .and_then(|v| v.get("sub").and_then(|s| s.as_str()).map(str::to_string))
-                        .is_some_and(|sub| data.sub.as_deref().is_none_or(|own| own == sub));
-                    if same_sub {
-                        data.user = user;
-                    }
+    if conf.set_userinfo_header
+        && keep(|c| c.user)
+        && let (Some(ep), true) = (
+            meta.userinfo_endpoint.as_deref(),
+            !tokens.access_token.is_empty(),
+        )
+    {
+        let call = SharedCall {
+            key: format!("userinfo\n{}", tokens.access_token),
+            method: "GET",
+            url: ep.to_string(),
+            headers: vec![(
+                "Authorization".into(),
+                format!("Bearer {}", tokens.access_token),
+            )],
+            body: Vec::new(),
+            grace: None,
+        };
+        match idp_call(auth, call).await {
+            Ok(r) if r.status == 200 => {
+                let user: Option<Box<RawValue>> = serde_json::from_slice(&r.body).ok();
+                // lua-resty-openidc keeps userinfo only when it is about the same subject.
+                let same_sub = serde_json::from_slice::<serde_json::Value>(&r.body)
+                    .ok()
+                    .and_then(|v| v.get("sub").and_then(|s| s.as_str()).map(str::to_string))
+                    .is_some_and(|sub| data.sub.as_deref().is_none_or(|own| own == sub));
+                if same_sub {
+                    data.user = user;
                 }
-                Ok(r) => tracing::warn!(status = r.status, "userinfo refused; continuing without it"),
-                Err(_) => tracing::warn!("userinfo unavailable; continuing without it"),
             }
+            Ok(r) => tracing::warn!(status = r.status, "userinfo refused; continuing without it"),
+            Err(_) => tracing::warn!("userinfo unavailable; continuing without it"),
         }
+    }
     tokens.apply_to(&mut data, now, conf.access_token_expires_in);
     if !keep(|c| c.access_token) {
         data.access_token = None;
@@ -414,9 +558,13 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u
     let mut cookies = Vec::new();
     seal_into(s, &data, now, auth, &mut cookies)?;
     session::clear_cookie(&login_name, &s.login_attrs, &mut cookies);
-    let target = flow::safe_redirect_target(login.original_url.as_bytes()).unwrap_or_else(|| "/".into());
+    let target =
+        flow::safe_redirect_target(login.original_url.as_bytes()).unwrap_or_else(|| "/".into());
     tracing::info!(sub = ?data.sub, "login completed");
-    let mut headers = vec![("Location".to_string(), target), ("Cache-Control".into(), "no-store".into())];
+    let mut headers = vec![
+        ("Location".to_string(), target),
+        ("Cache-Control".into(), "no-store".into()),
+    ];
     headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
     Err(Error::Plugin(PluginResponse {
         status: 302,
@@ -428,7 +576,13 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u
     }))
 }
 
-fn seal_into(s: &SessionState, data: &SessionData, now: u64, auth: &RouteAuth, out: &mut Vec<String>) -> Result<(), Error> {
+fn seal_into(
+    s: &SessionState,
+    data: &SessionData,
+    now: u64,
+    auth: &RouteAuth,
+    out: &mut Vec<String>,
+) -> Result<(), Error> {
     let chunks = s.codec.seal(data, &s.cookie_name, now, auth.oidc.rng()).map_err(|e| {
         tracing::error!(error = %e, "cannot seal the session cookie (use session_contents to store less)");
         Error::Plugin(PluginResponse {
@@ -440,7 +594,10 @@ fn seal_into(s: &SessionState, data: &SessionData, now: u64, auth: &RouteAuth, o
             reason: e.to_string(),
         })
     })?;
-    let attrs = CookieAttrs { max_age: s.codec.max_age(data, now), ..s.attrs.clone() };
+    let attrs = CookieAttrs {
+        max_age: s.codec.max_age(data, now),
+        ..s.attrs.clone()
+    };
     session::set_cookie_headers(&s.cookie_name, &chunks, &attrs, out);
     Ok(())
 }
@@ -456,15 +613,25 @@ async fn verify_id_token(auth: &RouteAuth, raw: &str) -> Result<Vec<u8>, Error> 
         }
         return Err(id_token_error(TokenError::NoneAlg));
     }
-    let Some((handle, local)) = &auth.provider else { return Err(Error::Unavailable("no identity provider")) };
+    let Some((handle, local)) = &auth.provider else {
+        return Err(Error::Unavailable("no identity provider"));
+    };
     let policy = AlgPolicy::default();
     let mut st = local.load();
-    let Some(mut keys) = st.keys.clone() else { return Err(Error::Unavailable("JWKS not loaded yet")) };
+    let Some(mut keys) = st.keys.clone() else {
+        return Err(Error::Unavailable("JWKS not loaded yet"));
+    };
     let mut result = verify_signature(&jwt, &keys, &policy);
     if let Err(TokenError::UnknownKid { kid }) = &result {
         let lookup = handle
             .addr
-            .ask(|reply| ProviderMsg::UnknownKid { kid: kid.clone(), reply }, conf.timeout() + Duration::from_secs(1))
+            .ask(
+                |reply| ProviderMsg::UnknownKid {
+                    kid: kid.clone(),
+                    reply,
+                },
+                conf.timeout() + Duration::from_secs(1),
+            )
             .await
             .unwrap_or(KidLookup::Unavailable);
         if lookup == KidLookup::Found {
@@ -477,7 +644,9 @@ async fn verify_id_token(auth: &RouteAuth, raw: &str) -> Result<Vec<u8>, Error> 
     }
     match result {
         Ok(()) => Ok(jwt.payload().to_vec()),
-        Err(TokenError::UnsupportedAlg | TokenError::AlgNotAllowed { .. }) if conf.accept_unsupported_alg => {
+        Err(TokenError::UnsupportedAlg | TokenError::AlgNotAllowed { .. })
+            if conf.accept_unsupported_alg =>
+        {
             tracing::warn!(alg = %jwt.alg(), "ID token signature NOT verified (accept_unsupported_alg)");
             Ok(jwt.payload().to_vec())
         }
@@ -486,13 +655,30 @@ async fn verify_id_token(auth: &RouteAuth, raw: &str) -> Result<Vec<u8>, Error> 
 }
 
 fn id_token_error(e: TokenError) -> Error {
-    flow_page(FlowError::IdToken(ClaimError::Malformed(format!("signature: {e}"))))
+    flow_page(FlowError::IdToken(ClaimError::Malformed(format!(
+        "signature: {e}"
+    ))))
 }
 
-async fn use_session(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, mut data: SessionData, now: u64) -> Result<(), Error> {
+async fn use_session(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &mut ClientConn,
+    mut data: SessionData,
+    now: u64,
+) -> Result<(), Error> {
     let conf = conf(auth);
-    if conf.force_reauthorize || flow::needs_reauthentication(&data, now, conf.refresh_session_interval) {
-        return start_login(auth, s, c, now, conf.refresh_session_interval.map(|_| "none")).await;
+    if conf.force_reauthorize
+        || flow::needs_reauthentication(&data, now, conf.refresh_session_interval)
+    {
+        return start_login(
+            auth,
+            s,
+            c,
+            now,
+            conf.refresh_session_interval.map(|_| "none"),
+        )
+        .await;
     }
     let mut reissue = s.codec.needs_reissue(&data, now);
     match flow::access_token_state(&data, now, conf.access_token_expires_leeway) {
@@ -511,7 +697,9 @@ async fn use_session(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, mut
                     }
                     Err(RefreshFail::Transient(why)) => {
                         tracing::warn!(reason = %why, "refresh failed and the access token expired");
-                        return Err(Error::Unavailable("token refresh failed: identity provider unavailable"));
+                        return Err(Error::Unavailable(
+                            "token refresh failed: identity provider unavailable",
+                        ));
                     }
                 }
             } else if state == TokenState::Expired {
@@ -525,7 +713,9 @@ async fn use_session(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, mut
         s.codec.touch(&mut data, now);
         let mut cookies = Vec::new();
         seal_into(s, &data, now, auth, &mut cookies)?;
-        c.outcome.response_headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+        c.outcome
+            .response_headers
+            .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
     }
     set_session_headers(auth, c, &data);
     Ok(())
@@ -535,10 +725,19 @@ fn check_session_claims(auth: &RouteAuth, data: &SessionData) -> Result<(), Erro
     let conf = conf(auth);
     if !conf.required_scopes.is_empty() {
         let have = data.scope.as_deref().unwrap_or("");
-        let missing: Vec<&str> =
-            conf.required_scopes.iter().map(String::as_str).filter(|w| !have.split(' ').any(|h| h == *w)).collect();
+        let missing: Vec<&str> = conf
+            .required_scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|w| !have.split(' ').any(|h| h == *w))
+            .collect();
         if !missing.is_empty() {
-            return Err(plain(403, "insufficient_scope", &format!("required scopes {} not present", missing.join(" ")), Vec::new()));
+            return Err(plain(
+                403,
+                "insufficient_scope",
+                &format!("required scopes {} not present", missing.join(" ")),
+                Vec::new(),
+            ));
         }
     }
     if let Some(schema) = &auth.route.schema {
@@ -548,7 +747,12 @@ fn check_session_claims(auth: &RouteAuth, data: &SessionData) -> Result<(), Erro
             "id_token": data.id_token_claims.as_ref().and_then(|u| serde_json::from_str::<serde_json::Value>(u.get()).ok()),
         });
         if let Err(e) = schema.validate(&v) {
-            return Err(plain(401, "invalid_session", &format!("claims do not match claim_schema: {e}"), Vec::new()));
+            return Err(plain(
+                401,
+                "invalid_session",
+                &format!("claims do not match claim_schema: {e}"),
+                Vec::new(),
+            ));
         }
     }
     Ok(())
@@ -559,30 +763,35 @@ fn set_session_headers(auth: &RouteAuth, c: &mut ClientConn, data: &SessionData)
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let out = &mut c.outcome.upstream_headers;
     if conf.set_access_token_header
-        && let Some(at) = &data.access_token {
-            if conf.access_token_in_authorization_header {
-                c.outcome.strip_authorization = true;
-                out.push(("Authorization", HeaderValue::Owned(format!("Bearer {at}"))));
-            } else {
-                out.push(("X-Access-Token", HeaderValue::Owned(at.clone())));
-            }
+        && let Some(at) = &data.access_token
+    {
+        if conf.access_token_in_authorization_header {
+            c.outcome.strip_authorization = true;
+            out.push(("Authorization", HeaderValue::Owned(format!("Bearer {at}"))));
+        } else {
+            out.push(("X-Access-Token", HeaderValue::Owned(at.clone())));
         }
+    }
     if conf.set_id_token_header
-        && let Some(claims) = &data.id_token_claims {
-            out.push(("X-ID-Token", HeaderValue::Owned(b64(claims.get()))));
-        }
+        && let Some(claims) = &data.id_token_claims
+    {
+        out.push(("X-ID-Token", HeaderValue::Owned(b64(claims.get()))));
+    }
     if conf.set_userinfo_header
-        && let Some(user) = &data.user {
-            out.push(("X-Userinfo", HeaderValue::Owned(b64(user.get()))));
-        }
+        && let Some(user) = &data.user
+    {
+        out.push(("X-Userinfo", HeaderValue::Owned(b64(user.get()))));
+    }
     if conf.set_refresh_token_header
-        && let Some(rt) = &data.refresh_token {
-            out.push(("X-Refresh-Token", HeaderValue::Owned(rt.clone())));
-        }
+        && let Some(rt) = &data.refresh_token
+    {
+        out.push(("X-Refresh-Token", HeaderValue::Owned(rt.clone())));
+    }
     if conf.set_raw_id_token_header
-        && let Some(t) = &data.id_token {
-            out.push(("X-Raw-ID-Token", HeaderValue::Owned(t.clone())));
-        }
+        && let Some(t) = &data.id_token
+    {
+        out.push(("X-Raw-ID-Token", HeaderValue::Owned(t.clone())));
+    }
 }
 
 enum RefreshFail {
@@ -598,20 +807,42 @@ enum RefreshFail {
 async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(), RefreshFail> {
     let conf = conf(auth);
     let meta = provider_metadata(auth).map_err(|e| RefreshFail::Transient(e.to_string()))?;
-    let endpoint = meta.token_endpoint.clone().ok_or_else(|| RefreshFail::Transient("no token_endpoint".into()))?;
-    let Some(rt) = data.refresh_token.clone() else { return Err(RefreshFail::Fatal("no refresh token".into())) };
+    let endpoint = meta
+        .token_endpoint
+        .clone()
+        .ok_or_else(|| RefreshFail::Transient("no token_endpoint".into()))?;
+    let Some(rt) = data.refresh_token.clone() else {
+        return Err(RefreshFail::Fatal("no refresh token".into()));
+    };
     let form = flow::refresh_request_form(&rt, Some(&conf.scope));
-    let call = token_call(auth, &endpoint, format!("refresh\n{rt}"), form, Some(REFRESH_GRACE), now)
+    let call = token_call(
+        auth,
+        &endpoint,
+        format!("refresh\n{rt}"),
+        form,
+        Some(REFRESH_GRACE),
+        now,
+    )
+    .map_err(|e| RefreshFail::Transient(e.to_string()))?;
+    let resp = idp_call(auth, call)
+        .await
         .map_err(|e| RefreshFail::Transient(e.to_string()))?;
-    let resp = idp_call(auth, call).await.map_err(|e| RefreshFail::Transient(e.to_string()))?;
     match TokenResponse::parse(resp.status, &resp.body) {
         Ok(tokens) => {
             if let Some(raw) = &tokens.id_token {
                 // A refreshed ID token must still be ours and signed; the nonce is not repeated.
                 if let Ok(payload) = verify_id_token(auth, raw).await {
-                    let rules = IdTokenRules { issuer: &meta.issuer, client_id: &conf.client_id, nonce: None, leeway: conf.iat_slack, max_age: None };
+                    let rules = IdTokenRules {
+                        issuer: &meta.issuer,
+                        client_id: &conf.client_id,
+                        nonce: None,
+                        leeway: conf.iat_slack,
+                        max_age: None,
+                    };
                     if flow::check_id_token_claims(&payload, &rules, now).is_ok() {
-                        data.id_token_claims = RawValue::from_string(String::from_utf8_lossy(&payload).into_owned()).ok();
+                        data.id_token_claims =
+                            RawValue::from_string(String::from_utf8_lossy(&payload).into_owned())
+                                .ok();
                         if data.id_token.is_some() {
                             data.id_token = Some(raw.clone());
                         }
@@ -627,7 +858,12 @@ async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(
     }
 }
 
-async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+async fn logout(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &mut ClientConn,
+    now: u64,
+) -> Result<(), Error> {
     let conf = conf(auth);
     let data = open_session(s, c, now).ok().flatten();
     let mut cookies = Vec::new();
@@ -635,25 +871,42 @@ async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
     let meta = provider_metadata(auth).ok();
     if conf.revoke_tokens_on_logout
-        && let (Some(d), Some(ep)) = (&data, meta.as_ref().and_then(|m| m.revocation_endpoint.clone())) {
-            for (token, hint) in [(&d.refresh_token, "refresh_token"), (&d.access_token, "access_token")] {
-                if let Some(t) = token {
-                    let form = vec![("token".to_string(), t.clone()), ("token_type_hint".to_string(), hint.to_string())];
-                    if let Ok(call) = token_call(auth, &ep, format!("revoke\n{t}"), form, None, now) {
-                        match idp_call(auth, call).await {
-                            Ok(r) if r.status == 200 => {}
-                            Ok(r) => tracing::warn!(status = r.status, hint, "token revocation refused"),
-                            Err(_) => tracing::warn!(hint, "token revocation failed"),
+        && let (Some(d), Some(ep)) = (
+            &data,
+            meta.as_ref().and_then(|m| m.revocation_endpoint.clone()),
+        )
+    {
+        for (token, hint) in [
+            (&d.refresh_token, "refresh_token"),
+            (&d.access_token, "access_token"),
+        ] {
+            if let Some(t) = token {
+                let form = vec![
+                    ("token".to_string(), t.clone()),
+                    ("token_type_hint".to_string(), hint.to_string()),
+                ];
+                if let Ok(call) = token_call(auth, &ep, format!("revoke\n{t}"), form, None, now) {
+                    match idp_call(auth, call).await {
+                        Ok(r) if r.status == 200 => {}
+                        Ok(r) => {
+                            tracing::warn!(status = r.status, hint, "token revocation refused")
                         }
+                        Err(_) => tracing::warn!(hint, "token revocation failed"),
                     }
                 }
             }
         }
+    }
     let hint = data.as_ref().and_then(|d| d.id_token.as_deref());
-    let end_session = meta.as_ref().and_then(|m| m.end_session_endpoint.as_deref());
+    let end_session = meta
+        .as_ref()
+        .and_then(|m| m.end_session_endpoint.as_deref());
     let action = flow::logout_redirect(end_session, hint, conf.post_logout_redirect_uri.as_deref());
     tracing::info!(sub = ?data.as_ref().and_then(|d| d.sub.clone()), "logout");
-    let mut headers: Vec<(String, String)> = cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)).collect();
+    let mut headers: Vec<(String, String)> = cookies
+        .into_iter()
+        .map(|v| ("Set-Cookie".to_string(), v))
+        .collect();
     headers.push(("Cache-Control".into(), "no-store".into()));
     match action {
         LogoutAction::RedirectTo(url) => {
@@ -680,18 +933,43 @@ async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut ClientConn, now: u64
 
 /// OIDC Back-Channel Logout 1.0: the IdP POSTs `logout_token`; every session with its sid (or
 /// sub) is refused from now on, on every shard, until it would have expired anyway.
-async fn backchannel_logout(auth: &RouteAuth, _s: &SessionState, c: &mut ClientConn, now: u64) -> Result<(), Error> {
+async fn backchannel_logout(
+    auth: &RouteAuth,
+    _s: &SessionState,
+    c: &mut ClientConn,
+    now: u64,
+) -> Result<(), Error> {
     let conf = conf(auth);
-    let body = crate::proxy::conn::buffered_body(c, 64 * 1024).await.map_err(|why| plain(400, "invalid_request", why, Vec::new()))?;
-    let token = form_value(&body, "logout_token").ok_or_else(|| plain(400, "invalid_request", "missing logout_token", Vec::new()))?;
+    let body = crate::proxy::conn::buffered_body(c, 64 * 1024)
+        .await
+        .map_err(|why| plain(400, "invalid_request", why, Vec::new()))?;
+    let token = form_value(&body, "logout_token")
+        .ok_or_else(|| plain(400, "invalid_request", "missing logout_token", Vec::new()))?;
     let meta = provider_metadata(auth)?;
     let payload = match verify_id_token(auth, &token).await {
         Ok(p) => p,
-        Err(_) => return Err(plain(400, "invalid_request", "logout_token signature is not valid", Vec::new())),
+        Err(_) => {
+            return Err(plain(
+                400,
+                "invalid_request",
+                "logout_token signature is not valid",
+                Vec::new(),
+            ));
+        }
     };
-    let subject = flow::check_logout_token_claims(&payload, &meta.issuer, &conf.client_id, now, conf.iat_slack)
-        .map_err(|e| plain(400, "invalid_request", &e.to_string(), Vec::new()))?;
-    let until = now + conf.session.absolute_timeout.max(conf.session.idling_timeout);
+    let subject = flow::check_logout_token_claims(
+        &payload,
+        &meta.issuer,
+        &conf.client_id,
+        now,
+        conf.iat_slack,
+    )
+    .map_err(|e| plain(400, "invalid_request", &e.to_string(), Vec::new()))?;
+    let until = now
+        + conf
+            .session
+            .absolute_timeout
+            .max(conf.session.idling_timeout);
     tracing::info!(sid = ?subject.sid, sub = ?subject.sub, "back-channel logout: sessions revoked on every shard");
     auth.oidc.shared().publish_revocation(subject, until);
     Err(Error::Plugin(PluginResponse {
@@ -721,7 +999,9 @@ fn percent_decode(v: &[u8]) -> String {
         match v[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < v.len() => {
-                let h = std::str::from_utf8(&v[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let h = std::str::from_utf8(&v[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match h {
                     Some(b) => {
                         out.push(b);
@@ -738,14 +1018,24 @@ fn percent_decode(v: &[u8]) -> String {
 }
 
 /// Attaches any Set-Cookie (cleared broken cookies) already collected to a response.
-fn response_cookies(c: &mut ClientConn, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+fn response_cookies(
+    c: &mut ClientConn,
+    mut headers: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     headers.append(&mut c.outcome.response_headers);
     headers
 }
 
 fn plain(status: u16, code: &'static str, why: &str, headers: Vec<(String, String)>) -> Error {
     let body = serde_json::json!({ "error": code, "error_description": why }).to_string() + "\n";
-    Error::Plugin(PluginResponse { status, headers, content_type: "application/json", body: body.into_bytes(), code, reason: why.to_string() })
+    Error::Plugin(PluginResponse {
+        status,
+        headers,
+        content_type: "application/json",
+        body: body.into_bytes(),
+        code,
+        reason: why.to_string(),
+    })
 }
 
 /// A flow failure as a helpful 4xx page (never a 500), with the likely causes spelled out.
@@ -755,7 +1045,9 @@ fn flow_page(e: FlowError) -> Error {
         _ => 400,
     };
     let causes = e.likely_causes();
-    let mut html = String::from("<!doctype html><html><head><title>Login failed</title></head><body><h1>Login could not be completed</h1>");
+    let mut html = String::from(
+        "<!doctype html><html><head><title>Login failed</title></head><body><h1>Login could not be completed</h1>",
+    );
     html.push_str(&format!("<p>{}</p>", escape_html(&e.to_string())));
     if !causes.is_empty() {
         html.push_str("<p>Likely causes:</p><ul>");
@@ -777,5 +1069,8 @@ fn flow_page(e: FlowError) -> Error {
 }
 
 fn escape_html(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
