@@ -982,3 +982,126 @@ fn with_the_idp_down_known_keys_keep_serving_and_introspection_answers_503() {
         "forged token while the IdP is down",
     );
 }
+
+#[test]
+fn introspection_negative_cache_follows_its_settings() {
+    let idp = Idp::start(&[]);
+    let up = Upstream::echo();
+    let gw = start_gateway(
+        &idp,
+        &up,
+        &[
+            route(
+                "short",
+                "/short/*",
+                "client_secret: gateway-secret\nintrospection_negative_cache_ttl: 1",
+            ),
+            route(
+                "off",
+                "/off/*",
+                "client_secret: gateway-secret\nintrospection_enable_negative_cache: false",
+            ),
+        ],
+    );
+    let calls = || idp.path_count("/token/introspection");
+    // One connection: negative entries are shard-local.
+    let mut conn = KeepAlive::open(&gw);
+
+    // Negative caching off: every request for an unknown token asks the IdP again.
+    let bogus = format!("bogus-off-{}", unique());
+    let before = calls();
+    for _ in 0..3 {
+        assert_eq!(conn.call("/off/x", &bogus).status, 401);
+    }
+    assert_eq!(
+        calls() - before,
+        3,
+        "introspection_enable_negative_cache: false still cached the answer"
+    );
+
+    // A 1 s negative TTL: cached within it, asked again after it.
+    let bogus = format!("bogus-short-{}", unique());
+    let before = calls();
+    assert_eq!(conn.call("/short/x", &bogus).status, 401);
+    assert_eq!(conn.call("/short/x", &bogus).status, 401);
+    assert_eq!(
+        calls() - before,
+        1,
+        "the inactive answer is negatively cached"
+    );
+    thread::sleep(Duration::from_millis(2100));
+    assert_eq!(conn.call("/short/x", &bogus).status, 401);
+    assert_eq!(
+        calls() - before,
+        2,
+        "introspection_negative_cache_ttl: 1 kept the entry for longer"
+    );
+    assert!(up.requests().is_empty());
+}
+
+#[test]
+fn a_second_authorization_header_is_refused() {
+    let idp = Idp::start(&[]);
+    let up = Upstream::echo();
+    let gw = start_gateway(&idp, &up, &[route("jwt", "/jwt/*", "use_jwks: true")]);
+    let good = idp.client_credentials("m2m", "read", Some(API));
+    let auth = bearer(&good);
+    // The gateway verifies the first header; an upstream reading the last one would trust a
+    // credential nobody checked. Authorization is not a list header (RFC 9110 11.6.2): 400.
+    for (first, second) in [
+        (auth.as_str(), "Bearer forged"),
+        ("Bearer forged", auth.as_str()),
+        (auth.as_str(), "Basic YTpi"),
+    ] {
+        let r = get(
+            gw.addr(),
+            "/jwt/x",
+            &[("Authorization", first), ("Authorization", second)],
+        );
+        assert_eq!(r.status, 400, "{first:.12} + {second:.12}: {}", r.text());
+    }
+    assert!(up.requests().is_empty(), "{:?}", up.requests());
+    assert_eq!(call(&gw, "/jwt/x", &good).status, 200);
+}
+
+#[test]
+fn a_kid_refused_by_the_refetch_rate_limit_is_not_locked_out_after_it() {
+    let dir = scratch("ratelimit");
+    let keys = dir.join("keys.json");
+    genkeys(&keys, "r1", false);
+    let keys_s = keys.to_str().unwrap();
+    let mut idp = Idp::start(&[("IDP_KEYS", keys_s)]);
+    let up = Upstream::echo();
+    let gw = start_gateway(&idp, &up, &[route("jwt", "/jwt/*", "use_jwks: true")]);
+
+    // A bogus kid spends the forced refetch...
+    let forged = sign(
+        Alg::RS256,
+        Some("bogus"),
+        &idp_claims(&idp, json!({})),
+        &rsa1(),
+    )
+    .unwrap();
+    assert_invalid_token(&gw, &up, "/jwt/x", &forged, "bogus kid");
+    let refetched = Instant::now();
+    // ...so a real rotation right after is refused until the rate limit allows another refetch.
+    genkeys(&keys, "r2", true);
+    idp.restart(&[("IDP_KEYS", keys_s)]);
+    let early = idp.client_credentials("m2m", "read", Some(API));
+    assert_eq!(kid_of(&early), "r2");
+    assert_invalid_token(
+        &gw,
+        &up,
+        "/jwt/early",
+        &early,
+        "new kid inside the refetch rate limit",
+    );
+    // Once the interval (10 s) has passed the new kid gets its refetch: the earlier refusal must
+    // not have put it on the 60 s list of kids that a refetch proved unknown.
+    thread::sleep(Duration::from_secs(11).saturating_sub(refetched.elapsed()));
+    let late = idp.client_credentials("m2m", "read", Some(API));
+    let r = call(&gw, "/jwt/late", &late);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.log());
+    assert_eq!(last_seen(&up).target, "/jwt/late");
+    let _ = std::fs::remove_dir_all(&dir);
+}

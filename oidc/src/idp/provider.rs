@@ -278,7 +278,8 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                         .is_some_and(|t| now.duration_since(t) < FORCED_REFETCH_INTERVAL)
                     {
                         inc(&a.handle.counters.kid_rate_limited);
-                        a.negative_kids.insert(kid, now);
+                        // Not on the negative list: no refetch has seen this kid yet, and a key
+                        // the IdP just rotated in must get its refetch once the interval is over.
                         reply.send(KidLookup::NotFound);
                         false
                     } else {

@@ -141,12 +141,20 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
                 &format!("shardgate_oidc_rejections_total{{reason=\"{}\"}}", r.error),
                 1,
             );
-            // Don't remember failures that time will fix by itself (not yet valid) as long.
-            auth.rejected.borrow_mut().insert(
-                token.as_bytes(),
-                r.clone(),
-                now_ms + NEGATIVE_TTL_MS,
-            );
+            // Introspection routes remember refusals only as long as their negative-cache
+            // settings allow: an operator who turned it off wants the IdP asked every time.
+            let ttl_ms = if !introspection {
+                Some(NEGATIVE_TTL_MS)
+            } else if conf.introspection_enable_negative_cache {
+                Some(conf.introspection_negative_cache_ttl.max(1) * 1000)
+            } else {
+                None
+            };
+            if let Some(ttl_ms) = ttl_ms {
+                auth.rejected
+                    .borrow_mut()
+                    .insert(token.as_bytes(), r.clone(), now_ms + ttl_ms);
+            }
             Err(reject(auth, &r))
         }
         Err(Fail::Unavailable(what, detail)) => {
@@ -169,24 +177,29 @@ fn current_generation(auth: &RouteAuth) -> u64 {
 
 /// `Authorization: Bearer <token>` (case-insensitive scheme), else `X-Access-Token`, as APISIX.
 /// A header without a space is a 400; another scheme means "no token".
+///
+/// More than one `Authorization` header is a 400 too (it is not a list header): only one can be
+/// verified, and an upstream that reads another would trust a credential nobody checked.
 fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
     let buf = &c.buf;
-    if let Some(h) = c
+    let mut authorization = c
         .head
         .headers
         .iter()
-        .find(|h| h.name.of(buf).eq_ignore_ascii_case(b"authorization"))
-    {
+        .filter(|h| h.name.of(buf).eq_ignore_ascii_case(b"authorization"));
+    if let Some(h) = authorization.next() {
+        if authorization.next().is_some() {
+            return Err(bad_request(
+                b"{\"error\":\"invalid_request\",\"error_description\":\"more than one Authorization header\"}\n",
+                "more than one Authorization header",
+            ));
+        }
         let v = h.value.of(buf);
         let Some(sp) = v.iter().position(|b| *b == b' ') else {
-            return Err(PluginResponse {
-                status: 400,
-                headers: Vec::new(),
-                content_type: "application/json",
-                body: b"{\"error\":\"invalid_request\",\"error_description\":\"Invalid Authorization header format\"}\n".to_vec(),
-                code: "invalid_request",
-                reason: "invalid Authorization header format".into(),
-            });
+            return Err(bad_request(
+                b"{\"error\":\"invalid_request\",\"error_description\":\"Invalid Authorization header format\"}\n",
+                "invalid Authorization header format",
+            ));
         };
         if !v[..sp].eq_ignore_ascii_case(b"bearer") {
             return Ok(None);
@@ -207,6 +220,17 @@ fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
         .iter()
         .find(|h| h.name.of(buf).eq_ignore_ascii_case(b"x-access-token"))
         .map(|h| h.value))
+}
+
+fn bad_request(body: &[u8], reason: &'static str) -> PluginResponse {
+    PluginResponse {
+        status: 400,
+        headers: Vec::new(),
+        content_type: "application/json",
+        body: body.to_vec(),
+        code: "invalid_request",
+        reason: reason.into(),
+    }
 }
 
 fn apply(auth: &RouteAuth, c: &mut ClientConn, token: Span, v: &Verified) {
@@ -478,14 +502,7 @@ async fn introspect(
             error: "invalid_token",
             description: Rc::from("token is not active"),
         };
-        if conf.introspection_enable_negative_cache {
-            let now_ms = auth.oidc.now_millis();
-            auth.rejected.borrow_mut().insert(
-                token.as_bytes(),
-                r.clone(),
-                now_ms + conf.introspection_negative_cache_ttl.max(1) * 1000,
-            );
-        }
+        // The caller keeps it in the negative cache per the route's settings.
         return Err(Fail::Reject(r));
     }
     let claims = ClaimsView::parse(parsed.raw())?;
