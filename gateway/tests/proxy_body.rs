@@ -19,6 +19,7 @@ both_drivers!(
     websocket_upgrade_tunnels_both_ways_only_when_enabled,
     gigabyte_upload_streams_with_bounded_memory,
     gigabyte_download_streams_with_bounded_memory,
+    aborted_transfers_leave_the_gateway_serving,
 );
 
 fn chunked_request_is_reframed_with_trailers(driver: &str) {
@@ -434,4 +435,65 @@ fn gigabyte_download_streams_with_bounded_memory(driver: &str) {
         "gateway RSS grew from {baseline} KiB to {peak} KiB while streaming"
     );
     assert!(after.saturating_sub(baseline) < RSS_BUDGET_KIB);
+}
+
+fn aborted_transfers_leave_the_gateway_serving(driver: &str) {
+    let sink_addr = raw_upstream(sink);
+    let source_addr = raw_upstream(source);
+    let yaml = format!(
+        r#"
+gateway:
+  listen: ["127.0.0.1:{{port}}"]
+upstreams:
+  - id: sink
+    nodes: {{ "{sink_addr}": 1 }}
+  - id: source
+    nodes: {{ "{source_addr}": 1 }}
+routes:
+  - id: up
+    uri: /up/*
+    upstream_id: sink
+  - id: down
+    uri: /down/*
+    upstream_id: source
+"#
+    );
+    let gw = Gateway::start_on(&yaml, driver, 1);
+    let pat = pattern();
+    for round in 0..3 {
+        // Upload cut short: the head promises 1 GiB, the client leaves after 1 MiB.
+        let mut s = TcpStream::connect(gw.addr()).expect("connect");
+        s.write_all(
+            format!("POST /up/{round} HTTP/1.1\r\nHost: x\r\nContent-Length: {BIG}\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("head");
+        for _ in 0..16 {
+            s.write_all(&pat[..PIECE]).expect("body");
+        }
+        drop(s);
+
+        // Download cut short: the client reads 1 MiB of 1 GiB and leaves.
+        let mut s = TcpStream::connect(gw.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+        s.write_all(format!("GET /down/{round} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .expect("request");
+        let mut buf = vec![0u8; PIECE];
+        let mut got = 0;
+        while got < (1 << 20) {
+            let n = s.read(&mut buf).expect("download");
+            assert!(n > 0, "closed early: {}", gw.log());
+            got += n;
+        }
+        drop(s);
+
+        // Both routes still serve complete requests.
+        let r = support::request(gw.addr(), "POST", "/up/ok", &[], &pat[..10]);
+        assert_eq!(r.status, 200, "{}", gw.log());
+        assert_eq!(r.text(), "10 true");
+        let r = support::get(gw.addr(), "/down/small", &[]);
+        assert_eq!(r.status, 200, "{}", gw.log());
+        assert_eq!(r.body, &pat[..10]);
+    }
+    gw.assert_no_panic();
 }
