@@ -822,3 +822,331 @@ pub fn scratch_file(name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).expect("write scratch file");
     path
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers for the browser-side openid-connect tests (oidc_session*.rs): a gateway on a port chosen
+// beforehand, a browser-like cookie jar, and the IdP's login form driven over plain HTTP.
+
+impl Gateway {
+    /// Like [`Gateway::start`], on `port` (from [`free_port`]) instead of a fresh one: for URIs the
+    /// IdP must know before the gateway starts (redirect_uri, backchannel_logout_uri).
+    pub fn start_with_port(port: u16, yaml: &str, args: &[&str]) -> Gateway {
+        let admin_port = free_port();
+        let dir = scratch_dir("gw");
+        let config_path = dir.join("config.yaml");
+        let text = yaml
+            .replace("{port}", &port.to_string())
+            .replace("{admin}", &admin_port.to_string());
+        std::fs::write(&config_path, text).expect("write config");
+        let log_path = dir.join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .arg("run")
+            .arg("-c")
+            .arg(&config_path)
+            .args(args)
+            .env("SHARDGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn shardgate");
+        let mut gw = Gateway {
+            child: Some(child),
+            port,
+            admin_port,
+            config_path,
+            log_path,
+            dir,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    /// Waits until `/readyz` answers 200 (discovery and keys loaded for every route).
+    pub fn wait_providers_ready(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            // The admin listener may come up a moment after the proxy listener.
+            let r = TcpStream::connect(self.admin_addr())
+                .ok()
+                .map(|_| get(self.admin_addr(), "/readyz", &[]));
+            if r.as_ref().is_some_and(|r| r.status == 200) {
+                return;
+            }
+            let detail = r
+                .map(|r| r.text())
+                .unwrap_or_else(|| "admin listener not up".into());
+            assert!(
+                Instant::now() < deadline,
+                "providers not ready: {detail}\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// Splits `http://127.0.0.1:<port>/path?query` into the address and the request target.
+pub fn split_url(url: &str) -> (SocketAddr, String) {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("not an http URL: {url}"));
+    let (authority, target) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let addr = authority
+        .parse::<SocketAddr>()
+        .unwrap_or_else(|_| panic!("not an ip:port URL: {url}"));
+    (addr, target.to_string())
+}
+
+/// `location` (absolute, or a path) resolved against `base`.
+pub fn resolve_url(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.to_string();
+    }
+    let (addr, _) = split_url(base);
+    format!("http://{addr}{location}")
+}
+
+/// Query parameter `name` of `url`, percent-decoded.
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1.split('#').next().unwrap_or("");
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+pub fn percent_decode(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(x)) => {
+                out.push(x);
+                i += 2;
+            }
+            (b'+', _) => out.push(b' '),
+            (c, _) => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// One stored cookie.
+#[derive(Debug, Clone)]
+pub struct Cookie {
+    pub name: String,
+    pub value: String,
+    pub path: String,
+}
+
+/// A browser's cookies for 127.0.0.1. As in browsers, cookies do not depend on the port, so the
+/// gateway also receives the IdP's cookies (the "other cookies" it must pass through). Cookies
+/// are scoped by Path, replaced by name+path, and dropped by an empty value, `Max-Age<=0` or an
+/// `Expires` in 1970 (how oidc-provider clears them).
+#[derive(Debug, Clone, Default)]
+pub struct CookieJar {
+    pub cookies: Vec<Cookie>,
+}
+
+impl CookieJar {
+    /// Stores every `Set-Cookie` of `resp`.
+    pub fn store(&mut self, resp: &Response) {
+        for line in resp.headers_all("set-cookie") {
+            self.store_line(line);
+        }
+    }
+
+    pub fn store_line(&mut self, line: &str) {
+        let mut parts = line.split(';').map(str::trim);
+        let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+            return;
+        };
+        let mut path = "/".to_string();
+        let mut expired = value.is_empty();
+        for attr in parts {
+            let (k, v) = attr.split_once('=').unwrap_or((attr, ""));
+            match k.to_ascii_lowercase().as_str() {
+                "path" if !v.is_empty() => path = v.to_string(),
+                "max-age" => expired |= v.parse::<i64>().is_ok_and(|n| n <= 0),
+                "expires" => expired |= v.contains("1970"),
+                _ => {}
+            }
+        }
+        self.cookies.retain(|c| !(c.name == name && c.path == path));
+        if !expired {
+            self.cookies.push(Cookie {
+                name: name.to_string(),
+                value: value.to_string(),
+                path,
+            });
+        }
+    }
+
+    /// The `Cookie` header a browser sends with a request for `target` (empty when none).
+    pub fn header_for(&self, target: &str) -> String {
+        let path = target.split(['?', '#']).next().unwrap_or("/");
+        self.cookies
+            .iter()
+            .filter(|c| {
+                path == c.path
+                    || path.starts_with(&if c.path.ends_with('/') {
+                        c.path.clone()
+                    } else {
+                        format!("{}/", c.path)
+                    })
+            })
+            .map(|c| format!("{}={}", c.name, c.value))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The value of the first cookie called `name`.
+    pub fn value(&self, name: &str) -> Option<String> {
+        self.cookies
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| c.value.clone())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.cookies.iter().map(|c| c.name.clone()).collect()
+    }
+
+    /// Sets `name` for path `/`, replacing what was there.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.store_line(&format!("{name}={value}; Path=/"));
+    }
+
+    /// Removes every cookie whose name `matches`.
+    pub fn remove_where(&mut self, matches: impl Fn(&str) -> bool) {
+        self.cookies.retain(|c| !matches(&c.name));
+    }
+
+    /// One request to an absolute `http://ip:port/...` URL with this jar's cookies; stores the
+    /// answer's cookies. Redirects are returned, never followed.
+    pub fn fetch(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let (addr, target) = split_url(url);
+        let cookie = self.header_for(&target);
+        let mut all: Vec<(&str, &str)> = headers.to_vec();
+        if !cookie.is_empty() {
+            all.push(("Cookie", &cookie));
+        }
+        let resp = request(addr, method, &target, &all, body);
+        self.store(&resp);
+        resp
+    }
+
+    pub fn get(&mut self, url: &str, headers: &[(&str, &str)]) -> Response {
+        self.fetch("GET", url, headers, b"")
+    }
+}
+
+/// The `action` of the first `<form>` in `html`.
+pub fn form_action(html: &str) -> Option<String> {
+    let form = &html[html.find("<form")?..];
+    let tag = &form[..form.find('>')?];
+    attr_value(tag, "action")
+}
+
+/// The `value` of the `<input>` (or `<button>`) named `name` in `html`.
+pub fn input_value(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\""))?;
+    let start = html[..at].rfind('<')?;
+    let end = at + html[at..].find('>')?;
+    attr_value(&html[start..end], "value")
+}
+
+fn attr_value(tag: &str, attr: &str) -> Option<String> {
+    let needle = format!("{attr}=\"");
+    let from = tag.find(&needle)? + needle.len();
+    let len = tag[from..].find('"')?;
+    Some(tag[from..from + len].replace("&amp;", "&"))
+}
+
+/// Drives the IdP from `authorize_url` as a person would: follows redirects, fills the dev login
+/// form with `login` (any password), confirms consent, and stops at the redirect to
+/// `redirect_uri`, which it returns (with `code`, `state` and `iss`). The Rust twin of
+/// `interactiveLogin` in scripts/idp/harness.mjs.
+pub fn idp_login(
+    jar: &mut CookieJar,
+    authorize_url: &str,
+    redirect_uri: &str,
+    login: &str,
+) -> String {
+    let mut url = authorize_url.to_string();
+    let mut form: Option<String> = None;
+    for step in 0..20 {
+        if url.starts_with(redirect_uri) {
+            return url;
+        }
+        let resp = match form.take() {
+            Some(body) => jar.fetch(
+                "POST",
+                &url,
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                body.as_bytes(),
+            ),
+            None => jar.get(&url, &[]),
+        };
+        if (300..400).contains(&resp.status)
+            && let Some(location) = resp.header("location")
+        {
+            url = resolve_url(&url, location);
+            continue;
+        }
+        let html = resp.text();
+        assert_eq!(
+            resp.status,
+            200,
+            "login step {step}: {} at {url}: {}",
+            resp.status,
+            html.chars().take(300).collect::<String>()
+        );
+        let (Some(action), Some(prompt)) = (form_action(&html), input_value(&html, "prompt"))
+        else {
+            panic!("login step {step}: no interaction form at {url}");
+        };
+        let mut body = format!("prompt={}", urlenc(&prompt));
+        if prompt == "login" {
+            body.push_str(&format!("&login={}&password=any", urlenc(login)));
+        }
+        url = resolve_url(&url, &action);
+        form = Some(body);
+    }
+    panic!("login did not reach {redirect_uri} in 20 steps (last {url})");
+}
+
+/// Ends the person's session at the IdP (`end_session_url`, e.g. `<issuer>/session/end` with
+/// or without `id_token_hint`): shows the confirm page, then POSTs it with `logout=yes`. The IdP
+/// sends back-channel logout tokens before it answers. Returns the confirm POST's response (a
+/// redirect to the post-logout URI).
+pub fn idp_end_session(jar: &mut CookieJar, end_session_url: &str) -> Response {
+    let page = jar.get(end_session_url, &[]);
+    let html = page.text();
+    assert_eq!(page.status, 200, "end_session page: {html}");
+    let action = form_action(&html).expect("end_session form action");
+    let xsrf = input_value(&html, "xsrf").expect("end_session xsrf field");
+    let body = format!("xsrf={}&logout=yes", urlenc(&xsrf));
+    jar.fetch(
+        "POST",
+        &resolve_url(end_session_url, &action),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
+    )
+}
