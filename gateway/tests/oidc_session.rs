@@ -959,3 +959,38 @@ fn tampered_truncated_and_foreign_cookies_are_no_session_and_fallback_secrets_st
     assert_eq!(seen.target, "/fallback");
     assert_identity(&seen, "alice");
 }
+
+#[test]
+fn an_active_session_outlives_a_short_idling_timeout_and_an_idle_one_ends() {
+    let session = format!("{{ secret: \"{SECRET}\", cookie_secure: false, idling_timeout: 4 }}");
+    let mut e = start(&[], &[("session", &session)]);
+    e.login("/");
+    // Activity every second keeps pushing the idle deadline out, well past 4 s in all.
+    for i in 0..7 {
+        thread::sleep(Duration::from_secs(1));
+        let r = e.browse("/active");
+        assert_eq!(
+            r.status,
+            200,
+            "request {i} of an active session: {}",
+            r.text()
+        );
+    }
+    assert_identity(&e.last_seen(), "alice");
+    let seen = e.seen().len();
+    thread::sleep(Duration::from_millis(5500));
+    let r = e.browse("/idle");
+    assert_eq!(r.status, 302, "an idle session must end");
+    assert_eq!(e.seen().len(), seen);
+}
+
+#[test]
+fn after_login_the_browser_returns_only_to_a_same_origin_url() {
+    let mut e = start(&[], &[]);
+    let authorize = e.begin_login("//evil.example/steal");
+    let callback = idp_login(&mut e.browser, &authorize, &e.redirect_uri, "alice");
+    let r = e.browser.get(&callback, &[HTML]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/"), "open redirect after login");
+    assert_eq!(e.browse("/").status, 200);
+}

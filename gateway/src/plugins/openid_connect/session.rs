@@ -63,11 +63,14 @@ impl SessionState {
             .collect();
         let keys =
             SessionKeys::new(secret.expose().as_bytes(), &fallbacks).map_err(|e| e.to_string())?;
+        let defaults = SessionTimeouts::default();
         let timeouts = SessionTimeouts {
             idling: s.idling_timeout,
             rolling: s.rolling_timeout,
             absolute: s.absolute_timeout,
-            ..SessionTimeouts::default()
+            // Activity is recorded only once it is this old; with the default threshold an
+            // idling_timeout under a minute would log out users who are active all along.
+            touch_threshold: defaults.touch_threshold.min(s.idling_timeout / 4),
         };
         let codec =
             SessionCodec::new(keys, timeouts).with_compression_threshold(s.compression_threshold);
