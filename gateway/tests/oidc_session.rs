@@ -994,3 +994,64 @@ fn after_login_the_browser_returns_only_to_a_same_origin_url() {
     assert_eq!(r.header("location"), Some("/"), "open redirect after login");
     assert_eq!(e.browse("/").status, 200);
 }
+
+#[test]
+fn a_refresh_the_idp_refuses_ends_the_session() {
+    let mut e = start(
+        &[("IDP_OPAQUE_TTL", "2")],
+        &[("set_refresh_token_header", "true")],
+    );
+    e.login("/");
+    assert_eq!(e.browse("/").status, 200);
+    let rt = e
+        .last_seen()
+        .header("x-refresh-token")
+        .expect("X-Refresh-Token")
+        .to_string();
+    // Revoking the refresh token ends the grant at the IdP (the user logged out elsewhere, say).
+    let body = format!(
+        "token={}&token_type_hint=refresh_token",
+        support::urlenc(&rt)
+    );
+    let auth = format!(
+        "Basic {}",
+        support::base64_encode(b"gateway:gateway-secret")
+    );
+    let r = request(
+        e.idp.addr(),
+        "POST",
+        "/token/revocation",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &auth),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    thread::sleep(Duration::from_millis(3200));
+    let seen = e.seen().len();
+    let cookie = e.session_cookie();
+
+    let r = get(
+        e.gw.addr(),
+        "/api",
+        &[("Accept", "application/json"), ("Cookie", &cookie)],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    let r = e.browse("/page");
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(
+        r.header("location")
+            .unwrap()
+            .starts_with(&format!("{}/auth?", e.idp.issuer))
+    );
+    assert!(
+        e.browser.value("session").is_none(),
+        "the dead session's cookie is cleared"
+    );
+    assert_eq!(
+        e.seen().len(),
+        seen,
+        "an expired, unrefreshable session reached the upstream"
+    );
+}
