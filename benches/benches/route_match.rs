@@ -1,1 +1,78 @@
-fn main() {}
+//! Route lookup on a 50-route table mixing exact URIs, prefixes, exact and wildcard hosts and
+//! method filters, built the way the gateway builds it: YAML -> Config -> RouteTable.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use shardgate_gateway::config::load_str_with_env;
+use shardgate_gateway::route::RouteTable;
+
+fn config_yaml() -> String {
+    let mut yaml =
+        String::from("upstreams:\n  - id: app\n    nodes: { \"127.0.0.1:18080\": 1 }\nroutes:\n");
+    for i in 0..20 {
+        let _ = writeln!(
+            yaml,
+            "  - {{ id: exact{i}, uri: /svc{i}/status, upstream_id: app }}"
+        );
+    }
+    for i in 0..20 {
+        let _ = writeln!(
+            yaml,
+            "  - {{ id: prefix{i}, uri: /api/v{i}/*, hosts: [api{}.example.com], methods: [GET, POST], upstream_id: app }}",
+            i % 5
+        );
+    }
+    for i in 0..10 {
+        let _ = writeln!(
+            yaml,
+            "  - {{ id: wild{i}, uris: [/tenant/{i}/*, /t{i}], hosts: [\"*.t{i}.example.com\"], upstream_id: app }}"
+        );
+    }
+    yaml
+}
+
+fn route_match(c: &mut Criterion) {
+    let loaded = match load_str_with_env(&config_yaml(), &|_| None) {
+        Ok(loaded) => loaded,
+        Err(e) => panic!("bench config is invalid:\n{e}"),
+    };
+    assert_eq!(loaded.config.routes.len(), 50);
+    let table = RouteTable::build(&loaded.config.routes);
+    let cases: [(&str, Option<&[u8]>, &[u8], &[u8], bool); 4] = [
+        ("exact_hit", None, b"/svc17/status", b"GET", true),
+        (
+            "prefix_host_hit",
+            Some(b"API3.example.com:9080"),
+            b"/api/v18/users/42/orders",
+            b"POST",
+            true,
+        ),
+        (
+            "wildcard_host_hit",
+            Some(b"eu.west.t7.example.com"),
+            b"/tenant/7/dashboard",
+            b"GET",
+            true,
+        ),
+        (
+            "miss",
+            Some(b"api1.example.com"),
+            b"/nothing/here/at/all",
+            b"GET",
+            false,
+        ),
+    ];
+    let mut group = c.benchmark_group("route_match");
+    for (name, host, path, method, hit) in cases {
+        assert_eq!(table.find(host, path, method).is_some(), hit, "{name}");
+        group.bench_function(name, |b| {
+            b.iter(|| table.find(black_box(host), black_box(path), black_box(method)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, route_match);
+criterion_main!(benches);
