@@ -66,6 +66,25 @@ impl Shutdown {
         let _ = self.inner.receiver.recv_async().await;
     }
 
+    /// A shard-local view of this shutdown for hot paths: waiting on it touches no shared state
+    /// (the global channel is awaited once per shard, by a task this spawns). Call inside a
+    /// shard's runtime.
+    pub fn local(&self) -> LocalShutdown {
+        let local = LocalShutdown { inner: Rc::new(LocalShutdownInner::default()) };
+        if self.is_triggered() {
+            local.inner.triggered.set(true);
+            return local;
+        }
+        let global = self.clone();
+        let inner = Rc::clone(&local.inner);
+        monoio::spawn(async move {
+            global.wait().await;
+            inner.triggered.set(true);
+            inner.notify.notify_all();
+        });
+        local
+    }
+
     /// Blocking `wait`, for plain threads.
     pub fn wait_blocking(&self) {
         let _ = self.inner.receiver.recv();
@@ -83,6 +102,32 @@ impl std::fmt::Debug for Shutdown {
         f.debug_struct("Shutdown")
             .field("triggered", &self.is_triggered())
             .finish()
+    }
+}
+
+/// Shard-local shutdown signal (see [`Shutdown::local`]): `!Send`, no atomics, cheap to await
+/// per connection.
+#[derive(Clone)]
+pub struct LocalShutdown {
+    inner: Rc<LocalShutdownInner>,
+}
+
+#[derive(Default)]
+struct LocalShutdownInner {
+    triggered: Cell<bool>,
+    notify: LocalNotify,
+}
+
+impl LocalShutdown {
+    pub fn is_triggered(&self) -> bool {
+        self.inner.triggered.get()
+    }
+
+    /// Completes once the process-wide shutdown was triggered.
+    pub async fn wait(&self) {
+        while !self.inner.triggered.get() {
+            self.inner.notify.notified().await;
+        }
     }
 }
 

@@ -41,7 +41,7 @@ pub mod snapshot;
 pub use actor::{Addr, AskError, Closed, Mailbox, Reply, mailbox};
 pub use clock::{Clock, CoarseClock, ManualClock, SystemClock, shard_clock};
 pub use error::Error;
-pub use gate::{Gate, GateGuard, Shutdown};
+pub use gate::{Gate, GateGuard, LocalShutdown, Shutdown};
 pub use listener::{bind_reuseport, tune_stream};
 pub use shard::{
     ActiveDriver, DriverChoice, ShardInfo, ShardSet, available_cores, run_on_current_thread,

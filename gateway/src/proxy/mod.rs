@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use shardgate_runtime::gate::{Gate, Shutdown};
+use shardgate_runtime::gate::{Gate, LocalShutdown, Shutdown};
 use shardgate_runtime::shard::ShardInfo;
 use shardgate_runtime::snapshot::Local;
 
@@ -53,7 +53,8 @@ pub struct Shard {
     compiled: RefCell<Rc<Compiled>>,
     pub metrics: ShardMetrics,
     pub gate: Gate,
-    pub shutdown: Shutdown,
+    /// Shard-local view of the process shutdown: connections await it without shared state.
+    pub shutdown: LocalShutdown,
     /// Per-route auth state (caches) survives reloads when the route's plugin config is unchanged.
     auth_state: RefCell<HashMap<String, Rc<RouteAuth>>>,
     pub oidc: crate::plugins::openid_connect::ShardOidc,
@@ -83,7 +84,7 @@ impl Shard {
             compiled: RefCell::new(Rc::new(compiled)),
             metrics,
             gate: Gate::new(),
-            shutdown,
+            shutdown: shutdown.local(),
             auth_state,
             oidc,
         })

@@ -124,21 +124,16 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
         assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
         assertion_audience: conf.client_jwt_assertion_audience.clone(),
     };
-    let introspection_auth = if check == TokenCheck::Introspection || !conf.bearer_only {
+    // Only routes that introspect need introspection credentials (a public PKCE client has none).
+    let introspection_auth = if check == TokenCheck::Introspection && conf.bearer_enabled() {
         introspection_auth
             .prepare()
             .map_err(|e| format!("{path}: introspection client authentication: {e}"))?
     } else {
-        // Unused on this route: don't demand credentials APISIX wouldn't demand.
-        ClientAuth {
-            method: AuthMethod::None,
-            client_id: conf.client_id.clone(),
-            ..ClientAuth::default()
-        }
-        .prepare()
-        .map_err(|e| format!("{path}: {e}"))?
+        ClientAuth { method: AuthMethod::None, client_id: conf.client_id.clone(), ..ClientAuth::default() }
+            .prepare()
+            .map_err(|e| format!("{path}: {e}"))?
     };
-
     let token_auth = ClientAuth {
         method: if conf.bearer_only {
             AuthMethod::None
