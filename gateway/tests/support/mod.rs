@@ -15,11 +15,17 @@ use std::time::{Duration, Instant};
 
 /// A free loopback port (bound then released; the OS does not hand it out again immediately).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
 }
 
 fn scratch_dir(tag: &str) -> PathBuf {
@@ -52,7 +58,9 @@ impl Gateway {
         let admin_port = free_port();
         let dir = scratch_dir("gw");
         let config_path = dir.join("config.yaml");
-        let text = yaml.replace("{port}", &port.to_string()).replace("{admin}", &admin_port.to_string());
+        let text = yaml
+            .replace("{port}", &port.to_string())
+            .replace("{admin}", &admin_port.to_string());
         std::fs::write(&config_path, text).expect("write config");
         let log_path = dir.join("gateway.log");
         let log = std::fs::File::create(&log_path).expect("log file");
@@ -66,7 +74,14 @@ impl Gateway {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn shardgate");
-        let mut gw = Gateway { child: Some(child), port, admin_port, config_path, log_path, dir };
+        let mut gw = Gateway {
+            child: Some(child),
+            port,
+            admin_port,
+            config_path,
+            log_path,
+            dir,
+        };
         gw.wait_ready();
         gw
     }
@@ -74,17 +89,25 @@ impl Gateway {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("shardgate exited early ({status}):\n{}", self.log());
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("shardgate exited early ({status}):\n{}", self.log());
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // The admin listener starts on the control thread, a moment after the shards.
+            let admin_configured = std::fs::read_to_string(&self.config_path)
+                .is_ok_and(|c| c.contains(&format!(":{}", self.admin_port)));
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && (!admin_configured || TcpStream::connect(("127.0.0.1", self.admin_port)).is_ok())
+            {
                 return;
             }
             thread::sleep(Duration::from_millis(20));
         }
-        panic!("shardgate did not start listening within 20 s:\n{}", self.log());
+        panic!(
+            "shardgate did not start listening within 20 s:\n{}",
+            self.log()
+        );
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -116,13 +139,19 @@ impl Gateway {
     }
 
     pub fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().expect("kill");
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
         assert!(ok.success());
     }
 
     /// Rewrites the config file (same `{port}` substitution) and sends SIGHUP.
     pub fn reload(&self, yaml: &str) {
-        let text = yaml.replace("{port}", &self.port.to_string()).replace("{admin}", &self.admin_port.to_string());
+        let text = yaml
+            .replace("{port}", &self.port.to_string())
+            .replace("{admin}", &self.admin_port.to_string());
         std::fs::write(&self.config_path, text).expect("write config");
         self.signal("HUP");
     }
@@ -168,16 +197,24 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn headers_all(&self, name: &str) -> Vec<&str> {
-        self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -190,9 +227,16 @@ pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> std::io::Resu
     loop {
         line.clear();
         if r.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no response"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "no response",
+            ));
         }
-        status = line.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0);
         headers = Vec::new();
         loop {
             line.clear();
@@ -209,15 +253,23 @@ pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> std::io::Resu
             break;
         }
     }
-    let mut resp = Response { status, headers, body: Vec::new() };
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
     if head_request || status == 204 || status == 304 || status == 101 {
         return Ok(resp);
     }
-    if resp.header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+    if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
         loop {
             line.clear();
             r.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
             if size == 0 {
                 // Trailers until an empty line.
                 loop {
@@ -227,7 +279,8 @@ pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> std::io::Resu
                         break;
                     }
                     if let Some((k, v)) = line.trim_end().split_once(':') {
-                        resp.headers.push((format!("trailer:{}", k.trim()), v.trim().to_string()));
+                        resp.headers
+                            .push((format!("trailer:{}", k.trim()), v.trim().to_string()));
                     }
                 }
                 break;
@@ -238,7 +291,10 @@ pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> std::io::Resu
             line.clear();
             r.read_line(&mut line)?;
         }
-    } else if let Some(n) = resp.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+    } else if let Some(n) = resp
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
         resp.body = vec![0; n];
         r.read_exact(&mut resp.body)?;
     } else {
@@ -248,7 +304,13 @@ pub fn read_response<R: BufRead>(r: &mut R, head_request: bool) -> std::io::Resu
 }
 
 /// One request on a fresh connection (`Connection: close`).
-pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -297,7 +359,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -322,7 +387,10 @@ impl Upstream {
                 "body_len": seen.body.len(),
             })
             .to_string();
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
             s.write_all(resp.as_bytes()).is_ok()
         }))
     }
@@ -351,7 +419,12 @@ impl Upstream {
                 }
             });
         }
-        Upstream { addr, connections, seen, stop }
+        Upstream {
+            addr,
+            connections,
+            seen,
+            stop,
+        }
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -400,7 +473,12 @@ fn serve_upstream_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: 
                 headers.push((k.trim().to_string(), v.trim().to_string()));
             }
         }
-        let find = |n: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.clone());
+        let find = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.clone())
+        };
         let mut body = Vec::new();
         if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
             loop {
@@ -408,7 +486,8 @@ fn serve_upstream_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: 
                 if r.read_line(&mut l).unwrap_or(0) == 0 {
                     return;
                 }
-                let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                let size = usize::from_str_radix(l.trim().split(';').next().unwrap_or("0"), 16)
+                    .unwrap_or(0);
                 if size == 0 {
                     loop {
                         let mut t = String::new();
@@ -436,9 +515,17 @@ fn serve_upstream_conn(stream: TcpStream, seen: Arc<Mutex<Vec<Seen>>>, handler: 
                 return;
             }
         }
-        let s = Seen { method, target, headers, body };
+        let s = Seen {
+            method,
+            target,
+            headers,
+            body,
+        };
         if let Ok(mut v) = seen.lock() {
-            v.push(Seen { body: s.body.iter().take(4096).copied().collect(), ..s.clone() });
+            v.push(Seen {
+                body: s.body.iter().take(4096).copied().collect(),
+                ..s.clone()
+            });
         }
         if !handler(&s, &mut writer) {
             return;
@@ -467,7 +554,9 @@ impl Idp {
         let log_path = scratch_dir("idp").join("idp.log");
         let log = std::fs::File::create(&log_path).expect("idp log");
         let mut cmd = Command::new(node);
-        cmd.arg(script).stdout(Stdio::piped()).stderr(Stdio::from(log));
+        cmd.arg(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -486,13 +575,25 @@ impl Idp {
         });
         let issuer = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("IdP did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default()));
-        let port = issuer.rsplit(':').next().and_then(|p| p.parse().ok()).expect("issuer port");
+            .unwrap_or_else(|_| {
+                panic!(
+                    "IdP did not start: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                )
+            });
+        let port = issuer
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("issuer port");
         Idp {
             child: Some(child),
             issuer,
             port,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log_path,
         }
     }
@@ -539,14 +640,21 @@ impl Idp {
 
     /// POST /token with client_secret_basic; returns the JSON answer.
     pub fn token(&self, client: &str, secret: &str, form: &[(&str, &str)]) -> serde_json::Value {
-        let body: String = form.iter().map(|(k, v)| format!("{}={}", urlenc(k), urlenc(v))).collect::<Vec<_>>().join("&");
+        let body: String = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlenc(k), urlenc(v)))
+            .collect::<Vec<_>>()
+            .join("&");
         let basic = base64_encode(format!("{client}:{secret}").as_bytes());
         let auth = format!("Basic {basic}");
         let r = request(
             self.addr(),
             "POST",
             "/token",
-            &[("Content-Type", "application/x-www-form-urlencoded"), ("Authorization", &auth)],
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Authorization", &auth),
+            ],
             body.as_bytes(),
         );
         r.json()
@@ -559,7 +667,10 @@ impl Idp {
             form.push(("resource", r));
         }
         let j = self.token(client, &format!("{client}-secret"), &form);
-        j["access_token"].as_str().unwrap_or_else(|| panic!("no token: {j}")).to_string()
+        j["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no token: {j}"))
+            .to_string()
     }
 }
 
@@ -573,7 +684,9 @@ pub fn urlenc(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

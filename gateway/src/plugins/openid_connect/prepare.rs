@@ -130,9 +130,13 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
             .prepare()
             .map_err(|e| format!("{path}: introspection client authentication: {e}"))?
     } else {
-        ClientAuth { method: AuthMethod::None, client_id: conf.client_id.clone(), ..ClientAuth::default() }
-            .prepare()
-            .map_err(|e| format!("{path}: {e}"))?
+        ClientAuth {
+            method: AuthMethod::None,
+            client_id: conf.client_id.clone(),
+            ..ClientAuth::default()
+        }
+        .prepare()
+        .map_err(|e| format!("{path}: {e}"))?
     };
     let token_auth = ClientAuth {
         method: if conf.bearer_only {
