@@ -33,6 +33,15 @@ fn config_yaml() -> String {
     yaml
 }
 
+/// (name, Host header, path, method, expect a match)
+type Case = (
+    &'static str,
+    Option<&'static [u8]>,
+    &'static [u8],
+    &'static [u8],
+    bool,
+);
+
 fn route_match(c: &mut Criterion) {
     let loaded = match load_str_with_env(&config_yaml(), &|_| None) {
         Ok(loaded) => loaded,
@@ -40,7 +49,7 @@ fn route_match(c: &mut Criterion) {
     };
     assert_eq!(loaded.config.routes.len(), 50);
     let table = RouteTable::build(&loaded.config.routes);
-    let cases: [(&str, Option<&[u8]>, &[u8], &[u8], bool); 4] = [
+    let cases: [Case; 4] = [
         ("exact_hit", None, b"/svc17/status", b"GET", true),
         (
             "prefix_host_hit",
