@@ -465,6 +465,19 @@ fn cookie_header_parsing_edge_cases() {
         ),
         Err(SessionError::DuplicateChunk { .. })
     ));
+    // A duplicate of a needed chunk is caught even after a harmless stale duplicate.
+    assert!(matches!(
+        session::collect_chunks([&b"session5=a; session5=b; session=A; session=B"[..]].into_iter(), "session", &mut out),
+        Err(SessionError::DuplicateChunk { name }) if name == "session"
+    ));
+    assert!(
+        session::collect_chunks(
+            [&b"session5=a; session5=b; session=A"[..]].into_iter(),
+            "session",
+            &mut out
+        )
+        .is_ok()
+    );
     // No first chunk: no session (a lone chunk 2 is only stale).
     assert_eq!(
         session::collect_chunks([&b"session2=A; a=b"[..]].into_iter(), "session", &mut out)
