@@ -120,6 +120,19 @@ pub fn run(opts: RunOptions) -> i32 {
         tracing::error!(error = %e, "cannot block signals");
         return 1;
     }
+    let signals = match spawn_signal_thread() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the signal thread");
+            return 1;
+        }
+    };
+    run_with(opts, Shutdown::new(), signals)
+}
+
+/// Runs the gateway until `shutdown` is triggered (by a `Signal::Terminate` on `signals`, or by
+/// the caller). Embedders (benches) pass their own channel instead of the process signals.
+pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<Signal>) -> i32 {
     let loaded = match config::load_file(&opts.config_path) {
         Ok(l) => l,
         Err(e) => {
@@ -161,17 +174,8 @@ pub fn run(opts: RunOptions) -> i32 {
         }
     };
     let publisher = Arc::new(Publisher::new(Arc::new(published)));
-    let shutdown = Shutdown::new();
     let shards_up = Arc::new(AtomicUsize::new(0));
     let shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>> = Arc::new(Mutex::new(Vec::new()));
-
-    let signals = match spawn_signal_thread() {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the signal thread");
-            return 1;
-        }
-    };
 
     // Shards.
     let shard_set = {

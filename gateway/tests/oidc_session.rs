@@ -345,8 +345,6 @@ fn pkce_login_with_the_confidential_client() {
 }
 
 #[test]
-#[ignore = "startup refuses a public client: prepare.rs builds the introspection client auth \
-            (client_secret_basic) for every non-bearer_only route and demands a secret"]
 fn pkce_login_with_the_public_client_without_secret() {
     pkce_login(&[
         ("client_id", "spa"),

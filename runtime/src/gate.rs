@@ -70,7 +70,9 @@ impl Shutdown {
     /// (the global channel is awaited once per shard, by a task this spawns). Call inside a
     /// shard's runtime.
     pub fn local(&self) -> LocalShutdown {
-        let local = LocalShutdown { inner: Rc::new(LocalShutdownInner::default()) };
+        let local = LocalShutdown {
+            inner: Rc::new(LocalShutdownInner::default()),
+        };
         if self.is_triggered() {
             local.inner.triggered.set(true);
             return local;

@@ -182,7 +182,17 @@ async fn handle(
     started: Instant,
 ) -> Next {
     let method = c.head.method;
-    // Phase 2: route.
+    // Phase 2: route. Routes match raw path bytes, so a path the upstream could normalise into
+    // another route (`/public/../admin`, `/public/%2e%2e/admin`, backslashes) is refused here:
+    // otherwise it would be matched against one route and served by another.
+    if ambiguous_path(c.head.path.of(&c.buf)) {
+        let err = Error::Parse(crate::http1::ParseError::Malformed(
+            "dot-segment or backslash in the request path",
+        ));
+        let summary = respond_error(c, &err, method).await;
+        log(shard, compiled, c, None, started, &summary, false);
+        return Next::Close;
+    }
     let path = c.head.path.of(&c.buf);
     let host = c.head.host.map(|h| h.of(&c.buf));
     let method_token = c.head.method_span.of(&c.buf);
@@ -250,6 +260,38 @@ pub async fn buffered_body(c: &mut ClientConn, max: usize) -> Result<Vec<u8>, &'
         }
     }
     Ok(c.buf[c.head.head_len..c.head.head_len + n].to_vec())
+}
+
+/// True when `path` has a `.` or `..` segment (also percent-encoded) or a backslash.
+pub fn ambiguous_path(path: &[u8]) -> bool {
+    if path.contains(&b'\\') || contains_ci(path, b"%5c") {
+        return true;
+    }
+    path.split(|b| *b == b'/').any(|seg| {
+        let mut dots = 0;
+        let mut i = 0;
+        while i < seg.len() {
+            if seg[i] == b'.' {
+                dots += 1;
+                i += 1;
+            } else if seg[i] == b'%'
+                && seg.len() >= i + 3
+                && seg[i + 1] == b'2'
+                && (seg[i + 2] | 0x20) == b'e'
+            {
+                dots += 1;
+                i += 3;
+            } else {
+                return false;
+            }
+        }
+        dots == 1 || dots == 2
+    })
+}
+
+fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// After answering without reading the request body, the body's bytes would be taken for the next
@@ -451,4 +493,38 @@ fn log(
         shard = shard.info.id,
         peer = %c.peer,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ambiguous_path;
+
+    #[test]
+    fn dot_segments_and_backslashes_are_ambiguous() {
+        for p in [
+            "/a/../b",
+            "/..",
+            "/a/.",
+            "/a/./b",
+            "/a/%2e%2E/b",
+            "/a/.%2e/b",
+            "/%2E/x",
+            "/a\\b",
+            "/a%5Cb",
+        ] {
+            assert!(ambiguous_path(p.as_bytes()), "{p}");
+        }
+        for p in [
+            "/",
+            "/a/b",
+            "/a/...",
+            "/.well-known/x",
+            "/a.b/c",
+            "/a/..b",
+            "/a/%2e%2e%2e",
+            "/v1.2/x",
+        ] {
+            assert!(!ambiguous_path(p.as_bytes()), "{p}");
+        }
+    }
 }
