@@ -775,8 +775,8 @@ async fn relay_response(
         BodyFraming::None => {
             let (r, o) =
                 write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
-            out = o;
-            bytes_out += out.len() as u64;
+            bytes_out += o.len() as u64;
+            c.out = o;
             r.map_err(|_| (client_gone(), false))
         }
         BodyFraming::Length(n) => {
@@ -787,8 +787,8 @@ async fn relay_response(
             remaining -= first as u64;
             let (r, o) =
                 write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
-            out = o;
-            bytes_out += out.len() as u64;
+            bytes_out += o.len() as u64;
+            c.out = o;
             let mut result = r.map_err(|_| (client_gone(), false));
             while result.is_ok() && remaining > 0 {
                 let buf = std::mem::take(&mut conn.buf);
@@ -861,7 +861,10 @@ async fn relay_response(
             .await
         }
     };
-    c.out = Vec::with_capacity(8 * 1024);
+    // The None and Length paths handed the head buffer back; the others consumed it.
+    if c.out.capacity() == 0 {
+        c.out = Vec::with_capacity(8 * 1024);
+    }
     if let Err((err, _)) = body_result {
         return Ok(Done {
             status,
