@@ -360,10 +360,19 @@ def build_scenarios(names, ctx):
             sc.needs_idp = True
         elif name == "S3":
             sc = Scenario(name, "session cookie", ["nginx"] + proxies)
+            secret = os.environ.get("LOADTEST_S3_SECRET", "loadtest-session-secret-0123456789")
             cookies = os.environ.get("LOADTEST_S3_COOKIES")
+            if not cookies:
+                # Sessions sealed by the gateway's own codec (benches/src/bin/session_cookies.rs),
+                # ~3 KiB each, 1000 of them rotating.
+                minter = os.path.join(ROOT, "target", "release", "session_cookies")
+                cookies = os.path.join(ROOT, "target", "loadtest", "cookies.txt")
+                if os.access(minter, os.X_OK):
+                    os.makedirs(os.path.dirname(cookies), exist_ok=True)
+                    subprocess.run([minter, cookies, "1000", secret, "http://127.0.0.1:%d" % IDP_PORT], check=True)
             if not cookies or not os.path.exists(cookies):
-                sc.skip_reason = ("needs LOADTEST_S3_COOKIES (a file of Cookie header values made by a "
-                                  "gateway with session.secret = LOADTEST_S3_SECRET)")
+                sc.skip_reason = ("needs target/release/session_cookies (loadtest/run.sh builds it) or "
+                                  "LOADTEST_S3_COOKIES with session.secret = LOADTEST_S3_SECRET")
             else:
                 sc.header_file = cookies
                 sc.header_name = "Cookie"
@@ -375,7 +384,7 @@ def build_scenarios(names, ctx):
                     "        discovery: http://127.0.0.1:%d/.well-known/openid-configuration\n"
                     "        redirect_uri: http://127.0.0.1:9080/callback\n"
                     "        session:\n"
-                    "          secret: %s\n" % (IDP_PORT, os.environ.get("LOADTEST_S3_SECRET", "loadtest-session-secret-0123456789"))
+                    "          secret: %s\n" % (IDP_PORT, secret)
                 )
                 sc.needs_idp = True
         elif name == "S4":

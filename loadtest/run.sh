@@ -27,7 +27,7 @@ done
 "$SG_ROOT/scripts/install.sh"
 if [ "$build" = 1 ]; then
 	sg_log "building shardgate (release)"
-	if ! (cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway); then
+	if ! (cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway -p shardgate-benches --bin session_cookies); then
 		sg_log "warning: release build failed; shardgate rows will be reported as failed"
 	fi
 fi

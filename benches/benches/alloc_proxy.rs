@@ -5,7 +5,9 @@
 //! so every allocation the counting allocator sees during the measured requests is the gateway's
 //! (its control thread included). Prints the figure and exits non-zero when it is not 0.
 //!
-//! `cargo bench -p shardgate-benches --bench alloc_proxy` (add `-- epoll` for the epoll driver).
+//! `cargo bench -p shardgate-benches --bench alloc_proxy` (add `-- epoll` for the epoll driver,
+//! `-- jwt` for requests carrying an RS256 bearer token through `openid-connect`: after the first
+//! request every one is a verified-token cache hit).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
@@ -76,10 +78,7 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Sends `n` requests on one keep-alive connection, reading each response fully.
-fn client(port: u16, n: usize, s: &mut TcpStream) {
-    let _ = port;
-    let req =
-        b"GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
+fn client(req: &[u8], n: usize, s: &mut TcpStream) {
     let mut buf = [0u8; 4096];
     for _ in 0..n {
         s.write_all(req).expect("write");
@@ -104,6 +103,27 @@ fn main() {
     } else {
         DriverChoice::Uring
     };
+    let jwt = std::env::args().any(|a| a == "jwt");
+    let testdata = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../oidc/testdata");
+    let (plugin, req) = if jwt {
+        let key_pem = std::fs::read_to_string(testdata.join("rsa1.pem")).expect("test key");
+        let pub_pem = std::fs::read_to_string(testdata.join("rsa1.pub.pem")).expect("test key");
+        let key = shardgate_oidc::jwt::SigningKey::from_pem(&key_pem).expect("signing key");
+        let claims = br#"{"iss":"https://idp.bench","sub":"bench","aud":"urn:bench","scope":"read write","exp":4102444800,"iat":1700000000}"#;
+        let token = shardgate_oidc::jwt::sign(shardgate_oidc::jwt::Alg::RS256, Some("k1"), claims, &key)
+            .expect("sign");
+        let indented: String = pub_pem.lines().map(|l| format!("          {l}\n")).collect();
+        let plugin = format!(
+            "    plugins:\n      openid-connect:\n        client_id: bench\n        discovery: http://127.0.0.1:9/.well-known/openid-configuration\n        bearer_only: true\n        claim_validator: {{ issuer: {{ valid_issuers: [\"https://idp.bench\"] }} }}\n        public_key: |\n{indented}"
+        );
+        let req = format!(
+            "GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAuthorization: Bearer {token}\r\n\r\n"
+        );
+        (plugin, req.into_bytes())
+    } else {
+        let req = b"GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
+        (String::new(), req.to_vec())
+    };
     let up = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
     let up_port = up.local_addr().expect("addr").port();
     std::thread::spawn(move || upstream(up));
@@ -119,7 +139,7 @@ fn main() {
         format!(
             "gateway:\n  listen: [\"127.0.0.1:{gw_port}\"]\n  shards: 1\n  access_log: false\n\
              upstreams:\n  - id: up\n    nodes: {{ \"127.0.0.1:{up_port}\": 1 }}\n\
-             routes:\n  - id: all\n    uri: /*\n    upstream_id: up\n"
+             routes:\n  - id: all\n    uri: /*\n    upstream_id: up\n{plugin}"
         ),
     )
     .expect("config");
@@ -149,15 +169,16 @@ fn main() {
     };
     s.set_nodelay(true).expect("nodelay");
     // Warm-up: pools, buffers, caches and hash maps reach their steady size.
-    client(gw_port, 20_000, &mut s);
+    client(&req, 20_000, &mut s);
     let n = 50_000;
     let before = ALLOCS.load(Ordering::Relaxed);
     let t = Instant::now();
-    client(gw_port, n, &mut s);
+    client(&req, n, &mut s);
     let elapsed = t.elapsed();
     let allocs = ALLOCS.load(Ordering::Relaxed) - before;
     println!(
-        "driver {driver:?}: {n} proxied requests, {allocs} heap allocations in the whole process = {:.4} per request ({:.1} us/request wall, client and upstream included)",
+        "driver {driver:?}{}: {n} proxied requests, {allocs} heap allocations in the whole process = {:.4} per request ({:.1} us/request wall, client and upstream included)",
+        if jwt { ", RS256 bearer token (cache hits)" } else { "" },
         allocs as f64 / n as f64,
         elapsed.as_micros() as f64 / n as f64
     );

@@ -237,8 +237,9 @@ async fn run(
         let (res, out) = write_all_vec(&mut conn.stream, out, Some(send_deadline)).await;
         c.out = out;
         if let Err(e) = res {
-            if reused && replayable && !stale_retry_used {
-                // A pooled connection the upstream closed while idle: try once on a fresh one.
+            // A pooled connection the upstream closed while idle: try once on a fresh one. Only
+            // after an I/O error: a timed-out write keeps the buffer, so there is nothing to resend.
+            if reused && replayable && !stale_retry_used && matches!(e, WriteFail::Io(_)) {
                 stale_retry_used = true;
                 continue;
             }

@@ -44,6 +44,7 @@ pub struct SessionState {
     attrs: CookieAttrs,
     login_attrs: CookieAttrs,
     scratch: RefCell<Vec<u8>>,
+    open_scratch: RefCell<Vec<u8>>,
     revocations: RefCell<Revocations>,
     revocations_seen: Cell<u64>,
     backchannel_path: String,
@@ -106,6 +107,7 @@ impl SessionState {
             attrs,
             login_attrs,
             scratch: RefCell::new(Vec::with_capacity(4096)),
+            open_scratch: RefCell::new(Vec::with_capacity(4096)),
             revocations: RefCell::new(Revocations::new(100_000)),
             revocations_seen: Cell::new(0),
             backchannel_path: format!("{}/backchannel", conf.logout_path.trim_end_matches('/')),
@@ -213,24 +215,20 @@ fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
     format!("{scheme}://{host}{path}{DEFAULT_REDIRECT_SUFFIX}")
 }
 
+/// Opens the request's session with the shard's reusable buffers (no allocation beyond the
+/// returned session's own strings).
 fn open_session(s: &SessionState, c: &ClientConn, now: u64) -> Result<Option<SessionData>, String> {
     let mut joined = s.scratch.borrow_mut();
-    let mut joined_owned = std::mem::take(&mut *joined);
-    let collected = session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined_owned)
-        .map_err(|e| e.to_string());
-    let result = match collected {
+    let mut plain = s.open_scratch.borrow_mut();
+    match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
         Ok(None) => Ok(None),
-        Ok(Some(_)) => {
-            let mut scratch = Vec::new();
-            s.codec
-                .open_with(&joined_owned, &s.cookie_name, now, &mut scratch)
-                .map(Some)
-                .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e),
-    };
-    *joined = joined_owned;
-    result
+        Ok(Some(_)) => s
+            .codec
+            .open_with(&joined, &s.cookie_name, now, &mut plain)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
@@ -671,7 +669,12 @@ async fn use_session(
     now: u64,
 ) -> Result<(), Error> {
     let conf = conf(auth);
-    if conf.force_reauthorize
+    // force_reauthorize: once the access token is due, run the authorization flow again
+    // instead of redeeming the refresh token. (Re-running it on every request, fresh session or
+    // not, would send the browser round in a loop after each callback.)
+    let token_due = flow::access_token_state(&data, now, conf.access_token_expires_leeway)
+        != TokenState::Fresh;
+    if (conf.force_reauthorize && token_due)
         || flow::needs_reauthentication(&data, now, conf.refresh_session_interval)
     {
         return start_login(

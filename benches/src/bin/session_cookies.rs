@@ -1,0 +1,79 @@
+//! Mints realistic session cookies for load scenario S3 (`loadtest/run.sh --scenarios S3`).
+//!
+//! `session_cookies OUT_FILE COUNT SECRET ISSUER` writes COUNT `Cookie` header values, one per line,
+//! each a session sealed exactly as the gateway seals one after a login: a ~900-byte JWT access
+//! token, a refresh token, ID token claims and userinfo, about 3 KiB sealed. `last_seen` is set one
+//! hour ahead so a multi-minute run measures the steady session path and never the once-a-minute
+//! cookie re-issue (which a real browser would pick up, and wrk would not).
+
+use base64::Engine as _;
+use shardgate_oidc::session::{
+    RawValue, SessionCodec, SessionData, SessionKeys, SessionTimeouts, SystemRandom,
+};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 5 {
+        eprintln!("usage: session_cookies OUT_FILE COUNT SECRET ISSUER");
+        std::process::exit(2);
+    }
+    let count: usize = args[2].parse().unwrap_or(1);
+    let keys = match SessionKeys::new(args[3].as_bytes(), &[]) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("session secret: {e}");
+            std::process::exit(2);
+        }
+    };
+    let codec = SessionCodec::new(keys, SessionTimeouts::default());
+    let rng = SystemRandom::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let mut out = String::new();
+    for i in 0..count {
+        let claims = format!(
+            r#"{{"iss":"{iss}","sub":"user-{i}","aud":"gateway","exp":{exp},"iat":{now},"scope":"openid profile email","sid":"sid-{i}","email":"user{i}@example.test","name":"User {i}","preferred_username":"user{i}","groups":["staff","engineering","on-call"]}}"#,
+            iss = args[4],
+            exp = now + 3600
+        );
+        let access_token = format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"RS256","kid":"rs-ephemeral","typ":"at+jwt"}"#),
+            b64(&claims),
+            b64(&"s".repeat(256))
+        );
+        let mut data = SessionData::new(now);
+        data.sub = Some(format!("user-{i}"));
+        data.sid = Some(format!("sid-{i}"));
+        data.iss = Some(args[4].clone());
+        data.access_token = Some(access_token);
+        data.access_token_expires_at = Some(now + 3600);
+        data.refresh_token = Some(format!("rt-{i}-{}", "r".repeat(40)));
+        data.scope = Some("openid profile email".into());
+        data.id_token_claims = RawValue::from_string(claims.clone()).ok();
+        data.user = RawValue::from_string(claims).ok();
+        data.last_seen = now + 3600;
+        data.rolled_at = now;
+        let chunks = match codec.seal(&data, "session", now, &rng) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("seal: {e}");
+                std::process::exit(1);
+            }
+        };
+        let header: Vec<String> = chunks
+            .iter()
+            .enumerate()
+            .map(|(j, v)| format!("{}={v}", shardgate_oidc::session::chunk_name("session", j)))
+            .collect();
+        out.push_str(&header.join("; "));
+        out.push('\n');
+    }
+    if let Err(e) = std::fs::write(&args[1], out) {
+        eprintln!("{}: {e}", args[1]);
+        std::process::exit(1);
+    }
+}
