@@ -87,11 +87,11 @@ fn client(req: &[u8], n: usize, s: &mut TcpStream) {
             let r = s.read(&mut buf[have..]).expect("read");
             assert!(r > 0, "gateway closed the connection");
             have += r;
-            if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
-                if have >= end + 4 + 3 {
-                    assert!(buf.starts_with(b"HTTP/1.1 200"), "unexpected response");
-                    break;
-                }
+            if let Some(end) = find(&buf[..have], b"\r\n\r\n")
+                && have >= end + 4 + 3
+            {
+                assert!(buf.starts_with(b"HTTP/1.1 200"), "unexpected response");
+                break;
             }
         }
     }
@@ -110,9 +110,13 @@ fn main() {
         let pub_pem = std::fs::read_to_string(testdata.join("rsa1.pub.pem")).expect("test key");
         let key = shardgate_oidc::jwt::SigningKey::from_pem(&key_pem).expect("signing key");
         let claims = br#"{"iss":"https://idp.bench","sub":"bench","aud":"urn:bench","scope":"read write","exp":4102444800,"iat":1700000000}"#;
-        let token = shardgate_oidc::jwt::sign(shardgate_oidc::jwt::Alg::RS256, Some("k1"), claims, &key)
-            .expect("sign");
-        let indented: String = pub_pem.lines().map(|l| format!("          {l}\n")).collect();
+        let token =
+            shardgate_oidc::jwt::sign(shardgate_oidc::jwt::Alg::RS256, Some("k1"), claims, &key)
+                .expect("sign");
+        let indented: String = pub_pem
+            .lines()
+            .map(|l| format!("          {l}\n"))
+            .collect();
         let plugin = format!(
             "    plugins:\n      openid-connect:\n        client_id: bench\n        discovery: http://127.0.0.1:9/.well-known/openid-configuration\n        bearer_only: true\n        claim_validator: {{ issuer: {{ valid_issuers: [\"https://idp.bench\"] }} }}\n        public_key: |\n{indented}"
         );
@@ -121,7 +125,8 @@ fn main() {
         );
         (plugin, req.into_bytes())
     } else {
-        let req = b"GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
+        let req =
+            b"GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
         (String::new(), req.to_vec())
     };
     let up = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
@@ -178,7 +183,11 @@ fn main() {
     let allocs = ALLOCS.load(Ordering::Relaxed) - before;
     println!(
         "driver {driver:?}{}: {n} proxied requests, {allocs} heap allocations in the whole process = {:.4} per request ({:.1} us/request wall, client and upstream included)",
-        if jwt { ", RS256 bearer token (cache hits)" } else { "" },
+        if jwt {
+            ", RS256 bearer token (cache hits)"
+        } else {
+            ""
+        },
         allocs as f64 / n as f64,
         elapsed.as_micros() as f64 / n as f64
     );

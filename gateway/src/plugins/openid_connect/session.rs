@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
+use shardgate_oidc::cache::TtlCache;
 use shardgate_oidc::config::{OidcConf, SameSite as ConfSameSite, UnauthAction};
 use shardgate_oidc::discovery::ProviderMetadata;
 use shardgate_oidc::flow::{
@@ -45,6 +46,8 @@ pub struct SessionState {
     login_attrs: CookieAttrs,
     scratch: RefCell<Vec<u8>>,
     open_scratch: RefCell<Vec<u8>>,
+    /// Cookies opened recently on this shard, by their exact bytes.
+    opened: RefCell<TtlCache<Rc<OpenedSession>>>,
     revocations: RefCell<Revocations>,
     revocations_seen: Cell<u64>,
     backchannel_path: String,
@@ -108,6 +111,7 @@ impl SessionState {
             login_attrs,
             scratch: RefCell::new(Vec::with_capacity(4096)),
             open_scratch: RefCell::new(Vec::with_capacity(4096)),
+            opened: RefCell::new(TtlCache::new(4096)),
             revocations: RefCell::new(Revocations::new(100_000)),
             revocations_seen: Cell::new(0),
             backchannel_path: format!("{}/backchannel", conf.logout_path.trim_end_matches('/')),
@@ -139,18 +143,40 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     // Our cookies never reach the upstream.
     c.outcome.strip_cookie_prefix = Some(auth.cookie_prefix.clone());
     let now = auth.oidc.now_secs();
-    let path = c.head.path.of(&c.buf).to_vec();
     let conf = conf(auth);
-    if path == conf.logout_path.as_bytes() {
+    let path = c.head.path.of(&c.buf);
+    let is_logout = path == conf.logout_path.as_bytes();
+    let is_backchannel =
+        path == s.backchannel_path.as_bytes() && c.head.method == crate::http1::Method::Post;
+    let is_cb = is_callback(conf, path);
+    if is_logout {
         return logout(auth, s, c, now).await;
     }
-    if path == s.backchannel_path.as_bytes() && c.head.method == crate::http1::Method::Post {
+    if is_backchannel {
         return backchannel_logout(auth, s, c, now).await;
     }
-    if is_callback(conf, &path) {
+    if is_cb {
         return callback(auth, s, c, now).await;
     }
     sync_revocations(auth, s);
+    // Fast path: the same cookie bytes as a session this shard already opened and checked.
+    let hit = {
+        let mut joined = s.scratch.borrow_mut();
+        match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
+            Ok(Some(_)) => s
+                .opened
+                .borrow()
+                .get(&joined, auth.oidc.now_millis())
+                .cloned(),
+            _ => None,
+        }
+    };
+    if let Some(open) = hit
+        && still_good(auth, s, &open.data, now)
+    {
+        apply_session_headers(c, &open.headers);
+        return Ok(());
+    }
     match open_session(s, c, now) {
         Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => {
             use_session(auth, s, c, data, now).await
@@ -672,8 +698,8 @@ async fn use_session(
     // force_reauthorize: once the access token is due, run the authorization flow again
     // instead of redeeming the refresh token. (Re-running it on every request, fresh session or
     // not, would send the browser round in a loop after each callback.)
-    let token_due = flow::access_token_state(&data, now, conf.access_token_expires_leeway)
-        != TokenState::Fresh;
+    let token_due =
+        flow::access_token_state(&data, now, conf.access_token_expires_leeway) != TokenState::Fresh;
     if (conf.force_reauthorize && token_due)
         || flow::needs_reauthentication(&data, now, conf.refresh_session_interval)
     {
@@ -687,9 +713,11 @@ async fn use_session(
         .await;
     }
     let mut reissue = s.codec.needs_reissue(&data, now);
+    let mut refreshed = false;
     match flow::access_token_state(&data, now, conf.access_token_expires_leeway) {
         TokenState::Fresh => {}
         state => {
+            refreshed = true;
             if conf.renew_access_token_on_expiry && data.refresh_token.is_some() {
                 match refresh(auth, &mut data, now).await {
                     Ok(()) => reissue = true,
@@ -715,6 +743,8 @@ async fn use_session(
         }
     }
     check_session_claims(auth, &data)?;
+    let headers = session_headers(auth, &data);
+    apply_session_headers(c, &headers);
     if reissue {
         s.codec.touch(&mut data, now);
         let mut cookies = Vec::new();
@@ -722,8 +752,14 @@ async fn use_session(
         c.outcome
             .response_headers
             .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+    } else if !refreshed && still_good(auth, s, &data, now) {
+        // No await happened since `open_session`, so the scratch still holds this cookie.
+        let key = s.scratch.borrow();
+        let entry = Rc::new(OpenedSession { data, headers });
+        s.opened
+            .borrow_mut()
+            .insert(&key, entry, auth.oidc.now_millis() + OPENED_TTL_MS);
     }
-    set_session_headers(auth, c, &data);
     Ok(())
 }
 
@@ -764,40 +800,85 @@ fn check_session_claims(auth: &RouteAuth, data: &SessionData) -> Result<(), Erro
     Ok(())
 }
 
-fn set_session_headers(auth: &RouteAuth, c: &mut ClientConn, data: &SessionData) {
+/// The upstream identity headers of a session, computed once per opened cookie.
+struct SessionHeaders {
+    headers: Vec<(&'static str, Rc<str>)>,
+    /// The access token goes in `Authorization`, replacing the client's.
+    strip_authorization: bool,
+}
+
+fn session_headers(auth: &RouteAuth, data: &SessionData) -> SessionHeaders {
     let conf = conf(auth);
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let out = &mut c.outcome.upstream_headers;
+    let b64 = |s: &str| Rc::from(base64::engine::general_purpose::STANDARD.encode(s.as_bytes()));
+    let mut headers = Vec::with_capacity(5);
+    let mut strip_authorization = false;
     if conf.set_access_token_header
         && let Some(at) = &data.access_token
     {
         if conf.access_token_in_authorization_header {
-            c.outcome.strip_authorization = true;
-            out.push(("Authorization", HeaderValue::Owned(format!("Bearer {at}"))));
+            strip_authorization = true;
+            headers.push(("Authorization", Rc::from(format!("Bearer {at}"))));
         } else {
-            out.push(("X-Access-Token", HeaderValue::Owned(at.clone())));
+            headers.push(("X-Access-Token", Rc::from(at.as_str())));
         }
     }
     if conf.set_id_token_header
         && let Some(claims) = &data.id_token_claims
     {
-        out.push(("X-ID-Token", HeaderValue::Owned(b64(claims.get()))));
+        headers.push(("X-ID-Token", b64(claims.get())));
     }
     if conf.set_userinfo_header
         && let Some(user) = &data.user
     {
-        out.push(("X-Userinfo", HeaderValue::Owned(b64(user.get()))));
+        headers.push(("X-Userinfo", b64(user.get())));
     }
     if conf.set_refresh_token_header
         && let Some(rt) = &data.refresh_token
     {
-        out.push(("X-Refresh-Token", HeaderValue::Owned(rt.clone())));
+        headers.push(("X-Refresh-Token", Rc::from(rt.as_str())));
     }
     if conf.set_raw_id_token_header
         && let Some(t) = &data.id_token
     {
-        out.push(("X-Raw-ID-Token", HeaderValue::Owned(t.clone())));
+        headers.push(("X-Raw-ID-Token", Rc::from(t.as_str())));
     }
+    SessionHeaders {
+        headers,
+        strip_authorization,
+    }
+}
+
+fn apply_session_headers(c: &mut ClientConn, h: &SessionHeaders) {
+    if h.strip_authorization {
+        c.outcome.strip_authorization = true;
+    }
+    for (name, value) in &h.headers {
+        c.outcome
+            .upstream_headers
+            .push((name, HeaderValue::Shared(value.clone())));
+    }
+}
+
+/// A session cookie this shard opened and found good: later requests with the same cookie bytes
+/// skip decryption, parsing and header encoding (the timeouts, revocations and token expiry are
+/// still checked on every request).
+pub struct OpenedSession {
+    data: SessionData,
+    headers: SessionHeaders,
+}
+
+/// How long an opened session is remembered (it is re-checked on every hit anyway).
+const OPENED_TTL_MS: u64 = 30_000;
+
+/// The cheap per-request checks a remembered session must still pass to be used as is.
+fn still_good(auth: &RouteAuth, s: &SessionState, data: &SessionData, now: u64) -> bool {
+    let conf = conf(auth);
+    !s.revocations.borrow().is_revoked(data)
+        && s.codec.check_expiry(data, now).is_ok()
+        && !s.codec.needs_reissue(data, now)
+        && flow::access_token_state(data, now, conf.access_token_expires_leeway)
+            == TokenState::Fresh
+        && !flow::needs_reauthentication(data, now, conf.refresh_session_interval)
 }
 
 enum RefreshFail {
