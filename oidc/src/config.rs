@@ -250,6 +250,9 @@ pub struct OidcConf {
     /// APISIX also accepts the string `"no"` here; so do we.
     #[serde(default = "yes", deserialize_with = "bool_or_yes_no")]
     pub ssl_verify: bool,
+    /// shardgate: a PEM CA bundle trusted for IdP TLS in addition to the system roots (APISIX sets
+    /// this globally with nginx's `lua_ssl_trusted_certificate`).
+    pub ssl_ca_file: Option<String>,
     pub introspection_endpoint: Option<String>,
     #[serde(default = "client_secret_basic")]
     pub introspection_endpoint_auth_method: AuthMethod,

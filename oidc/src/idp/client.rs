@@ -719,6 +719,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ca_file_is_loaded_and_a_bad_one_is_named() {
+        use base64::Engine as _;
+        let der = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/rsa2.cert.der"
+        ))
+        .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let pem = format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n");
+        let path = std::env::temp_dir().join(format!("shardgate-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, pem).unwrap();
+        let ok = ClientConfig {
+            ca_file: Some(path.display().to_string()),
+            ..ClientConfig::default()
+        };
+        assert!(Client::new(ok).is_ok());
+        let _ = std::fs::remove_file(&path);
+        let missing = ClientConfig {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            ..ClientConfig::default()
+        };
+        match Client::new(missing) {
+            Err(IdpError::TlsConfig(msg)) => assert!(msg.contains("/nonexistent/ca.pem"), "{msg}"),
+            other => panic!("expected a TLS config error, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
     fn url_parsing() {
         let u = Url::parse("https://idp.example.com/realms/x/.well-known/openid-configuration")
             .unwrap();

@@ -64,7 +64,19 @@ pub struct ProviderSpec {
     pub need_jwks: bool,
     pub timeout: Duration,
     pub ssl_verify: bool,
-    pub proxy: Option<(Option<String>, Option<String>, Vec<String>)>,
+    pub proxy: Option<ProxySpec>,
+    /// Extra PEM CA bundle for the IdP's TLS (`ssl_ca_file`).
+    pub ca_file: Option<String>,
+}
+
+/// `proxy_opts`: an HTTP CONNECT proxy for IdP calls.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProxySpec {
+    pub http_proxy: Option<String>,
+    pub https_proxy: Option<String>,
+    pub http_proxy_authorization: Option<String>,
+    pub https_proxy_authorization: Option<String>,
+    pub no_proxy: Vec<String>,
 }
 
 /// Answer to an unknown-kid request.
@@ -185,9 +197,22 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
     let cfg = ClientConfig {
         timeout: spec.timeout,
         ssl_verify: spec.ssl_verify,
-        http_proxy: spec.proxy.as_ref().and_then(|p| p.0.clone()),
-        https_proxy: spec.proxy.as_ref().and_then(|p| p.1.clone()),
-        no_proxy: spec.proxy.as_ref().map(|p| p.2.clone()).unwrap_or_default(),
+        ca_file: spec.ca_file.clone(),
+        http_proxy: spec.proxy.as_ref().and_then(|p| p.http_proxy.clone()),
+        https_proxy: spec.proxy.as_ref().and_then(|p| p.https_proxy.clone()),
+        http_proxy_authorization: spec
+            .proxy
+            .as_ref()
+            .and_then(|p| p.http_proxy_authorization.clone()),
+        https_proxy_authorization: spec
+            .proxy
+            .as_ref()
+            .and_then(|p| p.https_proxy_authorization.clone()),
+        no_proxy: spec
+            .proxy
+            .as_ref()
+            .map(|p| p.no_proxy.clone())
+            .unwrap_or_default(),
         ..ClientConfig::default()
     };
     let client = match Client::new(cfg) {
@@ -383,14 +408,34 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
     let mut changed = false;
     let mut ok = true;
     if due_discovery {
-        let res = get(actor, &url).await;
-        let mut a = actor.borrow_mut();
-        match res.and_then(|r| {
+        let res = get(actor, &url).await.and_then(|r| {
             if r.status != 200 {
                 return Err(format!("discovery answered HTTP {}", r.status));
             }
             ProviderMetadata::from_json(&r.body, None).map_err(|e| e.to_string())
-        }) {
+        });
+        // RFC 8414: an OpenID configuration without introspection_endpoint may still have one
+        // in the authorization server metadata.
+        let res = match res {
+            Ok(mut m) if m.introspection_endpoint.is_none() => {
+                let as_url = format!(
+                    "{}/.well-known/oauth-authorization-server",
+                    m.issuer.trim_end_matches('/')
+                );
+                if let Ok(r) = get(actor, &as_url).await
+                    && r.status == 200
+                    && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&r.body)
+                    && let Some(ep) = v.get("introspection_endpoint").and_then(|e| e.as_str())
+                    && (ep.starts_with("https://") || ep.starts_with("http://"))
+                {
+                    m.introspection_endpoint = Some(ep.to_string());
+                }
+                Ok(m)
+            }
+            other => other,
+        };
+        let mut a = actor.borrow_mut();
+        match res {
             Ok(m) => {
                 inc(&a.handle.counters.discovery_ok);
                 let m = Arc::new(m);

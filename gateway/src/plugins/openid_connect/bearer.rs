@@ -121,7 +121,15 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
 
     let now = now_ms / 1000;
     let result = if introspection {
-        introspect(auth, c, token, now).await
+        // Every call here reaches the IdP (or joins a call in flight): cache hits returned above.
+        let started = std::time::Instant::now();
+        let r = introspect(auth, c, token, now).await;
+        m.bump("shardgate_oidc_introspection_calls_total", 1);
+        m.bump(
+            "shardgate_oidc_introspection_duration_microseconds_total",
+            started.elapsed().as_micros() as u64,
+        );
+        r
     } else {
         verify_jwt(auth, token, now).await
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use shardgate_oidc::claims::{AudienceRule, CompiledSchema};
 use shardgate_oidc::client_auth::{AuthMethod, ClientAuth, PreparedClientAuth};
 use shardgate_oidc::config::OidcConf;
-use shardgate_oidc::idp::provider::{ProviderHandle, ProviderSpec};
+use shardgate_oidc::idp::provider::{ProviderHandle, ProviderSpec, ProxySpec};
 use shardgate_oidc::jwk::{Key, KeySet};
 use shardgate_oidc::jwt::{Alg, AlgPolicy, AlgSet};
 
@@ -173,15 +173,27 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
     let token_auth = token_auth
         .prepare()
         .map_err(|e| format!("{path}: token endpoint client authentication: {e}"))?;
-    let proxy = conf.proxy_opts.as_ref().map(|p| {
-        (
-            p.http_proxy.clone(),
-            p.https_proxy.clone(),
-            p.no_proxy
-                .as_deref()
-                .map(|n| n.split(',').map(|s| s.trim().to_string()).collect())
-                .unwrap_or_default(),
-        )
+    let proxy = conf.proxy_opts.as_ref().map(|p| ProxySpec {
+        http_proxy: p.http_proxy.clone(),
+        https_proxy: p.https_proxy.clone(),
+        http_proxy_authorization: p
+            .http_proxy_authorization
+            .as_ref()
+            .map(|s| s.expose().to_string()),
+        https_proxy_authorization: p
+            .https_proxy_authorization
+            .as_ref()
+            .map(|s| s.expose().to_string()),
+        no_proxy: p
+            .no_proxy
+            .as_deref()
+            .map(|n| {
+                n.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
     });
     let spec = ProviderSpec {
         discovery_url: conf.discovery.clone(),
@@ -191,6 +203,7 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
         timeout: conf.timeout(),
         ssl_verify: conf.ssl_verify,
         proxy,
+        ca_file: conf.ssl_ca_file.clone(),
     };
     let provider = Some(shared.provider(spec));
     let challenge = format!(
