@@ -9,41 +9,16 @@
 //! `-- jwt` for requests carrying an RS256 bearer token through `openid-connect`: after the first
 //! request every one is a verified-token cache hit).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use shardgate_gateway::server::{RunOptions, run_with};
 use shardgate_runtime::gate::Shutdown;
 use shardgate_runtime::shard::DriverChoice;
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: delegates to the system allocator; only counts.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: shardgate_benches::CountingAlloc = shardgate_benches::CountingAlloc;
 
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
@@ -176,11 +151,11 @@ fn main() {
     // Warm-up: pools, buffers, caches and hash maps reach their steady size.
     client(&req, 20_000, &mut s);
     let n = 50_000;
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = shardgate_benches::allocations();
     let t = Instant::now();
     client(&req, n, &mut s);
     let elapsed = t.elapsed();
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = shardgate_benches::allocations() - before;
     println!(
         "driver {driver:?}{}: {n} proxied requests, {allocs} heap allocations in the whole process = {:.4} per request ({:.1} us/request wall, client and upstream included)",
         if jwt {

@@ -6,45 +6,15 @@
 //! is supposed to remove.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use shardgate_oidc::session::{
     self, RawValue, SessionCodec, SessionData, SessionKeys, SessionTimeouts, SystemRandom,
 };
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-static BYTES: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counters are plain atomics
-// and never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(layout.size() as u64, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(new_size as u64, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: shardgate_benches::CountingAlloc = shardgate_benches::CountingAlloc;
 
 const NOW: u64 = 1_700_000_000;
 const NAME: &str = "session";
@@ -120,13 +90,13 @@ fn bench(c: &mut Criterion) {
     // Warm the reusable buffers, then count one steady-state open.
     black_box(open(&mut joined, &mut scratch));
     let (a0, b0) = (
-        ALLOCS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
+        shardgate_benches::allocations(),
+        shardgate_benches::allocated_bytes(),
     );
     let opened = black_box(open(&mut joined, &mut scratch));
     let (a1, b1) = (
-        ALLOCS.load(Ordering::Relaxed),
-        BYTES.load(Ordering::Relaxed),
+        shardgate_benches::allocations(),
+        shardgate_benches::allocated_bytes(),
     );
     let field_bytes: usize = [
         &opened.sub,
@@ -142,14 +112,14 @@ fn bench(c: &mut Criterion) {
     .sum::<usize>()
         + opened.user.as_ref().map_or(0, |u| u.get().len());
     drop(opened);
-    let s0 = ALLOCS.load(Ordering::Relaxed);
+    let s0 = shardgate_benches::allocations();
     let mut scratch_only = Vec::new();
     black_box(
         codec
             .open_with(&joined, NAME, NOW + 10, &mut scratch_only)
             .expect("open"),
     );
-    let cold = ALLOCS.load(Ordering::Relaxed) - s0;
+    let cold = shardgate_benches::allocations() - s0;
     println!(
         "cookie_open: cookie {} B in {} chunks; steady-state collect+open: {} allocations \
          ({} bytes; the returned SessionData's fields hold {field_bytes}); cold scratch: {cold} allocations",

@@ -3,9 +3,7 @@
 //! Before measuring, the binary checks that re-parsing into a warmed-up head allocates nothing
 //! (it counts calls into the global allocator) and exits non-zero if it does.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, Throughput, criterion_group};
 use shardgate_gateway::http1::{
@@ -13,41 +11,8 @@ use shardgate_gateway::http1::{
     parse_request, parse_response, write_chunk_header,
 };
 
-/// Forwards to the system allocator and counts allocations, so the steady-state check is exact.
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards its arguments unchanged to `System`, which upholds the
-// `GlobalAlloc` contract; the only addition is a relaxed counter increment.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: shardgate_benches::CountingAlloc = shardgate_benches::CountingAlloc;
 
 /// A browser navigation: 12 header fields, a query, cookies.
 const BROWSER_GET: &[u8] = b"GET /app/dashboard?tab=overview&range=7d HTTP/1.1\r\n\
@@ -137,7 +102,7 @@ fn check_no_steady_state_allocation() {
         Ok(Parsed::Complete)
     );
     let wire = chunked_body();
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = shardgate_benches::allocations();
     for _ in 0..1000 {
         for input in [BROWSER_GET, API_POST] {
             let _ = black_box(parse_request(black_box(input), &limits, &mut req));
@@ -150,7 +115,7 @@ fn check_no_steady_state_allocation() {
         ));
         black_box(decode_all(&wire));
     }
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = shardgate_benches::allocations() - before;
     println!(
         "http1 steady state: {allocations} allocations in 1000 rounds of 3 heads + 64 KiB body"
     );

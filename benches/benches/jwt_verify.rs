@@ -4,9 +4,7 @@
 //! Before measuring, the binary checks that a cache hit allocates nothing (it counts calls
 //! into the global allocator) and exits non-zero if it does.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{Criterion, criterion_group};
 use shardgate_oidc::cache::TtlCache;
@@ -14,40 +12,8 @@ use shardgate_oidc::claims::{AudienceRule, ClaimsPolicy, ClaimsView};
 use shardgate_oidc::jwk::JwkSet;
 use shardgate_oidc::jwt::{Alg, AlgPolicy, Jwt, SigningKey, sign, verify_signature};
 
-struct CountingAlloc;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards its arguments unchanged to `System`, which upholds the
-// `GlobalAlloc` contract; the only addition is a relaxed counter increment.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: CountingAlloc = CountingAlloc;
+static GLOBAL: shardgate_benches::CountingAlloc = shardgate_benches::CountingAlloc;
 
 const NOW: u64 = 1_700_000_000;
 const JWKS: &str = include_str!("../../oidc/testdata/jwks.json");
@@ -95,11 +61,11 @@ fn check_cache_hit_does_not_allocate(cache: &TtlCache<u64>, key: &[u8]) {
     for _ in 0..16 {
         black_box(cache.get(black_box(key), NOW * 1000));
     }
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = shardgate_benches::allocations();
     for _ in 0..1000 {
         black_box(cache.get(black_box(key), NOW * 1000));
     }
-    let n = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let n = shardgate_benches::allocations() - before;
     if n != 0 {
         eprintln!("TtlCache::get allocated {n} times over 1000 hits; expected none");
         std::process::exit(1);
