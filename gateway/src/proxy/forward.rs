@@ -549,24 +549,12 @@ async fn stream_request_body(
                 // Keep the head for the log; reuse the space after it.
                 c.buf.truncate(head_len);
                 pos = head_len;
-                let buf = std::mem::take(&mut c.buf);
-                let (r, buf) = read_more(
-                    &mut c.stream,
-                    buf,
-                    BODY_CHUNK,
-                    Some(Instant::now() + send_timeout),
+                read_client_body(
+                    c,
+                    send_timeout,
+                    "client closed before the whole body was received",
                 )
-                .await;
-                c.buf = buf;
-                if r.is_err() {
-                    return Err(Fail {
-                        error: Error::ClientBody(
-                            "client closed before the whole body was received".into(),
-                        ),
-                        response_started: false,
-                        consumed: None,
-                    });
-                }
+                .await?;
             }
         }
         BodyFraming::Chunked => {
@@ -614,30 +602,32 @@ async fn stream_request_body(
                         // Drop what was decoded, keep the head and any partial chunk line.
                         c.buf.drain(head_len..pos);
                         pos = head_len;
-                        let buf = std::mem::take(&mut c.buf);
-                        let (r, buf) = read_more(
-                            &mut c.stream,
-                            buf,
-                            BODY_CHUNK,
-                            Some(Instant::now() + send_timeout),
-                        )
-                        .await;
-                        c.buf = buf;
-                        if r.is_err() {
-                            return Err(Fail {
-                                error: Error::ClientBody(
-                                    "client closed inside a chunked body".into(),
-                                ),
-                                response_started: false,
-                                consumed: None,
-                            });
-                        }
+                        read_client_body(c, send_timeout, "client closed inside a chunked body")
+                            .await?;
                     }
                 }
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(head_len),
     }
+}
+
+/// Appends more request-body bytes from the client to `c.buf`.
+async fn read_client_body(c: &mut ClientConn, timeout: Duration, on_eof: &str) -> Result<(), Fail> {
+    let buf = std::mem::take(&mut c.buf);
+    let (r, buf) = read_more(
+        &mut c.stream,
+        buf,
+        BODY_CHUNK,
+        Some(Instant::now() + timeout),
+    )
+    .await;
+    c.buf = buf;
+    r.map(|_| ()).map_err(|_| Fail {
+        error: Error::ClientBody(on_eof.into()),
+        response_started: false,
+        consumed: None,
+    })
 }
 
 fn send_fail(e: WriteFail) -> Fail {

@@ -54,7 +54,10 @@ impl Gateway {
     /// Starts the gateway with `yaml`, where `{port}` and `{admin}` are replaced by free ports.
     /// `args` are extra CLI arguments (e.g. `["--driver", "epoll", "--shards", "2"]`).
     pub fn start(yaml: &str, args: &[&str]) -> Gateway {
-        let port = free_port();
+        Gateway::spawn(free_port(), yaml, args)
+    }
+
+    fn spawn(port: u16, yaml: &str, args: &[&str]) -> Gateway {
         let admin_port = free_port();
         let dir = scratch_dir("gw");
         let config_path = dir.join("config.yaml");
@@ -944,35 +947,7 @@ impl Gateway {
     /// Like [`Gateway::start`], on `port` (from [`free_port`]) instead of a fresh one: for URIs the
     /// IdP must know before the gateway starts (redirect_uri, backchannel_logout_uri).
     pub fn start_with_port(port: u16, yaml: &str, args: &[&str]) -> Gateway {
-        let admin_port = free_port();
-        let dir = scratch_dir("gw");
-        let config_path = dir.join("config.yaml");
-        let text = yaml
-            .replace("{port}", &port.to_string())
-            .replace("{admin}", &admin_port.to_string());
-        std::fs::write(&config_path, text).expect("write config");
-        let log_path = dir.join("gateway.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-            .arg("run")
-            .arg("-c")
-            .arg(&config_path)
-            .args(args)
-            .env("SHARDGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn shardgate");
-        let mut gw = Gateway {
-            child: Some(child),
-            port,
-            admin_port,
-            config_path,
-            log_path,
-            dir,
-        };
-        gw.wait_ready();
-        gw
+        Gateway::spawn(port, yaml, args)
     }
 
     /// Waits until `/readyz` answers 200 (discovery and keys loaded for every route).

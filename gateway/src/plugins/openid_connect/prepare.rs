@@ -109,67 +109,25 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
         }
         None => None,
     };
-    let introspection_auth = ClientAuth {
-        method: auth_method(conf.introspection_endpoint_auth_method),
-        client_id: conf.client_id.clone(),
-        client_secret: conf.client_secret.as_ref().map(|s| s.expose().to_string()),
-        private_key_pem: conf
-            .client_rsa_private_key
-            .as_ref()
-            .map(|s| s.expose().to_string()),
-        key_id: conf.client_rsa_private_key_id.clone(),
-        assertion_alg: conf
-            .client_jwt_assertion_alg
-            .and_then(|a| Alg::from_name(&format!("{a:?}"))),
-        assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
-        assertion_audience: conf.client_jwt_assertion_audience.clone(),
-    };
     // Only routes that introspect need introspection credentials (a public PKCE client has none).
-    let introspection_auth = if check == TokenCheck::Introspection && conf.bearer_enabled() {
-        introspection_auth
-            .prepare()
-            .map_err(|e| format!("{path}: introspection client authentication: {e}"))?
+    let introspection_method = if check == TokenCheck::Introspection && conf.bearer_enabled() {
+        auth_method(conf.introspection_endpoint_auth_method)
     } else {
-        ClientAuth {
-            method: AuthMethod::None,
-            client_id: conf.client_id.clone(),
-            ..ClientAuth::default()
-        }
+        AuthMethod::None
+    };
+    let introspection_auth = client_auth(&conf, introspection_method)
         .prepare()
-        .map_err(|e| format!("{path}: {e}"))?
-    };
-    let token_auth = ClientAuth {
-        method: if conf.bearer_only {
-            AuthMethod::None
-        } else {
-            auth_method(conf.token_endpoint_auth_method)
-        },
-        client_id: conf.client_id.clone(),
-        client_secret: conf.client_secret.as_ref().map(|s| s.expose().to_string()),
-        private_key_pem: conf
-            .client_rsa_private_key
-            .as_ref()
-            .map(|s| s.expose().to_string()),
-        key_id: conf.client_rsa_private_key_id.clone(),
-        assertion_alg: conf
-            .client_jwt_assertion_alg
-            .and_then(|a| Alg::from_name(&format!("{a:?}"))),
-        assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
-        assertion_audience: conf.client_jwt_assertion_audience.clone(),
-    };
-    let token_auth = if token_auth.method != AuthMethod::None
-        && token_auth.client_secret.is_none()
-        && token_auth.private_key_pem.is_none()
-        && conf.use_pkce
-    {
-        // A public client with PKCE authenticates by client_id alone.
-        ClientAuth {
-            method: AuthMethod::None,
-            ..token_auth
-        }
+        .map_err(|e| format!("{path}: introspection client authentication: {e}"))?;
+    // bearer_only routes never call the token endpoint; a public client with PKCE and no
+    // credentials authenticates by client_id alone.
+    let public_pkce =
+        conf.use_pkce && conf.client_secret.is_none() && conf.client_rsa_private_key.is_none();
+    let token_method = if conf.bearer_only || public_pkce {
+        AuthMethod::None
     } else {
-        token_auth
+        auth_method(conf.token_endpoint_auth_method)
     };
+    let token_auth = client_auth(&conf, token_method);
     let token_auth = token_auth
         .prepare()
         .map_err(|e| format!("{path}: token endpoint client authentication: {e}"))?;
@@ -243,6 +201,23 @@ fn fingerprint(conf: &OidcConf) -> u64 {
         s.expose().hash(&mut h);
     }
     h.finish()
+}
+
+/// The route's client credentials, presented with `method`.
+fn client_auth(conf: &OidcConf, method: AuthMethod) -> ClientAuth {
+    let secret = |s: &shardgate_oidc::config::Secret| s.expose().to_string();
+    ClientAuth {
+        method,
+        client_id: conf.client_id.clone(),
+        client_secret: conf.client_secret.as_ref().map(secret),
+        private_key_pem: conf.client_rsa_private_key.as_ref().map(secret),
+        key_id: conf.client_rsa_private_key_id.clone(),
+        assertion_alg: conf
+            .client_jwt_assertion_alg
+            .and_then(|a| Alg::from_name(&format!("{a:?}"))),
+        assertion_lifetime_secs: conf.client_jwt_assertion_expires_in,
+        assertion_audience: conf.client_jwt_assertion_audience.clone(),
+    }
 }
 
 fn auth_method(m: shardgate_oidc::config::AuthMethod) -> AuthMethod {
