@@ -554,36 +554,47 @@ impl Idp {
             repo_root().join("scripts/idp/node_modules").exists(),
             "the test IdP is not installed: run scripts/install.sh (or scripts/test.sh)"
         );
-        let log_path = scratch_dir("idp").join("idp.log");
-        let log = std::fs::File::create(&log_path).expect("idp log");
-        let mut cmd = Command::new(node);
-        cmd.arg(script)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log));
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut line = String::new();
-            while r.read_line(&mut line).unwrap_or(0) > 0 {
-                if let Some(rest) = line.trim().strip_prefix("READY ") {
-                    let _ = tx.send(rest.to_string());
-                }
-                line.clear();
+        // One retry: on a loaded 2-core CI machine a node start has been seen to stall; a second
+        // process is cheaper than a flaky suite, and a second failure reports why.
+        let mut attempt = 0;
+        let (child, issuer, log_path) = loop {
+            attempt += 1;
+            let log_path = scratch_dir("idp").join("idp.log");
+            let log = std::fs::File::create(&log_path).expect("idp log");
+            let mut cmd = Command::new(&node);
+            cmd.arg(&script)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::from(log));
+            for (k, v) in env {
+                cmd.env(k, v);
             }
-        });
-        let issuer = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "IdP did not start: {}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                )
+            let mut child = cmd.spawn().expect("spawn node");
+            let stdout = child.stdout.take().expect("stdout");
+            let (tx, rx) = std::sync::mpsc::channel();
+            thread::spawn(move || {
+                let mut r = BufReader::new(stdout);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    if let Some(rest) = line.trim().strip_prefix("READY ") {
+                        let _ = tx.send(rest.to_string());
+                    }
+                    line.clear();
+                }
             });
+            match rx.recv_timeout(Duration::from_secs(45)) {
+                Ok(issuer) => break (child, issuer, log_path),
+                Err(_) => {
+                    let status = child.try_wait().ok().flatten();
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if attempt >= 2 {
+                        panic!("IdP did not start twice (exit status {status:?}): {log}");
+                    }
+                    eprintln!("IdP did not start (exit status {status:?}); retrying once: {log}");
+                }
+            }
+        };
         let port = issuer
             .rsplit(':')
             .next()
