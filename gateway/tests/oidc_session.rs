@@ -982,6 +982,63 @@ fn an_active_session_outlives_a_short_idling_timeout_and_an_idle_one_ends() {
     assert_eq!(e.seen().len(), seen);
 }
 
+/// `GET target` `n` times on one keep-alive connection (so on one shard) with only `cookie`.
+fn get_on_one_connection(e: &Env, target: &str, cookie: &str, n: usize) -> Vec<Response> {
+    let mut s = TcpStream::connect(e.gw.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    (0..n)
+        .map(|_| {
+            let req = format!(
+                "GET {target} HTTP/1.1\r\nHost: {}\r\nAccept: text/html\r\nCookie: {cookie}\r\n\r\n",
+                e.gw.addr()
+            );
+            s.write_all(req.as_bytes()).unwrap();
+            read_response(&mut r, false).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_cookie_due_for_reissue_is_resealed_once_and_keeps_its_own_idle_deadline() {
+    // idling_timeout 6 s: re-issue is due once the cookie's activity is 1 s old (a quarter).
+    let session = format!("{{ secret: \"{SECRET}\", cookie_secure: false, idling_timeout: 6 }}");
+    let mut e = start(&[], &[("session", &session)]);
+    e.login("/");
+    let old = e.session_cookie();
+    thread::sleep(Duration::from_millis(1300));
+    // A client that never stores cookies (or tabs racing the first Set-Cookie) keeps sending
+    // the old one: every answer carries the same re-sealed cookie instead of a new seal each.
+    let rs = get_on_one_connection(&e, "/stale", &old, 3);
+    let first: Vec<&str> = set_cookies(&rs[0], "session=");
+    assert_eq!(rs[0].status, 200, "{}", rs[0].text());
+    assert_eq!(first.len(), 1, "{:?}", rs[0].headers);
+    for r in &rs[1..] {
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(set_cookies(r, "session="), first, "re-sealed again");
+    }
+    assert_identity(&e.last_seen(), "alice");
+    // Once the remembered re-seal is itself due, the old cookie gets a newer one.
+    thread::sleep(Duration::from_millis(1300));
+    let later = get_on_one_connection(&e, "/stale", &old, 1).remove(0);
+    assert_eq!(later.status, 200, "{}", later.text());
+    let newer = set_cookies(&later, "session=");
+    assert_eq!(newer.len(), 1);
+    assert_ne!(newer, first, "a stale re-seal was handed out again");
+    let newer_cookie = newer[0].split(';').next().unwrap().to_string();
+    // The old cookie still ends 6 s after its own last activity, however often it was
+    // re-sealed; the cookie sealed at ~2.6 s lives on.
+    thread::sleep(Duration::from_millis(3900));
+    let dead = get_on_one_connection(&e, "/stale", &old, 1).remove(0);
+    assert_eq!(
+        dead.status, 302,
+        "the old cookie outlived its idling_timeout"
+    );
+    let alive = get_on_one_connection(&e, "/fresh", &newer_cookie, 1).remove(0);
+    assert_eq!(alive.status, 200, "{}", alive.text());
+    assert_eq!(e.last_seen().target, "/fresh");
+}
+
 #[test]
 fn after_login_the_browser_returns_only_to_a_same_origin_url() {
     let mut e = start(&[], &[]);

@@ -497,7 +497,7 @@ fn write_filtered_cookie(out: &mut Vec<u8>, value: &[u8], prefix: &[u8]) {
     let mark = out.len();
     out.extend_from_slice(b"Cookie: ");
     let start = out.len();
-    for part in value.split(|b| *b == b';') {
+    for part in shardgate_oidc::session::split_semicolons(value) {
         let part = part.trim_ascii();
         if part.is_empty() || part.starts_with(prefix) {
             continue;

@@ -171,11 +171,20 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
             _ => None,
         }
     };
-    if let Some(open) = hit
-        && still_good(auth, s, &open.data, now)
-    {
-        apply_session_headers(c, &open.headers);
-        return Ok(());
+    if let Some(open) = hit {
+        if still_good(auth, s, &open.data, now) {
+            apply_session_headers(c, &open.headers);
+            return Ok(());
+        }
+        if let Some(cookies) = reusable_reissue(auth, s, &open, now) {
+            apply_session_headers(c, &open.headers);
+            c.outcome.response_headers.extend(
+                cookies
+                    .iter()
+                    .map(|v| ("Set-Cookie".to_string(), v.clone())),
+            );
+            return Ok(());
+        }
     }
     match open_session(s, c, now) {
         Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => {
@@ -746,21 +755,67 @@ async fn use_session(
     let headers = session_headers(auth, &data);
     apply_session_headers(c, &headers);
     if reissue {
+        let presented = (!refreshed).then(|| data.clone());
         s.codec.touch(&mut data, now);
         let mut cookies = Vec::new();
         seal_into(s, &data, now, auth, &mut cookies)?;
-        c.outcome
-            .response_headers
-            .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+        c.outcome.response_headers.extend(
+            cookies
+                .iter()
+                .map(|v| ("Set-Cookie".to_string(), v.clone())),
+        );
+        // Remember the re-sealed cookie for the one presented: the tabs of one browser send
+        // the old cookie in parallel until the first Set-Cookie lands, and a client that never
+        // stores cookies would otherwise cost a compress-and-seal on every request.
+        if let Some(presented) = presented {
+            // No await happened since `open_session`, so the scratch still holds this cookie.
+            let key = s.scratch.borrow();
+            let entry = Rc::new(OpenedSession {
+                data: presented,
+                headers,
+                reissued: Some(Reissued {
+                    cookies: cookies.into(),
+                    sealed_at: now,
+                }),
+            });
+            s.opened
+                .borrow_mut()
+                .insert(&key, entry, auth.oidc.now_millis() + OPENED_TTL_MS);
+        }
     } else if !refreshed && still_good(auth, s, &data, now) {
         // No await happened since `open_session`, so the scratch still holds this cookie.
         let key = s.scratch.borrow();
-        let entry = Rc::new(OpenedSession { data, headers });
+        let entry = Rc::new(OpenedSession {
+            data,
+            headers,
+            reissued: None,
+        });
         s.opened
             .borrow_mut()
             .insert(&key, entry, auth.oidc.now_millis() + OPENED_TTL_MS);
     }
     Ok(())
+}
+
+/// The Set-Cookie values sealed for this very cookie less than `touch_threshold` ago, when the
+/// presented session is otherwise still good: the same answer a fresh re-seal would give, give
+/// or take the seconds since. The presented cookie's own timeouts still apply.
+fn reusable_reissue<'a>(
+    auth: &RouteAuth,
+    s: &SessionState,
+    open: &'a OpenedSession,
+    now: u64,
+) -> Option<&'a [String]> {
+    let r = open.reissued.as_ref()?;
+    let conf = conf(auth);
+    let fresh = now.saturating_sub(r.sealed_at) < s.codec.timeouts().touch_threshold.max(1);
+    (fresh
+        && !s.revocations.borrow().is_revoked(&open.data)
+        && s.codec.check_expiry(&open.data, now).is_ok()
+        && flow::access_token_state(&open.data, now, conf.access_token_expires_leeway)
+            == TokenState::Fresh
+        && !flow::needs_reauthentication(&open.data, now, conf.refresh_session_interval))
+    .then_some(&r.cookies[..])
 }
 
 fn check_session_claims(auth: &RouteAuth, data: &SessionData) -> Result<(), Error> {
@@ -865,6 +920,13 @@ fn apply_session_headers(c: &mut ClientConn, h: &SessionHeaders) {
 pub struct OpenedSession {
     data: SessionData,
     headers: SessionHeaders,
+    /// Set when this cookie was due for re-issue: what was sent back for it.
+    reissued: Option<Reissued>,
+}
+
+struct Reissued {
+    cookies: Rc<[String]>,
+    sealed_at: u64,
 }
 
 /// How long an opened session is remembered (it is re-checked on every hit anyway).
