@@ -886,6 +886,30 @@ fn a_session_larger_than_4k_is_chunked_and_reassembled() {
         b64_json(seen.header("x-userinfo").unwrap())["preferred_username"],
         login.as_str()
     );
+
+    // The first chunk gone (say, replaced by another tab), the tail left behind: the next
+    // login seals one cookie and expires the tail instead of leaving it in every request.
+    let tail = chunks.len();
+    // The IdP's own cookies go too, so that it asks who logs in instead of remembering.
+    e.browser
+        .remove_where(|n| n == "session" || !n.starts_with("session"));
+    let callback = e.login_at_idp("/small");
+    let r = e.browser.get(&callback, &[HTML]);
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), e.gw.log());
+    for i in 2..=tail {
+        let name = format!("session{i}=");
+        let expired = set_cookies(&r, &name);
+        assert_eq!(expired.len(), 1, "{name} not expired: {:?}", r.headers);
+        assert!(expired[0].contains("Max-Age=0"), "{}", expired[0]);
+    }
+    assert_eq!(
+        e.session_cookie().matches("session").count(),
+        1,
+        "{}",
+        e.session_cookie()
+    );
+    assert_eq!(e.browse("/small").status, 200);
+    assert_identity(&e.last_seen(), "alice");
 }
 
 /// Flips one character in the middle of the `session` cookie value.

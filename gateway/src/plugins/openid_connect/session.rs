@@ -25,7 +25,8 @@ use shardgate_oidc::idp::client::Response;
 use shardgate_oidc::idp::provider::{KidLookup, ProviderMsg, SharedCall};
 use shardgate_oidc::jwt::{Alg, AlgPolicy, Jwt, TokenError, verify_signature};
 use shardgate_oidc::session::{
-    self, CookieAttrs, RawValue, SameSite, SessionCodec, SessionData, SessionKeys, SessionTimeouts,
+    self, ChunkMask, CookieAttrs, RawValue, SameSite, SessionCodec, SessionData, SessionKeys,
+    SessionTimeouts,
 };
 
 use super::RouteAuth;
@@ -592,7 +593,8 @@ async fn callback(
         data.id_token_claims = None;
     }
     let mut cookies = Vec::new();
-    seal_into(s, &data, now, auth, &mut cookies)?;
+    let present = session::present_chunks(cookie_values(c), &s.cookie_name);
+    seal_into(s, &data, now, auth, present, &mut cookies)?;
     session::clear_cookie(&login_name, &s.login_attrs, &mut cookies);
     let target =
         flow::safe_redirect_target(login.original_url.as_bytes()).unwrap_or_else(|| "/".into());
@@ -612,11 +614,15 @@ async fn callback(
     }))
 }
 
+/// Seals `data` into Set-Cookie values, and expires chunks the request carried beyond the new
+/// count (a session that shrank would otherwise leave its old tail in the browser, sent along on
+/// every request until the browser drops it).
 fn seal_into(
     s: &SessionState,
     data: &SessionData,
     now: u64,
     auth: &RouteAuth,
+    present: ChunkMask,
     out: &mut Vec<String>,
 ) -> Result<(), Error> {
     let chunks = s.codec.seal(data, &s.cookie_name, now, auth.oidc.rng()).map_err(|e| {
@@ -635,6 +641,7 @@ fn seal_into(
         ..s.attrs.clone()
     };
     session::set_cookie_headers(&s.cookie_name, &chunks, &attrs, out);
+    session::clear_cookie_headers(&s.cookie_name, present.beyond(chunks.len()), &s.attrs, out);
     Ok(())
 }
 
@@ -758,7 +765,8 @@ async fn use_session(
         let presented = (!refreshed).then(|| data.clone());
         s.codec.touch(&mut data, now);
         let mut cookies = Vec::new();
-        seal_into(s, &data, now, auth, &mut cookies)?;
+        let present = session::present_chunks(cookie_values(c), &s.cookie_name);
+        seal_into(s, &data, now, auth, present, &mut cookies)?;
         c.outcome.response_headers.extend(
             cookies
                 .iter()
