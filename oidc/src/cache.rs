@@ -21,9 +21,9 @@
 use std::cell::Cell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::rc::Rc;
 
 use foldhash::quality::RandomState;
-use std::rc::Rc;
 
 struct Entry<V> {
     value: V,
