@@ -545,6 +545,28 @@ pub struct Idp {
     pub log_path: PathBuf,
 }
 
+/// Asks a stalled node process for its diagnostic report and returns the JavaScript stack in it.
+fn node_report_stack(child: &Child, dir: &Path) -> String {
+    let _ = Command::new("kill")
+        .args(["-USR2", &child.id().to_string()])
+        .status();
+    for _ in 0..20 {
+        thread::sleep(Duration::from_millis(250));
+        let report = std::fs::read_dir(dir).ok().and_then(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "json"))
+        });
+        if let Some(text) = report.and_then(|p| std::fs::read_to_string(p).ok())
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            return v["javascriptStack"].to_string();
+        }
+    }
+    "(no diagnostic report)".to_string()
+}
+
 impl Idp {
     /// Starts the IdP with extra `IDP_*` environment. `IDP_PORT` may be given to reuse a port.
     pub fn start(env: &[(&str, &str)]) -> Idp {
@@ -554,15 +576,21 @@ impl Idp {
             repo_root().join("scripts/idp/node_modules").exists(),
             "the test IdP is not installed: run scripts/install.sh (or scripts/test.sh)"
         );
-        // One retry: on a loaded 2-core CI machine a node start has been seen to stall; a second
-        // process is cheaper than a flaky suite, and a second failure reports why.
+        // Retries: on a loaded 2-core CI machine a node start has been seen to stall (twice in a
+        // row once, the process alive and silent). Another process is cheaper than a flaky suite;
+        // each stall asks node for a diagnostic report (SIGUSR2) so the failure shows where the
+        // JavaScript stood.
         let mut attempt = 0;
         let (child, issuer, log_path) = loop {
             attempt += 1;
-            let log_path = scratch_dir("idp").join("idp.log");
+            let dir = scratch_dir("idp");
+            let log_path = dir.join("idp.log");
             let log = std::fs::File::create(&log_path).expect("idp log");
             let mut cmd = Command::new(&node);
-            cmd.arg(&script)
+            cmd.arg("--report-on-signal")
+                .arg("--report-signal=SIGUSR2")
+                .arg(format!("--report-directory={}", dir.display()))
+                .arg(&script)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::from(log));
             for (k, v) in env {
@@ -585,13 +613,18 @@ impl Idp {
                 Ok(issuer) => break (child, issuer, log_path),
                 Err(_) => {
                     let status = child.try_wait().ok().flatten();
+                    let stack = node_report_stack(&child, &dir);
                     let _ = child.kill();
                     let _ = child.wait();
                     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                    if attempt >= 2 {
-                        panic!("IdP did not start twice (exit status {status:?}): {log}");
+                    if attempt >= 3 {
+                        panic!(
+                            "IdP did not start in 3 tries (exit status {status:?}): {log}\nJS stack: {stack}"
+                        );
                     }
-                    eprintln!("IdP did not start (exit status {status:?}); retrying once: {log}");
+                    eprintln!(
+                        "IdP did not start (exit status {status:?}); retrying: {log}\nJS stack: {stack}"
+                    );
                 }
             }
         };
