@@ -369,7 +369,7 @@ def build_scenarios(names, ctx):
             cookies = os.environ.get("LOADTEST_S3_COOKIES")
             if not cookies:
                 # Sessions sealed by the gateway's own codec (benches/src/bin/session_cookies.rs),
-                # ~3 KiB each, 1000 of them rotating.
+                # ~2 KiB each (random signatures do not deflate), 1000 of them rotating.
                 minter = os.path.join(ROOT, "target", "release", "session_cookies")
                 cookies = os.path.join(ROOT, "target", "loadtest", "cookies.txt")
                 if os.access(minter, os.X_OK):

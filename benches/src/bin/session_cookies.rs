@@ -2,13 +2,14 @@
 //!
 //! `session_cookies OUT_FILE COUNT SECRET ISSUER` writes COUNT `Cookie` header values, one per line,
 //! each a session sealed exactly as the gateway seals one after a login: a ~900-byte JWT access
-//! token, a refresh token, ID token claims and userinfo, about 3 KiB sealed. `last_seen` is set one
+//! token with a random (incompressible) signature, a refresh token, ID token claims and userinfo:
+//! about 2 KiB sealed and deflated, as after a real login. `last_seen` is set one
 //! hour ahead so a multi-minute run measures the steady session path and never the once-a-minute
 //! cookie re-issue (which a real browser would pick up, and wrk would not).
 
 use base64::Engine as _;
 use shardgate_oidc::session::{
-    RawValue, SessionCodec, SessionData, SessionKeys, SessionTimeouts, SystemRandom,
+    RawValue, SecureRandom, SessionCodec, SessionData, SessionKeys, SessionTimeouts, SystemRandom,
 };
 
 fn main() {
@@ -31,7 +32,17 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let b64 = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    // Signatures and refresh tokens are random bytes in real sessions: incompressible, so the
+    // cookie is as large as a real one after the codec's deflate.
+    let random = |n: usize| {
+        let mut buf = vec![0u8; n];
+        if rng.fill(&mut buf).is_err() {
+            eprintln!("system random source failed");
+            std::process::exit(1);
+        }
+        b64(&buf)
+    };
     let mut out = String::new();
     for i in 0..count {
         let claims = format!(
@@ -41,9 +52,9 @@ fn main() {
         );
         let access_token = format!(
             "{}.{}.{}",
-            b64(r#"{"alg":"RS256","kid":"rs-ephemeral","typ":"at+jwt"}"#),
-            b64(&claims),
-            b64(&"s".repeat(256))
+            b64(br#"{"alg":"RS256","kid":"rs-ephemeral","typ":"at+jwt"}"#),
+            b64(claims.as_bytes()),
+            random(256)
         );
         let mut data = SessionData::new(now);
         data.sub = Some(format!("user-{i}"));
@@ -51,7 +62,7 @@ fn main() {
         data.iss = Some(args[4].clone());
         data.access_token = Some(access_token);
         data.access_token_expires_at = Some(now + 3600);
-        data.refresh_token = Some(format!("rt-{i}-{}", "r".repeat(40)));
+        data.refresh_token = Some(random(32));
         data.scope = Some("openid profile email".into());
         data.id_token_claims = RawValue::from_string(claims.clone()).ok();
         data.user = RawValue::from_string(claims).ok();
