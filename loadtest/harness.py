@@ -592,7 +592,7 @@ class Run:
                 if noisy:
                     self.warnings.append("%s %s pass %d kept although other processes used %.0f%% of a core"
                                          % (sc.name, peer.name, pass_no, m["other_core"] * 100))
-                peer.passes.append(m)
+                peer.passes.append(dict(m, pass_no=pass_no))
                 return
             time.sleep(1)
 
@@ -704,8 +704,36 @@ def scenario_table(sc, peers, skip):
                 cpu_x = sums[name]["cpu"] / sums[ref_name]["cpu"]
                 lines.append("%s / %s: req/s %.2fx, CPU per request %.2fx (requests per proxy CPU-second %.2fx)" % (
                     name, ref_name, sums[name]["rps"] / sums[ref_name]["rps"], cpu_x, 1 / cpu_x if cpu_x else 0))
+    paired = paired_lines(peers, sums)
+    if paired:
+        lines += ["", "Paired by pass (peers in one pass run back to back, so slow host drift mostly cancels; median and range):", ""]
+        lines += paired
     lines.append("")
     return lines
+
+
+def paired_lines(peers, sums):
+    """Per-pass ratios against nginx (and haproxy-jwt): peers run back to back within a pass, so a
+    ratio taken inside one pass is less exposed to the host's slow swings than a ratio of medians."""
+    by_name = {p.name: {m["pass_no"]: m for m in p.passes} for p in peers if p.name in sums}
+    out = []
+    for ref_name in ("nginx", "haproxy-jwt"):
+        ref = by_name.get(ref_name)
+        if not ref:
+            continue
+        for name in ("shardgate-uring", "shardgate-epoll", "shardgate-uring-lean"):
+            mine = by_name.get(name)
+            if not mine:
+                continue
+            common = sorted(set(ref) & set(mine))
+            if len(common) < 2:
+                continue
+            rps = [mine[k]["rps"] / ref[k]["rps"] for k in common]
+            cpu = [mine[k]["cpu_us"] / ref[k]["cpu_us"] for k in common if ref[k]["cpu_us"]]
+            out.append("- %s / %s over %d passes: req/s %.2fx (%.2f-%.2f), CPU per request %.2fx (%.2f-%.2f)" % (
+                name, ref_name, len(common), median(rps), min(rps), max(rps),
+                median(cpu), min(cpu) if cpu else 0, max(cpu) if cpu else 0))
+    return out
 
 
 def git_rev():
