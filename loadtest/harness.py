@@ -37,11 +37,15 @@ PEER_PORTS = {
     "shardgate-uring": 18085,
     "shardgate-epoll": 18086,
     "shardgate-uring-lean": 18087,
+    "nginx-same-bytes": 18088,
 }
 # The "-lean" shardgate peer forwards what the haproxy and nginx peers forward (the client's
 # Authorization header only): APISIX's default X-Access-Token and X-Userinfo headers off. The
 # difference to the plain peer is what those headers cost, mostly in the upstream on CPU 1.
 LEAN_YAML = "        set_access_token_header: false\n        set_userinfo_header: false\n"
+# The converse: "nginx-same-bytes" is the nginx plain proxy made to forward as many bytes as shardgate
+# does with APISIX's defaults (X-Forwarded-*, X-Access-Token, an X-Userinfo of the same length), with
+# no authentication. It prices the upstream's share of those headers, so the auth cost stands alone.
 IDP_PORT = 18090
 ADMIN_PORT_OFFSET = 1000  # shardgate admin listens on its port + 1000
 JWT_ISS = "https://idp.loadtest.invalid"
@@ -228,7 +232,21 @@ def upstream_conf(workdir):
     return nginx_conf(workdir, "upstream", server, 1)
 
 
-def nginx_proxy_conf(workdir, workers):
+def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None):
+    extra = ""
+    if userinfo_len is not None:
+        # What shardgate adds with APISIX's defaults. $http_authorization carries "Bearer " (7 bytes)
+        # more than the bare token shardgate sends, so the X-Userinfo stand-in is 7 bytes shorter.
+        extra = """\
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Access-Token $http_authorization;
+            proxy_set_header X-Userinfo "%s";
+""" % ("e" * max(userinfo_len - 7, 1))
     server = """\
     upstream up { server 127.0.0.1:%d; keepalive 128; }
     server {
@@ -237,10 +255,10 @@ def nginx_proxy_conf(workdir, workers):
             proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_buffering off;
+%s            proxy_buffering off;
         }
-    }""" % (UPSTREAM_PORT, PEER_PORTS["nginx"])
-    return nginx_conf(workdir, "nginx", server, workers)
+    }""" % (UPSTREAM_PORT, PEER_PORTS[name], extra)
+    return nginx_conf(workdir, name, server, workers)
 
 
 def haproxy_conf(threads, port, jwt_pub=None):
@@ -280,6 +298,15 @@ frontend fe
 backend be
     server up 127.0.0.1:%(up)d maxconn 1000
 """ % {"threads": threads, "port": port, "checks": checks, "up": UPSTREAM_PORT}
+
+
+def userinfo_len(token):
+    """Length of the X-Userinfo value shardgate sends for a JWT: standard base64 of its payload."""
+    import base64
+
+    payload = token.split(".")[1]
+    raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    return len(base64.b64encode(raw))
 
 
 def indent_pem(pem, spaces):
@@ -326,6 +353,7 @@ class Scenario:
         self.check_headers = {}
         self.plugin_yaml = None  # shardgate openid-connect block (indented 8)
         self.jwt_pub = None  # haproxy jwt_verify key
+        self.userinfo_len = None  # nginx-same-bytes: X-Userinfo length shardgate sends (S1, S2)
         self.skip_reason = None
         self.needs_idp = False  # start scripts/idp/server.mjs (S3, S4)
 
@@ -339,9 +367,10 @@ def build_scenarios(names, ctx):
             sc = Scenario(name, "plain proxy", ["direct", "nginx", "haproxy"] + proxies)
         elif name in ("S1", "S2"):
             title = "bearer RS256 JWT, one token" if name == "S1" else "bearer RS256 JWT, 1000 tokens rotating"
-            sc = Scenario(name, title, ["nginx", "haproxy-jwt"] + proxies + ["shardgate-uring-lean"])
+            sc = Scenario(name, title, ["nginx", "haproxy-jwt"] + proxies + ["shardgate-uring-lean", "nginx-same-bytes"])
             tok = ctx.tokens()
             first = open(os.path.join(tok, "token.txt")).read().strip()
+            sc.userinfo_len = userinfo_len(first)
             if name == "S1":
                 sc.wrk_headers = ["Authorization: Bearer " + first]
             else:
@@ -489,11 +518,13 @@ class Run:
         if peer.name == "direct":
             peer.proc = self.upstream
             return
-        if peer.name == "nginx":
-            path = os.path.join(self.workdir, "nginx.conf")
+        if peer.name in ("nginx", "nginx-same-bytes"):
+            path = os.path.join(self.workdir, "%s-%s.conf" % (peer.name, sc.name))
             with open(path, "w") as f:
-                f.write(nginx_proxy_conf(self.workdir, self.workers))
-            argv = [a.nginx, "-p", self.workdir, "-c", path, "-e", os.path.join(self.workdir, "nginx-error.log")]
+                f.write(nginx_proxy_conf(self.workdir, self.workers, peer.name,
+                                         sc.userinfo_len if peer.name == "nginx-same-bytes" else None))
+            argv = [a.nginx, "-p", self.workdir, "-c", path,
+                    "-e", os.path.join(self.workdir, "%s-error.log" % peer.name)]
         elif peer.name in ("haproxy", "haproxy-jwt"):
             path = os.path.join(self.workdir, "%s-%s.cfg" % (peer.name, sc.name))
             with open(path, "w") as f:
@@ -717,11 +748,13 @@ def paired_lines(peers, sums):
     ratio taken inside one pass is less exposed to the host's slow swings than a ratio of medians."""
     by_name = {p.name: {m["pass_no"]: m for m in p.passes} for p in peers if p.name in sums}
     out = []
-    for ref_name in ("nginx", "haproxy-jwt"):
+    for ref_name in ("nginx", "haproxy-jwt", "nginx-same-bytes"):
         ref = by_name.get(ref_name)
         if not ref:
             continue
         for name in ("shardgate-uring", "shardgate-epoll", "shardgate-uring-lean"):
+            if ref_name == "nginx-same-bytes" and name.endswith("-lean"):
+                continue  # lean forwards fewer bytes than this peer: not a like-for-like pair
             mine = by_name.get(name)
             if not mine:
                 continue
