@@ -1,6 +1,6 @@
 //! Mints realistic session cookies for load scenario S3 (`loadtest/run.sh --scenarios S3`).
 //!
-//! `session_cookies OUT_FILE COUNT SECRET ISSUER` writes COUNT `Cookie` header values, one per line,
+//! `session_cookies OUT_FILE COUNT SECRET ISSUER [EXTRA_USERINFO_BYTES]` writes COUNT `Cookie` header values, one per line,
 //! each a session sealed exactly as the gateway seals one after a login: a ~900-byte JWT access
 //! token with a random (incompressible) signature, a refresh token, ID token claims and userinfo:
 //! about 2 KiB sealed and deflated, as after a real login. `last_seen` is set one
@@ -14,8 +14,8 @@ use shardgate_oidc::session::{
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 5 {
-        eprintln!("usage: session_cookies OUT_FILE COUNT SECRET ISSUER");
+    if args.len() != 5 && args.len() != 6 {
+        eprintln!("usage: session_cookies OUT_FILE COUNT SECRET ISSUER [EXTRA_USERINFO_BYTES]");
         std::process::exit(2);
     }
     let count: usize = args[2].parse().unwrap_or(1);
@@ -43,6 +43,9 @@ fn main() {
         }
         b64(&buf)
     };
+    // Optional: a userinfo with a larger profile (an opaque attribute of random bytes), for sessions
+    // of several KiB.
+    let extra: usize = args.get(5).and_then(|v| v.parse().ok()).unwrap_or(0);
     let mut out = String::new();
     for i in 0..count {
         let claims = format!(
@@ -65,7 +68,17 @@ fn main() {
         data.refresh_token = Some(random(32));
         data.scope = Some("openid profile email".into());
         data.id_token_claims = RawValue::from_string(claims.clone()).ok();
-        data.user = RawValue::from_string(claims).ok();
+
+        let user = if extra > 0 {
+            let base = claims.trim_end_matches('}');
+            format!(
+                r#"{base},"profile_attributes":"{}"}}"#,
+                random(extra * 3 / 4)
+            )
+        } else {
+            claims
+        };
+        data.user = RawValue::from_string(user).ok();
         data.last_seen = now + 3600;
         data.rolled_at = now;
         let chunks = match codec.seal(&data, "session", now, &rng) {
