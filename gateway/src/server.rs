@@ -26,6 +26,7 @@ use shardgate_runtime::{bind_reuseport, run_on_current_thread};
 use crate::config;
 use crate::observe::metrics::{MetricsSnapshot, render_prometheus};
 use crate::plugins::openid_connect::{OidcControl, OidcShared, ShardOidc};
+use crate::proxy::stream::{self, ClientStream};
 use crate::proxy::{Shard, conn};
 use crate::published::Published;
 
@@ -144,10 +145,11 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         tracing::warn!(path = %w.path, "{}", w.message);
     }
     let cfg = loaded.config;
-    if cfg.gateway.tls.is_some() {
-        eprintln!(
-            "gateway.tls: TLS listeners are not supported by this build yet; terminate TLS in front of shardgate"
-        );
+    // Checked once here so a bad certificate is a start-up error; each shard then builds its own.
+    if let Some(tls) = &cfg.gateway.tls
+        && let Err(e) = stream::server_config(&tls.cert, &tls.key)
+    {
+        eprintln!("{e}");
         return 2;
     }
     let shard_count = match (opts.shards, cfg.gateway.shards) {
@@ -161,6 +163,8 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         config::Driver::Epoll => DriverChoice::Epoll,
     });
     let listen = cfg.gateway.listen.clone();
+    let tls = cfg.gateway.tls.clone();
+    let handshake_timeout = cfg.gateway.limits.header_timeout;
     let admin = cfg.gateway.admin.as_ref().map(|a| a.listen);
     let shutdown_timeout = cfg.gateway.shutdown_timeout;
     let max_conns_per_shard = (cfg.gateway.limits.max_connections / shard_count).max(1);
@@ -184,6 +188,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         let shards_up = shards_up.clone();
         let shard_addrs = shard_addrs.clone();
         let listen = listen.clone();
+        let tls = tls.clone();
         let oidc_shared = oidc_shared.clone();
         ShardSet::spawn(shard_count, driver, true, move |info: ShardInfo| {
             let publisher = publisher.clone();
@@ -191,6 +196,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
             let shards_up = shards_up.clone();
             let shard_addrs = shard_addrs.clone();
             let listen = listen.clone();
+            let tls = tls.clone();
             let oidc_shared = oidc_shared.clone();
             async move {
                 let oidc = ShardOidc::new(info.id, oidc_shared);
@@ -200,7 +206,11 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
                     shutdown,
                     shards_up,
                     shard_addrs,
-                    listen,
+                    Listen {
+                        plain: listen,
+                        tls,
+                        handshake_timeout,
+                    },
                     max_conns_per_shard,
                     shutdown_timeout,
                     oidc,
@@ -299,6 +309,14 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
     0
 }
 
+/// What a shard listens on.
+struct Listen {
+    plain: Vec<std::net::SocketAddr>,
+    tls: Option<config::TlsConf>,
+    /// A TLS handshake gets as long as a request head.
+    handshake_timeout: Duration,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_shard(
     info: ShardInfo,
@@ -306,7 +324,7 @@ async fn run_shard(
     shutdown: Shutdown,
     shards_up: Arc<AtomicUsize>,
     shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>>,
-    listen: Vec<std::net::SocketAddr>,
+    listen: Listen,
     max_conns: usize,
     shutdown_timeout: Duration,
     oidc: ShardOidc,
@@ -331,10 +349,33 @@ async fn run_shard(
         });
     }
 
+    // The shard's own TLS config: rustls' session cache sits behind a lock, so one per shard keeps
+    // it uncontended.
+    let acceptor = match &listen.tls {
+        Some(t) => match stream::server_config(&t.cert, &t.key) {
+            Ok(c) => Some(stream::Acceptor::from(c)),
+            Err(e) => {
+                tracing::error!(shard = info.id, error = %e, "cannot load the TLS certificate; this shard stops");
+                shutdown.trigger();
+                return;
+            }
+        },
+        None => None,
+    };
+    let tls_addrs = listen
+        .tls
+        .as_ref()
+        .map(|t| t.listen.clone())
+        .unwrap_or_default();
+    let addrs = listen
+        .plain
+        .iter()
+        .map(|a| (*a, None))
+        .chain(tls_addrs.iter().map(|a| (*a, acceptor.clone())));
     let mut listeners = Vec::new();
-    for a in &listen {
-        match bind_reuseport(*a, 4096) {
-            Ok(l) => listeners.push((l, a.port())),
+    for (a, acceptor) in addrs {
+        match bind_reuseport(a, 4096) {
+            Ok(l) => listeners.push((l, a.port(), acceptor)),
             Err(e) => {
                 tracing::error!(shard = info.id, addr = %a, error = %e, "cannot listen; this shard stops");
                 shutdown.trigger();
@@ -346,7 +387,8 @@ async fn run_shard(
     tracing::debug!(shard = info.id, driver = %info.driver, "shard serving");
 
     let mut accept_tasks = Vec::new();
-    for (listener, port) in listeners {
+    let handshake_timeout = listen.handshake_timeout;
+    for (listener, port, acceptor) in listeners {
         let shard = shard.clone();
         accept_tasks.push(monoio::spawn(async move {
             loop {
@@ -362,8 +404,42 @@ async fn run_shard(
                             shard.metrics.record_error("max_connections");
                             continue;
                         }
+                        let _ = stream.set_nodelay(true);
                         let shard = shard.clone();
-                        monoio::spawn(conn::serve(shard, stream, peer, port));
+                        match &acceptor {
+                            None => {
+                                monoio::spawn(conn::serve(
+                                    shard,
+                                    ClientStream::Plain(stream),
+                                    peer,
+                                    port,
+                                ));
+                            }
+                            Some(acceptor) => {
+                                let acceptor = acceptor.clone();
+                                monoio::spawn(async move {
+                                    let hs = monoio::time::timeout(
+                                        handshake_timeout,
+                                        acceptor.accept(stream),
+                                    )
+                                    .await;
+                                    match hs {
+                                        Ok(Ok(tls)) => {
+                                            let s = ClientStream::Tls(Box::new(tls));
+                                            conn::serve(shard, s, peer, port).await;
+                                        }
+                                        Ok(Err(e)) => {
+                                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                                            shard.metrics.record_error("tls_handshake");
+                                        }
+                                        Err(_) => {
+                                            tracing::info!(%peer, "TLS handshake timed out");
+                                            shard.metrics.record_error("tls_handshake_timeout");
+                                        }
+                                    }
+                                });
+                            }
+                        }
                     }
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.

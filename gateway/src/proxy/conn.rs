@@ -14,17 +14,16 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
-
 use crate::error::{self, Error};
 use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
 use crate::plugins::Outcome;
 use crate::proxy::io::{ReadFail, read_more, write_all_vec};
+use crate::proxy::stream::ClientStream;
 use crate::proxy::{Compiled, Shard, forward};
 
 /// Per-connection state, reused for every request on the connection.
 pub struct ClientConn {
-    pub stream: TcpStream,
+    pub stream: ClientStream,
     /// Unconsumed bytes from the client: the current head, body bytes, pipelined requests.
     pub buf: Vec<u8>,
     /// Scratch for heads we write (upstream request, client response).
@@ -57,13 +56,14 @@ pub struct Summary {
     pub error: Option<Error>,
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, local_port: u16) {
-    let _ = stream.set_nodelay(true);
+/// Serves one accepted connection (TLS already negotiated for a TLS listener) until it closes.
+pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, local_port: u16) {
     shard.metrics.accepted.set(shard.metrics.accepted.get() + 1);
     shard
         .metrics
         .open_connections
         .set(shard.metrics.open_connections.get() + 1);
+    let tls = stream.is_tls();
     let mut c = ClientConn {
         stream,
         buf: Vec::with_capacity(8 * 1024),
@@ -74,7 +74,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr, local_
         peer,
         peer_ip: peer.ip().to_string(),
         local_port: local_port.to_string(),
-        tls: false,
+        tls,
         served: 0,
     };
     loop {

@@ -10,7 +10,7 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::AsyncWriteRentExt;
 
 use crate::error::{Error, UpstreamError};
 use crate::http1::{
@@ -1085,9 +1085,29 @@ async fn switch_protocols(
 }
 
 /// Copies bytes both ways until either side closes; both connections end with it.
-pub async fn tunnel(client: monoio::net::TcpStream, upstream: UpConn) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut ur, mut uw) = upstream.stream.into_split();
+pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn) {
+    use crate::proxy::stream::ClientStream;
+    use monoio::io::Splitable;
+    let (ur, uw) = upstream.stream.into_split();
+    match client {
+        ClientStream::Plain(s) => {
+            let (cr, cw) = s.into_split();
+            copy_both(cr, cw, ur, uw).await;
+        }
+        ClientStream::Tls(s) => {
+            let (cr, cw) = (*s).into_split();
+            copy_both(cr, cw, ur, uw).await;
+        }
+    }
+}
+
+async fn copy_both<CR, CW, UR, UW>(mut cr: CR, mut cw: CW, mut ur: UR, mut uw: UW)
+where
+    CR: monoio::io::AsyncReadRent,
+    CW: monoio::io::AsyncWriteRent,
+    UR: monoio::io::AsyncReadRent,
+    UW: monoio::io::AsyncWriteRent,
+{
     let a = async {
         let _ = monoio::io::copy(&mut cr, &mut uw).await;
         let _ = uw.shutdown().await;

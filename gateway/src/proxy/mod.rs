@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod forward;
 pub mod io;
+pub mod stream;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
