@@ -160,6 +160,13 @@ fn a_certificate_that_does_not_load_stops_start_up_with_its_config_path() {
         );
     let cfg = dir.join("config.yaml");
     std::fs::write(&cfg, yaml).expect("write");
+    let validate = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["validate", "-c"])
+        .arg(&cfg)
+        .output()
+        .expect("validate");
+    assert_eq!(validate.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&validate.stderr).contains("gateway.tls.cert"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
         .args(["run", "-c"])
         .arg(&cfg)
