@@ -47,6 +47,11 @@ LEAN_YAML = "        set_access_token_header: false\n        set_userinfo_header
 # does with APISIX's defaults (X-Forwarded-*, X-Access-Token, an X-Userinfo of the same length), with
 # no authentication. It prices the upstream's share of those headers, so the auth cost stands alone.
 IDP_PORT = 18090
+# S5 (TLS): the test certificate of gateway/tests (self-signed, localhost/127.0.0.1; wrk does not verify).
+TLS_CERT = os.path.join(ROOT, "gateway", "tests", "testdata", "tls-cert.pem")
+TLS_KEY = os.path.join(ROOT, "gateway", "tests", "testdata", "tls-key.pem")
+# A TLS shardgate peer listens with TLS on its port and in plain HTTP here above it.
+PLAIN_PORT_OFFSET = 2000
 ADMIN_PORT_OFFSET = 1000  # shardgate admin listens on its port + 1000
 JWT_ISS = "https://idp.loadtest.invalid"
 JWT_AUD = "urn:shardgate:api"
@@ -184,10 +189,16 @@ def wait_port(port, proc, timeout=15.0):
     return False
 
 
-def http_status(port, headers):
-    req = urllib.request.Request("http://127.0.0.1:%d/" % port, headers=headers)
+def http_status(port, headers, tls=False):
+    import ssl
+
+    req = urllib.request.Request("%s://127.0.0.1:%d/" % ("https" if tls else "http", port), headers=headers)
+    ctx = None
+    if tls:
+        ctx = ssl.create_default_context(cafile=TLS_CERT)
+        ctx.check_hostname = False
     try:
-        with urllib.request.urlopen(req, timeout=5) as res:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as res:
             return res.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -232,8 +243,12 @@ def upstream_conf(workdir):
     return nginx_conf(workdir, "upstream", server, 1)
 
 
-def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None):
+def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None, tls=False):
     extra = ""
+    listen_tls = ""
+    if tls:
+        listen_tls = " ssl;\n        ssl_certificate %s;\n        ssl_certificate_key %s;\n        ssl_session_cache off" % (
+            TLS_CERT, TLS_KEY)
     if userinfo_len is not None:
         # What shardgate adds with APISIX's defaults. $http_authorization carries "Bearer " (7 bytes)
         # more than the bare token shardgate sends, so the X-Userinfo stand-in is 7 bytes shorter.
@@ -250,14 +265,14 @@ def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None):
     server = """\
     upstream up { server 127.0.0.1:%d; keepalive 128; }
     server {
-        listen 127.0.0.1:%d backlog=4096;
+        listen 127.0.0.1:%d backlog=4096%s;
         location / {
             proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
 %s            proxy_buffering off;
         }
-    }""" % (UPSTREAM_PORT, PEER_PORTS[name], extra)
+    }""" % (UPSTREAM_PORT, PEER_PORTS[name], listen_tls, extra)
     return nginx_conf(workdir, name, server, workers)
 
 
@@ -314,7 +329,11 @@ def indent_pem(pem, spaces):
     return "\n".join(pad + line for line in pem.strip().splitlines())
 
 
-def shardgate_conf(port, shards, plugin_yaml):
+def shardgate_conf(port, shards, plugin_yaml, tls=False):
+    tls_block = ""
+    if tls:
+        tls_block = "  tls:\n    listen: [\"127.0.0.1:%d\"]\n    cert: %s\n    key: %s\n" % (port, TLS_CERT, TLS_KEY)
+        port += PLAIN_PORT_OFFSET
     routes = """\
 routes:
   - id: all
@@ -328,14 +347,14 @@ routes:
 gateway:
   listen: ["127.0.0.1:%d"]
   admin: { listen: "127.0.0.1:%d" }
-  shards: %d
+%s  shards: %d
   access_log: false
 upstreams:
   - id: up
     type: roundrobin
     nodes: { "127.0.0.1:%d": 1 }
     keepalive_pool: { size: 320, idle_timeout: 60 }
-%s""" % (port, port + ADMIN_PORT_OFFSET, shards, UPSTREAM_PORT, routes)
+%s""" % (port, port + ADMIN_PORT_OFFSET - (PLAIN_PORT_OFFSET if tls else 0), tls_block, shards, UPSTREAM_PORT, routes)
 
 
 # ---------------------------------------------------------------- scenarios
@@ -354,6 +373,7 @@ class Scenario:
         self.plugin_yaml = None  # shardgate openid-connect block (indented 8)
         self.jwt_pub = None  # haproxy jwt_verify key
         self.userinfo_len = None  # nginx-same-bytes: X-Userinfo length shardgate sends (S1, S2)
+        self.tls = False  # S5: clients speak TLS to the proxies (not to `direct`)
         self.skip_reason = None
         self.needs_idp = False  # start scripts/idp/server.mjs (S3, S4)
 
@@ -365,13 +385,18 @@ def build_scenarios(names, ctx):
     for name in names:
         if name == "S0":
             sc = Scenario(name, "plain proxy", ["direct", "nginx", "haproxy"] + proxies)
-        elif name in ("S1", "S2"):
-            title = "bearer RS256 JWT, one token" if name == "S1" else "bearer RS256 JWT, 1000 tokens rotating"
-            sc = Scenario(name, title, ["nginx", "haproxy-jwt"] + proxies + ["shardgate-uring-lean", "nginx-same-bytes"])
+        elif name in ("S1", "S2", "S5"):
+            title = {"S1": "bearer RS256 JWT, one token", "S2": "bearer RS256 JWT, 1000 tokens rotating",
+                     "S5": "S1 over TLS (keep-alive; nginx and shardgate terminate TLS)"}[name]
+            if name == "S5":
+                sc = Scenario(name, title, ["nginx"] + proxies + ["shardgate-uring-lean"])
+                sc.tls = True
+            else:
+                sc = Scenario(name, title, ["nginx", "haproxy-jwt"] + proxies + ["shardgate-uring-lean", "nginx-same-bytes"])
             tok = ctx.tokens()
             first = open(os.path.join(tok, "token.txt")).read().strip()
             sc.userinfo_len = userinfo_len(first)
-            if name == "S1":
+            if name in ("S1", "S5"):
                 sc.wrk_headers = ["Authorization: Bearer " + first]
             else:
                 sc.header_file = os.path.join(tok, "tokens.txt")
@@ -431,7 +456,7 @@ def build_scenarios(names, ctx):
                 "        bearer_only: true\n" % IDP_PORT
             )
         else:
-            raise SystemExit("unknown scenario %s (known: S0 S1 S2 S3 S4)" % name)
+            raise SystemExit("unknown scenario %s (known: S0 S1 S2 S3 S4 S5)" % name)
         out.append(sc)
     return out
 
@@ -522,7 +547,7 @@ class Run:
             path = os.path.join(self.workdir, "%s-%s.conf" % (peer.name, sc.name))
             with open(path, "w") as f:
                 f.write(nginx_proxy_conf(self.workdir, self.workers, peer.name,
-                                         sc.userinfo_len if peer.name == "nginx-same-bytes" else None))
+                                         sc.userinfo_len if peer.name == "nginx-same-bytes" else None, sc.tls))
             argv = [a.nginx, "-p", self.workdir, "-c", path,
                     "-e", os.path.join(self.workdir, "%s-error.log" % peer.name)]
         elif peer.name in ("haproxy", "haproxy-jwt"):
@@ -539,7 +564,7 @@ class Run:
             if peer.name.endswith("-lean") and plugin:
                 plugin += LEAN_YAML
             with open(path, "w") as f:
-                f.write(shardgate_conf(peer.port, self.workers, plugin))
+                f.write(shardgate_conf(peer.port, self.workers, plugin, sc.tls))
             check = subprocess.run([a.shardgate, "validate", "-c", path], capture_output=True, text=True)
             if check.returncode != 0:
                 first = (check.stderr or check.stdout).strip().splitlines()[:1]
@@ -556,7 +581,7 @@ class Run:
     def check_peer(self, sc, peer):
         if peer.status != "ok":
             return
-        status = http_status(peer.port, sc.check_headers)
+        status = http_status(peer.port, sc.check_headers, sc.tls and peer.name != "direct")
         if not (isinstance(status, int) and 200 <= status < 300):
             peer.status = "failed: HTTP %s before load" % status
 
@@ -567,7 +592,8 @@ class Run:
                 "-s", os.path.join(HERE, "wrk.lua")]
         for h in sc.wrk_headers:
             argv += ["-H", h]
-        argv.append("http://127.0.0.1:%d/" % peer.port)
+        scheme = "https" if sc.tls and peer.name != "direct" else "http"
+        argv.append("%s://127.0.0.1:%d/" % (scheme, peer.port))
         return pin("1", argv, self.args.mode)
 
     def wrk_env(self, sc):
