@@ -417,12 +417,19 @@ async fn run_shard(
                             }
                             Some(acceptor) => {
                                 let acceptor = acceptor.clone();
+                                // A handshake in progress counts as an open connection, so
+                                // `max_connections` also bounds a flood of slow handshakes.
+                                let open = &shard.metrics.open_connections;
+                                open.set(open.get() + 1);
                                 monoio::spawn(async move {
                                     let hs = monoio::time::timeout(
                                         handshake_timeout,
                                         acceptor.accept(stream),
                                     )
                                     .await;
+                                    // conn::serve counts the connection itself from here on.
+                                    let open = &shard.metrics.open_connections;
+                                    open.set(open.get() - 1);
                                     match hs {
                                         Ok(Ok(tls)) => {
                                             let s = ClientStream::Tls(Box::new(tls));

@@ -177,3 +177,53 @@ fn a_certificate_that_does_not_load_stops_start_up_with_its_config_path() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("gateway.tls.cert"), "{err}");
 }
+
+#[test]
+fn handshakes_in_progress_count_against_max_connections() {
+    let up = Upstream::echo();
+    let tls_port = free_port();
+    let yaml = config(&up, tls_port).replace(
+        "  shards: 2\n",
+        "  shards: 1\n  limits: { max_connections: 2 }\n",
+    );
+    let gw = Gateway::start(&yaml, &[]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
+    // The start-up readiness probe's connection must be gone before the slots are counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gw.metrics().contains("shardgate_open_connections{shard=\"0\"} 0") {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.metrics());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Two clients that connect and never start their handshake hold both slots.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = connect(tls_port);
+    let refused = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .and_then(|_| read_response(&mut BufReader::new(&mut third), false).map(|_| ()));
+    assert!(refused.is_err(), "a third connection was served: {}", gw.metrics());
+    assert!(
+        gw.metrics()
+            .contains("shardgate_errors_total{code=\"max_connections\"}"),
+        "{}",
+        gw.metrics()
+    );
+    // Once they go away, the listener serves again.
+    drop(idle);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = connect(tls_port);
+        let ok = s
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .and_then(|_| read_response(&mut BufReader::new(&mut s), false))
+            .map(|r| r.status == 200)
+            .unwrap_or(false);
+        if ok {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
