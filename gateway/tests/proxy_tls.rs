@@ -190,7 +190,10 @@ fn handshakes_in_progress_count_against_max_connections() {
     let addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
     // The start-up readiness probe's connection must be gone before the slots are counted.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !gw.metrics().contains("shardgate_open_connections{shard=\"0\"} 0") {
+    while !gw
+        .metrics()
+        .contains("shardgate_open_connections{shard=\"0\"} 0")
+    {
         assert!(std::time::Instant::now() < deadline, "{}", gw.metrics());
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -203,7 +206,11 @@ fn handshakes_in_progress_count_against_max_connections() {
     let refused = third
         .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .and_then(|_| read_response(&mut BufReader::new(&mut third), false).map(|_| ()));
-    assert!(refused.is_err(), "a third connection was served: {}", gw.metrics());
+    assert!(
+        refused.is_err(),
+        "a third connection was served: {}",
+        gw.metrics()
+    );
     assert!(
         gw.metrics()
             .contains("shardgate_errors_total{code=\"max_connections\"}"),
