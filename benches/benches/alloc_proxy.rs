@@ -16,6 +16,7 @@
 //! then opens a new upstream connection every 1000 requests, which costs a few allocations (the
 //! socket's shared fd in monoio, the connection's buffer).
 
+use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -30,10 +31,16 @@ static GLOBAL: shardgate_benches::CountingAlloc = shardgate_benches::CountingAll
 const RESPONSE: &[u8] =
     b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nok\n";
 
-/// Answers every request head with RESPONSE; no allocation per request.
-fn upstream(listener: TcpListener) {
+/// Serves every connection on its own thread: reads each request (head, and a body by
+/// Content-Length) and writes `respond(request head)`. Nothing here allocates per request when
+/// `respond` borrows, so the upstream adds nothing to the count.
+fn serve_each<F>(listener: TcpListener, respond: F)
+where
+    F: Fn(&[u8]) -> Cow<'static, [u8]> + Clone + Send + 'static,
+{
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
+        let respond = respond.clone();
         std::thread::spawn(move || {
             let mut buf = [0u8; 16 * 1024];
             let mut have = 0;
@@ -44,15 +51,24 @@ fn upstream(listener: TcpListener) {
                 };
                 have += n;
                 while let Some(end) = find(&buf[..have], b"\r\n\r\n") {
-                    if s.write_all(RESPONSE).is_err() {
+                    let used = end + 4 + content_length(&buf[..end]);
+                    if have < used {
+                        break;
+                    }
+                    if s.write_all(&respond(&buf[..end])).is_err() {
                         return;
                     }
-                    buf.copy_within(end + 4..have, 0);
-                    have -= end + 4;
+                    buf.copy_within(used..have, 0);
+                    have -= used;
                 }
             }
         });
     }
+}
+
+/// The upstream: RESPONSE to every request.
+fn upstream(listener: TcpListener) {
+    serve_each(listener, |_| Cow::Borrowed(RESPONSE));
 }
 
 /// A discovery document, an empty key set (the bench verifies with `public_key`) and an
@@ -63,43 +79,22 @@ fn discovery(listener: TcpListener) {
     let doc = format!(
         r#"{{"issuer":"https://idp.bench","jwks_uri":"http://127.0.0.1:{port}/jwks","introspection_endpoint":"http://127.0.0.1:{port}/introspect","authorization_endpoint":"http://127.0.0.1:{port}/auth","token_endpoint":"http://127.0.0.1:{port}/token"}}"#
     );
-    for stream in listener.incoming() {
-        let Ok(mut s) = stream else { continue };
-        let doc = doc.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16 * 1024];
-            let mut have = 0;
-            loop {
-                let n = match s.read(&mut buf[have..]) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                have += n;
-                while let Some(end) = find(&buf[..have], b"\r\n\r\n") {
-                    let body_len = content_length(&buf[..end]);
-                    if have < end + 4 + body_len {
-                        break;
-                    }
-                    let body = if buf.starts_with(b"GET /jwks") {
-                        r#"{"keys":[]}"#
-                    } else if buf.starts_with(b"POST /introspect") {
-                        r#"{"active":true,"sub":"bench","client_id":"bench","scope":"read write","exp":4102444800}"#
-                    } else {
-                        doc.as_str()
-                    };
-                    let res = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    if s.write_all(res.as_bytes()).is_err() {
-                        return;
-                    }
-                    buf.copy_within(end + 4 + body_len..have, 0);
-                    have -= end + 4 + body_len;
-                }
-            }
-        });
-    }
+    serve_each(listener, move |head| {
+        let body = if head.starts_with(b"GET /jwks") {
+            r#"{"keys":[]}"#
+        } else if head.starts_with(b"POST /introspect") {
+            r#"{"active":true,"sub":"bench","client_id":"bench","scope":"read write","exp":4102444800}"#
+        } else {
+            doc.as_str()
+        };
+        Cow::Owned(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    });
 }
 
 const SESSION_SECRET: &str = "alloc-bench-session-secret-0123456789";
@@ -141,9 +136,10 @@ fn session_cookie() -> String {
 }
 
 fn content_length(head: &[u8]) -> usize {
-    let head = String::from_utf8_lossy(head).to_ascii_lowercase();
-    head.lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
+    const NAME: &[u8] = b"content-length:";
+    head.split(|&b| b == b'\n')
+        .find(|l| l.len() > NAME.len() && l[..NAME.len()].eq_ignore_ascii_case(NAME))
+        .and_then(|l| std::str::from_utf8(&l[NAME.len()..]).ok())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }
@@ -169,6 +165,28 @@ fn client(req: &[u8], n: usize, s: &mut TcpStream) {
                 break;
             }
         }
+    }
+}
+
+/// Waits until the gateway answers `req` with 200 on a fresh connection: routes that need discovery
+/// answer 503 until the provider has it, which takes longer on a busy machine.
+fn wait_ready(req: &[u8], addr: (&str, u16)) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut buf = [0u8; 64];
+        let ok = TcpStream::connect(addr)
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.write_all(req)?;
+                let n = s.read(&mut buf)?;
+                Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
+            })
+            .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the gateway never answered 200");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -274,6 +292,7 @@ fn main() {
         }
     };
     s.set_nodelay(true).expect("nodelay");
+    wait_ready(&req, ("127.0.0.1", gw_port));
     // Warm-up: pools, buffers, caches and hash maps reach their steady size.
     client(&req, 20_000, &mut s);
     let n = 50_000;
