@@ -84,12 +84,6 @@ fn validate(path: &std::path::Path) -> ExitCode {
             for w in &loaded.warnings {
                 eprintln!("warning: {}: {}", w.path, w.message);
             }
-            if let Some(tls) = &loaded.config.gateway.tls
-                && let Err(e) = shardgate_gateway::proxy::stream::server_config(&tls.cert, &tls.key)
-            {
-                eprintln!("{e}");
-                return ExitCode::from(2);
-            }
             let oidc = shardgate_gateway::plugins::openid_connect::OidcShared::new();
             match shardgate_gateway::published::Published::build(1, loaded.config, &oidc) {
                 Ok(_) => {

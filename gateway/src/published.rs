@@ -36,6 +36,9 @@ pub struct Published {
     pub upstreams: Vec<UpstreamSpec>,
     pub limits: ProxyLimits,
     pub access_log: bool,
+    /// `gateway.tls`'s certificate, read at load and at every reload: shards that see a new one
+    /// build a new acceptor, so a renewed certificate is served without a restart.
+    pub tls_key: Option<crate::proxy::stream::CertKey>,
     pub config: Config,
 }
 
@@ -128,6 +131,16 @@ impl Published {
                 oidc: oidc_route,
             });
         }
+        let tls_key = match &config.gateway.tls {
+            Some(t) => match crate::proxy::stream::load_cert_key(&t.cert, &t.key) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    problems.push(e);
+                    None
+                }
+            },
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(problems.join("\n"));
         }
@@ -146,6 +159,7 @@ impl Published {
                 idle_timeout: l.idle_timeout,
             },
             access_log: config.gateway.access_log,
+            tls_key,
             config,
         })
     }

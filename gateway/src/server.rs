@@ -145,13 +145,6 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         tracing::warn!(path = %w.path, "{}", w.message);
     }
     let cfg = loaded.config;
-    // Checked once here so a bad certificate is a start-up error; each shard then builds its own.
-    if let Some(tls) = &cfg.gateway.tls
-        && let Err(e) = stream::server_config(&tls.cert, &tls.key)
-    {
-        eprintln!("{e}");
-        return 2;
-    }
     let shard_count = match (opts.shards, cfg.gateway.shards) {
         (Some(n), _) | (None, config::Shards::Count(n)) => n,
         (None, config::Shards::Auto) => shardgate_runtime::available_cores(),
@@ -309,6 +302,32 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
     0
 }
 
+/// The acceptor for the certificate the shard's current config carries, rebuilt when it changed.
+/// None (the connection is dropped) only if that config has no certificate or it will not load.
+fn current_acceptor(
+    shard: &Shard,
+    cached: &mut Option<(stream::CertKey, stream::Acceptor)>,
+) -> Option<stream::Acceptor> {
+    let compiled = shard.current();
+    let key = compiled.published.tls_key.as_ref()?;
+    if let Some((k, a)) = cached.as_ref()
+        && Arc::ptr_eq(k, key)
+    {
+        return Some(a.clone());
+    }
+    match stream::acceptor(key) {
+        Ok(a) => {
+            *cached = Some((key.clone(), a.clone()));
+            Some(a)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the TLS config");
+            shard.metrics.record_error("tls_config");
+            None
+        }
+    }
+}
+
 /// What a shard listens on.
 struct Listen {
     plain: Vec<std::net::SocketAddr>,
@@ -349,19 +368,6 @@ async fn run_shard(
         });
     }
 
-    // The shard's own TLS config: rustls' session cache sits behind a lock, so one per shard keeps
-    // it uncontended.
-    let acceptor = match &listen.tls {
-        Some(t) => match stream::server_config(&t.cert, &t.key) {
-            Ok(c) => Some(stream::Acceptor::from(c)),
-            Err(e) => {
-                tracing::error!(shard = info.id, error = %e, "cannot load the TLS certificate; this shard stops");
-                shutdown.trigger();
-                return;
-            }
-        },
-        None => None,
-    };
     let tls_addrs = listen
         .tls
         .as_ref()
@@ -370,12 +376,12 @@ async fn run_shard(
     let addrs = listen
         .plain
         .iter()
-        .map(|a| (*a, None))
-        .chain(tls_addrs.iter().map(|a| (*a, acceptor.clone())));
+        .map(|a| (*a, false))
+        .chain(tls_addrs.iter().map(|a| (*a, true)));
     let mut listeners = Vec::new();
-    for (a, acceptor) in addrs {
+    for (a, tls) in addrs {
         match bind_reuseport(a, 4096) {
-            Ok(l) => listeners.push((l, a.port(), acceptor)),
+            Ok(l) => listeners.push((l, a.port(), tls)),
             Err(e) => {
                 tracing::error!(shard = info.id, addr = %a, error = %e, "cannot listen; this shard stops");
                 shutdown.trigger();
@@ -388,9 +394,13 @@ async fn run_shard(
 
     let mut accept_tasks = Vec::new();
     let handshake_timeout = listen.handshake_timeout;
-    for (listener, port, acceptor) in listeners {
+    for (listener, port, tls) in listeners {
         let shard = shard.clone();
         accept_tasks.push(monoio::spawn(async move {
+            // This listener's own TLS config, rebuilt when a reload publishes a new certificate:
+            // rustls' session cache sits behind a lock, so one config per shard keeps it
+            // uncontended, and handshakes already running keep the config they started with.
+            let mut tls_acceptor: Option<(stream::CertKey, stream::Acceptor)> = None;
             loop {
                 let accepted = monoio::select! {
                     a = listener.accept() => a,
@@ -405,8 +415,16 @@ async fn run_shard(
                             continue;
                         }
                         let _ = stream.set_nodelay(true);
+                        let acceptor = if tls {
+                            match current_acceptor(&shard, &mut tls_acceptor) {
+                                Some(a) => Some(a),
+                                None => continue,
+                            }
+                        } else {
+                            None
+                        };
                         let shard = shard.clone();
-                        match &acceptor {
+                        match acceptor {
                             None => {
                                 monoio::spawn(conn::serve(
                                     shard,
@@ -416,7 +434,6 @@ async fn run_shard(
                                 ));
                             }
                             Some(acceptor) => {
-                                let acceptor = acceptor.clone();
                                 // A handshake in progress counts as an open connection, so
                                 // `max_connections` also bounds a flood of slow handshakes.
                                 let open = &shard.metrics.open_connections;

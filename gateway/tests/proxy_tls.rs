@@ -40,14 +40,17 @@ routes:
     )
 }
 
-fn client_config() -> Arc<rustls::ClientConfig> {
+fn pem_cert(name: &str) -> rustls_pki_types::CertificateDer<'static> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
+    CertificateDer::from_pem_file(testdata(name)).expect("test cert")
+}
+
+/// Trusts both test certificates, so the rotation test can tell which one was served.
+fn client_config() -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(testdata("tls-cert.pem")).expect("test cert") {
-        roots
-            .add(cert.expect("test cert"))
-            .expect("trust the test cert");
+    for name in ["tls-cert.pem", "tls2-cert.pem"] {
+        roots.add(pem_cert(name)).expect("trust the test cert");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -232,5 +235,46 @@ fn handshakes_in_progress_count_against_max_connections() {
         }
         assert!(std::time::Instant::now() < deadline, "{}", gw.log());
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The certificate the server presented on a fresh connection (after one request).
+fn served_cert(port: u16) -> rustls_pki_types::CertificateDer<'static> {
+    let mut s = connect(port);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("write");
+    let res = read_response(&mut BufReader::new(&mut s), false).expect("response");
+    assert_eq!(res.status, 200);
+    s.conn.peer_certificates().expect("peer certificates")[0].clone()
+}
+
+#[test]
+fn a_reload_serves_a_renewed_certificate_and_keeps_the_old_one_when_the_new_one_is_bad() {
+    let up = Upstream::echo();
+    let tls_port = free_port();
+    let yaml = config(&up, tls_port);
+    let gw = Gateway::start(&yaml, &[]);
+    assert_eq!(served_cert(tls_port), pem_cert("tls-cert.pem"));
+    // A renewed certificate: a new connection gets it after SIGHUP, on every shard.
+    let renewed = yaml
+        .replace("tls-cert.pem", "tls2-cert.pem")
+        .replace("tls-key.pem", "tls2-key.pem");
+    gw.reload(&renewed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !(0..8).all(|_| served_cert(tls_port) == pem_cert("tls2-cert.pem")) {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A key that does not match its certificate: the reload is rejected, the renewed one stays.
+    let mismatched = renewed.replace("tls2-key.pem", "tls-key.pem");
+    gw.reload(&mismatched);
+    assert!(
+        gw.wait_log("config reload rejected", Duration::from_secs(10)),
+        "{}",
+        gw.log()
+    );
+    assert!(gw.log().contains("do not fit together"), "{}", gw.log());
+    for _ in 0..4 {
+        assert_eq!(served_cert(tls_port), pem_cert("tls2-cert.pem"));
     }
 }

@@ -77,11 +77,12 @@ impl AsyncWriteRent for ClientStream {
 /// lock inside rustls is never contended across cores.
 pub type Acceptor = monoio_rustls::TlsAcceptor;
 
-/// Loads a PEM certificate chain and private key into a server config speaking HTTP/1.1 (ALPN).
-pub fn server_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+/// A certificate chain and its key, loaded once per config version by the control side and
+/// shared read-only with the shards (`Published::tls_key`).
+pub type CertKey = Arc<rustls::sign::CertifiedKey>;
+
+/// Loads a PEM certificate chain (leaf first) and its private key, checking that they match.
+pub fn load_cert_key(cert: &std::path::Path, key: &std::path::Path) -> Result<CertKey, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -97,13 +98,30 @@ pub fn server_config(
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| format!("gateway.tls.key: {}: {e}", key.display()))?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs, key, &provider)
+        .map(Arc::new)
+        .map_err(|e| format!("gateway.tls: certificate and key do not fit together: {e}"))
+}
+
+/// Always the one certificate: shardgate serves one chain per TLS listener set.
+#[derive(Debug)]
+struct OneCert(CertKey);
+
+impl rustls::server::ResolvesServerCert for OneCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<CertKey> {
+        Some(self.0.clone())
+    }
+}
+
+/// A shard's server config for `key`, speaking HTTP/1.1 (ALPN), TLS 1.2 and 1.3.
+pub fn acceptor(key: &CertKey) -> Result<Acceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("gateway.tls: {e}"))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("gateway.tls: certificate and key do not fit together: {e}"))?;
+        .with_cert_resolver(Arc::new(OneCert(key.clone())));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok(Acceptor::from(Arc::new(cfg)))
 }
