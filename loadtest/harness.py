@@ -330,6 +330,7 @@ def indent_pem(pem, spaces):
 
 
 def shardgate_conf(port, shards, plugin_yaml, tls=False):
+    admin = port + ADMIN_PORT_OFFSET
     tls_block = ""
     if tls:
         tls_block = "  tls:\n    listen: [\"127.0.0.1:%d\"]\n    cert: %s\n    key: %s\n" % (port, TLS_CERT, TLS_KEY)
@@ -354,7 +355,7 @@ upstreams:
     type: roundrobin
     nodes: { "127.0.0.1:%d": 1 }
     keepalive_pool: { size: 320, idle_timeout: 60 }
-%s""" % (port, port + ADMIN_PORT_OFFSET - (PLAIN_PORT_OFFSET if tls else 0), tls_block, shards, UPSTREAM_PORT, routes)
+%s""" % (port, admin, tls_block, shards, UPSTREAM_PORT, routes)
 
 
 # ---------------------------------------------------------------- scenarios

@@ -157,7 +157,6 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
     });
     let listen = cfg.gateway.listen.clone();
     let tls = cfg.gateway.tls.clone();
-    let handshake_timeout = cfg.gateway.limits.header_timeout;
     let admin = cfg.gateway.admin.as_ref().map(|a| a.listen);
     let shutdown_timeout = cfg.gateway.shutdown_timeout;
     let max_conns_per_shard = (cfg.gateway.limits.max_connections / shard_count).max(1);
@@ -199,11 +198,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
                     shutdown,
                     shards_up,
                     shard_addrs,
-                    Listen {
-                        plain: listen,
-                        tls,
-                        handshake_timeout,
-                    },
+                    Listen { plain: listen, tls },
                     max_conns_per_shard,
                     shutdown_timeout,
                     oidc,
@@ -302,23 +297,25 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
     0
 }
 
-/// The acceptor for the certificate the shard's current config carries, rebuilt when it changed.
-/// None (the connection is dropped) only if that config has no certificate or it will not load.
+/// The acceptor for the certificate the shard's current config carries (rebuilt when it changed)
+/// and the handshake's time limit, `limits.header_timeout` of the same config. None (the
+/// connection is dropped) only if that config has no certificate or it will not load.
 fn current_acceptor(
     shard: &Shard,
     cached: &mut Option<(stream::CertKey, stream::Acceptor)>,
-) -> Option<stream::Acceptor> {
+) -> Option<(stream::Acceptor, Duration)> {
     let compiled = shard.current();
+    let timeout = compiled.published.limits.header_timeout;
     let key = compiled.published.tls_key.as_ref()?;
     if let Some((k, a)) = cached.as_ref()
         && Arc::ptr_eq(k, key)
     {
-        return Some(a.clone());
+        return Some((a.clone(), timeout));
     }
     match stream::acceptor(key) {
         Ok(a) => {
             *cached = Some((key.clone(), a.clone()));
-            Some(a)
+            Some((a, timeout))
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot build the TLS config");
@@ -332,8 +329,6 @@ fn current_acceptor(
 struct Listen {
     plain: Vec<std::net::SocketAddr>,
     tls: Option<config::TlsConf>,
-    /// A TLS handshake gets as long as a request head.
-    handshake_timeout: Duration,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -393,13 +388,12 @@ async fn run_shard(
     tracing::debug!(shard = info.id, driver = %info.driver, "shard serving");
 
     let mut accept_tasks = Vec::new();
-    let handshake_timeout = listen.handshake_timeout;
     for (listener, port, tls) in listeners {
         let shard = shard.clone();
         accept_tasks.push(monoio::spawn(async move {
-            // This listener's own TLS config, rebuilt when a reload publishes a new certificate:
-            // rustls' session cache sits behind a lock, so one config per shard keeps it
-            // uncontended, and handshakes already running keep the config they started with.
+            // This listener's own TLS config on this shard, rebuilt when a reload publishes a new
+            // certificate: rustls' session cache sits behind a lock, so configs never shared
+            // between cores keep it uncontended; handshakes already running keep theirs.
             let mut tls_acceptor: Option<(stream::CertKey, stream::Acceptor)> = None;
             loop {
                 let accepted = monoio::select! {
@@ -433,7 +427,7 @@ async fn run_shard(
                                     port,
                                 ));
                             }
-                            Some(acceptor) => {
+                            Some((acceptor, handshake_timeout)) => {
                                 // A handshake in progress counts as an open connection, so
                                 // `max_connections` also bounds a flood of slow handshakes.
                                 let open = &shard.metrics.open_connections;
