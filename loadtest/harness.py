@@ -189,6 +189,23 @@ def wait_port(port, proc, timeout=15.0):
     return False
 
 
+def wait_ready(admin_port, timeout, poke_port=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if poke_port is not None:
+            # A short burst keeps the shard busy enough for valgrind to hand its lock over.
+            subprocess.run(["wrk", "-t1", "-c4", "-d2s", "http://127.0.0.1:%d/" % poke_port],
+                           capture_output=True, timeout=30)
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/readyz" % admin_port, timeout=5) as res:
+                if res.status == 200:
+                    return True
+        except OSError:  # HTTPError (503) included
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def http_status(port, headers, tls=False):
     import ssl
 
@@ -210,16 +227,62 @@ def pin(cpus, argv, mode):
     return (["taskset", "-c", cpus] + argv) if mode == "percore" else argv
 
 
+# ---------------------------------------------------------------- callgrind mode
+# Requests/s and CPU time on a shared VM swing by tens of percent between passes; instructions do
+# not. In --mode callgrind every proxy runs under valgrind's callgrind, the harness zeroes its
+# counters before a pass and dumps them after, and reports user-space instructions per request.
+# The kernel's share (socket calls, TCP over loopback) is not in these counts.
+
+
+def callgrind_argv(outfile):
+    return ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + outfile]
+
+
+def callgrind_pid(root_pid):
+    """The process running the tool: Debian's `valgrind` is a wrapper script."""
+    for pid in process_tree(root_pid):
+        try:
+            if os.path.basename(os.readlink("/proc/%d/exe" % pid)).startswith("callgrind-"):
+                return pid
+        except OSError:
+            continue
+    return None
+
+
+def callgrind_control(pid, option):
+    res = subprocess.run(["callgrind_control", option, str(pid)], capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise RuntimeError("callgrind_control %s: %s" % (option, (res.stderr or res.stdout).strip()[-200:]))
+
+
+def callgrind_dumps(outfile):
+    d, base = os.path.split(outfile)
+    return {os.path.join(d, n) for n in os.listdir(d) if n.startswith(base + ".")}
+
+
+def callgrind_new_total(outfile, before, timeout=30.0):
+    """Ir in the dump that appeared since `before` (its `totals:` line is written last)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in sorted(callgrind_dumps(outfile) - before):
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("totals:"):
+                        return int(line.split()[1])
+        time.sleep(0.1)
+    raise RuntimeError("no callgrind dump appeared for %s" % rel(outfile))
+
+
 # ---------------------------------------------------------------- configs
 
 
-def nginx_conf(workdir, name, server_block, workers):
+def nginx_conf(workdir, name, server_block, workers, master=True):
     tmp = os.path.join(workdir, name + "-tmp")
     os.makedirs(tmp, exist_ok=True)
     return """\
 worker_processes %(workers)s;
 daemon off;
-master_process on;
+master_process %(master)s;
 pid %(dir)s/%(name)s.pid;
 error_log %(dir)s/%(name)s-error.log warn;
 events { worker_connections 8192; multi_accept on; }
@@ -231,7 +294,8 @@ http {
     proxy_temp_path %(tmp)s/proxy;
 %(server)s
 }
-""" % {"workers": workers, "dir": workdir, "name": name, "tmp": tmp, "server": server_block}
+""" % {"workers": workers, "dir": workdir, "name": name, "tmp": tmp, "server": server_block,
+       "master": "on" if master else "off"}
 
 
 def upstream_conf(workdir):
@@ -243,7 +307,7 @@ def upstream_conf(workdir):
     return nginx_conf(workdir, "upstream", server, 1)
 
 
-def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None, tls=False):
+def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None, tls=False, master=True):
     extra = ""
     listen_tls = ""
     if tls:
@@ -273,7 +337,7 @@ def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None, tls=Fals
 %s            proxy_buffering off;
         }
     }""" % (UPSTREAM_PORT, PEER_PORTS[name], listen_tls, extra)
-    return nginx_conf(workdir, name, server, workers)
+    return nginx_conf(workdir, name, server, workers, master)
 
 
 def haproxy_conf(threads, port, jwt_pub=None):
@@ -472,6 +536,8 @@ class Peer:
         self.proc = None
         self.status = "ok"
         self.passes = []
+        self.cg_out = None  # callgrind mode: the tool's output file (dumps are cg_out.N)
+        self.cg_pid = None
 
 
 class Run:
@@ -487,9 +553,10 @@ class Run:
         self.rows = []
         self.warnings = []
         self._tokens = None
-        percore = args.mode == "percore"
-        self.workers = 1 if percore else os.cpu_count() or 2
-        self.wrk_threads = 1 if percore else 2
+        self.callgrind = args.mode == "callgrind"
+        one = args.mode in ("percore", "callgrind")
+        self.workers = 1 if one else os.cpu_count() or 2
+        self.wrk_threads = 1 if one else 2
 
     # -- fixtures
 
@@ -547,8 +614,10 @@ class Run:
         if peer.name in ("nginx", "nginx-same-bytes"):
             path = os.path.join(self.workdir, "%s-%s.conf" % (peer.name, sc.name))
             with open(path, "w") as f:
+                # Under callgrind one process serves, so the counts are that process's alone.
                 f.write(nginx_proxy_conf(self.workdir, self.workers, peer.name,
-                                         sc.userinfo_len if peer.name == "nginx-same-bytes" else None, sc.tls))
+                                         sc.userinfo_len if peer.name == "nginx-same-bytes" else None, sc.tls,
+                                         master=not self.callgrind))
             argv = [a.nginx, "-p", self.workdir, "-c", path,
                     "-e", os.path.join(self.workdir, "%s-error.log" % peer.name)]
         elif peer.name in ("haproxy", "haproxy-jwt"):
@@ -573,7 +642,14 @@ class Run:
                 return
             driver = peer.name.split("-")[1]
             argv = [a.shardgate, "run", "-c", path, "--shards", str(self.workers), "--driver", driver]
+        if self.callgrind:
+            peer.cg_out = os.path.join(self.workdir, "%s-%s.callgrind" % (peer.name, sc.name))
+            argv = callgrind_argv(peer.cg_out) + argv
         peer.proc = self.procs.start("%s-%s" % (peer.name, sc.name), pin(cpu0, argv, a.mode))
+        if self.callgrind and wait_port(peer.port, peer.proc, 90.0):
+            peer.cg_pid = callgrind_pid(peer.proc.pid)
+            if peer.cg_pid is None:
+                peer.status = "failed: no callgrind process under %d" % peer.proc.pid
         if not wait_port(peer.port, peer.proc):
             peer.status = "failed: did not start (see %s/%s-%s.log)" % (rel(self.workdir), peer.name, sc.name)
             self.procs.stop(peer.proc)
@@ -581,6 +657,15 @@ class Run:
 
     def check_peer(self, sc, peer):
         if peer.status != "ok":
+            return
+        # Routes that need discovery answer 503 until it is in. Under valgrind an idle io_uring
+        # shard blocks in io_uring_enter holding valgrind's lock (valgrind does not treat that call
+        # as blocking), which starves the control thread that fetches discovery; so there the data
+        # port is kept busy while we wait.
+        if peer.name.startswith("shardgate") and not wait_ready(
+                peer.port + ADMIN_PORT_OFFSET, 60.0 if self.callgrind else 15.0,
+                peer.port if self.callgrind else None):
+            peer.status = "failed: /readyz not 200 (discovery?)"
             return
         status = http_status(peer.port, sc.check_headers, sc.tls and peer.name != "direct")
         if not (isinstance(status, int) and 200 <= status < 300):
@@ -610,12 +695,19 @@ class Run:
         if self.idp is not None:
             ours_pids |= set(process_tree(self.idp.pid))
         ours_pids = sorted(ours_pids)
+        if self.callgrind:
+            dumps = callgrind_dumps(peer.cg_out)
+            callgrind_control(peer.cg_pid, "--zero")
         p0, o0, s0, c0 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
         t0 = time.monotonic()
         res = subprocess.run(self.wrk_argv(sc, peer, seconds), capture_output=True, text=True,
                              env=self.wrk_env(sc), timeout=seconds + 60)
         wall = time.monotonic() - t0
         p1, o1, s1, c1 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
+        ir = 0
+        if self.callgrind:
+            callgrind_control(peer.cg_pid, "--dump=pass")
+            ir = callgrind_new_total(peer.cg_out, dumps)
         line = next((ln for ln in res.stdout.splitlines() if ln.startswith("SGRESULT ")), None)
         if res.returncode != 0 or line is None:
             raise RuntimeError("wrk failed (exit %d): %s" % (res.returncode, (res.stderr or res.stdout).strip()[-300:]))
@@ -629,20 +721,26 @@ class Run:
             "p50": r["p50"], "p90": r["p90"], "p99": r["p99"], "p999": r["p999"],
             "cpu_us": (p1 - p0) / CLK_TCK * 1e6 / requests,
             "requests": r["requests"], "errors": errors, "status_errors": r["status"],
-            "other_core": other_core,
+            "other_core": other_core, "ir": ir / requests,
         }
 
     def measure(self, sc, peer, pass_no):
         for attempt in range(1, MAX_ATTEMPTS + 1):
             m = self.one_pass(sc, peer, self.args.duration)
-            noisy = m["other_core"] > self.args.max_other
+            # Instruction counts do not depend on what else the machine runs.
+            noisy = m["other_core"] > self.args.max_other and not self.callgrind
             bad = m["errors"] > 0.01 * max(m["requests"], 1)
             last = attempt == MAX_ATTEMPTS
             keep = not bad and (not noisy or last)
             self.rows.append(dict(scenario=sc.name, peer=peer.name, pass_no=pass_no, attempt=attempt, kept=int(keep), **m))
-            log("%s %-16s pass %d try %d: %8.0f req/s  p99 %6.2f ms  %6.1f us CPU/req  other %3.0f%% of a core%s" % (
-                sc.name, peer.name, pass_no, attempt, m["rps"], m["p99"] / 1000, m["cpu_us"], m["other_core"] * 100,
-                "  (%d errors)" % m["errors"] if m["errors"] else ""))
+            if self.callgrind:
+                log("%s %-16s pass %d: %8.0f instructions/request over %d requests%s" % (
+                    sc.name, peer.name, pass_no, m["ir"], m["requests"],
+                    "  (%d errors)" % m["errors"] if m["errors"] else ""))
+            else:
+                log("%s %-16s pass %d try %d: %8.0f req/s  p99 %6.2f ms  %6.1f us CPU/req  other %3.0f%% of a core%s" % (
+                    sc.name, peer.name, pass_no, attempt, m["rps"], m["p99"] / 1000, m["cpu_us"], m["other_core"] * 100,
+                    "  (%d errors)" % m["errors"] if m["errors"] else ""))
             if bad:
                 peer.status = "failed: %d errors / %d requests (%d non-2xx)" % (m["errors"], m["requests"], m["status_errors"])
                 return
@@ -668,7 +766,8 @@ class Run:
             peer.status = "failed: exited during the run (exit %s)" % peer.proc.returncode
 
     def run_scenario(self, sc):
-        peers = [Peer(n) for n in sc.peers if not self.args.peers or n in self.args.peers]
+        peers = [Peer(n) for n in sc.peers if (not self.args.peers or n in self.args.peers)
+                 and not (self.callgrind and n == "direct")]  # no proxy to count
         if sc.skip_reason:
             return peers, sc.skip_reason
         if sc.needs_idp:
@@ -704,7 +803,7 @@ class Run:
     def write_csv(self):
         path = os.path.join(self.resdir, self.stamp + ".csv")
         cols = ["scenario", "peer", "pass_no", "attempt", "kept", "rps", "p50", "p90", "p99", "p999", "cpu_us",
-                "requests", "errors", "status_errors", "other_core"]
+                "requests", "errors", "status_errors", "other_core", "ir"]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
@@ -732,6 +831,8 @@ def summarize(peer):
         "p99": median([p["p99"] for p in ps]) / 1000,
         "p999": median([p["p999"] for p in ps]) / 1000,
         "cpu": median([p["cpu_us"] for p in ps]),
+        "ir": median([p["ir"] for p in ps]),
+        "ir_spread": spread([p["ir"] for p in ps]),
         "spread": "%s / %s" % (spread([p["rps"] for p in ps]), spread([p["cpu_us"] for p in ps])),
     }
 
@@ -766,6 +867,32 @@ def scenario_table(sc, peers, skip):
     if paired:
         lines += ["", "Paired by pass (peers in one pass run back to back, so slow host drift mostly cancels; median and range):", ""]
         lines += paired
+    lines.append("")
+    return lines
+
+
+def instructions_table(sc, peers, skip):
+    lines = ["### %s: %s" % (sc.name, sc.title), ""]
+    if skip:
+        return lines + ["skipped: %s" % skip, ""]
+    lines += ["| peer | instructions / request | x nginx | spread | requests counted |", "|---|---|---|---|---|"]
+    sums = {p.name: summarize(p) for p in peers if p.status == "ok" and p.passes}
+    ref = sums.get("nginx")
+    for p in peers:
+        if p.name not in sums:
+            lines.append("| %s | %s | | | |" % (p.name, p.status if p.status != "ok" else "failed: no pass kept"))
+            continue
+        s = sums[p.name]
+        lines.append("| %s | %.0f | %s | %s | %d |" % (
+            p.name, s["ir"], "%.2f" % (s["ir"] / ref["ir"]) if ref and ref["ir"] else "-", s["ir_spread"],
+            sum(m["requests"] for m in p.passes)))
+    for ref_name in ("haproxy-jwt", "nginx-same-bytes"):
+        if ref_name not in sums or not sums[ref_name]["ir"]:
+            continue
+        for name in ("shardgate-uring", "shardgate-epoll", "shardgate-uring-lean"):
+            if name in sums and not (ref_name == "nginx-same-bytes" and name.endswith("-lean")):
+                lines += ["", "%s / %s: %.2fx the instructions per request" % (
+                    name, ref_name, sums[name]["ir"] / sums[ref_name]["ir"])]
     lines.append("")
     return lines
 
@@ -815,7 +942,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--mode", choices=["percore", "allcores"], default="percore")
+    ap.add_argument("--mode", choices=["percore", "allcores", "callgrind"], default="percore",
+                    help="callgrind: count each proxy's instructions per request instead of timing it")
     ap.add_argument("--max-other", type=float, default=0.10, help="fraction of a core other processes may use")
     ap.add_argument("--shardgate", default=os.path.join(ROOT, "target", "release", "shardgate"))
     ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
@@ -825,7 +953,8 @@ def main():
     args.peers = [p for p in args.peers.split(",") if p]
     if not 1 <= args.passes <= 50 or not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         raise SystemExit("--passes 1..50, --duration 1..600, --warmup 0..60")
-    for tool in ("wrk", args.nginx, args.haproxy) + (("taskset",) if args.mode == "percore" else ()):
+    extra = {"percore": ("taskset",), "callgrind": ("valgrind", "callgrind_control")}.get(args.mode, ())
+    for tool in ("wrk", args.nginx, args.haproxy) + extra:
         if not shutil.which(tool):
             raise SystemExit("%s not found: run scripts/install.sh" % tool)
     busy = [p for p in list(PEER_PORTS.values()) + [UPSTREAM_PORT, IDP_PORT] if port_open(p)]
@@ -855,12 +984,18 @@ def main():
            "- command: `%s`" % (args.command or "loadtest/run.sh"),
            "- commit %s; kernel %s; %s x %d; mode %s" % (git_rev(), uname.release, cpu_model, os.cpu_count() or 0, args.mode),
            "- wrk -t%d -c%d, %d s runs after a %d s warm-up, %d passes, medians; spread = (max-min)/median"
-           % (run.wrk_threads, args.connections, args.duration, args.warmup, args.passes),
-           "- layout: proxy on CPU 0 (1 worker/shard); wrk + nginx upstream (`return 200`, 1 worker) on CPU 1"
-           if args.mode == "percore" else "- layout: nothing pinned, one worker/shard per core",
-           "- CPU us/req: utime+stime of the proxy's processes / requests (direct: the upstream's)", ""]
+           % (run.wrk_threads, args.connections, args.duration, args.warmup, args.passes)]
+    if run.callgrind:
+        out += ["- every proxy under `valgrind --tool=callgrind`, one worker/shard, nothing pinned; counters zeroed "
+                "before each pass and dumped after it, so start-up and warm-up are not counted",
+                "- instructions / request: user-space instructions of the proxy's process (all its threads) / "
+                "requests wrk completed; the kernel's work (socket calls, TCP over loopback) is not counted", ""]
+    else:
+        out += ["- layout: proxy on CPU 0 (1 worker/shard); wrk + nginx upstream (`return 200`, 1 worker) on CPU 1"
+                if args.mode == "percore" else "- layout: nothing pinned, one worker/shard per core",
+                "- CPU us/req: utime+stime of the proxy's processes / requests (direct: the upstream's)", ""]
     for sc, peers, skip in results:
-        out += scenario_table(sc, peers, skip)
+        out += (instructions_table if run.callgrind else scenario_table)(sc, peers, skip)
     if run.warnings:
         out += ["Warnings:", ""] + ["- " + w for w in run.warnings] + [""]
     text = "\n".join(out)

@@ -2,7 +2,7 @@
 # Load test: shardgate vs nginx/haproxy through one nginx upstream, pinned (design.md section 7).
 #
 #   loadtest/run.sh [--scenarios S0,S1,S2,S3,S4,S5] [--passes 3] [--duration 10] [--warmup 2]
-#                   [--mode percore|allcores] [--peers nginx,shardgate-uring,...] [--no-build]
+#                   [--mode percore|allcores|callgrind] [--peers nginx,shardgate-uring,...] [--no-build]
 #
 # Prints a markdown table and writes loadtest/results/<timestamp>.{md,csv} (configs and logs in
 # loadtest/results/<timestamp>/). Run it on an otherwise idle machine: passes during which other

@@ -29,7 +29,7 @@ declare -A PKG_FOR=(
 	[chromedriver]=chromium-driver
 )
 if [ "$profile" = all ]; then
-	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux)
+	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux [valgrind]=valgrind)
 fi
 
 missing=()
