@@ -118,6 +118,31 @@ def system_busy_ticks():
     return int(fields[1]) + int(fields[2]) + int(fields[3])
 
 
+def per_cpu_ticks():
+    """cpu index -> (busy, total) ticks. Busy includes irq/softirq: the question here is whether a
+    core had time left, and loopback networking runs in softirq on both of them."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *vals = line.split()
+            if not name[3:].isdigit():
+                continue
+            v = [int(x) for x in vals[:8]]
+            idle = v[3] + v[4]  # idle + iowait
+            out[int(name[3:])] = (sum(v) - idle, sum(v))
+    return out
+
+
+def busy_fraction(before, after, cpu):
+    if cpu not in before or cpu not in after:
+        return float("nan")
+    busy = after[cpu][0] - before[cpu][0]
+    total = after[cpu][1] - before[cpu][1]
+    return busy / total if total > 0 else float("nan")
+
+
 def children_cpu_ticks():
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return (ru.ru_utime + ru.ru_stime) * CLK_TCK
@@ -699,11 +724,13 @@ class Run:
             dumps = callgrind_dumps(peer.cg_out)
             callgrind_control(peer.cg_pid, "--zero")
         p0, o0, s0, c0 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
+        k0 = per_cpu_ticks()
         t0 = time.monotonic()
         res = subprocess.run(self.wrk_argv(sc, peer, seconds), capture_output=True, text=True,
                              env=self.wrk_env(sc), timeout=seconds + 60)
         wall = time.monotonic() - t0
         p1, o1, s1, c1 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
+        k1 = per_cpu_ticks()
         ir = 0
         if self.callgrind:
             callgrind_control(peer.cg_pid, "--dump=pass")
@@ -722,6 +749,7 @@ class Run:
             "cpu_us": (p1 - p0) / CLK_TCK * 1e6 / requests,
             "requests": r["requests"], "errors": errors, "status_errors": r["status"],
             "other_core": other_core, "ir": ir / requests,
+            "cpu0_busy": busy_fraction(k0, k1, 0), "cpu1_busy": busy_fraction(k0, k1, 1),
         }
 
     def measure(self, sc, peer, pass_no):
@@ -738,9 +766,11 @@ class Run:
                     sc.name, peer.name, pass_no, m["ir"], m["requests"],
                     "  (%d errors)" % m["errors"] if m["errors"] else ""))
             else:
-                log("%s %-16s pass %d try %d: %8.0f req/s  p99 %6.2f ms  %6.1f us CPU/req  other %3.0f%% of a core%s" % (
-                    sc.name, peer.name, pass_no, attempt, m["rps"], m["p99"] / 1000, m["cpu_us"], m["other_core"] * 100,
-                    "  (%d errors)" % m["errors"] if m["errors"] else ""))
+                log("%s %-16s pass %d try %d: %8.0f req/s  p99 %6.2f ms  %6.1f us CPU/req  CPU0/1 busy %3.0f%%/%3.0f%%"
+                    "  other %3.0f%% of a core%s" % (
+                        sc.name, peer.name, pass_no, attempt, m["rps"], m["p99"] / 1000, m["cpu_us"],
+                        m["cpu0_busy"] * 100, m["cpu1_busy"] * 100, m["other_core"] * 100,
+                        "  (%d errors)" % m["errors"] if m["errors"] else ""))
             if bad:
                 peer.status = "failed: %d errors / %d requests (%d non-2xx)" % (m["errors"], m["requests"], m["status_errors"])
                 return
@@ -803,7 +833,7 @@ class Run:
     def write_csv(self):
         path = os.path.join(self.resdir, self.stamp + ".csv")
         cols = ["scenario", "peer", "pass_no", "attempt", "kept", "rps", "p50", "p90", "p99", "p999", "cpu_us",
-                "requests", "errors", "status_errors", "other_core", "ir"]
+                "requests", "errors", "status_errors", "other_core", "ir", "cpu0_busy", "cpu1_busy"]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
@@ -832,6 +862,8 @@ def summarize(peer):
         "p999": median([p["p999"] for p in ps]) / 1000,
         "cpu": median([p["cpu_us"] for p in ps]),
         "ir": median([p["ir"] for p in ps]),
+        "cpu0_busy": median([p["cpu0_busy"] for p in ps]),
+        "cpu1_busy": median([p["cpu1_busy"] for p in ps]),
         "ir_spread": spread([p["ir"] for p in ps]),
         "spread": "%s / %s" % (spread([p["rps"] for p in ps]), spread([p["cpu_us"] for p in ps])),
     }
@@ -841,20 +873,22 @@ def scenario_table(sc, peers, skip):
     lines = ["### %s: %s" % (sc.name, sc.title), ""]
     if skip:
         return lines + ["skipped: %s" % skip, ""]
-    lines += ["| peer | req/s | p50 ms | p99 ms | p99.9 ms | CPU us/req | req/s x nginx | CPU x nginx | spread (req/s / CPU) |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| peer | req/s | p50 ms | p99 ms | p99.9 ms | CPU us/req | req/s x nginx | CPU x nginx | spread (req/s / CPU) "
+              "| CPU 0 / 1 busy |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     sums = {p.name: summarize(p) for p in peers if p.status == "ok" and p.passes}
     ref = sums.get("nginx")
     for p in peers:
         if p.name not in sums:
             reason = p.status if p.status != "ok" else "failed: no pass kept"
-            lines.append("| %s | %s | | | | | | | |" % (p.name, reason))
+            lines.append("| %s | %s | | | | | | | | |" % (p.name, reason))
             continue
         s = sums[p.name]
         x_rps = "%.2f" % (s["rps"] / ref["rps"]) if ref else "-"
         x_cpu = "%.2f" % (s["cpu"] / ref["cpu"]) if ref and ref["cpu"] else "-"
-        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %.1f | %s | %s | %s |" % (
-            p.name, s["rps"], s["p50"], s["p99"], s["p999"], s["cpu"], x_rps, x_cpu, s["spread"]))
+        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %.1f | %s | %s | %s | %.0f%% / %.0f%% |" % (
+            p.name, s["rps"], s["p50"], s["p99"], s["p999"], s["cpu"], x_rps, x_cpu, s["spread"],
+            s["cpu0_busy"] * 100, s["cpu1_busy"] * 100))
     ref_name = "haproxy-jwt" if "haproxy-jwt" in sums else None
     if ref_name:
         for name in ("shardgate-uring", "shardgate-epoll", "shardgate-uring-lean"):
@@ -993,7 +1027,9 @@ def main():
     else:
         out += ["- layout: proxy on CPU 0 (1 worker/shard); wrk + nginx upstream (`return 200`, 1 worker) on CPU 1"
                 if args.mode == "percore" else "- layout: nothing pinned, one worker/shard per core",
-                "- CPU us/req: utime+stime of the proxy's processes / requests (direct: the upstream's)", ""]
+                "- CPU us/req: utime+stime of the proxy's processes / requests (direct: the upstream's)",
+                "- CPU 0 / 1 busy: share of each core not idle during the pass (`/proc/stat`, irq and softirq "
+                "included); a core near 100% is what capped requests/s", ""]
     for sc, peers, skip in results:
         out += (instructions_table if run.callgrind else scenario_table)(sc, peers, skip)
     if run.warnings:

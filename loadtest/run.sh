@@ -24,7 +24,9 @@ for arg in "$@"; do
 	esac
 done
 
-"$SG_ROOT/scripts/install.sh"
+profile=--all
+case " $* " in *" callgrind "* | *"--mode=callgrind"*) profile=--callgrind ;; esac
+"$SG_ROOT/scripts/install.sh" "$profile"
 if [ "$build" = 1 ]; then
 	sg_log "building shardgate (release)"
 	if ! (cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway -p shardgate-benches --bin session_cookies); then

@@ -4,6 +4,7 @@
 #
 #   scripts/install.sh            everything
 #   scripts/install.sh --test     only what `scripts/test.sh` needs (node deps, chromium for the browser test)
+#   scripts/install.sh --callgrind everything, plus valgrind (`loadtest/run.sh --mode callgrind`)
 #
 # Env: SG_SKIP_APT=1 skips system packages (then missing tools are only reported).
 set -euo pipefail
@@ -13,8 +14,9 @@ set -euo pipefail
 profile=all
 case "${1:-}" in
 --test) profile="test" ;;
+--callgrind) profile="callgrind" ;;
 "" | --all) ;;
-*) sg_die "usage: $0 [--test|--all]" ;;
+*) sg_die "usage: $0 [--test|--all|--callgrind]" ;;
 esac
 
 # command -> Debian package that provides it
@@ -28,8 +30,11 @@ declare -A PKG_FOR=(
 	[chromium]=chromium
 	[chromedriver]=chromium-driver
 )
-if [ "$profile" = all ]; then
-	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux [valgrind]=valgrind)
+if [ "$profile" != test ]; then
+	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux)
+fi
+if [ "$profile" = callgrind ]; then
+	PKG_FOR+=([valgrind]=valgrind)
 fi
 
 missing=()
