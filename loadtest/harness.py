@@ -110,6 +110,26 @@ def cpu_ticks(pids):
     return total
 
 
+def voluntary_switches(pids):
+    """Voluntary context switches over every thread of pids: how often the proxy went to sleep."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                    for line in f:
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            total += int(line.split()[1])
+                            break
+            except OSError:
+                continue
+    return total
+
+
 def system_busy_ticks():
     """user+nice+system over all CPUs. irq/softirq are left out: loopback networking charges them
     to no process, so counting them would mark every pass as disturbed."""
@@ -724,13 +744,13 @@ class Run:
             dumps = callgrind_dumps(peer.cg_out)
             callgrind_control(peer.cg_pid, "--zero")
         p0, o0, s0, c0 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
-        k0 = per_cpu_ticks()
+        k0, v0 = per_cpu_ticks(), voluntary_switches(peer_pids)
         t0 = time.monotonic()
         res = subprocess.run(self.wrk_argv(sc, peer, seconds), capture_output=True, text=True,
                              env=self.wrk_env(sc), timeout=seconds + 60)
         wall = time.monotonic() - t0
         p1, o1, s1, c1 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
-        k1 = per_cpu_ticks()
+        k1, v1 = per_cpu_ticks(), voluntary_switches(peer_pids)
         ir = 0
         if self.callgrind:
             callgrind_control(peer.cg_pid, "--dump=pass")
@@ -750,6 +770,7 @@ class Run:
             "requests": r["requests"], "errors": errors, "status_errors": r["status"],
             "other_core": other_core, "ir": ir / requests,
             "cpu0_busy": busy_fraction(k0, k1, 0), "cpu1_busy": busy_fraction(k0, k1, 1),
+            "sleeps": (v1 - v0) / requests,
         }
 
     def measure(self, sc, peer, pass_no):
@@ -767,9 +788,9 @@ class Run:
                     "  (%d errors)" % m["errors"] if m["errors"] else ""))
             else:
                 log("%s %-16s pass %d try %d: %8.0f req/s  p99 %6.2f ms  %6.1f us CPU/req  CPU0/1 busy %3.0f%%/%3.0f%%"
-                    "  other %3.0f%% of a core%s" % (
+                    "  sleeps %.3f/req  other %3.0f%% of a core%s" % (
                         sc.name, peer.name, pass_no, attempt, m["rps"], m["p99"] / 1000, m["cpu_us"],
-                        m["cpu0_busy"] * 100, m["cpu1_busy"] * 100, m["other_core"] * 100,
+                        m["cpu0_busy"] * 100, m["cpu1_busy"] * 100, m["sleeps"], m["other_core"] * 100,
                         "  (%d errors)" % m["errors"] if m["errors"] else ""))
             if bad:
                 peer.status = "failed: %d errors / %d requests (%d non-2xx)" % (m["errors"], m["requests"], m["status_errors"])
@@ -833,7 +854,7 @@ class Run:
     def write_csv(self):
         path = os.path.join(self.resdir, self.stamp + ".csv")
         cols = ["scenario", "peer", "pass_no", "attempt", "kept", "rps", "p50", "p90", "p99", "p999", "cpu_us",
-                "requests", "errors", "status_errors", "other_core", "ir", "cpu0_busy", "cpu1_busy"]
+                "requests", "errors", "status_errors", "other_core", "ir", "cpu0_busy", "cpu1_busy", "sleeps"]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
@@ -864,6 +885,7 @@ def summarize(peer):
         "ir": median([p["ir"] for p in ps]),
         "cpu0_busy": median([p["cpu0_busy"] for p in ps]),
         "cpu1_busy": median([p["cpu1_busy"] for p in ps]),
+        "sleeps": median([p["sleeps"] for p in ps]),
         "ir_spread": spread([p["ir"] for p in ps]),
         "spread": "%s / %s" % (spread([p["rps"] for p in ps]), spread([p["cpu_us"] for p in ps])),
     }
@@ -874,21 +896,21 @@ def scenario_table(sc, peers, skip):
     if skip:
         return lines + ["skipped: %s" % skip, ""]
     lines += ["| peer | req/s | p50 ms | p99 ms | p99.9 ms | CPU us/req | req/s x nginx | CPU x nginx | spread (req/s / CPU) "
-              "| CPU 0 / 1 busy |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| CPU 0 / 1 busy | sleeps/req |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     sums = {p.name: summarize(p) for p in peers if p.status == "ok" and p.passes}
     ref = sums.get("nginx")
     for p in peers:
         if p.name not in sums:
             reason = p.status if p.status != "ok" else "failed: no pass kept"
-            lines.append("| %s | %s | | | | | | | | |" % (p.name, reason))
+            lines.append("| %s | %s | | | | | | | | | |" % (p.name, reason))
             continue
         s = sums[p.name]
         x_rps = "%.2f" % (s["rps"] / ref["rps"]) if ref else "-"
         x_cpu = "%.2f" % (s["cpu"] / ref["cpu"]) if ref and ref["cpu"] else "-"
-        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %.1f | %s | %s | %s | %.0f%% / %.0f%% |" % (
+        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %.1f | %s | %s | %s | %.0f%% / %.0f%% | %.3f |" % (
             p.name, s["rps"], s["p50"], s["p99"], s["p999"], s["cpu"], x_rps, x_cpu, s["spread"],
-            s["cpu0_busy"] * 100, s["cpu1_busy"] * 100))
+            s["cpu0_busy"] * 100, s["cpu1_busy"] * 100, s["sleeps"]))
     ref_name = "haproxy-jwt" if "haproxy-jwt" in sums else None
     if ref_name:
         for name in ("shardgate-uring", "shardgate-epoll", "shardgate-uring-lean"):
@@ -1029,7 +1051,9 @@ def main():
                 if args.mode == "percore" else "- layout: nothing pinned, one worker/shard per core",
                 "- CPU us/req: utime+stime of the proxy's processes / requests (direct: the upstream's)",
                 "- CPU 0 / 1 busy: share of each core not idle during the pass (`/proc/stat`, irq and softirq "
-                "included); a core near 100% is what capped requests/s", ""]
+                "included); a core near 100% is what capped requests/s",
+                "- sleeps/req: voluntary context switches of the proxy's threads / requests: how often it ran out "
+                "of work and waited (each wake-up costs CPU, dearly in a VM)", ""]
     for sc, peers, skip in results:
         out += (instructions_table if run.callgrind else scenario_table)(sc, peers, skip)
     if run.warnings:
