@@ -691,14 +691,14 @@ class Run:
             peer.cg_out = os.path.join(self.workdir, "%s-%s.callgrind" % (peer.name, sc.name))
             argv = callgrind_argv(peer.cg_out) + argv
         peer.proc = self.procs.start("%s-%s" % (peer.name, sc.name), pin(cpu0, argv, a.mode))
-        if self.callgrind and wait_port(peer.port, peer.proc, 90.0):
-            peer.cg_pid = callgrind_pid(peer.proc.pid)
-            if peer.cg_pid is None:
-                peer.status = "failed: no callgrind process under %d" % peer.proc.pid
-        if not wait_port(peer.port, peer.proc):
+        if not wait_port(peer.port, peer.proc, 90.0 if self.callgrind else 15.0):
             peer.status = "failed: did not start (see %s/%s-%s.log)" % (rel(self.workdir), peer.name, sc.name)
             self.procs.stop(peer.proc)
             peer.proc = None
+        elif self.callgrind:
+            peer.cg_pid = callgrind_pid(peer.proc.pid)
+            if peer.cg_pid is None:
+                peer.status = "failed: no callgrind process under %d" % peer.proc.pid
 
     def check_peer(self, sc, peer):
         if peer.status != "ok":
