@@ -9,7 +9,7 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
 
 use crate::http1::{self, Limits, Parsed, RequestHead};
-use crate::proxy::io::read_more;
+use crate::proxy::io::{Timer, read_more};
 use crate::server::Control;
 
 pub async fn serve(addr: SocketAddr, control: Rc<Control>) -> std::io::Result<()> {
@@ -41,6 +41,7 @@ async fn handle(mut stream: TcpStream, control: Rc<Control>) {
     let mut head = RequestHead::new();
     let mut buf = Vec::with_capacity(2048);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut timer = Timer::on_shard();
     loop {
         match http1::parse_request(&buf, &limits, &mut head) {
             Ok(Parsed::Complete) => break,
@@ -52,7 +53,7 @@ async fn handle(mut stream: TcpStream, control: Rc<Control>) {
                 return;
             }
         }
-        let (r, b) = read_more(&mut stream, buf, 2048, Some(deadline)).await;
+        let (r, b) = read_more(&mut stream, buf, 2048, Some(timer.until(deadline))).await;
         buf = b;
         if r.is_err() {
             return;

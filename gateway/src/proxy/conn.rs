@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::error::{self, Error};
 use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
 use crate::plugins::Outcome;
-use crate::proxy::io::{ReadFail, read_more, write_all_vec};
+use crate::proxy::io::{ReadFail, Timer, read_more, write_all_vec};
 use crate::proxy::stream::ClientStream;
 use crate::proxy::{Compiled, Shard, forward};
 
@@ -38,6 +38,8 @@ pub struct ClientConn {
     pub tls: bool,
     /// Requests served on this connection.
     pub served: u64,
+    /// Deadline for whichever read or write (client or upstream side) is in flight.
+    pub timer: Timer,
 }
 
 /// Whether the connection may carry another request.
@@ -76,6 +78,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
         local_port: local_port.to_string(),
         tls,
         served: 0,
+        timer: Timer::on_shard(),
     };
     loop {
         let compiled = shard.current();
@@ -148,13 +151,13 @@ async fn read_head(
             // closes idle keep-alive connections instead of waiting for them.
             None => {
                 let deadline = Instant::now() + limits.idle_timeout;
-                let read = read_more(&mut c.stream, buf, 8 * 1024, Some(deadline));
+                let read = read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(deadline)));
                 monoio::select! {
                     r = read => r,
                     _ = shard.shutdown.wait() => return Err(HeadFail::Closed),
                 }
             }
-            Some(d) => read_more(&mut c.stream, buf, 8 * 1024, Some(d)).await,
+            Some(d) => read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(d))).await,
         };
         c.buf = buf;
         match res {
@@ -253,7 +256,7 @@ pub async fn buffered_body(c: &mut ClientConn, max: usize) -> Result<Vec<u8>, &'
     let deadline = Instant::now() + Duration::from_secs(10);
     while c.buf.len() < c.head.head_len + n {
         let buf = std::mem::take(&mut c.buf);
-        let (r, buf) = read_more(&mut c.stream, buf, 8 * 1024, Some(deadline)).await;
+        let (r, buf) = read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(deadline))).await;
         c.buf = buf;
         if r.is_err() {
             return Err("request body not received");
@@ -345,7 +348,7 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
     let (res, out) = write_all_vec(
         &mut c.stream,
         out,
-        Some(Instant::now() + Duration::from_secs(30)),
+        Some(c.timer.until(Instant::now() + Duration::from_secs(30))),
     )
     .await;
     c.out = out;

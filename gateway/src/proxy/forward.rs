@@ -18,7 +18,7 @@ use crate::http1::{
 };
 use crate::plugins::{HeaderValue, IDENTITY_HEADERS};
 use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
-use crate::proxy::io::{ReadFail, WriteFail, read_more, write_all_vec, write_range};
+use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard};
 use crate::upstream::pool::UpConn;
 use crate::upstream::{self, HashOn, PassHost, ShardUpstream};
@@ -234,7 +234,8 @@ async fn run(
         // Send the head (+ buffered body).
         let out = std::mem::take(&mut c.out);
         let send_deadline = Instant::now() + up.timeouts.send;
-        let (res, out) = write_all_vec(&mut conn.stream, out, Some(send_deadline)).await;
+        let (res, out) =
+            write_all_vec(&mut conn.stream, out, Some(c.timer.until(send_deadline))).await;
         c.out = out;
         if let Err(e) = res {
             // A pooled connection the upstream closed while idle: try once on a fresh one. Only
@@ -535,7 +536,7 @@ async fn stream_request_body(
                         buf,
                         pos,
                         pos + avail,
-                        Some(Instant::now() + send_timeout),
+                        Some(c.timer.until(Instant::now() + send_timeout)),
                     )
                     .await;
                     c.buf = buf;
@@ -577,7 +578,7 @@ async fn stream_request_body(
                         wire.extend_from_slice(data);
                         wire.extend_from_slice(b"\r\n");
                         if wire.len() >= BODY_CHUNK {
-                            wire = flush(conn, wire, send_timeout).await?;
+                            wire = flush(conn, &mut c.timer, wire, send_timeout).await?;
                         }
                     }
                     ChunkEvent::Trailers(span) => {
@@ -592,12 +593,12 @@ async fn stream_request_body(
                         if !saw_trailers {
                             wire.extend_from_slice(b"0\r\n\r\n");
                         }
-                        flush(conn, wire, send_timeout).await?;
+                        flush(conn, &mut c.timer, wire, send_timeout).await?;
                         return Ok(pos);
                     }
                     ChunkEvent::NeedMore => {
                         if !wire.is_empty() {
-                            wire = flush(conn, wire, send_timeout).await?;
+                            wire = flush(conn, &mut c.timer, wire, send_timeout).await?;
                         }
                         // Drop what was decoded, keep the head and any partial chunk line.
                         c.buf.drain(head_len..pos);
@@ -619,7 +620,7 @@ async fn read_client_body(c: &mut ClientConn, timeout: Duration, on_eof: &str) -
         &mut c.stream,
         buf,
         BODY_CHUNK,
-        Some(Instant::now() + timeout),
+        Some(c.timer.until(Instant::now() + timeout)),
     )
     .await;
     c.buf = buf;
@@ -638,8 +639,14 @@ fn send_fail(e: WriteFail) -> Fail {
     Fail::up(err, None)
 }
 
-async fn flush(conn: &mut UpConn, wire: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, Fail> {
-    let (r, mut wire) = write_all_vec(&mut conn.stream, wire, Some(Instant::now() + timeout)).await;
+async fn flush(
+    conn: &mut UpConn,
+    timer: &mut Timer,
+    wire: Vec<u8>,
+    timeout: Duration,
+) -> Result<Vec<u8>, Fail> {
+    let deadline = Some(timer.until(Instant::now() + timeout));
+    let (r, mut wire) = write_all_vec(&mut conn.stream, wire, deadline).await;
     r.map_err(send_fail)?;
     wire.clear();
     Ok(wire)
@@ -677,7 +684,13 @@ async fn read_response_head(
             }
         }
         let buf = std::mem::take(&mut conn.buf);
-        let (r, buf) = read_more(&mut conn.stream, buf, 16 * 1024, Some(deadline)).await;
+        let (r, buf) = read_more(
+            &mut conn.stream,
+            buf,
+            16 * 1024,
+            Some(c.timer.until(deadline)),
+        )
+        .await;
         conn.buf = buf;
         match r {
             Ok(_) => {}
@@ -764,8 +777,12 @@ async fn relay_response(
     // Body.
     let body_result: Result<(), (Error, bool)> = match framing {
         BodyFraming::None => {
-            let (r, o) =
-                write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            let (r, o) = write_all_vec(
+                &mut c.stream,
+                out,
+                Some(c.timer.until(Instant::now() + write_timeout)),
+            )
+            .await;
             bytes_out += o.len() as u64;
             c.out = o;
             r.map_err(|_| (client_gone(), false))
@@ -776,8 +793,12 @@ async fn relay_response(
             out.extend_from_slice(&conn.buf[..first]);
             conn.buf.drain(..first);
             remaining -= first as u64;
-            let (r, o) =
-                write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            let (r, o) = write_all_vec(
+                &mut c.stream,
+                out,
+                Some(c.timer.until(Instant::now() + write_timeout)),
+            )
+            .await;
             bytes_out += o.len() as u64;
             c.out = o;
             let mut result = r.map_err(|_| (client_gone(), false));
@@ -787,7 +808,7 @@ async fn relay_response(
                     &mut conn.stream,
                     buf,
                     BODY_CHUNK,
-                    Some(Instant::now() + read_timeout),
+                    Some(c.timer.until(Instant::now() + read_timeout)),
                 )
                 .await;
                 conn.buf = buf;
@@ -812,7 +833,7 @@ async fn relay_response(
                     buf,
                     0,
                     take,
-                    Some(Instant::now() + write_timeout),
+                    Some(c.timer.until(Instant::now() + write_timeout)),
                 )
                 .await;
                 buf.drain(..take);
@@ -936,8 +957,12 @@ async fn relay_chunked(
                     out.extend_from_slice(b"0\r\n\r\n");
                 }
                 conn.buf.drain(..pos);
-                let (r, o) =
-                    write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+                let (r, o) = write_all_vec(
+                    &mut c.stream,
+                    out,
+                    Some(c.timer.until(Instant::now() + write_timeout)),
+                )
+                .await;
                 *bytes_out += o.len() as u64;
                 return r.map_err(|_| (client_gone(), false));
             }
@@ -945,9 +970,12 @@ async fn relay_chunked(
                 conn.buf.drain(..pos);
                 pos = 0;
                 if !out.is_empty() {
-                    let (r, mut o) =
-                        write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout))
-                            .await;
+                    let (r, mut o) = write_all_vec(
+                        &mut c.stream,
+                        out,
+                        Some(c.timer.until(Instant::now() + write_timeout)),
+                    )
+                    .await;
                     *bytes_out += o.len() as u64;
                     r.map_err(|_| (client_gone(), false))?;
                     o.clear();
@@ -958,7 +986,7 @@ async fn relay_chunked(
                     &mut conn.stream,
                     buf,
                     BODY_CHUNK,
-                    Some(Instant::now() + read_timeout),
+                    Some(c.timer.until(Instant::now() + read_timeout)),
                 )
                 .await;
                 conn.buf = buf;
@@ -997,8 +1025,12 @@ async fn relay_until_eof(
             conn.buf.clear();
         }
         if !out.is_empty() {
-            let (r, mut o) =
-                write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout)).await;
+            let (r, mut o) = write_all_vec(
+                &mut c.stream,
+                out,
+                Some(c.timer.until(Instant::now() + write_timeout)),
+            )
+            .await;
             *bytes_out += o.len() as u64;
             r.map_err(|_| (client_gone(), false))?;
             o.clear();
@@ -1009,7 +1041,7 @@ async fn relay_until_eof(
             &mut conn.stream,
             buf,
             BODY_CHUNK,
-            Some(Instant::now() + read_timeout),
+            Some(c.timer.until(Instant::now() + read_timeout)),
         )
         .await;
         conn.buf = buf;
@@ -1018,9 +1050,12 @@ async fn relay_until_eof(
             Err(ReadFail::Eof) => {
                 if chunk_out {
                     out.extend_from_slice(b"0\r\n\r\n");
-                    let (r, o) =
-                        write_all_vec(&mut c.stream, out, Some(Instant::now() + write_timeout))
-                            .await;
+                    let (r, o) = write_all_vec(
+                        &mut c.stream,
+                        out,
+                        Some(c.timer.until(Instant::now() + write_timeout)),
+                    )
+                    .await;
                     *bytes_out += o.len() as u64;
                     r.map_err(|_| (client_gone(), false))?;
                 }
