@@ -17,7 +17,8 @@ use monoio::time::Sleep;
 ///
 /// monoio's `Sleep` is 640 bytes (its wheel entry is cache-padded). With `timeout_at` every I/O
 /// step built one, registered and deregistered it in the wheel, and moved it inside a ~1 KiB
-/// future several times: about 1,400 instructions of memcpy per proxied request. Re-arming one
+/// future several times; this timer cut a plain proxied request by ~7% of its user-space
+/// instructions (callgrind, README "Performance"). Re-arming one
 /// boxed `Sleep` to a later deadline only raises its expiry (`extend_expiration`): the wheel entry
 /// stays put and, should it come due first, the driver re-files it instead of firing. An earlier
 /// deadline re-registers it. Steps on one connection never overlap, so one timer serves them all.
@@ -172,7 +173,10 @@ mod tests {
         on_runtime(async {
             let mut t = Timer::on_shard();
             let start = Instant::now();
-            let r = t.until(start + Duration::from_millis(50)).run(pending::<()>()).await;
+            let r = t
+                .until(start + Duration::from_millis(50))
+                .run(pending::<()>())
+                .await;
             assert_eq!(r, None);
             assert!(start.elapsed() >= Duration::from_millis(45));
         });
@@ -182,7 +186,10 @@ mod tests {
     fn a_finished_step_returns_its_output() {
         on_runtime(async {
             let mut t = Timer::on_shard();
-            let r = t.until(Instant::now() + Duration::from_secs(5)).run(async { 7 }).await;
+            let r = t
+                .until(Instant::now() + Duration::from_secs(5))
+                .run(async { 7 })
+                .await;
             assert_eq!(r, Some(7));
         });
     }
@@ -194,9 +201,15 @@ mod tests {
             let far = Instant::now() + Duration::from_secs(30);
             assert_eq!(t.until(far).run(async {}).await, Some(()));
             let start = Instant::now();
-            let r = t.until(start + Duration::from_millis(40)).run(pending::<()>()).await;
+            let r = t
+                .until(start + Duration::from_millis(40))
+                .run(pending::<()>())
+                .await;
             assert_eq!(r, None);
-            assert!(start.elapsed() < Duration::from_secs(10), "fired at the old deadline");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "fired at the old deadline"
+            );
         });
     }
 
@@ -209,7 +222,10 @@ mod tests {
             assert_eq!(t.until(first).run(async {}).await, Some(()));
             // Extends the expiry in place; the entry coming due at +30 ms must be re-filed.
             let start = Instant::now();
-            let r = t.until(start + Duration::from_millis(150)).run(pending::<()>()).await;
+            let r = t
+                .until(start + Duration::from_millis(150))
+                .run(pending::<()>())
+                .await;
             assert_eq!(r, None);
             assert!(start.elapsed() >= Duration::from_millis(140));
         });
@@ -221,13 +237,19 @@ mod tests {
             let mut t = Timer::on_shard();
             for _ in 0..3 {
                 let start = Instant::now();
-                let r = t.until(start + Duration::from_millis(20)).run(pending::<()>()).await;
+                let r = t
+                    .until(start + Duration::from_millis(20))
+                    .run(pending::<()>())
+                    .await;
                 assert_eq!(r, None);
                 assert!(start.elapsed() >= Duration::from_millis(15));
             }
             // Expired while idle, then armed for a step that finishes in time.
             monoio::time::sleep(Duration::from_millis(30)).await;
-            let r = t.until(Instant::now() + Duration::from_secs(5)).run(async { 1 }).await;
+            let r = t
+                .until(Instant::now() + Duration::from_secs(5))
+                .run(async { 1 })
+                .await;
             assert_eq!(r, Some(1));
         });
     }
