@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use support::{Gateway, Seen, Upstream, dead_node, get, request};
+use support::{Conn, Gateway, Seen, Upstream, dead_node, get, request};
 
 both_drivers!(
     refused_upstream_is_502_and_slow_upstream_is_504,
@@ -25,6 +25,7 @@ fn refused_upstream_is_502_and_slow_upstream_is_504(driver: &str) {
         s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
             .is_ok()
     }));
+    let fast = Upstream::echo();
     let yaml = format!(
         r#"
 gateway:
@@ -32,6 +33,8 @@ gateway:
 upstreams:
   - id: down
     nodes: {{ "{dead}": 1 }}
+  - id: fast
+    nodes: {{ "{fast}": 1 }}
   - id: slow
     nodes: {{ "{slow}": 1 }}
     timeout: {{ connect: 1, send: 1, read: 1 }}
@@ -42,9 +45,13 @@ routes:
   - id: slow
     uri: /slow
     upstream_id: slow
+  - id: fast
+    uri: /fast
+    upstream_id: fast
 "#,
         dead = dead_node(),
-        slow = slow.node()
+        slow = slow.node(),
+        fast = fast.node()
     );
     let gw = Gateway::start_on(&yaml, driver, 2);
 
@@ -66,6 +73,15 @@ routes:
         gw.log()
     );
     assert!(gw.log().contains("request failed"));
+
+    // One keep-alive connection: after the first exchange the connection's timer is armed for
+    // the (60 s) idle timeout; the slow request on it must still end at the 1 s read timeout,
+    // not when the upstream answers after 2 s.
+    let mut c = Conn::open(gw.addr());
+    assert_eq!(c.get("gw.test", "/fast").status, 200, "{}", gw.log());
+    let r = c.get("gw.test", "/slow");
+    assert_eq!(r.status, 504, "{}", gw.log());
+    assert_eq!(r.json()["error"], "upstream_timeout");
     gw.assert_no_panic();
 }
 
