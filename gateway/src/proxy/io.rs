@@ -168,17 +168,23 @@ mod tests {
         rt.block_on(f);
     }
 
+    /// Runs a step that never finishes with a deadline `ms` from now; asserts it timed out and
+    /// returns how long that took.
+    async fn time_out_after(t: &mut Timer, ms: u64) -> Duration {
+        let start = Instant::now();
+        let r = t
+            .until(start + Duration::from_millis(ms))
+            .run(pending::<()>())
+            .await;
+        assert_eq!(r, None);
+        start.elapsed()
+    }
+
     #[test]
     fn a_step_that_never_finishes_times_out_at_its_deadline() {
         on_runtime(async {
             let mut t = Timer::on_shard();
-            let start = Instant::now();
-            let r = t
-                .until(start + Duration::from_millis(50))
-                .run(pending::<()>())
-                .await;
-            assert_eq!(r, None);
-            assert!(start.elapsed() >= Duration::from_millis(45));
+            assert!(time_out_after(&mut t, 50).await >= Duration::from_millis(45));
         });
     }
 
@@ -200,16 +206,8 @@ mod tests {
             let mut t = Timer::on_shard();
             let far = Instant::now() + Duration::from_secs(30);
             assert_eq!(t.until(far).run(async {}).await, Some(()));
-            let start = Instant::now();
-            let r = t
-                .until(start + Duration::from_millis(40))
-                .run(pending::<()>())
-                .await;
-            assert_eq!(r, None);
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "fired at the old deadline"
-            );
+            let took = time_out_after(&mut t, 40).await;
+            assert!(took < Duration::from_secs(10), "fired at the old deadline");
         });
     }
 
@@ -221,13 +219,7 @@ mod tests {
             let first = Instant::now() + Duration::from_millis(30);
             assert_eq!(t.until(first).run(async {}).await, Some(()));
             // Extends the expiry in place; the entry coming due at +30 ms must be re-filed.
-            let start = Instant::now();
-            let r = t
-                .until(start + Duration::from_millis(150))
-                .run(pending::<()>())
-                .await;
-            assert_eq!(r, None);
-            assert!(start.elapsed() >= Duration::from_millis(140));
+            assert!(time_out_after(&mut t, 150).await >= Duration::from_millis(140));
         });
     }
 
@@ -236,13 +228,7 @@ mod tests {
         on_runtime(async {
             let mut t = Timer::on_shard();
             for _ in 0..3 {
-                let start = Instant::now();
-                let r = t
-                    .until(start + Duration::from_millis(20))
-                    .run(pending::<()>())
-                    .await;
-                assert_eq!(r, None);
-                assert!(start.elapsed() >= Duration::from_millis(15));
+                assert!(time_out_after(&mut t, 20).await >= Duration::from_millis(15));
             }
             // Expired while idle, then armed for a step that finishes in time.
             monoio::time::sleep(Duration::from_millis(30)).await;
