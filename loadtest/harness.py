@@ -155,6 +155,28 @@ def per_cpu_ticks():
     return out
 
 
+def ipis_per_cpu():
+    """cpu index -> interrupts that one CPU sent another (rescheduling + function-call IPIs). A
+    wake-up of a task sleeping on the other core is one of these; in a VM each costs an exit."""
+    out = {}
+    with open("/proc/interrupts") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() in ("RES", "CAL"):
+                for cpu, v in enumerate(rest.split()):
+                    if not v.isdigit():
+                        break
+                    out[cpu] = out.get(cpu, 0) + int(v)
+    return out
+
+
+def tcp_out_segments():
+    """Segments sent by every TCP socket on the host (loopback: sent = received)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("OutSegs")])
+
+
 def busy_fraction(before, after, cpu):
     if cpu not in before or cpu not in after:
         return float("nan")
@@ -751,13 +773,13 @@ class Run:
             dumps = callgrind_dumps(peer.cg_out)
             callgrind_control(peer.cg_pid, "--zero")
         p0, o0, s0, c0 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
-        k0, v0 = per_cpu_ticks(), voluntary_switches(peer_pids)
+        k0, v0, i0, g0 = per_cpu_ticks(), voluntary_switches(peer_pids), ipis_per_cpu(), tcp_out_segments()
         t0 = time.monotonic()
         res = subprocess.run(self.wrk_argv(sc, peer, seconds), capture_output=True, text=True,
                              env=self.wrk_env(sc), timeout=seconds + 60)
         wall = time.monotonic() - t0
         p1, o1, s1, c1 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
-        k1, v1 = per_cpu_ticks(), voluntary_switches(peer_pids)
+        k1, v1, i1, g1 = per_cpu_ticks(), voluntary_switches(peer_pids), ipis_per_cpu(), tcp_out_segments()
         ir = 0
         if self.callgrind:
             callgrind_control(peer.cg_pid, "--dump=pass")
@@ -778,6 +800,8 @@ class Run:
             "other_core": other_core, "ir": ir / requests,
             "cpu0_busy": busy_fraction(k0, k1, 0), "cpu1_busy": busy_fraction(k0, k1, 1),
             "sleeps": (v1 - v0) / requests,
+            "ipi0": (i1.get(0, 0) - i0.get(0, 0)) / requests, "ipi1": (i1.get(1, 0) - i0.get(1, 0)) / requests,
+            "segs": (g1 - g0) / requests,
         }
 
     def measure(self, sc, peer, pass_no):
@@ -795,9 +819,9 @@ class Run:
                     "  (%d errors)" % m["errors"] if m["errors"] else ""))
             else:
                 log("%s %-16s pass %d try %d: %8.0f req/s  p99 %6.2f ms  %6.1f us CPU/req  CPU0/1 busy %3.0f%%/%3.0f%%"
-                    "  sleeps %.3f/req  other %3.0f%% of a core%s" % (
+                    "  sleeps %.3f/req  IPIs to CPU0/1 %.3f/%.3f/req  %.2f segs/req  other %3.0f%% of a core%s" % (
                         sc.name, peer.name, pass_no, attempt, m["rps"], m["p99"] / 1000, m["cpu_us"],
-                        m["cpu0_busy"] * 100, m["cpu1_busy"] * 100, m["sleeps"], m["other_core"] * 100,
+                        m["cpu0_busy"] * 100, m["cpu1_busy"] * 100, m["sleeps"], m["ipi0"], m["ipi1"], m["segs"], m["other_core"] * 100,
                         "  (%d errors)" % m["errors"] if m["errors"] else ""))
             if bad:
                 peer.status = "failed: %d errors / %d requests (%d non-2xx)" % (m["errors"], m["requests"], m["status_errors"])
@@ -861,7 +885,8 @@ class Run:
     def write_csv(self):
         path = os.path.join(self.resdir, self.stamp + ".csv")
         cols = ["scenario", "peer", "pass_no", "attempt", "kept", "rps", "p50", "p90", "p99", "p999", "cpu_us",
-                "requests", "errors", "status_errors", "other_core", "ir", "cpu0_busy", "cpu1_busy", "sleeps"]
+                "requests", "errors", "status_errors", "other_core", "ir", "cpu0_busy", "cpu1_busy", "sleeps",
+                "ipi0", "ipi1", "segs"]
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=cols)
             w.writeheader()
@@ -893,6 +918,9 @@ def summarize(peer):
         "cpu0_busy": median([p["cpu0_busy"] for p in ps]),
         "cpu1_busy": median([p["cpu1_busy"] for p in ps]),
         "sleeps": median([p["sleeps"] for p in ps]),
+        "ipi0": median([p.get("ipi0", 0.0) for p in ps]),
+        "ipi1": median([p.get("ipi1", 0.0) for p in ps]),
+        "segs": median([p.get("segs", 0.0) for p in ps]),
         "ir_spread": spread([p["ir"] for p in ps]),
         "spread": "%s / %s" % (spread([p["rps"] for p in ps]), spread([p["cpu_us"] for p in ps])),
     }
@@ -903,21 +931,21 @@ def scenario_table(sc, peers, skip):
     if skip:
         return lines + ["skipped: %s" % skip, ""]
     lines += ["| peer | req/s | p50 ms | p99 ms | p99.9 ms | CPU us/req | req/s x nginx | CPU x nginx | spread (req/s / CPU) "
-              "| CPU 0 / 1 busy | sleeps/req |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| CPU 0 / 1 busy | sleeps/req | IPIs to CPU 0 / 1 per req | TCP segments/req |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     sums = {p.name: summarize(p) for p in peers if p.status == "ok" and p.passes}
     ref = sums.get("nginx")
     for p in peers:
         if p.name not in sums:
             reason = p.status if p.status != "ok" else "failed: no pass kept"
-            lines.append("| %s | %s | | | | | | | | | |" % (p.name, reason))
+            lines.append("| %s | %s | | | | | | | | | | | |" % (p.name, reason))
             continue
         s = sums[p.name]
         x_rps = "%.2f" % (s["rps"] / ref["rps"]) if ref else "-"
         x_cpu = "%.2f" % (s["cpu"] / ref["cpu"]) if ref and ref["cpu"] else "-"
-        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %.1f | %s | %s | %s | %.0f%% / %.0f%% | %.3f |" % (
+        lines.append("| %s | %.0f | %.2f | %.2f | %.2f | %.1f | %s | %s | %s | %.0f%% / %.0f%% | %.3f | %.3f / %.3f | %.2f |" % (
             p.name, s["rps"], s["p50"], s["p99"], s["p999"], s["cpu"], x_rps, x_cpu, s["spread"],
-            s["cpu0_busy"] * 100, s["cpu1_busy"] * 100, s["sleeps"]))
+            s["cpu0_busy"] * 100, s["cpu1_busy"] * 100, s["sleeps"], s["ipi0"], s["ipi1"], s["segs"]))
     ref_name = "haproxy-jwt" if "haproxy-jwt" in sums else None
     if ref_name:
         for name in ("shardgate-uring", "shardgate-epoll", "shardgate-uring-lean"):
