@@ -347,7 +347,17 @@ def callgrind_new_total(outfile, before, timeout=30.0):
 # ---------------------------------------------------------------- configs
 
 
-def nginx_conf(workdir, name, server_block, workers, master=True):
+# nginx reads a request head into a client_header_buffer_size buffer (stock: 1k); a longer head
+# costs it a second read, an 8k buffer from large_client_header_buffers and a copy, per request.
+# upstream_cost.py measured that step, not the extra bytes, as most of what a 1,680-byte request
+# costs the upstream over a 680-byte one. Every nginx here (the upstream and the nginx peers) gets
+# 4k, which holds every scenario's requests (S1/S2 upstream requests with APISIX's identity headers
+# ~1.7 KiB, S3's ~2 KiB cookie), so no proxy is charged that step for the size of what it receives
+# or forwards; `--nginx-header-buffer 1k` restores nginx's stock value (runs before this option).
+NGINX_HEADER_BUFFER = "4k"
+
+
+def nginx_conf(workdir, name, server_block, workers, master=True, header_buffer=NGINX_HEADER_BUFFER):
     tmp = os.path.join(workdir, name + "-tmp")
     os.makedirs(tmp, exist_ok=True)
     return """\
@@ -361,35 +371,26 @@ http {
     access_log off;
     keepalive_requests 10000000;
     keepalive_timeout 300s;
+    client_header_buffer_size %(header_buffer)s;
     client_body_temp_path %(tmp)s/body;
     proxy_temp_path %(tmp)s/proxy;
 %(server)s
 }
 """ % {"workers": workers, "dir": workdir, "name": name, "tmp": tmp, "server": server_block,
-       "master": "on" if master else "off"}
+       "master": "on" if master else "off", "header_buffer": header_buffer}
 
 
-# nginx reads a request head into a client_header_buffer_size buffer (stock: 1k); a longer head
-# costs it a second read, an 8k buffer from large_client_header_buffers and a copy, per request.
-# upstream_cost.py measured that step, not the extra bytes, as all of what a 1,680-byte request
-# costs the upstream over a 680-byte one. 4k holds every scenario's upstream request (S1/S2 with
-# APISIX's identity headers ~1.7 KiB, S3's cookie ~2.2 KiB), so the upstream charges every proxy the
-# same per-request work and the run compares the proxies; `--upstream-header-buffer 1k` restores
-# nginx's stock setting (how runs before this option were made).
-UPSTREAM_HEADER_BUFFER = "4k"
-
-
-def upstream_conf(workdir, header_buffer=UPSTREAM_HEADER_BUFFER):
+def upstream_conf(workdir, header_buffer=NGINX_HEADER_BUFFER):
     server = """\
     server {
         listen 127.0.0.1:%d backlog=4096;
-        client_header_buffer_size %s;
         location / { return 200 "ok\\n"; }
-    }""" % (UPSTREAM_PORT, header_buffer)
-    return nginx_conf(workdir, "upstream", server, 1)
+    }""" % UPSTREAM_PORT
+    return nginx_conf(workdir, "upstream", server, 1, header_buffer=header_buffer)
 
 
-def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None, tls=False, master=True):
+def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None, tls=False, master=True,
+                     header_buffer=NGINX_HEADER_BUFFER):
     extra = ""
     listen_tls = ""
     if tls:
@@ -419,7 +420,7 @@ def nginx_proxy_conf(workdir, workers, name="nginx", userinfo_len=None, tls=Fals
 %s            proxy_buffering off;
         }
     }""" % (UPSTREAM_PORT, PEER_PORTS[name], listen_tls, extra)
-    return nginx_conf(workdir, name, server, workers, master)
+    return nginx_conf(workdir, name, server, workers, master, header_buffer)
 
 
 def haproxy_conf(threads, port, jwt_pub=None):
@@ -658,7 +659,7 @@ class Run:
     def start_upstream(self):
         path = os.path.join(self.workdir, "upstream.conf")
         with open(path, "w") as f:
-            f.write(upstream_conf(self.workdir, self.args.upstream_header_buffer))
+            f.write(upstream_conf(self.workdir, self.args.nginx_header_buffer))
         self.upstream = self.procs.start("upstream", pin("1", [self.args.nginx, "-p", self.workdir, "-c", path,
                                                                "-e", os.path.join(self.workdir, "upstream-error.log")],
                                                          self.args.mode))
@@ -699,7 +700,7 @@ class Run:
                 # Under callgrind one process serves, so the counts are that process's alone.
                 f.write(nginx_proxy_conf(self.workdir, self.workers, peer.name,
                                          sc.userinfo_len if peer.name == "nginx-same-bytes" else None, sc.tls,
-                                         master=not self.callgrind))
+                                         master=not self.callgrind, header_buffer=a.nginx_header_buffer))
             argv = [a.nginx, "-p", self.workdir, "-c", path,
                     "-e", os.path.join(self.workdir, "%s-error.log" % peer.name)]
         elif peer.name in ("haproxy", "haproxy-jwt"):
@@ -1048,8 +1049,8 @@ def main():
                     help="callgrind: count each proxy's instructions per request instead of timing it")
     ap.add_argument("--max-other", type=float, default=0.10, help="fraction of a core other processes may use")
     ap.add_argument("--shardgate", default=os.path.join(ROOT, "target", "release", "shardgate"))
-    ap.add_argument("--upstream-header-buffer", default=UPSTREAM_HEADER_BUFFER, metavar="SIZE",
-                    help="the upstream nginx's client_header_buffer_size (nginx's stock value is 1k)")
+    ap.add_argument("--nginx-header-buffer", default=NGINX_HEADER_BUFFER, metavar="SIZE",
+                    help="client_header_buffer_size of the upstream and the nginx peers (nginx's stock value is 1k)")
     ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
     ap.add_argument("--command", default="", help=argparse.SUPPRESS)
@@ -1089,7 +1090,7 @@ def main():
            "- commit %s; kernel %s; %s x %d; mode %s" % (git_rev(), uname.release, cpu_model, os.cpu_count() or 0, args.mode),
            "- wrk -t%d -c%d, %d s runs after a %d s warm-up, %d passes, medians; spread = (max-min)/median"
            % (run.wrk_threads, args.connections, args.duration, args.warmup, args.passes),
-           "- upstream nginx `client_header_buffer_size %s`" % args.upstream_header_buffer]
+           "- nginx (upstream and peers) `client_header_buffer_size %s`" % args.nginx_header_buffer]
     if run.callgrind:
         out += ["- every proxy under `valgrind --tool=callgrind`, one worker/shard, nothing pinned; counters zeroed "
                 "before each pass and dumped after it, so start-up and warm-up are not counted",

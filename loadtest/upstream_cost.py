@@ -10,7 +10,7 @@ haproxy peers (the client's Authorization header), ~1680 from shardgate with API
 identity headers (X-Forwarded-*, the token again in X-Access-Token, X-Userinfo). In the pinned
 layout the upstream shares CPU 1 with wrk, so its extra work lowers every proxy's requests/s in
 that scenario. Each size is measured with nginx's stock client_header_buffer_size (1k) and with the
-load test's (harness.UPSTREAM_HEADER_BUFFER), which tells the cost of the bytes from the cost of
+load test's (harness.NGINX_HEADER_BUFFER), which tells the cost of the bytes from the cost of
 nginx's large-header path. The first row is the base of the ratios. Results are printed; nothing
 is written.
 """
@@ -83,7 +83,7 @@ def measure(buffer, sizes, duration, pass_no, results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="680,1680", help="request sizes in bytes, comma-separated")
-    ap.add_argument("--header-buffers", default="1k," + harness.UPSTREAM_HEADER_BUFFER,
+    ap.add_argument("--header-buffers", default="1k," + harness.NGINX_HEADER_BUFFER,
                     help="the upstream's client_header_buffer_size values to compare, comma-separated")
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--duration", type=int, default=6, help="seconds per run")
