@@ -157,7 +157,8 @@ def per_cpu_ticks():
 
 def ipis_per_cpu():
     """cpu index -> interrupts that one CPU sent another (rescheduling + function-call IPIs). A
-    wake-up of a task sleeping on the other core is one of these; in a VM each costs an exit."""
+    wake-up of a task sleeping on the other core is one of these; in a VM sending one usually traps
+    to the hypervisor."""
     out = {}
     with open("/proc/interrupts") as f:
         for line in f:
@@ -1103,7 +1104,10 @@ def main():
                 "- CPU 0 / 1 busy: share of each core not idle during the pass (`/proc/stat`, irq and softirq "
                 "included); a core near 100% is what capped requests/s",
                 "- sleeps/req: voluntary context switches of the proxy's threads / requests: how often it ran out "
-                "of work and waited (each wake-up costs CPU, dearly in a VM)", ""]
+                "of work and waited (each wake-up costs CPU, dearly in a VM)",
+                "- IPIs to CPU 0 / 1 per req: rescheduling + function-call interrupts each core received "
+                "(`/proc/interrupts`), mostly wake-ups sent by the other core; TCP segments/req: host-wide "
+                "`OutSegs` (`/proc/net/snmp`) / requests", ""]
     for sc, peers, skip in results:
         out += (instructions_table if run.callgrind else scenario_table)(sc, peers, skip)
     if run.warnings:
