@@ -11,8 +11,8 @@ identity headers (X-Forwarded-*, the token again in X-Access-Token, X-Userinfo).
 layout the upstream shares CPU 1 with wrk, so its extra work lowers every proxy's requests/s in
 that scenario. Each size is measured with nginx's stock client_header_buffer_size (1k) and with the
 load test's (harness.NGINX_HEADER_BUFFER), which tells the cost of the bytes from the cost of
-nginx's large-header path. The first row is the base of the ratios. Results are printed; nothing
-is written.
+nginx's large-header path. For each buffer, the first size is the base of the ratios. Results are
+printed; nothing is written.
 """
 
 import argparse
@@ -101,8 +101,8 @@ def main():
         for b in buffers:
             measure(b, sizes, args.duration, p, by_buffer[b])
     print()
-    first = None
     for b in buffers:
+        first = None  # each buffer's first size is the base of its ratios
         for size in sizes:
             us = statistics.median(r[0] for r in by_buffer[b][size])
             rps = statistics.median(r[1] for r in by_buffer[b][size])
