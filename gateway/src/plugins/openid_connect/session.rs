@@ -77,8 +77,11 @@ impl SessionState {
             // idling_timeout under a minute would log out users who are active all along.
             touch_threshold: defaults.touch_threshold.min(s.idling_timeout / 4),
         };
-        let codec =
-            SessionCodec::new(keys, timeouts).with_compression_threshold(s.compression_threshold);
+        // Bound to the provider and client: routes sharing `session.secret` and cookie name but
+        // trusting another IdP or client cannot replay each other's sessions or login state.
+        let codec = SessionCodec::new(keys, timeouts)
+            .with_compression_threshold(s.compression_threshold)
+            .with_binding(&conf.discovery, &conf.client_id);
         let same_site = match s.cookie_same_site {
             ConfSameSite::Strict => SameSite::Strict,
             ConfSameSite::None => SameSite::None,
@@ -187,7 +190,7 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
             return Ok(());
         }
     }
-    match open_session(s, c, now) {
+    match open_session(auth, s, c, now) {
         Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => {
             use_session(auth, s, c, data, now).await
         }
@@ -253,18 +256,34 @@ fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
 
 /// Opens the request's session with the shard's reusable buffers (no allocation beyond the
 /// returned session's own strings).
-fn open_session(s: &SessionState, c: &ClientConn, now: u64) -> Result<Option<SessionData>, String> {
+fn open_session(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &ClientConn,
+    now: u64,
+) -> Result<Option<SessionData>, String> {
     let mut joined = s.scratch.borrow_mut();
     let mut plain = s.open_scratch.borrow_mut();
-    match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
-        Ok(None) => Ok(None),
+    let data = match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
+        Ok(None) => return Ok(None),
         Ok(Some(_)) => s
             .codec
             .open_with(&joined, &s.cookie_name, now, &mut plain)
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+            .map_err(|e| e.to_string())?,
+        Err(e) => return Err(e.to_string()),
+    };
+    // The cookie is bound to the discovery URL; this also catches the issuer behind that URL
+    // changing since login (checked whenever discovery is loaded, so an IdP outage does not end
+    // sessions).
+    if let (Some(iss), Some(meta)) = (&data.iss, provider_metadata(auth).ok())
+        && *iss != meta.issuer
+    {
+        return Err(format!(
+            "session was issued by {iss:?}, this route's provider is now {:?}",
+            meta.issuer
+        ));
     }
+    Ok(Some(data))
 }
 
 fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
@@ -1021,8 +1040,17 @@ async fn logout(
     c: &mut ClientConn,
     now: u64,
 ) -> Result<(), Error> {
+    if let Some(why) = cross_site(c) {
+        tracing::warn!(reason = %why, "cross-site logout refused; the session stays");
+        return Err(plain(
+            403,
+            "cross_site_logout",
+            &format!("logout must come from this site ({why})"),
+            vec![("Cache-Control".into(), "no-store".into())],
+        ));
+    }
     let conf = conf(auth);
-    let data = open_session(s, c, now).ok().flatten();
+    let data = open_session(auth, s, c, now).ok().flatten();
     let mut cookies = Vec::new();
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
@@ -1086,6 +1114,35 @@ async fn logout(
             reason: "logout".into(),
         })),
     }
+}
+
+/// Why a logout request came from another site, if it did: any page could otherwise log a user
+/// out with an image tag (logout CSRF). Browsers say where a request came from in
+/// `Sec-Fetch-Site` (`cross-site` is refused; `same-origin`, `same-site` and `none`, a typed URL or
+/// bookmark, pass) and in `Origin` (which must name this request's own host). A request with neither
+/// (a plain link click in an older browser, curl) passes, as a user clicking "log out" must.
+fn cross_site(c: &ClientConn) -> Option<String> {
+    for site in c.head.header_values(&c.buf, "sec-fetch-site") {
+        if site.trim_ascii().eq_ignore_ascii_case(b"cross-site") {
+            return Some("Sec-Fetch-Site: cross-site".into());
+        }
+    }
+    let host = c.head.host.map(|h| h.of(&c.buf)).unwrap_or_default();
+    for origin in c.head.header_values(&c.buf, "origin") {
+        let origin = origin.trim_ascii();
+        // `scheme://host[:port]`; the scheme is not compared because TLS may end in front of us.
+        let authority = origin
+            .windows(3)
+            .position(|w| w == b"://")
+            .map(|i| &origin[i + 3..]);
+        if authority.is_none_or(|a| a.is_empty() || !a.eq_ignore_ascii_case(host)) {
+            return Some(format!(
+                "Origin {} is not this route's origin",
+                String::from_utf8_lossy(origin)
+            ));
+        }
+    }
+    None
 }
 
 /// OIDC Back-Channel Logout 1.0: the IdP POSTs `logout_token`; every session with its sid (or
