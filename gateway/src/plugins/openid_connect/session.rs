@@ -77,8 +77,11 @@ impl SessionState {
             // idling_timeout under a minute would log out users who are active all along.
             touch_threshold: defaults.touch_threshold.min(s.idling_timeout / 4),
         };
-        let codec =
-            SessionCodec::new(keys, timeouts).with_compression_threshold(s.compression_threshold);
+        // Bound to the provider and client: routes sharing `session.secret` and cookie name but
+        // trusting another IdP or client cannot replay each other's sessions or login state.
+        let codec = SessionCodec::new(keys, timeouts)
+            .with_compression_threshold(s.compression_threshold)
+            .with_binding(&conf.discovery, &conf.client_id);
         let same_site = match s.cookie_same_site {
             ConfSameSite::Strict => SameSite::Strict,
             ConfSameSite::None => SameSite::None,
@@ -187,7 +190,7 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
             return Ok(());
         }
     }
-    match open_session(s, c, now) {
+    match open_session(auth, s, c, now) {
         Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => {
             use_session(auth, s, c, data, now).await
         }
@@ -253,18 +256,34 @@ fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
 
 /// Opens the request's session with the shard's reusable buffers (no allocation beyond the
 /// returned session's own strings).
-fn open_session(s: &SessionState, c: &ClientConn, now: u64) -> Result<Option<SessionData>, String> {
+fn open_session(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &ClientConn,
+    now: u64,
+) -> Result<Option<SessionData>, String> {
     let mut joined = s.scratch.borrow_mut();
     let mut plain = s.open_scratch.borrow_mut();
-    match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
-        Ok(None) => Ok(None),
+    let data = match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
+        Ok(None) => return Ok(None),
         Ok(Some(_)) => s
             .codec
             .open_with(&joined, &s.cookie_name, now, &mut plain)
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+            .map_err(|e| e.to_string())?,
+        Err(e) => return Err(e.to_string()),
+    };
+    // The cookie is bound to the discovery URL; this also catches the issuer behind that URL
+    // changing since login (checked whenever discovery is loaded, so an IdP outage does not end
+    // sessions).
+    if let (Some(iss), Some(meta)) = (&data.iss, provider_metadata(auth).ok())
+        && *iss != meta.issuer
+    {
+        return Err(format!(
+            "session was issued by {iss:?}, this route's provider is now {:?}",
+            meta.issuer
+        ));
     }
+    Ok(Some(data))
 }
 
 fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
@@ -1022,7 +1041,7 @@ async fn logout(
     now: u64,
 ) -> Result<(), Error> {
     let conf = conf(auth);
-    let data = open_session(s, c, now).ok().flatten();
+    let data = open_session(auth, s, c, now).ok().flatten();
     let mut cookies = Vec::new();
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
