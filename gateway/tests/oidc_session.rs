@@ -1215,3 +1215,66 @@ fn a_session_sealed_for_one_client_does_not_authenticate_on_a_route_with_another
     );
     gw.assert_no_panic();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logout from another site
+
+#[test]
+fn a_cross_site_logout_is_refused_and_a_same_site_one_logs_out() {
+    let mut e = start(&[], &[]);
+    e.login("/");
+    let cookie = e.session_cookie();
+    let foreign_origins = [
+        "http://evil.example",
+        "null",
+        &format!("http://127.0.0.1:{}", e.gw.addr().port() + 1),
+    ];
+    let mut refused: Vec<Vec<(&str, &str)>> = vec![
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Sec-Fetch-Mode", "no-cors"),
+        ],
+    ];
+    for origin in &foreign_origins {
+        refused.push(vec![("Origin", origin)]);
+    }
+    for headers in &refused {
+        let mut all = vec![HTML, ("Cookie", cookie.as_str())];
+        all.extend(headers.iter().copied());
+        let r = get(e.gw.addr(), "/logout", &all);
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text());
+        assert!(r.text().contains("cross_site_logout"), "{}", r.text());
+        assert!(
+            set_cookies(&r, "session").is_empty(),
+            "{headers:?}: the session was cleared: {:?}",
+            r.headers
+        );
+        // The session still works.
+        assert_eq!(e.browse("/still").status, 200, "{headers:?}");
+    }
+    assert!(e.gw.wait_log("cross-site logout refused", Duration::from_secs(5)));
+    assert_eq!(
+        e.seen().len(),
+        refused.len(),
+        "/logout reached the upstream"
+    );
+
+    // A same-origin request (a link or form on the app itself) logs out.
+    let origin = e.base.clone();
+    let url = e.url("/logout");
+    let r = e.browser.get(
+        &url,
+        &[HTML, ("Sec-Fetch-Site", "same-origin"), ("Origin", &origin)],
+    );
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(e.browser.value("session").is_none());
+    assert_eq!(e.browse("/").status, 302);
+
+    // So does a typed URL or bookmark (`none`).
+    e.login("/");
+    let r = e.browser.get(&url, &[HTML, ("Sec-Fetch-Site", "none")]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(e.browser.value("session").is_none());
+    e.gw.assert_no_panic();
+}

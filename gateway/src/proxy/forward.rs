@@ -209,7 +209,7 @@ async fn run(
                 &mut node_host,
             );
         }
-        let (mut conn, reused) = match node.pool.checkout(now) {
+        let (mut conn, reused) = match node.pool.checkout(now, &node.key) {
             Some(conn) => (conn, true),
             None => match upstream::connect(node.addr, up.timeouts.connect).await {
                 Ok(conn) => {

@@ -1040,6 +1040,15 @@ async fn logout(
     c: &mut ClientConn,
     now: u64,
 ) -> Result<(), Error> {
+    if let Some(why) = cross_site(c) {
+        tracing::warn!(reason = %why, "cross-site logout refused; the session stays");
+        return Err(plain(
+            403,
+            "cross_site_logout",
+            &format!("logout must come from this site ({why})"),
+            vec![("Cache-Control".into(), "no-store".into())],
+        ));
+    }
     let conf = conf(auth);
     let data = open_session(auth, s, c, now).ok().flatten();
     let mut cookies = Vec::new();
@@ -1105,6 +1114,35 @@ async fn logout(
             reason: "logout".into(),
         })),
     }
+}
+
+/// Why a logout request came from another site, if it did: any page could otherwise log a user
+/// out with an image tag (logout CSRF). Browsers say where a request came from in
+/// `Sec-Fetch-Site` (`cross-site` is refused; `same-origin`, `same-site` and `none`, a typed URL or
+/// bookmark, pass) and in `Origin` (which must name this request's own host). A request with neither
+/// (a plain link click in an older browser, curl) passes, as a user clicking "log out" must.
+fn cross_site(c: &ClientConn) -> Option<String> {
+    for site in c.head.header_values(&c.buf, "sec-fetch-site") {
+        if site.trim_ascii().eq_ignore_ascii_case(b"cross-site") {
+            return Some("Sec-Fetch-Site: cross-site".into());
+        }
+    }
+    let host = c.head.host.map(|h| h.of(&c.buf)).unwrap_or_default();
+    for origin in c.head.header_values(&c.buf, "origin") {
+        let origin = origin.trim_ascii();
+        // `scheme://host[:port]`; the scheme is not compared because TLS may end in front of us.
+        let authority = origin
+            .windows(3)
+            .position(|w| w == b"://")
+            .map(|i| &origin[i + 3..]);
+        if authority.is_none_or(|a| a.is_empty() || !a.eq_ignore_ascii_case(host)) {
+            return Some(format!(
+                "Origin {} is not this route's origin",
+                String::from_utf8_lossy(origin)
+            ));
+        }
+    }
+    None
 }
 
 /// OIDC Back-Channel Logout 1.0: the IdP POSTs `logout_token`; every session with its sid (or
