@@ -11,7 +11,7 @@ use crate::http1;
 use crate::plugins::openid_connect::{OidcRoute, OidcShared, prepare};
 use crate::route::RouteTable;
 use crate::upstream::pool::PoolLimits;
-use crate::upstream::{HashOn, PassHost, Passive, Timeouts, UpstreamSpec};
+use crate::upstream::{HashOn, NodeSpec, PassHost, Passive, Timeouts, UpstreamSpec};
 
 /// Timeouts and limits the connection loop applies.
 #[derive(Clone, Debug)]
@@ -59,7 +59,13 @@ impl Published {
                         } else {
                             n.addr.clone()
                         };
-                        nodes.push((n.addr.clone(), addr, host, n.weight));
+                        nodes.push(NodeSpec {
+                            key: n.addr.clone(),
+                            addr,
+                            host_header: host,
+                            weight: n.weight,
+                            priority: n.priority,
+                        });
                     }
                     None => {
                         problems.push(format!("upstreams[{i}].nodes: cannot resolve {}", n.addr))

@@ -531,8 +531,9 @@ pub(crate) struct NodeFile {
     pub host: String,
     pub port: Option<u16>,
     pub weight: u32,
+    /// APISIX: nodes of a lower priority are used only when every higher one is unavailable.
     #[serde(default)]
-    pub priority: Option<IgnoredAny>,
+    pub priority: i32,
     /// Accepted, no behaviour.
     #[serde(default, rename = "metadata")]
     _metadata: Option<IgnoredAny>,
@@ -554,7 +555,7 @@ impl<'de> Deserialize<'de> for NodesFile {
                         host,
                         port: None,
                         weight,
-                        priority: None,
+                        priority: 0,
                         _metadata: None,
                     });
                 }

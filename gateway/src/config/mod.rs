@@ -155,6 +155,8 @@ pub struct Node {
     pub port: u16,
     /// 0 = never picked.
     pub weight: u32,
+    /// Higher first; a lower priority only when every node above it is unavailable (APISIX).
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
