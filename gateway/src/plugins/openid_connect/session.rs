@@ -144,7 +144,7 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     c.outcome.strip_cookie_prefix = Some(auth.cookie_prefix.clone());
     let now = auth.oidc.now_secs();
     let conf = conf(auth);
-    let path = c.head.path.of(&c.buf);
+    let path = c.route_path();
     let is_logout = path == conf.logout_path.as_bytes();
     let is_backchannel =
         path == s.backchannel_path.as_bytes() && c.head.method == crate::http1::Method::Post;
