@@ -58,7 +58,7 @@ impl Outcome {
     }
 }
 
-/// The identity headers a client must never be able to set (design.md section 6).
+/// The identity headers a client must never be able to set: they carry identity the gateway vouches for.
 pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-access-token",
     "x-id-token",
