@@ -889,6 +889,8 @@ fn secret_references_resolve_at_each_load_and_never_show() {
     );
     assert_eq!(
         errors(&vault),
-        ["routes[0].plugins.openid-connect.client_secret: secret manager \"vault\" is not supported by shardgate (use an $ENV:// reference)"]
+        [
+            "routes[0].plugins.openid-connect.client_secret: secret manager \"vault\" is not supported by shardgate (use an $ENV:// reference)"
+        ]
     );
 }
