@@ -210,7 +210,7 @@ async fn run(
                     if up.report_failure(node_idx, Instant::now()) {
                         tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
                     }
-                    tracing::info!(upstream = %up.id, node = %node.key, error = ?e, "upstream connect failed");
+                    tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
                     if attempts < up.retries && method.is_idempotent() {
                         attempts += 1;
                         if node_idx < 64 {
