@@ -26,6 +26,7 @@ pub struct PublishedRoute {
     pub id: String,
     pub upstream: usize,
     pub websocket: bool,
+    pub keep_identity_headers: bool,
     pub oidc: Option<Arc<OidcRoute>>,
 }
 
@@ -134,6 +135,7 @@ impl Published {
                 id: r.id.clone(),
                 upstream: r.upstream,
                 websocket: r.enable_websocket,
+                keep_identity_headers: r.keep_client_identity_headers,
                 oidc: oidc_route,
             });
         }

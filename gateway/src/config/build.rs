@@ -663,6 +663,7 @@ fn route(
         priority: r.priority,
         upstream: upstream?,
         enable_websocket: r.enable_websocket,
+        keep_client_identity_headers: r.keep_client_identity_headers,
         enabled,
         plugins,
     })

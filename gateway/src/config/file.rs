@@ -594,6 +594,9 @@ pub(crate) struct RouteFile {
     pub upstream: Option<UpstreamFile>,
     #[serde(default)]
     pub enable_websocket: bool,
+    /// shardgate extension (not an APISIX attribute).
+    #[serde(default)]
+    pub keep_client_identity_headers: bool,
     #[serde(default = "route_status")]
     pub status: u8,
     #[serde(default)]

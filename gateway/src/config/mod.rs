@@ -257,6 +257,9 @@ pub struct RouteConf {
     /// Index into `Config::upstreams`.
     pub upstream: usize,
     pub enable_websocket: bool,
+    /// shardgate extension: forward client-sent identity headers (`X-Userinfo`, ...) instead of
+    /// removing them. Only for upstreams behind another gateway that sets them.
+    pub keep_client_identity_headers: bool,
     /// APISIX `status: 1`.
     pub enabled: bool,
     pub plugins: RoutePlugins,
