@@ -31,6 +31,9 @@ pub enum UpstreamError {
     ConnectFailed(String),
     /// TCP connect did not finish within `timeout.connect`.
     ConnectTimeout,
+    /// The TLS handshake with an `https` upstream failed (certificate not trusted, wrong name,
+    /// client certificate refused, protocol error).
+    Tls(String),
     /// Writing the request took longer than `timeout.send`.
     SendTimeout,
     /// No (complete) response head within `timeout.read`.
@@ -116,6 +119,7 @@ impl fmt::Display for UpstreamError {
             UpstreamError::NoHealthyNode => f.write_str("upstream: no healthy node"),
             UpstreamError::ConnectFailed(e) => write!(f, "upstream connect failed: {e}"),
             UpstreamError::ConnectTimeout => f.write_str("upstream connect timed out"),
+            UpstreamError::Tls(e) => write!(f, "upstream TLS handshake failed: {e}"),
             UpstreamError::SendTimeout => f.write_str("upstream send timed out"),
             UpstreamError::ReadTimeout => f.write_str("upstream read timed out"),
             UpstreamError::ClosedEarly => {
@@ -182,6 +186,7 @@ pub fn respond(err: &Error) -> ErrorResponse {
             | UpstreamError::ReadTimeout => json(504, false),
             UpstreamError::NoHealthyNode
             | UpstreamError::ConnectFailed(_)
+            | UpstreamError::Tls(_)
             | UpstreamError::ClosedEarly
             | UpstreamError::BadResponse(_)
             | UpstreamError::Io(_) => json(502, false),

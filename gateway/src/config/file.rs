@@ -343,9 +343,8 @@ pub(crate) struct UpstreamFile {
     _create_time: Option<IgnoredAny>,
     #[serde(default, rename = "update_time")]
     _update_time: Option<IgnoredAny>,
+    pub tls: Option<UpstreamTlsFile>,
     // APISIX attributes shardgate does not implement.
-    #[serde(default)]
-    pub tls: Option<IgnoredAny>,
     #[serde(default)]
     pub discovery_type: Option<IgnoredAny>,
     #[serde(default)]
@@ -355,14 +354,29 @@ pub(crate) struct UpstreamFile {
 }
 
 impl UpstreamFile {
-    pub fn unsupported(&self) -> [(&'static str, bool); 4] {
+    pub fn unsupported(&self) -> [(&'static str, bool); 3] {
         [
-            ("tls", self.tls.is_some()),
             ("discovery_type", self.discovery_type.is_some()),
             ("discovery_args", self.discovery_args.is_some()),
             ("service_name", self.service_name.is_some()),
         ]
     }
+}
+
+/// APISIX upstream `tls`, plus shardgate's `ca_cert`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsFile {
+    /// PEM text (as APISIX stores it) or a file path.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub client_cert_id: Option<IgnoredAny>,
+    /// APISIX's default is false (no verification); shardgate verifies unless told not to.
+    pub verify: Option<bool>,
+    /// shardgate extension: trust these CA certificates (PEM text or a file) instead of the
+    /// system roots.
+    pub ca_cert: Option<String>,
 }
 
 /// The balancer. APISIX's other types are parsed to be named in an "unsupported" error.

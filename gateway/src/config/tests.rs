@@ -243,7 +243,8 @@ consumers: []
 upstreams:
   - id: app
     nodes: { "127.0.0.1:1": 1 }
-    tls: { client_cert: x }
+    scheme: https
+    tls: { client_cert_id: 1 }
     discovery_type: dns
 routes:
   - id: r
@@ -258,7 +259,7 @@ routes:
     );
     for field in [
         "consumers: APISIX attribute `consumers`",
-        "upstreams[0].tls: APISIX attribute `tls` is not supported by shardgate",
+        "upstreams[0].tls.client_cert_id: APISIX attribute `client_cert_id` is not supported by shardgate",
         "upstreams[0].discovery_type: APISIX attribute `discovery_type`",
         "routes[0].vars: APISIX attribute `vars` is not supported by shardgate",
         "routes[0].remote_addrs: APISIX attribute",
@@ -725,4 +726,75 @@ fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("shardgate-config-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn https_upstream_tls_settings() {
+    let c = load(
+        r#"
+upstreams:
+  - { id: default, scheme: https, nodes: { "a:1": 1 } }
+  - id: full
+    scheme: https
+    nodes: { "a:1": 1 }
+    tls:
+      verify: false
+      client_cert: |
+        -----BEGIN CERTIFICATE-----
+        MIIB
+        -----END CERTIFICATE-----
+      client_key: "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+  - { id: plain, nodes: { "a:1": 1 } }
+"#,
+    );
+    let u = &c.config.upstreams;
+    assert_eq!(
+        u[0].tls,
+        Some(UpstreamTls {
+            verify: true,
+            ca_cert: None,
+            client_cert: None
+        }),
+        "https verifies against the system roots unless told otherwise (APISIX: verify false)"
+    );
+    assert_eq!(u[0].nodes[0].port, 1);
+    let full = u[1].tls.as_ref().expect("tls");
+    assert!(!full.verify);
+    assert!(matches!(
+        &full.client_cert,
+        Some((Pem::Inline(c), Pem::Inline(k))) if c.starts_with("-----BEGIN CERTIFICATE")
+            && k.starts_with("-----BEGIN PRIVATE KEY")
+    ));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.to_string().contains("upstreams[1].tls.verify: false")),
+        "{:?}",
+        c.warnings
+    );
+    assert_eq!(u[2].tls, None);
+
+    let e = errors(
+        r#"
+upstreams:
+  - { id: a, nodes: { "a:1": 1 }, tls: { verify: true } }
+  - { id: b, scheme: https, nodes: { "a:1": 1 }, tls: { client_cert: "-----BEGIN x" } }
+  - { id: c, scheme: https, nodes: { "a:1": 1 }, tls: { client_key: k.pem } }
+  - { id: d, scheme: https, nodes: { "a:1": 1 }, tls: { ca_cert: /nonexistent/ca.pem } }
+"#,
+    );
+    let want = [
+        "upstreams[0].tls: only applies to `scheme: https`",
+        "upstreams[1].tls.client_key: required with client_cert",
+        "upstreams[2].tls.client_cert: required with client_key",
+        "upstreams[3].tls.ca_cert: file `/nonexistent/ca.pem` does not exist",
+    ];
+    for w in want {
+        assert!(has(&e, w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    let e = errors(
+        "upstreams:\n  - { id: e, scheme: https, nodes: { \"a:1\": 1 }, tls: { verfy: false } }\n",
+    );
+    assert!(has(&e, "upstreams[0].tls: unknown field `verfy`"), "{e:?}");
 }
