@@ -228,7 +228,7 @@ async fn run(
                         // Usually configuration (name, trust, client certificate): say so plainly.
                         tracing::warn!(upstream = %up.id, node = %node.key, %reason, "upstream TLS handshake failed");
                     } else {
-                        tracing::info!(upstream = %up.id, node = %node.key, error = ?e, "upstream connect failed");
+                        tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
                     }
                     if attempts < up.retries && method.is_idempotent() {
                         attempts += 1;
