@@ -18,6 +18,8 @@ fn route(uris: &[&str], hosts: &[&str], methods: &[Method], priority: i64) -> Ro
         upstream: 0,
         enable_websocket: false,
         enabled: true,
+        remote_addrs: IpSet::default(),
+        vars: None,
         plugins: RoutePlugins::default(),
     }
 }
