@@ -547,6 +547,17 @@ fn route(
     upstreams: &mut Vec<UpstreamConf>,
 ) -> Option<RouteConf> {
     b.unsupported(path, &r.unsupported());
+    for (name, present) in r.lua() {
+        if present {
+            b.error(
+                format!("{path}.{name}"),
+                format!(
+                    "APISIX attribute `{name}` is Lua code, which shardgate cannot run \
+                     (match on request variables with `vars`)"
+                ),
+            );
+        }
+    }
     let uris = match (&r.uri, &r.uris) {
         (Some(_), Some(_)) => {
             b.error(format!("{path}.uris"), "set `uri` or `uris`, not both");

@@ -622,11 +622,17 @@ pub(crate) struct RouteFile {
 }
 
 impl RouteFile {
-    pub fn unsupported(&self) -> [(&'static str, bool); 6] {
+    /// Lua code APISIX runs: shardgate has no Lua.
+    pub fn lua(&self) -> [(&'static str, bool); 3] {
         [
             ("filter_func", self.filter_func.is_some()),
             ("script", self.script.is_some()),
             ("script_id", self.script_id.is_some()),
+        ]
+    }
+
+    pub fn unsupported(&self) -> [(&'static str, bool); 3] {
+        [
             ("service_id", self.service_id.is_some()),
             ("plugin_config_id", self.plugin_config_id.is_some()),
             ("timeout", self.timeout.is_some()),

@@ -148,7 +148,10 @@ fn compile_rule(items: &[Value], at: &str) -> Result<Node, ExprError> {
     }
     if let Some((or, negate)) = logic_op(&items[0]) {
         if items.len() <= 2 {
-            return err(at, "rule too short: a logical operator needs two or more rules");
+            return err(
+                at,
+                "rule too short: a logical operator needs two or more rules",
+            );
         }
         let mut nodes = Vec::with_capacity(items.len() - 1);
         for (i, item) in items.iter().enumerate().skip(1) {
@@ -174,7 +177,10 @@ fn compile_cond(items: &[Value], at: &str) -> Result<Node, ExprError> {
     let (var, op, value, negate) = match items {
         [var, not, op, value] => {
             if not.as_str() != Some("!") {
-                return err(at, "bad 'not' expression: the second of four elements must be `!`");
+                return err(
+                    at,
+                    "bad 'not' expression: the second of four elements must be `!`",
+                );
             }
             (var, op, Some(value), true)
         }
@@ -249,7 +255,10 @@ fn compile_cond(items: &[Value], at: &str) -> Result<Node, ExprError> {
                 _ => Vec::new(),
             };
             if list.is_empty() {
-                return err(at, "invalid ip address: `ipmatch` needs an address, a CIDR or a list of them");
+                return err(
+                    at,
+                    "invalid ip address: `ipmatch` needs an address, a CIDR or a list of them",
+                );
             }
             match IpSet::parse(list.iter().copied()) {
                 Ok(set) => Op::IpMatch(set),
@@ -308,7 +317,9 @@ impl Op {
             Op::Le(n) => value.and_then(lua_tonumber).is_some_and(|v| v <= *n),
             Op::Regex(re) => value.is_some_and(|v| re.is_match(v)),
             Op::In(list) => value.is_some_and(|v| list.iter().flatten().any(|t| **t == *v)),
-            Op::Has(t) => value.is_some_and(|v| v.split(|&b| b == b',').any(|e| e.trim_ascii() == &**t)),
+            Op::Has(t) => {
+                value.is_some_and(|v| v.split(|&b| b == b',').any(|e| e.trim_ascii() == &**t))
+            }
             Op::IpMatch(set) => value
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.parse().ok())

@@ -388,7 +388,9 @@ impl RouteTable {
             if let Some(f) = entry.filter {
                 let filter = &self.filters[f as usize];
                 if !filter.remote_addrs.is_empty()
-                    && !req.remote_addr.is_some_and(|ip| filter.remote_addrs.contains(ip))
+                    && !req
+                        .remote_addr
+                        .is_some_and(|ip| filter.remote_addrs.contains(ip))
                 {
                     continue;
                 }

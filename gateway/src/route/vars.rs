@@ -62,7 +62,11 @@ impl VarSource for HeadVars<'_> {
 pub fn var_names_field(var: &[u8], field: &[u8]) -> bool {
     var.len() == field.len()
         && var.iter().zip(field).all(|(&v, &f)| {
-            let f = if f == b'-' { b'_' } else { f.to_ascii_lowercase() };
+            let f = if f == b'-' {
+                b'_'
+            } else {
+                f.to_ascii_lowercase()
+            };
             v.to_ascii_lowercase() == f
         })
 }
