@@ -16,7 +16,7 @@ use crate::error::{Error, UpstreamError};
 use crate::http1::{
     self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
-use crate::plugins::{HeaderValue, IDENTITY_HEADERS};
+use crate::plugins::{HeaderValue, is_identity_header};
 use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard};
@@ -38,7 +38,16 @@ pub async fn exchange(
     let route = &compiled.routes[route_idx];
     let up = &compiled.upstreams[route.upstream];
     let started = Instant::now();
-    match run(shard, compiled, up, route.websocket, c).await {
+    match run(
+        shard,
+        compiled,
+        up,
+        route.websocket,
+        route.keep_identity_headers,
+        c,
+    )
+    .await
+    {
         Ok(done) => {
             let next = if let Some(up) = done.tunnel {
                 Next::Tunnel(up)
@@ -117,7 +126,7 @@ fn hash_key<'a>(c: &'a ClientConn, on: &HashOn) -> &'a [u8] {
     let buf = &c.buf;
     match on {
         HashOn::RemoteAddr => c.peer_ip.as_bytes(),
-        HashOn::Uri => c.head.path.of(buf),
+        HashOn::Uri => c.route_path(),
         HashOn::Host => c.head.host.map(|h| h.of(buf)).unwrap_or(b""),
         HashOn::Query => c.head.query.map(|q| q.of(buf)).unwrap_or(b""),
         HashOn::Header(name) => c.head.header(buf, name).unwrap_or(b""),
@@ -156,6 +165,7 @@ async fn run(
     compiled: &Rc<Compiled>,
     up: &ShardUpstream,
     websocket: bool,
+    keep_identity: bool,
     c: &mut ClientConn,
 ) -> Result<Done, Fail> {
     let head_len = c.head.head_len;
@@ -171,7 +181,7 @@ async fn run(
     };
     let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
 
-    let mut node_host = build_request_head(compiled, up, c, upgrade);
+    let mut node_host = build_request_head(compiled, up, c, upgrade, keep_identity);
     // Small buffered bodies ride in the same write as the head.
     if let Some(n) = buffered_body {
         let b = &c.buf[head_len..head_len + n];
@@ -199,9 +209,9 @@ async fn run(
                 &mut node_host,
             );
         }
-        let (mut conn, reused) = match node.pool.checkout(now) {
+        let (mut conn, reused) = match node.pool.checkout(now, &node.key) {
             Some(conn) => (conn, true),
-            None => match upstream::connect(node.addr, up.timeouts.connect).await {
+            None => match upstream::connect(up, node, up.timeouts.connect).await {
                 Ok(conn) => {
                     node.pool.opened.set(node.pool.opened.get() + 1);
                     (conn, false)
@@ -210,7 +220,12 @@ async fn run(
                     if up.report_failure(node_idx, Instant::now()) {
                         tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
                     }
-                    tracing::info!(upstream = %up.id, node = %node.key, error = ?e, "upstream connect failed");
+                    if let UpstreamError::Tls(reason) = &e {
+                        // Usually configuration (name, trust, client certificate): say so plainly.
+                        tracing::warn!(upstream = %up.id, node = %node.key, %reason, "upstream TLS handshake failed");
+                    } else {
+                        tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
+                    }
                     if attempts < up.retries && method.is_idempotent() {
                         attempts += 1;
                         if node_idx < 64 {
@@ -346,6 +361,7 @@ fn build_request_head(
     up: &ShardUpstream,
     c: &mut ClientConn,
     upgrade: bool,
+    keep_identity: bool,
 ) -> Option<std::ops::Range<usize>> {
     let buf = &c.buf;
     let head = &c.head;
@@ -354,12 +370,18 @@ fn build_request_head(
     out.clear();
     out.extend_from_slice(head.method_span.of(buf));
     out.push(b' ');
-    // absolute-form targets are sent on in origin-form.
+    // The upstream gets the path that was routed: the raw target when it is already normal, else
+    // the normal form re-encoded (http1::path), with the query as received. absolute-form targets
+    // are sent on in origin-form.
     let target = head.target.of(buf);
-    if target.first() == Some(&b'/') || target == b"*" {
+    if !c.path_rewritten && (target.first() == Some(&b'/') || target == b"*") {
         out.extend_from_slice(target);
     } else {
-        out.extend_from_slice(head.path.of(buf));
+        if c.path_rewritten {
+            http1::path::encode_into(&c.path, out);
+        } else {
+            out.extend_from_slice(head.path_bytes(buf));
+        }
         if let Some(q) = head.query {
             out.push(b'?');
             out.extend_from_slice(q.of(buf));
@@ -385,7 +407,9 @@ fn build_request_head(
     }
     out.extend_from_slice(b"\r\n");
 
-    let strip_identity = c.outcome.strip_identity_headers;
+    // Client-sent identity headers go on every route unless it opts out; a plugin that sets them
+    // strips them whatever the route says.
+    let strip_identity = c.outcome.strip_identity_headers || !keep_identity;
     let strip_auth = c.outcome.strip_authorization;
     let mut xff_prev: Option<&[u8]> = None;
     for h in &head.headers {
@@ -419,11 +443,7 @@ fn build_request_head(
             }
             _ => {}
         }
-        if strip_identity
-            && IDENTITY_HEADERS
-                .iter()
-                .any(|i| name.eq_ignore_ascii_case(i.as_bytes()))
-        {
+        if strip_identity && is_identity_header(name) {
             continue;
         }
         push_header(out, name, value);
@@ -1122,15 +1142,23 @@ async fn switch_protocols(
 /// Copies bytes both ways until either side closes; both connections end with it.
 pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn) {
     use crate::proxy::stream::ClientStream;
+    use crate::upstream::tls::UpStream;
     use monoio::io::Splitable;
-    let (ur, uw) = upstream.stream.into_split();
-    match client {
-        ClientStream::Plain(s) => {
-            let (cr, cw) = s.into_split();
+    match (client, upstream.stream) {
+        (ClientStream::Plain(c), UpStream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
             copy_both(cr, cw, ur, uw).await;
         }
-        ClientStream::Tls(s) => {
-            let (cr, cw) = (*s).into_split();
+        (ClientStream::Tls(c), UpStream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = ((*c).into_split(), u.into_split());
+            copy_both(cr, cw, ur, uw).await;
+        }
+        (ClientStream::Plain(c), UpStream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), (*u).into_split());
+            copy_both(cr, cw, ur, uw).await;
+        }
+        (ClientStream::Tls(c), UpStream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = ((*c).into_split(), (*u).into_split());
             copy_both(cr, cw, ur, uw).await;
         }
     }

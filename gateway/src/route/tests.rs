@@ -18,6 +18,7 @@ fn route(uris: &[&str], hosts: &[&str], methods: &[Method], priority: i64) -> Ro
         priority,
         upstream: 0,
         enable_websocket: false,
+        keep_client_identity_headers: false,
         enabled: true,
         remote_addrs: IpSet::default(),
         vars: None,
@@ -658,6 +659,7 @@ fn head_vars_read_the_request() {
     let v = HeadVars {
         head: &head,
         buf,
+        uri: b"/p/a",
         remote_addr: "127.0.0.9",
         server_port: "9080",
         tls: false,

@@ -14,6 +14,8 @@ use super::expr::VarSource;
 pub struct HeadVars<'a> {
     pub head: &'a RequestHead,
     pub buf: &'a [u8],
+    /// `uri`: the normalised path (decoded, dot-segments resolved), as nginx's `$uri`.
+    pub uri: &'a [u8],
     /// The client address as text.
     pub remote_addr: &'a str,
     pub server_port: &'a str,
@@ -40,7 +42,7 @@ impl VarSource for HeadVars<'_> {
                 .find_map(|v| cookie_value(v, cookie.as_bytes()));
         }
         match name {
-            "uri" => Some(head.path_bytes(buf)),
+            "uri" => Some(self.uri),
             "request_uri" => Some(head.target.of(buf)),
             "args" | "query_string" => head.query.map(|q| q.of(buf)),
             "host" => head.host.map(|h| host_without_port(h.of(buf))),
