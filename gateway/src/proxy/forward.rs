@@ -608,8 +608,11 @@ async fn stream_request_body(
                     ChunkEvent::Trailers(span) => {
                         saw_trailers = true;
                         wire.extend_from_slice(http1::LAST_CHUNK);
-                        wire.extend_from_slice(
+                        write_allowed_trailers(
+                            &mut wire,
                             &c.buf[base + span.start as usize..base + span.end as usize],
+                            &c.head.connection_tokens,
+                            &c.buf,
                         );
                         wire.extend_from_slice(b"\r\n");
                     }
@@ -634,6 +637,58 @@ async fn stream_request_body(
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(head_len),
+    }
+}
+
+/// Fields never forwarded in a request trailer section: what the gateway controls in the head
+/// (routing, framing, credentials, the forwarding headers it sets) and what RFC 9110 6.5.1 forbids
+/// in trailers (with every `If-*` conditional). An upstream that merges trailers into the header fields would otherwise take a
+/// client's `Authorization`, `Host` or `X-Userinfo` as the gateway's.
+const TRAILER_DENY: [&[u8]; 19] = [
+    b"host",
+    b"content-length",
+    b"content-type",
+    b"content-encoding",
+    b"content-range",
+    b"authorization",
+    b"cookie",
+    b"expect",
+    b"max-forwards",
+    b"pragma",
+    b"range",
+    b"cache-control",
+    b"x-real-ip",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-proto",
+    b"x-forwarded-prefix",
+];
+
+/// Copies the trailer field lines of `section` (validated by the chunked decoder: `name:value`
+/// lines, each with its CRLF) that may travel in a trailer; see [`TRAILER_DENY`].
+fn write_allowed_trailers(
+    out: &mut Vec<u8>,
+    section: &[u8],
+    connection_tokens: &[http1::Span],
+    buf: &[u8],
+) {
+    for line in section.split_inclusive(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let denied = is_hop_by_hop(name)
+            || in_tokens(name, connection_tokens, buf)
+            || is_identity_header(name)
+            || TRAILER_DENY.iter().any(|d| d.eq_ignore_ascii_case(name))
+            || name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-")
+            || name.eq_ignore_ascii_case(b"x-original-url")
+            || name.eq_ignore_ascii_case(b"x-rewrite-url");
+        if !denied {
+            out.extend_from_slice(line);
+        }
     }
 }
 
