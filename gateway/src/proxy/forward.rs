@@ -419,7 +419,10 @@ fn build_request_head(
     for h in &head.headers {
         let name = h.name.of(buf);
         let value = h.value.of(buf);
-        if is_hop_by_hop(name) || in_tokens(name, &head.connection_tokens, buf) {
+        if is_hop_by_hop(name)
+            || in_tokens(name, &head.connection_tokens, buf)
+            || is_path_or_forwarding_override(name)
+        {
             continue;
         }
         match name.len() {
@@ -469,6 +472,26 @@ fn build_request_head(
     out.extend_from_slice(strip_port(client_host));
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(c.local_port.as_bytes());
+    // RFC 7239, replacing the client's like X-Forwarded-Host/Proto: frameworks take host and
+    // proto from the first element, which a client-supplied value would own.
+    out.extend_from_slice(b"\r\nForwarded: for=");
+    if c.peer_ip.contains(':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(c.peer_ip.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(c.peer_ip.as_bytes());
+    }
+    if !client_host.is_empty() {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(client_host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(if c.tls {
+        b";proto=https"
+    } else {
+        b";proto=http"
+    });
     out.extend_from_slice(b"\r\n");
     for (name, value) in &c.outcome.upstream_headers {
         let v: &[u8] = match value {
@@ -498,6 +521,22 @@ fn build_request_head(
     out.extend_from_slice(b"\r\n");
     let _ = compiled;
     node_host
+}
+
+/// Client fields an upstream could take as the gateway's statement about the request: `Forwarded`
+/// (replaced by ours), `X-Forwarded-Prefix` (Spring, ASP.NET build links and redirects under
+/// it; the gateway strips no prefix), `X-Original-URL` and `X-Rewrite-URL` (Symfony, Zend and IIS
+/// route on them instead of the request path, which would undo routing on the path). APISIX
+/// passes these through; at the edge nothing legitimate sets them.
+fn is_path_or_forwarding_override(name: &[u8]) -> bool {
+    [
+        &b"forwarded"[..],
+        b"x-forwarded-prefix",
+        b"x-original-url",
+        b"x-rewrite-url",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn strip_port(host: &[u8]) -> &[u8] {
