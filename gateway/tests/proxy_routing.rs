@@ -4,6 +4,14 @@ mod support;
 
 use support::{Gateway, Upstream, get};
 
+/// (path, request headers, status, the upstream that serves it)
+type Case = (
+    &'static str,
+    &'static [(&'static str, &'static str)],
+    u16,
+    &'static str,
+);
+
 #[test]
 fn vars_parameters_and_remote_addrs_pick_the_route() {
     let canary = Upstream::echo();
@@ -40,7 +48,7 @@ routes:
         stable = stable.node()
     );
     let gw = Gateway::start(&yaml, &[]);
-    let cases: &[(&str, &[(&str, &str)], u16, &str)] = &[
+    let cases: &[Case] = &[
         (
             "/users/7/orders/9/items?v=3",
             &[("X-Canary", "1")],
