@@ -103,10 +103,13 @@ impl Control {
                 match Published::build(version, loaded.config, &self.oidc_shared) {
                     Ok(p) => {
                         *self.version.borrow_mut() = version;
-                        self.publisher.publish(Arc::new(p));
+                        let p = Arc::new(p);
+                        self.publisher.publish(p.clone());
+                        self.oidc_shared.retain_used_by(&p);
                         tracing::info!(version, "config reloaded and published to every shard");
                     }
                     Err(e) => {
+                        self.oidc_shared.retain_used_by(&self.publisher.current());
                         tracing::error!(problems = %e, "config reload rejected; the previous config keeps serving")
                     }
                 }
@@ -163,7 +166,10 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
 
     let oidc_shared = OidcShared::new();
     let published = match Published::build(1, cfg, &oidc_shared) {
-        Ok(p) => p,
+        Ok(p) => {
+            oidc_shared.retain_used_by(&p);
+            p
+        }
         Err(e) => {
             eprintln!("{e}");
             return 2;
