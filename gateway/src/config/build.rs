@@ -13,8 +13,8 @@ use super::file::{
 };
 use super::{
     ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf, HashOn,
-    HashVar, KeepalivePool, Limits, Loaded, Node, PassHost, PassiveHealth, Pem, Problem, RouteConf,
-    RoutePlugins, Scheme, Shards, TlsConf, UpstreamConf, UpstreamTimeout, UpstreamTls,
+    HashVar, KeepalivePool, Limits, Loaded, Node, OidcConf, PassHost, PassiveHealth, Pem, Problem,
+    RouteConf, RoutePlugins, Scheme, Shards, TlsConf, UpstreamConf, UpstreamTimeout, UpstreamTls,
 };
 use crate::route::{self, Method, MethodSet};
 
@@ -805,10 +805,11 @@ fn route(
             format!("plugin `{name}` is not supported by shardgate (supported: openid-connect)"),
         );
     }
-    if let Some(oidc) = &r.plugins.openid_connect {
-        b.problems
-            .extend(oidc.check(&format!("{path}.plugins.openid-connect")));
-        plugins.openid_connect = Some(Arc::new((**oidc).clone()));
+    if let Some(value) = &r.plugins.openid_connect {
+        let loaded = OidcConf::from_value(value.clone(), &format!("{path}.plugins.openid-connect"));
+        b.problems.extend(loaded.errors);
+        b.warnings.extend(loaded.warnings);
+        plugins.openid_connect = loaded.conf.map(Arc::new);
     }
     Some(RouteConf {
         id,

@@ -9,7 +9,6 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use shardgate_oidc::config::OidcConf;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -763,10 +762,12 @@ impl RouteFile {
     }
 }
 
-/// `plugins`: `openid-connect` is typed; any other name is kept to be named in an error.
+/// `plugins`: `openid-connect` is kept as a generic value, read by `OidcConf::from_value` (which
+/// reports every problem in it, not only serde's first); any other name is kept to be named in
+/// an error.
 #[derive(Debug, Default)]
 pub(crate) struct PluginsFile {
-    pub openid_connect: Option<Box<OidcConf>>,
+    pub openid_connect: Option<serde_json::Value>,
     pub unknown: Vec<String>,
 }
 
@@ -785,7 +786,7 @@ impl<'de> Deserialize<'de> for PluginsFile {
                         if plugins.openid_connect.is_some() {
                             return Err(de::Error::duplicate_field("openid-connect"));
                         }
-                        plugins.openid_connect = Some(Box::new(map.next_value()?));
+                        plugins.openid_connect = Some(map.next_value()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;
                         plugins.unknown.push(name);

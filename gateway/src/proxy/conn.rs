@@ -85,6 +85,9 @@ pub struct Summary {
     pub bytes_out: u64,
     pub upstream_us: Option<u64>,
     pub error: Option<Error>,
+    /// The response said `Connection: close`: nothing more may be read on the connection
+    /// (RFC 9112 9.6), however the request ended.
+    pub close: bool,
 }
 
 /// Serves one accepted connection (TLS already negotiated for a TLS listener) until it closes.
@@ -178,10 +181,17 @@ async fn read_head(
         }
         let buf = std::mem::take(&mut c.buf);
         let (res, buf) = match header_deadline {
-            // Waiting for the first byte of a request: the idle timeout applies, and shutdown
-            // closes idle keep-alive connections instead of waiting for them.
+            // Waiting for the first byte of a request: between requests the idle timeout applies,
+            // but a new connection gets only header_timeout for its first byte, or silent
+            // connections would hold `max_connections` slots for idle_timeout each. Shutdown
+            // closes idle connections instead of waiting for them.
             None => {
-                let deadline = Instant::now() + limits.idle_timeout;
+                let wait = if c.served == 0 {
+                    limits.header_timeout
+                } else {
+                    limits.idle_timeout
+                };
+                let deadline = Instant::now() + wait;
                 let read = read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(deadline)));
                 monoio::select! {
                     r = read => r,
@@ -223,7 +233,7 @@ async fn handle(
         let err = Error::Path(e);
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
-        return finish_early(c);
+        return finish_early(c, &summary);
     }
     let path = c.route_path();
     let host = c.head.host.map(|h| h.of(&c.buf));
@@ -232,7 +242,7 @@ async fn handle(
         let err = Error::RouteNotFound;
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
-        return finish_early(c);
+        return finish_early(c, &summary);
     };
     let route = &compiled.routes[route_idx];
 
@@ -251,7 +261,7 @@ async fn handle(
             &summary,
             false,
         );
-        return finish_early(c);
+        return finish_early(c, &summary);
     }
 
     // Phase 4: forward.
@@ -295,8 +305,12 @@ pub async fn buffered_body(c: &mut ClientConn, max: usize) -> Result<Vec<u8>, &'
 }
 
 /// After answering without reading the request body, the body's bytes would be taken for the next
-/// request: consume it when it is already buffered, otherwise close.
-fn finish_early(c: &mut ClientConn) -> Next {
+/// request: consume it when it is already buffered, otherwise close. A response that announced
+/// `Connection: close` always closes: a pipelined request after it is never processed.
+fn finish_early(c: &mut ClientConn, summary: &Summary) -> Next {
+    if summary.close {
+        return Next::Close;
+    }
     let head_len = c.head.head_len;
     match c.head.framing {
         BodyFraming::None => {
@@ -354,6 +368,7 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
         bytes_out: if res.is_ok() { len } else { 0 },
         upstream_us: None,
         error: Some(err.clone()),
+        close,
     }
 }
 

@@ -61,6 +61,7 @@ pub async fn exchange(
                 bytes_out: done.bytes_out,
                 upstream_us: Some(started.elapsed().as_micros() as u64),
                 error: done.error,
+                close: matches!(next, Next::Close | Next::Tunnel(_)),
             };
             (summary, next, done.consumed)
         }
@@ -76,14 +77,17 @@ pub async fn exchange(
                     bytes_out: 0,
                     upstream_us: None,
                     error: Some(error),
+                    close: true,
                 };
                 return (summary, Next::Close, 0);
             }
             let mut summary = respond_error(c, &error, c.head.method).await;
             summary.upstream_us = Some(started.elapsed().as_micros() as u64);
             // The request body may be half read: only a fully consumed request keeps the connection.
+            // A response that said `Connection: close` ends the connection even when the request
+            // was consumed (RFC 9112 9.6).
             match consumed {
-                Some(n) if c.head.keep_alive => (summary, Next::KeepAlive, n),
+                Some(n) if c.head.keep_alive && !summary.close => (summary, Next::KeepAlive, n),
                 _ => (summary, Next::Close, 0),
             }
         }
@@ -224,7 +228,7 @@ async fn run(
                         // Usually configuration (name, trust, client certificate): say so plainly.
                         tracing::warn!(upstream = %up.id, node = %node.key, %reason, "upstream TLS handshake failed");
                     } else {
-                        tracing::info!(upstream = %up.id, node = %node.key, error = ?e, "upstream connect failed");
+                        tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
                     }
                     if attempts < up.retries && method.is_idempotent() {
                         attempts += 1;
