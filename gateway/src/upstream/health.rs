@@ -59,6 +59,18 @@ enum Outcome {
     Neutral(u16),
 }
 
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Success => f.write_str("success"),
+            Outcome::HttpFailure(s) => write!(f, "status {s}"),
+            Outcome::TcpFailure(e) => write!(f, "connect failed: {e}"),
+            Outcome::Timeout => f.write_str("timed out"),
+            Outcome::Neutral(s) => write!(f, "status {s} (neither list)"),
+        }
+    }
+}
+
 struct NodeState {
     healthy: Cell<bool>,
     successes: Cell<u32>,
@@ -162,9 +174,9 @@ pub async fn run(
                     if t.state.record(c, &outcome) {
                         changed.set(true);
                         if t.state.healthy.get() {
-                            tracing::info!(upstream = %t.upstream_id, node = %t.node_key, ?outcome, "upstream node healthy again (active check)");
+                            tracing::info!(upstream = %t.upstream_id, node = %t.node_key, %outcome, "upstream node healthy again (active check)");
                         } else {
-                            tracing::warn!(upstream = %t.upstream_id, node = %t.node_key, ?outcome, "upstream node marked unhealthy (active check)");
+                            tracing::warn!(upstream = %t.upstream_id, node = %t.node_key, %outcome, "upstream node marked unhealthy (active check)");
                         }
                     }
                     let interval = if t.state.healthy.get() {
