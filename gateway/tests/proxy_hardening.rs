@@ -13,6 +13,8 @@ use support::{Conn, Gateway, Upstream, config, dead_node, get};
 both_drivers!(
     a_response_that_says_close_ends_the_connection,
     silent_connections_are_closed_at_header_timeout,
+    request_trailers_carry_no_controlled_fields,
+    client_forwarding_and_path_override_headers_are_replaced_or_removed,
 );
 
 /// RFC 9112 9.6: after a response with `Connection: close`, a pipelined request on the same
@@ -112,4 +114,65 @@ fn silent_connections_are_closed_at_header_timeout(driver: &str) {
     assert!(!ka.closed_within(Duration::from_secs(3)));
     assert_eq!(ka.get("x", "/two").status, 200);
     gw.assert_no_panic();
+}
+
+/// Chunked request trailers reach the upstream only with fields a client may set there: never
+/// identity headers, credentials, Host, framing, hop-by-hop or forwarding fields.
+fn request_trailers_carry_no_controlled_fields(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(&config(&[&up.node()], "", "", ""), driver, 1);
+    let mut conn = Conn::open(gw.addr());
+    conn.send(
+        b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: X-Hop\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Checksum: abc\r\nAuthorization: Bearer forged\r\nX-Userinfo: e30\r\n\
+          X_Access_Token: forged\r\nHost: evil.example\r\nContent-Length: 99\r\n\
+          Transfer-Encoding: chunked\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\
+          Cookie: s=1\r\nX-Hop: 1\r\nProxy-Authorization: x\r\nIf-Match: *\r\nX-Also: ok\r\n\r\n",
+    );
+    let r = conn.read();
+    assert_eq!(r.status, 200, "{}", gw.log());
+    let seen = &up.requests()[0];
+    assert_eq!(seen.body, b"hello");
+    let trailers: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("trailer:"))
+        .collect();
+    assert_eq!(trailers, ["X-Checksum", "X-Also"], "{:?}", seen.headers);
+    assert_eq!(conn.get("x", "/after").status, 200);
+}
+
+/// `Forwarded` is replaced by the gateway's own element; `X-Forwarded-Prefix`, `X-Original-URL`
+/// and `X-Rewrite-URL` from clients are removed (frameworks route or build links on them).
+fn client_forwarding_and_path_override_headers_are_replaced_or_removed(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(&config(&[&up.node()], "", "", ""), driver, 1);
+    let r = get(
+        gw.addr(),
+        "/public/x",
+        &[
+            ("Host", "client.example:8080"),
+            ("Forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("X-Original-URL", "/api/admin"),
+            ("x-rewrite-url", "/api/admin"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", gw.log());
+    let seen = up.requests().pop().expect("seen");
+    let all = |n: &str| -> Vec<String> {
+        seen.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        all("forwarded"),
+        ["for=127.0.0.1;host=\"client.example:8080\";proto=http"]
+    );
+    for h in ["x-forwarded-prefix", "x-original-url", "x-rewrite-url"] {
+        assert!(all(h).is_empty(), "{h} must be removed: {:?}", seen.headers);
+    }
+    assert_eq!(seen.target, "/public/x");
 }
