@@ -149,6 +149,41 @@ pub struct UpstreamConf {
     /// None: no limit (APISIX `retry_timeout: 0`).
     pub retry_timeout: Option<Duration>,
     pub health: PassiveHealth,
+    /// APISIX `checks.active`: probes run by the control side.
+    pub active: Option<ActiveCheck>,
+}
+
+/// APISIX `checks.active`. A node is marked down after `tcp_failures` failed connects,
+/// `timeouts` timed-out probes or `http_failures` answers in `unhealthy_statuses` in a row, and up
+/// again after `successes` answers in `healthy_statuses` (or connects, for `tcp`) in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub kind: ActiveKind,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    /// Host header (and TLS name) of the probe; the node's host when absent.
+    pub host: Option<String>,
+    /// Probe this port instead of the node's.
+    pub port: Option<u16>,
+    pub http_path: String,
+    pub https_verify_certificate: bool,
+    /// `Name: value` lines added to the probe request.
+    pub req_headers: Vec<(String, String)>,
+    pub healthy_interval: Duration,
+    pub healthy_statuses: Vec<u16>,
+    pub successes: u32,
+    pub unhealthy_interval: Duration,
+    pub unhealthy_statuses: Vec<u16>,
+    pub http_failures: u32,
+    pub tcp_failures: u32,
+    pub timeouts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveKind {
+    Http,
+    Https,
+    Tcp,
 }
 
 /// How an `https` upstream is verified and authenticated (APISIX `tls` + shardgate's `ca_cert`).
