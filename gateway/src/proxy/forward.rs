@@ -313,11 +313,21 @@ async fn run(
                     stale_retry_used = true;
                     continue;
                 }
-                if matches!(
+                let node_failed = matches!(
                     e,
                     UpstreamError::ReadTimeout | UpstreamError::ClosedEarly | UpstreamError::Io(_)
-                ) {
+                );
+                if node_failed {
                     up.report_failure(node_idx, Instant::now());
+                }
+                // As nginx's `proxy_next_upstream error timeout` (APISIX's retries): a replayable
+                // request whose node failed before any response byte goes to another node.
+                if node_failed && replayable && nothing_received && attempts < up.retries {
+                    attempts += 1;
+                    if node_idx < 64 {
+                        tried |= 1 << node_idx;
+                    }
+                    continue;
                 }
                 return Err(Fail::up(e, Some(consumed)));
             }
