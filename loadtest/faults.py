@@ -402,6 +402,7 @@ upstreams:
     nodes: { "127.0.0.1:%(fake)d": 1, "127.0.0.1:%(nginx)d": 1 }
     retries: 1
     timeout: { connect: 2, send: 2, read: 1 }
+    health: { failures: 0 }  # never cooled down: every request the balancer gives it meets the fault
 routes:
   - id: pair
     uri: /pair/*
