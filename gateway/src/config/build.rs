@@ -4,12 +4,11 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::{
-    DriverFile, FileConfig, GatewayFile, PassHostFile, RouteFile, SchemeFile, ShardsFile,
-    UpstreamFile, UpstreamType,
+    DriverFile, FileConfig, GatewayFile, PassHostFile, PluginsFile, RouteFile, SchemeFile,
+    ShardsFile, UpstreamFile, UpstreamType,
 };
 use super::{
     AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf, HashOn, HashVar, KeepalivePool,
@@ -152,7 +151,8 @@ pub(super) fn build(file: FileConfig, base_dir: Option<&Path>) -> Result<Loaded,
             routes.push((i, conf));
         }
     }
-    redirect_uri_warnings(&mut b, &routes);
+    b.warnings
+        .extend(crate::pipeline::registry::warnings(&routes));
 
     if !b.problems.is_empty() {
         return Err(ConfigError {
@@ -644,18 +644,7 @@ fn route(
             None
         }
     };
-    let mut plugins = RoutePlugins::default();
-    for name in &r.plugins.unknown {
-        b.error(
-            format!("{path}.plugins.{name}"),
-            format!("plugin `{name}` is not supported by shardgate (supported: openid-connect)"),
-        );
-    }
-    if let Some(oidc) = &r.plugins.openid_connect {
-        b.problems
-            .extend(oidc.check(&format!("{path}.plugins.openid-connect")));
-        plugins.openid_connect = Some(Arc::new((**oidc).clone()));
-    }
+    let plugins = plugins(b, &format!("{path}.plugins"), &r.plugins);
     Some(RouteConf {
         id,
         name: r.name.clone(),
@@ -673,70 +662,10 @@ fn route(
     })
 }
 
-/// APISIX's most reported failure is a `redirect_uri` that is also a page users visit: the
-/// plugin treats the visit as the login callback and fails with "no session state found".
-/// The opposite mistake, a callback path no protected route serves, never completes a login.
-fn redirect_uri_warnings(b: &mut Builder<'_>, routes: &[(usize, RouteConf)]) {
-    let protected: Vec<&(usize, RouteConf)> = routes
-        .iter()
-        .filter(|(_, r)| r.enabled && r.plugins.openid_connect.is_some())
-        .collect();
-    for (i, route) in routes {
-        let Some(oidc) = &route.plugins.openid_connect else {
-            continue;
-        };
-        if oidc.bearer_only {
-            continue;
-        }
-        let Some(redirect) = oidc.redirect_uri.as_deref() else {
-            continue;
-        };
-        let Some(callback) = uri_path(redirect) else {
-            continue;
-        };
-        let at = format!("routes[{i}].plugins.openid-connect.redirect_uri");
-        let mut served = false;
-        for (j, other) in &protected {
-            for uri in &other.uris {
-                let (clash, matches) = match uri.strip_suffix('*') {
-                    Some(prefix) => (
-                        callback == prefix || callback == prefix.trim_end_matches('/'),
-                        callback.starts_with(prefix),
-                    ),
-                    None => (callback == uri, callback == uri),
-                };
-                served |= matches;
-                if clash {
-                    b.warn(
-                        at.clone(),
-                        format!(
-                            "path `{callback}` is also the URI `{uri}` of protected route `{}` \
-                             (routes[{j}]): visiting it is treated as the login callback and fails \
-                             with \"no session state found\"; use a dedicated callback path",
-                            other.id
-                        ),
-                    );
-                }
-            }
-        }
-        if !served {
-            b.warn(
-                at,
-                format!(
-                    "path `{callback}` is not matched by any route with openid-connect, so the \
-                     IdP's callback cannot complete the login"
-                ),
-            );
-        }
-    }
-}
-
-/// The path of an absolute URL or of a path-only URI, without query or fragment.
-fn uri_path(uri: &str) -> Option<&str> {
-    let rest = match uri.split_once("://") {
-        Some((_, after)) => &after[after.find('/')?..],
-        None => uri,
-    };
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    Some(&rest[..end])
+/// A `plugins:` map (of a route, service, plugin config or global rule) validated by the
+/// registry; `path` names the map (`routes[0].plugins`).
+fn plugins(b: &mut Builder<'_>, path: &str, file: &PluginsFile) -> RoutePlugins {
+    let (plugins, mut problems) = crate::pipeline::registry::parse_plugins(&file.0, path);
+    b.problems.append(&mut problems);
+    plugins
 }

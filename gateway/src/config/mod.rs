@@ -8,7 +8,8 @@
 //! - `file.rs` mirrors the file field for field; type errors name their path
 //!   (`routes[0].upstream.nodes: invalid type ...`) via serde_path_to_error.
 //! - `build.rs` does every semantic check, collecting all problems, and compiles the types the
-//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, `Arc`ed plugin configs.
+//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, plugin attributes validated by
+//!   the plugin registry (`pipeline::registry`).
 //!
 //! Loading has no side effects beyond reading the file and checking that TLS files exist.
 
@@ -19,10 +20,11 @@ mod file;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use shardgate_oidc::config::{OidcConf, Problem};
+
+pub use crate::pipeline::{PluginConf, RoutePlugins};
 
 use crate::route::MethodSet;
 
@@ -258,11 +260,6 @@ pub struct RouteConf {
     /// APISIX `status: 1`.
     pub enabled: bool,
     pub plugins: RoutePlugins,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct RoutePlugins {
-    pub openid_connect: Option<Arc<OidcConf>>,
 }
 
 /// Load and validate a file. Relative TLS paths are resolved against its directory.

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! control thread                         every shard
-//!  OidcControl                             ShardOidc (clock, RNG, provider snapshots)
-//!   ├─ registry: ProviderSpec -> handle      └─ RouteAuth per route (per config version)
+//!  OidcShared (Plugin::Global)             ShardOidc (Plugin::ShardGlobal: clock, RNG, providers)
+//!   ├─ registry: ProviderSpec -> handle      └─ RouteAuth per route instance (the Plugin)
 //!   └─ spawns provider actors  ──state──►         verified-token cache, negative cache,
 //!        (discovery, JWKS, single-flight)         introspection cache, kid negative cache
 //! ```
@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use ring::rand::SecureRandom;
 use shardgate_oidc::cache::TtlCache;
+use shardgate_oidc::config::OidcConf;
 use shardgate_oidc::idp::provider::{
     self, ProviderHandle, ProviderMsg, ProviderSpec, ProviderState,
 };
@@ -30,9 +31,7 @@ use shardgate_runtime::clock::{Clock, CoarseClock};
 use shardgate_runtime::gate::Shutdown;
 use shardgate_runtime::snapshot::Local;
 
-use crate::error::Error;
-use crate::proxy::Shard;
-use crate::proxy::conn::ClientConn;
+use crate::pipeline::{Ctx, PhaseResult, Phases, Plugin, Problem};
 
 pub use prepare::OidcRoute;
 
@@ -108,15 +107,10 @@ impl OidcShared {
     }
 }
 
-/// Control-thread side: runs provider actors and reports readiness and counters.
-pub struct OidcControl {
-    shared: Arc<OidcShared>,
-}
-
-impl OidcControl {
+impl OidcShared {
     /// Starts the task that spawns provider actors; call on the control thread's runtime.
-    pub fn start(shared: Arc<OidcShared>, shutdown: Shutdown) -> OidcControl {
-        let rx = shared.spawn_rx.clone();
+    fn start_spawner(&self, shutdown: Shutdown) {
+        let rx = self.spawn_rx.clone();
         monoio::spawn(async move {
             loop {
                 let next = monoio::select! {
@@ -127,14 +121,13 @@ impl OidcControl {
                 monoio::spawn(provider::run(handle, mailbox, shutdown.clone()));
             }
         });
-        OidcControl { shared }
     }
 
     /// Ready when every provider in use has its discovery (and JWKS when needed).
     pub fn readiness(&self) -> (bool, String) {
         let mut ok = true;
         let mut parts = Vec::new();
-        for h in self.shared.all() {
+        for h in self.all() {
             let st = h.state.current();
             let ready = h.is_ready();
             ok &= ready;
@@ -153,7 +146,7 @@ impl OidcControl {
 
     /// Provider counters for /metrics.
     pub fn counters(&self, out: &mut BTreeMap<String, u64>) {
-        for h in self.shared.all() {
+        for h in self.all() {
             let c = &h.counters;
             let d = json_str(&h.spec.discovery_url);
             let mut put = |name: &str, outcome: &str, v: &std::sync::atomic::AtomicU64| {
@@ -321,13 +314,71 @@ impl RouteAuth {
             route,
         }
     }
+}
 
-    /// The `rewrite` phase.
-    pub async fn rewrite(&self, shard: &Shard, c: &mut ClientConn) -> Result<(), Error> {
-        c.outcome.strip_identity_headers = true;
-        if self.route.conf.hide_credentials {
-            c.outcome.strip_authorization = true;
+/// APISIX's `openid-connect`: one [`RouteAuth`] per route instance per shard.
+impl Plugin for RouteAuth {
+    const NAME: &'static str = "openid-connect";
+    const PRIORITY: i32 = 2599;
+    const PHASES: Phases = Phases::REWRITE;
+    type Conf = OidcConf;
+    type Instance = OidcRoute;
+    type Global = OidcShared;
+    type ShardGlobal = ShardOidc;
+
+    fn parse(value: serde_yaml::Value, path: &str) -> Result<OidcConf, Vec<Problem>> {
+        let conf: OidcConf = crate::pipeline::registry::deserialize(value, path)?;
+        let problems = conf.check(path);
+        if problems.is_empty() {
+            Ok(conf)
+        } else {
+            Err(problems)
         }
-        bearer::rewrite(self, shard, c).await
+    }
+
+    fn warnings(routes: &[(usize, crate::config::RouteConf)]) -> Vec<Problem> {
+        prepare::redirect_uri_warnings(routes)
+    }
+
+    fn global() -> Arc<OidcShared> {
+        OidcShared::new()
+    }
+
+    fn shard_global(shard: usize, global: &Arc<OidcShared>) -> ShardOidc {
+        ShardOidc::new(shard, global.clone())
+    }
+
+    fn build(conf: Arc<OidcConf>, global: &OidcShared, path: &str) -> Result<OidcRoute, String> {
+        prepare::prepare(conf, global, path)
+    }
+
+    fn fingerprint(instance: &OidcRoute) -> u64 {
+        instance.fingerprint
+    }
+
+    fn attach(instance: Arc<OidcRoute>, shard: &ShardOidc) -> RouteAuth {
+        RouteAuth::new(instance, shard)
+    }
+
+    fn readiness(global: &OidcShared) -> Option<(bool, &'static str, String)> {
+        let (ok, detail) = global.readiness();
+        Some((ok, "providers", detail))
+    }
+
+    fn counters(global: &OidcShared, out: &mut BTreeMap<String, u64>) {
+        global.counters(out);
+    }
+
+    fn start(global: &Arc<OidcShared>, shutdown: &Shutdown) {
+        global.start_spawner(shutdown.clone());
+    }
+
+    async fn rewrite(&self, ctx: &mut Ctx<'_>) -> PhaseResult {
+        let out = ctx.outcome();
+        out.strip_identity_headers = true;
+        if self.route.conf.hide_credentials {
+            out.strip_authorization = true;
+        }
+        bearer::rewrite(self, ctx).await
     }
 }

@@ -31,8 +31,8 @@ use shardgate_oidc::session::{
 
 use super::RouteAuth;
 use crate::error::Error;
+use crate::pipeline::{Ctx, PhaseResult, Step};
 use crate::plugins::{HeaderValue, PluginResponse};
-use crate::proxy::conn::ClientConn;
 
 /// Refresh answers are shared with requests still carrying the old cookie for this long.
 const REFRESH_GRACE: Duration = Duration::from_secs(60);
@@ -124,12 +124,8 @@ impl SessionState {
     }
 }
 
-fn cookie_values(c: &ClientConn) -> impl Iterator<Item = &[u8]> {
-    c.head
-        .headers
-        .iter()
-        .filter(|h| h.name.of(&c.buf).eq_ignore_ascii_case(b"cookie"))
-        .map(|h| h.value.of(&c.buf))
+fn cookie_values<'c>(c: &'c Ctx<'_>) -> impl Iterator<Item = &'c [u8]> {
+    c.cookie_headers()
 }
 
 fn conf(auth: &RouteAuth) -> &OidcConf {
@@ -137,18 +133,18 @@ fn conf(auth: &RouteAuth) -> &OidcConf {
 }
 
 /// The session branch of the rewrite phase.
-pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> {
+pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     let Some(s) = &auth.session else {
         return unauthenticated_without_session(auth);
     };
     // Our cookies never reach the upstream.
-    c.outcome.strip_cookie_prefix = Some(auth.cookie_prefix.clone());
+    c.outcome().strip_cookie_prefix = Some(auth.cookie_prefix.clone());
     let now = auth.oidc.now_secs();
     let conf = conf(auth);
-    let path = c.head.path.of(&c.buf);
+    let path = c.head().path.of(c.buf());
     let is_logout = path == conf.logout_path.as_bytes();
     let is_backchannel =
-        path == s.backchannel_path.as_bytes() && c.head.method == crate::http1::Method::Post;
+        path == s.backchannel_path.as_bytes() && c.head().method == crate::http1::Method::Post;
     let is_cb = is_callback(conf, path);
     if is_logout {
         return logout(auth, s, c, now).await;
@@ -175,16 +171,16 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     if let Some(open) = hit {
         if still_good(auth, s, &open.data, now) {
             apply_session_headers(c, &open.headers);
-            return Ok(());
+            return Ok(Step::Continue);
         }
         if let Some(cookies) = reusable_reissue(auth, s, &open, now) {
             apply_session_headers(c, &open.headers);
-            c.outcome.response_headers.extend(
+            c.outcome().response_headers.extend(
                 cookies
                     .iter()
                     .map(|v| ("Set-Cookie".to_string(), v.clone())),
             );
-            return Ok(());
+            return Ok(Step::Continue);
         }
     }
     match open_session(s, c, now) {
@@ -206,9 +202,9 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     }
 }
 
-fn unauthenticated_without_session(auth: &RouteAuth) -> Result<(), Error> {
+fn unauthenticated_without_session(auth: &RouteAuth) -> PhaseResult {
     match conf(auth).unauth_action {
-        UnauthAction::Pass => Ok(()),
+        UnauthAction::Pass => Ok(Step::Continue),
         _ => Err(plain(
             401,
             "unauthorized",
@@ -232,17 +228,17 @@ fn url_path(url: &str) -> &str {
 }
 
 /// The redirect_uri of this request: the configured one, or APISIX's default `<uri>/.apisix/redirect`.
-fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
+fn redirect_uri(conf: &OidcConf, c: &Ctx<'_>) -> String {
     if let Some(u) = &conf.redirect_uri {
         return u.clone();
     }
     let host = c
-        .head
+        .head()
         .host
-        .map(|h| String::from_utf8_lossy(h.of(&c.buf)).into_owned())
+        .map(|h| String::from_utf8_lossy(h.of(c.buf())).into_owned())
         .unwrap_or_default();
-    let scheme = if c.tls { "https" } else { "http" };
-    let path = String::from_utf8_lossy(c.head.path.of(&c.buf)).into_owned();
+    let scheme = if c.tls() { "https" } else { "http" };
+    let path = String::from_utf8_lossy(c.head().path.of(c.buf())).into_owned();
     let path = path
         .strip_suffix(DEFAULT_REDIRECT_SUFFIX)
         .unwrap_or(&path)
@@ -253,7 +249,7 @@ fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
 
 /// Opens the request's session with the shard's reusable buffers (no allocation beyond the
 /// returned session's own strings).
-fn open_session(s: &SessionState, c: &ClientConn, now: u64) -> Result<Option<SessionData>, String> {
+fn open_session(s: &SessionState, c: &Ctx<'_>, now: u64) -> Result<Option<SessionData>, String> {
     let mut joined = s.scratch.borrow_mut();
     let mut plain = s.open_scratch.borrow_mut();
     match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
@@ -267,11 +263,11 @@ fn open_session(s: &SessionState, c: &ClientConn, now: u64) -> Result<Option<Ses
     }
 }
 
-fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
+fn clear_session_cookies(s: &SessionState, c: &mut Ctx<'_>) {
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     let mut cookies = Vec::new();
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
-    c.outcome
+    c.outcome()
         .response_headers
         .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
 }
@@ -360,13 +356,12 @@ fn token_call(
 async fn unauthenticated(
     auth: &RouteAuth,
     s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     now: u64,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
-    let api_shaped = c.head.header(&c.buf, "x-requested-with").is_some()
-        || c.head
-            .header(&c.buf, "accept")
+    let api_shaped = c.header("x-requested-with").is_some()
+        || c.header("accept")
             .is_some_and(|a| contains(a, b"application/json"));
     let action = if api_shaped {
         conf.api_unauth_action()
@@ -374,7 +369,7 @@ async fn unauthenticated(
         conf.unauth_action
     };
     match action {
-        UnauthAction::Pass => Ok(()),
+        UnauthAction::Pass => Ok(Step::Continue),
         UnauthAction::Deny => Err(plain(
             401,
             "unauthorized",
@@ -396,10 +391,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 async fn start_login(
     auth: &RouteAuth,
     s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     now: u64,
     prompt: Option<&str>,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
     let meta = provider_metadata(auth)?;
     let Some(endpoint) = meta.authorization_endpoint.as_deref() else {
@@ -423,7 +418,7 @@ async fn start_login(
         extra: &extra,
         prompt,
     };
-    let original = String::from_utf8_lossy(c.head.target.of(&c.buf)).into_owned();
+    let original = String::from_utf8_lossy(c.head().target.of(c.buf())).into_owned();
     let (url, login) =
         flow::start_login(&params, &original, now, auth.oidc.rng()).map_err(flow_page)?;
     let Some(name) = login.cookie_name(&s.cookie_name) else {
@@ -466,7 +461,7 @@ async fn start_login(
     }
     session::set_cookie_headers(&name, &[value], &s.login_attrs, &mut cookies);
     headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
-    Err(Error::Plugin(PluginResponse {
+    Ok(Step::Respond(PluginResponse {
         status: 302,
         headers,
         content_type: "text/plain",
@@ -476,17 +471,12 @@ async fn start_login(
     }))
 }
 
-async fn callback(
-    auth: &RouteAuth,
-    s: &SessionState,
-    c: &mut ClientConn,
-    now: u64,
-) -> Result<(), Error> {
+async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -> PhaseResult {
     let conf = conf(auth);
     let query = c
-        .head
+        .head()
         .query
-        .map(|q| q.of(&c.buf).to_vec())
+        .map(|q| q.of(c.buf()).to_vec())
         .unwrap_or_default();
     let cb: Callback = flow::parse_callback(&query).map_err(flow_page)?;
     let state = cb.state.clone().unwrap_or_default();
@@ -604,7 +594,7 @@ async fn callback(
         ("Cache-Control".into(), "no-store".into()),
     ];
     headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
-    Err(Error::Plugin(PluginResponse {
+    Ok(Step::Respond(PluginResponse {
         status: 302,
         headers,
         content_type: "text/plain",
@@ -706,10 +696,10 @@ fn id_token_error(e: TokenError) -> Error {
 async fn use_session(
     auth: &RouteAuth,
     s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     mut data: SessionData,
     now: u64,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
     // force_reauthorize: once the access token is due, run the authorization flow again
     // instead of redeeming the refresh token. (Re-running it on every request, fresh session or
@@ -767,7 +757,7 @@ async fn use_session(
         let mut cookies = Vec::new();
         let present = session::present_chunks(cookie_values(c), &s.cookie_name);
         seal_into(s, &data, now, auth, present, &mut cookies)?;
-        c.outcome.response_headers.extend(
+        c.outcome().response_headers.extend(
             cookies
                 .iter()
                 .map(|v| ("Set-Cookie".to_string(), v.clone())),
@@ -802,7 +792,7 @@ async fn use_session(
             .borrow_mut()
             .insert(&key, entry, auth.oidc.now_millis() + OPENED_TTL_MS);
     }
-    Ok(())
+    Ok(Step::Continue)
 }
 
 /// The Set-Cookie values sealed for this very cookie less than `touch_threshold` ago, when the
@@ -911,12 +901,12 @@ fn session_headers(auth: &RouteAuth, data: &SessionData) -> SessionHeaders {
     }
 }
 
-fn apply_session_headers(c: &mut ClientConn, h: &SessionHeaders) {
+fn apply_session_headers(c: &mut Ctx<'_>, h: &SessionHeaders) {
     if h.strip_authorization {
-        c.outcome.strip_authorization = true;
+        c.outcome().strip_authorization = true;
     }
     for (name, value) in &h.headers {
-        c.outcome
+        c.outcome()
             .upstream_headers
             .push((name, HeaderValue::Shared(value.clone())));
     }
@@ -1015,12 +1005,7 @@ async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(
     }
 }
 
-async fn logout(
-    auth: &RouteAuth,
-    s: &SessionState,
-    c: &mut ClientConn,
-    now: u64,
-) -> Result<(), Error> {
+async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -> PhaseResult {
     let conf = conf(auth);
     let data = open_session(s, c, now).ok().flatten();
     let mut cookies = Vec::new();
@@ -1068,7 +1053,7 @@ async fn logout(
     match action {
         LogoutAction::RedirectTo(url) => {
             headers.push(("Location".into(), url));
-            Err(Error::Plugin(PluginResponse {
+            Ok(Step::Respond(PluginResponse {
                 status: 302,
                 headers,
                 content_type: "text/plain",
@@ -1077,7 +1062,7 @@ async fn logout(
                 reason: "logout".into(),
             }))
         }
-        LogoutAction::LoggedOutPage => Err(Error::Plugin(PluginResponse {
+        LogoutAction::LoggedOutPage => Ok(Step::Respond(PluginResponse {
             status: 200,
             headers,
             content_type: "text/html; charset=utf-8",
@@ -1093,13 +1078,15 @@ async fn logout(
 async fn backchannel_logout(
     auth: &RouteAuth,
     _s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     now: u64,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
-    let body = crate::proxy::conn::buffered_body(c, 64 * 1024)
+    let body = c
+        .read_body(64 * 1024)
         .await
-        .map_err(|why| plain(400, "invalid_request", why, Vec::new()))?;
+        .map_err(|why| plain(400, "invalid_request", why, Vec::new()))?
+        .to_vec();
     let token = form_value(&body, "logout_token")
         .ok_or_else(|| plain(400, "invalid_request", "missing logout_token", Vec::new()))?;
     let meta = provider_metadata(auth)?;
@@ -1129,7 +1116,7 @@ async fn backchannel_logout(
             .max(conf.session.idling_timeout);
     tracing::info!(sid = ?subject.sid, sub = ?subject.sub, "back-channel logout: sessions revoked on every shard");
     auth.oidc.shared().publish_revocation(subject, until);
-    Err(Error::Plugin(PluginResponse {
+    Ok(Step::Respond(PluginResponse {
         status: 200,
         headers: vec![("Cache-Control".into(), "no-store".into())],
         content_type: "text/plain",
@@ -1175,11 +1162,8 @@ fn percent_decode(v: &[u8]) -> String {
 }
 
 /// Attaches any Set-Cookie (cleared broken cookies) already collected to a response.
-fn response_cookies(
-    c: &mut ClientConn,
-    mut headers: Vec<(String, String)>,
-) -> Vec<(String, String)> {
-    headers.append(&mut c.outcome.response_headers);
+fn response_cookies(c: &mut Ctx<'_>, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers.append(&mut c.outcome().response_headers);
     headers
 }
 
