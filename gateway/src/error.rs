@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::http1::ParseError;
+use crate::http1::path::PathError;
 
 /// Which side caused a failure: it decides the log level and whether a retry can help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,8 @@ pub enum UpstreamError {
 pub enum Error {
     /// The request head or body framing is malformed, oversized or ambiguous.
     Parse(ParseError),
+    /// The request path has no safe normal form (encoded `/`, `\`, `;`, control bytes, ...).
+    Path(PathError),
     /// The client did not send a complete request head within `limits.header_timeout`.
     HeaderTimeout,
     /// The request body was cut short or was malformed while we streamed it.
@@ -73,6 +76,7 @@ impl Error {
     pub fn side(&self) -> Side {
         match self {
             Error::Parse(_)
+            | Error::Path(_)
             | Error::HeaderTimeout
             | Error::ClientBody(_)
             | Error::RouteNotFound => Side::Downstream,
@@ -90,6 +94,7 @@ impl Error {
                 "request_header_too_large"
             }
             Error::Parse(_) => "bad_request",
+            Error::Path(_) => "bad_path",
             Error::HeaderTimeout => "request_timeout",
             Error::ClientBody(_) => "bad_request_body",
             Error::RouteNotFound => "route_not_found",
@@ -111,6 +116,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Parse(e) => write!(f, "malformed request: {e}"),
+            Error::Path(e) => write!(f, "refused request path: {e}"),
             Error::HeaderTimeout => f.write_str("request head not received within header_timeout"),
             Error::ClientBody(e) => write!(f, "request body: {e}"),
             Error::RouteNotFound => f.write_str("no route matches"),
@@ -163,6 +169,8 @@ pub fn respond(err: &Error) -> ErrorResponse {
         Error::Parse(ParseError::UnsupportedVersion) => json(505, true),
         // Any other framing doubt means we cannot know where the next request starts: close.
         Error::Parse(_) => json(400, true),
+        // Framing is intact: the connection may go on (`finish_early` decides about the body).
+        Error::Path(_) => json(400, false),
         Error::HeaderTimeout => json(408, true),
         Error::ClientBody(_) => json(400, true),
         Error::RouteNotFound => json(404, false),
@@ -208,6 +216,7 @@ mod tests {
         );
         assert!(respond(&Error::Parse(ParseError::Ambiguous("x"))).close);
         assert_eq!(respond(&Error::HeaderTimeout).status, 408);
+        assert_eq!(respond(&Error::Path(PathError::EncodedSlash)).status, 400);
         assert_eq!(respond(&Error::RouteNotFound).status, 404);
         let refused = Error::Upstream {
             error: UpstreamError::ConnectFailed("refused".into()),

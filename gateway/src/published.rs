@@ -10,7 +10,7 @@ use crate::http1;
 use crate::pipeline::{Instance, PluginGlobals};
 use crate::route::RouteTable;
 use crate::upstream::pool::PoolLimits;
-use crate::upstream::{HashOn, PassHost, Passive, Timeouts, UpstreamSpec};
+use crate::upstream::{HashOn, NodeSpec, PassHost, Passive, Timeouts, UpstreamSpec};
 
 /// Timeouts and limits the connection loop applies.
 #[derive(Clone, Debug)]
@@ -25,6 +25,7 @@ pub struct PublishedRoute {
     pub id: String,
     pub upstream: usize,
     pub websocket: bool,
+    pub keep_identity_headers: bool,
     /// The route's plugin instances in execution order (priority, highest first).
     pub plugins: Vec<Instance>,
 }
@@ -62,7 +63,13 @@ impl Published {
                         } else {
                             n.addr.clone()
                         };
-                        nodes.push((n.addr.clone(), addr, host, n.weight));
+                        nodes.push(NodeSpec {
+                            key: n.addr.clone(),
+                            addr,
+                            host_header: host,
+                            weight: n.weight,
+                            priority: n.priority,
+                        });
                     }
                     None => {
                         problems.push(format!("upstreams[{i}].nodes: cannot resolve {}", n.addr))
@@ -125,6 +132,7 @@ impl Published {
                 id: r.id.clone(),
                 upstream: r.upstream,
                 websocket: r.enable_websocket,
+                keep_identity_headers: r.keep_client_identity_headers,
                 plugins: instances,
             });
         }

@@ -664,18 +664,23 @@ fn bad_jwts_are_refused_before_the_upstream() {
         vec![with_admin]
     );
 
-    // Audience: a token for another API is refused (403, as APISIX's audience checks).
+    // Audience: a token for another API is refused: 401 invalid_token (RFC 6750 pairs the code
+    // with 401; APISIX's 403 carries no RFC 6750 code), with APISIX's description.
     let other = idp.client_credentials("m2m-other", "read", None);
     let other_claims: Value = serde_json::from_slice(&jwt_parts(&other).1).unwrap();
     assert_eq!(other_claims["aud"], "urn:other:api");
     let before = up.requests().len();
     let r = call(&gw, "/aud/x", &other);
-    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.status, 401, "{}", r.text());
+    let www = r.header("www-authenticate").unwrap_or_default();
+    assert!(www.contains("error=\"invalid_token\""), "{www}");
     assert!(
-        r.header("www-authenticate")
-            .unwrap_or_default()
-            .contains("error=\"invalid_token\"")
+        www.contains("error_description=\"mismatched audience\""),
+        "{www}"
     );
+    assert_eq!(r.json()["error"], "invalid_token");
+    // The refusal is cached (negative cache): the second answer must agree.
+    assert_eq!(call(&gw, "/aud/x", &other).status, 401);
     assert_eq!(up.requests().len(), before);
     assert_eq!(call(&gw, "/aud/x", &good).status, 200);
 

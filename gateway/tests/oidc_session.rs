@@ -1134,3 +1134,147 @@ fn a_refresh_the_idp_refuses_ends_the_session() {
         "an expired, unrefreshable session reached the upstream"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sessions bound to their provider and client
+
+/// Two routes on one gateway and one IdP, logging in as the `gateway` and `spa` clients, sharing
+/// `session.secret` and the cookie name: route A's session cookie must not authenticate on B.
+#[test]
+fn a_session_sealed_for_one_client_does_not_authenticate_on_a_route_with_another() {
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let cb_a = format!("{base}/a/callback");
+    let cb_b = format!("{base}/b/callback");
+    let idp = Idp::start(&[("IDP_REDIRECT_URIS", &format!("{cb_a},{cb_b}"))]);
+    let up = Upstream::echo();
+    let attrs_a = oidc_attrs(
+        &idp.discovery(),
+        port,
+        &[("redirect_uri", &cb_a), ("logout_path", "/a/logout")],
+    );
+    let attrs_b = oidc_attrs(
+        &idp.discovery(),
+        port,
+        &[
+            ("client_id", "spa"),
+            ("client_secret", "-"),
+            ("use_pkce", "true"),
+            ("redirect_uri", &cb_b),
+            ("logout_path", "/b/logout"),
+        ],
+    );
+    let yaml = format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n  admin: {{ listen: \"127.0.0.1:{{admin}}\" }}\n\
+         upstreams:\n  - id: app\n    nodes: {{ \"{}\": 1 }}\n\
+         routes:\n  - id: a\n    uri: /a/*\n    upstream_id: app\n    plugins:\n      openid-connect:\n{attrs_a}\
+         \x20 - id: b\n    uri: /b/*\n    upstream_id: app\n    plugins:\n      openid-connect:\n{attrs_b}",
+        up.node()
+    );
+    let gw = Gateway::start_with_port(port, &yaml, &["--shards", "2"]);
+    gw.wait_providers_ready(Duration::from_secs(20));
+
+    let mut browser = CookieJar::default();
+    let r = browser.get(&format!("{base}/a/x"), &[HTML]);
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), gw.log());
+    let authorize = r.header("location").unwrap().to_string();
+    assert_eq!(
+        query_param(&authorize, "client_id").as_deref(),
+        Some("gateway")
+    );
+    let callback = idp_login(&mut browser, &authorize, &cb_a, "alice");
+    let r = browser.get(&callback, &[HTML]);
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), gw.log());
+    let cookie = format!("session={}", browser.value("session").expect("session"));
+    let r = get(gw.addr(), "/a/x", &[HTML, ("Cookie", &cookie)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_identity(&up.requests().pop().unwrap(), "alice");
+    let seen = up.requests().len();
+
+    // The same cookie on route B: no session, whichever way B answers that.
+    let r = get(gw.addr(), "/b/x", &[HTML, ("Cookie", &cookie)]);
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), gw.log());
+    let location = r.header("location").unwrap();
+    assert_eq!(query_param(location, "client_id").as_deref(), Some("spa"));
+    let r = get(
+        gw.addr(),
+        "/b/x",
+        &[("Accept", "application/json"), ("Cookie", &cookie)],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(up.requests().len(), seen, "route B let the session through");
+    assert!(
+        gw.wait_log("session cookie refused", Duration::from_secs(5)),
+        "{}",
+        gw.log()
+    );
+    // Still good where it was issued.
+    assert_eq!(
+        get(gw.addr(), "/a/y", &[HTML, ("Cookie", &cookie)]).status,
+        200
+    );
+    gw.assert_no_panic();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logout from another site
+
+#[test]
+fn a_cross_site_logout_is_refused_and_a_same_site_one_logs_out() {
+    let mut e = start(&[], &[]);
+    e.login("/");
+    let cookie = e.session_cookie();
+    let foreign_origins = [
+        "http://evil.example",
+        "null",
+        &format!("http://127.0.0.1:{}", e.gw.addr().port() + 1),
+    ];
+    let mut refused: Vec<Vec<(&str, &str)>> = vec![
+        vec![("Sec-Fetch-Site", "cross-site")],
+        vec![
+            ("Sec-Fetch-Site", "cross-site"),
+            ("Sec-Fetch-Mode", "no-cors"),
+        ],
+    ];
+    for origin in &foreign_origins {
+        refused.push(vec![("Origin", origin)]);
+    }
+    for headers in &refused {
+        let mut all = vec![HTML, ("Cookie", cookie.as_str())];
+        all.extend(headers.iter().copied());
+        let r = get(e.gw.addr(), "/logout", &all);
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text());
+        assert!(r.text().contains("cross_site_logout"), "{}", r.text());
+        assert!(
+            set_cookies(&r, "session").is_empty(),
+            "{headers:?}: the session was cleared: {:?}",
+            r.headers
+        );
+        // The session still works.
+        assert_eq!(e.browse("/still").status, 200, "{headers:?}");
+    }
+    assert!(e.gw.wait_log("cross-site logout refused", Duration::from_secs(5)));
+    assert_eq!(
+        e.seen().len(),
+        refused.len(),
+        "/logout reached the upstream"
+    );
+
+    // A same-origin request (a link or form on the app itself) logs out.
+    let origin = e.base.clone();
+    let url = e.url("/logout");
+    let r = e.browser.get(
+        &url,
+        &[HTML, ("Sec-Fetch-Site", "same-origin"), ("Origin", &origin)],
+    );
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(e.browser.value("session").is_none());
+    assert_eq!(e.browse("/").status, 302);
+
+    // So does a typed URL or bookmark (`none`).
+    e.login("/");
+    let r = e.browser.get(&url, &[HTML, ("Sec-Fetch-Site", "none")]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert!(e.browser.value("session").is_none());
+    e.gw.assert_no_panic();
+}

@@ -65,13 +65,14 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// HTTP status for the bearer path, as APISIX answers: 403 for a valid token that lacks
-    /// scopes or audience, 401 for everything else.
+    /// HTTP status for the bearer path, agreeing with [`TokenError::bearer_error`] as RFC 6750
+    /// section 3.1 pairs them: 403 `insufficient_scope` for a valid token that lacks scopes, 401
+    /// `invalid_token` for everything else. A token for another audience is "invalid for other
+    /// reasons" (RFC 6750), so 401 (APISIX answers 403 with no RFC 6750 code; its
+    /// `error_description` texts are kept).
     pub fn http_status(&self) -> u16 {
-        match self {
-            TokenError::InsufficientScope { .. }
-            | TokenError::AudienceMismatch
-            | TokenError::AudienceMissing => 403,
+        match self.bearer_error() {
+            "insufficient_scope" => 403,
             _ => 401,
         }
     }

@@ -4,13 +4,18 @@
 //!
 //! ```text
 //! base64url( version(1) | key_id(4) | nonce(12) | AES-256-GCM( flags(1) | payload ) | tag(16) )
-//! AAD = cookie_name | version | key_id
+//! AAD = binding | cookie_name | version | key_id
+//! binding = u16be(len) | provider | u16be(len) | client_id
 //! ```
 //!
 //! * `key_id` is derived from the secret, so opening tries exactly one key even with fallbacks configured,
 //!   and "sealed by a key we no longer have" is told apart from "tampered".
 //! * The cookie name is bound into the AAD: a value lifted from another cookie (another route's session,
 //!   a login-state cookie) does not open.
+//! * So are the provider and the client id ([`SessionCodec::with_binding`]): routes that share
+//!   `session.secret` and cookie name but trust another IdP or log in as another client cannot open
+//!   each other's sessions or login state. Format version 1 had no binding; its cookies are refused
+//!   as [`SessionError::UnsupportedVersion`] (one fresh login), never opened unbound.
 //! * `flags` bit 0 says the payload is raw-deflated. Payloads above `compression_threshold` are
 //!   deflated before encryption as lua-resty-session does, but only when that saves a cookie chunk or
 //!   half the bytes: inflating costs every request far more than the rest of opening the cookie.
@@ -45,7 +50,8 @@ pub const DEFAULT_COMPRESSION_THRESHOLD: usize = 1024;
 /// Secrets shorter than this are rejected (APISIX `session.secret` has `minLength: 16`).
 pub const MIN_SECRET_LEN: usize = 16;
 
-const FORMAT_VERSION: u8 = 1;
+/// 2: the AAD carries the provider/client binding (1 did not).
+const FORMAT_VERSION: u8 = 2;
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = aead::NONCE_LEN;
 const TAG_LEN: usize = 16;
@@ -85,7 +91,8 @@ pub enum SessionError {
     )]
     UnknownKey,
     #[error(
-        "session cookie failed authentication (tampered, truncated, or moved from another cookie)"
+        "session cookie failed authentication (tampered, truncated, moved from another cookie, or sealed \
+         for another provider or client_id)"
     )]
     Decrypt,
     #[error("session payload: {0}")]
@@ -290,6 +297,8 @@ pub struct SessionCodec {
     keys: SessionKeys,
     timeouts: SessionTimeouts,
     compression_threshold: usize,
+    /// The self-delimiting AAD prefix naming the provider and client (see the module doc).
+    binding: Vec<u8>,
 }
 
 impl SessionCodec {
@@ -298,7 +307,17 @@ impl SessionCodec {
             keys,
             timeouts,
             compression_threshold: DEFAULT_COMPRESSION_THRESHOLD,
+            binding: encode_binding("", ""),
         }
+    }
+
+    /// Binds every value sealed or opened by this codec to `provider` (the identity of the issuer
+    /// the route trusts; the gateway passes its discovery URL, which is known at config time, so a
+    /// session opens even while the IdP is unreachable) and `client_id`. A value sealed under
+    /// another binding fails authentication like a tampered one.
+    pub fn with_binding(mut self, provider: &str, client_id: &str) -> SessionCodec {
+        self.binding = encode_binding(provider, client_id);
+        self
     }
 
     pub fn with_compression_threshold(mut self, bytes: usize) -> SessionCodec {
@@ -447,7 +466,8 @@ impl SessionCodec {
             buf.extend_from_slice(payload);
         }
 
-        let mut aad = Vec::with_capacity(cookie_name.len() + 1 + KEY_ID_LEN);
+        let mut aad = Vec::with_capacity(self.binding.len() + cookie_name.len() + 1 + KEY_ID_LEN);
+        aad.extend_from_slice(&self.binding);
         aad.extend_from_slice(cookie_name.as_bytes());
         aad.extend_from_slice(&buf[..1 + KEY_ID_LEN]);
         let (_, body) = buf.split_at_mut(HEADER_LEN);
@@ -470,10 +490,12 @@ impl SessionCodec {
         cookie_name: &str,
         scratch: &'s mut Vec<u8>,
     ) -> Result<&'s [u8], SessionError> {
-        // Lay the buffer out as `name | version | key_id | nonce | ciphertext` so the AAD
-        // (`name | version | key_id`) is one contiguous slice and needs no buffer of its own.
-        let n = cookie_name.len();
+        // Lay the buffer out as `binding | name | version | key_id | nonce | ciphertext` so the
+        // AAD (`binding | name | version | key_id`) is one contiguous slice and needs no buffer of
+        // its own.
+        let n = self.binding.len() + cookie_name.len();
         scratch.clear();
+        scratch.extend_from_slice(&self.binding);
         scratch.extend_from_slice(cookie_name.as_bytes());
         URL_SAFE_NO_PAD
             .decode_vec(value, scratch)
@@ -512,6 +534,19 @@ impl SessionCodec {
             _ => Err(SessionError::Malformed("unknown flags")),
         }
     }
+}
+
+/// `u16be(len) | provider | u16be(len) | client_id`: length-prefixed so no two pairs encode alike.
+fn encode_binding(provider: &str, client_id: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + provider.len() + client_id.len());
+    for part in [provider, client_id] {
+        // Config validation bounds URLs and client ids far below 64 KiB; clamp rather than wrap so
+        // an absurd value still binds (to its first 64 KiB) instead of aliasing a short one.
+        let bytes = &part.as_bytes()[..part.len().min(usize::from(u16::MAX))];
+        out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
 }
 
 /// Whether a deflated payload is worth its cost. Inflating costs every request that carries the

@@ -1,6 +1,7 @@
 //! Behaviour of the sealed session cookie codec and the authorization code flow pieces.
 #![allow(clippy::unwrap_used)]
 
+use base64::Engine as _;
 use ring::rand::SystemRandom;
 use serde_json::value::RawValue;
 use shardgate_oidc::flow::{
@@ -284,6 +285,71 @@ fn a_value_does_not_open_under_another_cookie_name() {
         .open(chunks[0].as_bytes(), "session_b", NOW)
         .unwrap_err();
     assert!(matches!(err, SessionError::Decrypt), "{err:?}");
+}
+
+#[test]
+fn a_value_opens_only_under_the_provider_and_client_it_was_sealed_for() {
+    let rng = SystemRandom::new();
+    let idp_a = "https://a.example/.well-known/openid-configuration";
+    let idp_b = "https://b.example/.well-known/openid-configuration";
+    let a = codec().with_binding(idp_a, "web");
+    let sealed = a.seal(&small_session(), "session", NOW, &rng).unwrap();
+    assert_eq!(
+        a.open(sealed[0].as_bytes(), "session", NOW).unwrap().sub,
+        small_session().sub
+    );
+    // Same secret and cookie name; another IdP, another client, both, no binding, and a pair
+    // whose concatenation is the same bytes: none opens it.
+    for (what, other) in [
+        ("another provider", codec().with_binding(idp_b, "web")),
+        ("another client", codec().with_binding(idp_a, "spa")),
+        ("both", codec().with_binding(idp_b, "spa")),
+        ("unbound", codec()),
+        (
+            "shifted boundary",
+            codec().with_binding(&idp_a[..idp_a.len() - 1], "nweb"),
+        ),
+    ] {
+        let err = other
+            .open(sealed[0].as_bytes(), "session", NOW)
+            .unwrap_err();
+        assert!(matches!(err, SessionError::Decrypt), "{what}: {err:?}");
+    }
+    // Login state is bound the same way.
+    let login = LoginState {
+        state: "s".repeat(43),
+        nonce: None,
+        code_verifier: None,
+        redirect_uri: "https://app.example/cb".into(),
+        original_url: "/".into(),
+        created_at: NOW,
+    };
+    let value = login.seal(&a, "session_login_x", &rng).unwrap();
+    assert!(LoginState::open(&a, value.as_bytes(), "session_login_x", &mut Vec::new()).is_ok());
+    let b = codec().with_binding(idp_b, "web");
+    assert!(LoginState::open(&b, value.as_bytes(), "session_login_x", &mut Vec::new()).is_err());
+}
+
+#[test]
+fn a_format_1_cookie_without_binding_is_refused_as_unsupported() {
+    let rng = SystemRandom::new();
+    let sealed = codec()
+        .with_binding("https://a.example/", "web")
+        .seal(&small_session(), "session", NOW, &rng)
+        .unwrap();
+    let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&sealed[0])
+        .unwrap();
+    raw[0] = 1;
+    let v1 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&raw);
+    let err = codec()
+        .with_binding("https://a.example/", "web")
+        .open(v1.as_bytes(), "session", NOW)
+        .unwrap_err();
+    assert!(
+        matches!(err, SessionError::UnsupportedVersion(1)),
+        "{err:?}"
+    );
 }
 
 #[test]

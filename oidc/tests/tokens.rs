@@ -502,7 +502,10 @@ fn audience() {
         check(r#"{"aud":"x"}"#, &rule(false, &["gateway"]), NOW),
         Err(TokenError::AudienceMismatch)
     );
-    assert_eq!(TokenError::AudienceMismatch.http_status(), 403);
+    // RFC 6750: invalid_token is a 401; status and code agree for every audience failure.
+    for e in [TokenError::AudienceMismatch, TokenError::AudienceMissing] {
+        assert_eq!((e.http_status(), e.bearer_error()), (401, "invalid_token"));
+    }
     // aud of the wrong type is malformed.
     assert!(matches!(
         check(r#"{"aud":5}"#, &by_client, NOW),

@@ -24,7 +24,8 @@
 //! - [`gate`]: process-wide `Shutdown` plus a shard-local in-flight `Gate` for draining.
 //! - [`signals`]: SIGHUP -> reload, SIGTERM/SIGINT -> terminate, as messages.
 //!
-//! Unsafe code is limited to libc calls in `shard` (CPU affinity) and `signals`.
+//! Unsafe code is limited to libc calls in `shard` (CPU affinity), `signals`, and the idle-socket
+//! peek in `listener`.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -42,7 +43,7 @@ pub use actor::{Addr, AskError, Closed, Mailbox, Reply, mailbox};
 pub use clock::{Clock, CoarseClock, ManualClock, SystemClock, shard_clock};
 pub use error::Error;
 pub use gate::{Gate, GateGuard, LocalShutdown, Shutdown};
-pub use listener::{bind_reuseport, tune_stream};
+pub use listener::{IdleState, bind_reuseport, idle_state, tune_stream};
 pub use shard::{
     ActiveDriver, DriverChoice, ShardInfo, ShardSet, available_cores, run_on_current_thread,
     run_on_current_thread_with,

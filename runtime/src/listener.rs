@@ -28,3 +28,41 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener>
 pub fn tune_stream(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)
 }
+
+/// What an idle keep-alive connection's socket holds, seen without consuming anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdleState {
+    /// Nothing to read and still open.
+    Clean,
+    /// The peer closed it (or reset it).
+    Closed,
+    /// Bytes are waiting that nobody asked for.
+    Unsolicited,
+}
+
+/// A non-blocking one-byte `MSG_PEEK` on an idle connection, as nginx's idle-connection read
+/// handler does: a reused connection must hold neither bytes nor an EOF. MSG_DONTWAIT keeps it
+/// non-blocking whatever mode the driver left the socket in; nothing is consumed.
+#[allow(unsafe_code)]
+pub fn idle_state(stream: &TcpStream) -> IdleState {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: the fd is open for as long as `stream` is borrowed; the buffer is one byte on the
+    // stack and `recv` writes at most its length.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => IdleState::Closed,
+        n if n > 0 => IdleState::Unsolicited,
+        _ => match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => IdleState::Clean,
+            _ => IdleState::Closed,
+        },
+    }
+}

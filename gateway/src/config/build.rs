@@ -384,12 +384,6 @@ fn nodes(b: &mut Builder<'_>, path: &str, up: &UpstreamFile, scheme: Scheme) -> 
     let mut out = Vec::with_capacity(file_nodes.0.len());
     for (i, node) in file_nodes.0.iter().enumerate() {
         let at = format!("{path}.nodes[{i}]");
-        if node.priority.is_some() {
-            b.error(
-                format!("{at}.priority"),
-                "APISIX attribute `priority` is not supported by shardgate",
-            );
-        }
         let parsed = match node.port {
             // List form: `host` is a bare host (an IPv6 literal may come with or without brackets).
             Some(port) => parse_host(&node.host).map(|host| (host, port)),
@@ -408,6 +402,7 @@ fn nodes(b: &mut Builder<'_>, path: &str, up: &UpstreamFile, scheme: Scheme) -> 
                     host,
                     port,
                     weight: node.weight,
+                    priority: node.priority,
                 });
             }
             None => b.error(at, format!("`{}` is not a valid host:port", node.host)),
@@ -657,6 +652,7 @@ fn route(
         priority: r.priority,
         upstream: upstream?,
         enable_websocket: r.enable_websocket,
+        keep_client_identity_headers: r.keep_client_identity_headers,
         enabled,
         plugins,
     })

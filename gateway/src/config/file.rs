@@ -530,8 +530,9 @@ pub(crate) struct NodeFile {
     pub host: String,
     pub port: Option<u16>,
     pub weight: u32,
+    /// APISIX: nodes of a lower priority are used only when every higher one is unavailable.
     #[serde(default)]
-    pub priority: Option<IgnoredAny>,
+    pub priority: i32,
     /// Accepted, no behaviour.
     #[serde(default, rename = "metadata")]
     _metadata: Option<IgnoredAny>,
@@ -553,7 +554,7 @@ impl<'de> Deserialize<'de> for NodesFile {
                         host,
                         port: None,
                         weight,
-                        priority: None,
+                        priority: 0,
                         _metadata: None,
                     });
                 }
@@ -592,6 +593,9 @@ pub(crate) struct RouteFile {
     pub upstream: Option<UpstreamFile>,
     #[serde(default)]
     pub enable_websocket: bool,
+    /// shardgate extension (not an APISIX attribute).
+    #[serde(default)]
+    pub keep_client_identity_headers: bool,
     #[serde(default = "route_status")]
     pub status: u8,
     #[serde(default)]

@@ -157,6 +157,8 @@ pub struct Node {
     pub port: u16,
     /// 0 = never picked.
     pub weight: u32,
+    /// Higher first; a lower priority only when every node above it is unavailable (APISIX).
+    pub priority: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +259,9 @@ pub struct RouteConf {
     /// Index into `Config::upstreams`.
     pub upstream: usize,
     pub enable_websocket: bool,
+    /// shardgate extension: forward client-sent identity headers (`X-Userinfo`, ...) instead of
+    /// removing them. Only for upstreams behind another gateway that sets them.
+    pub keep_client_identity_headers: bool,
     /// APISIX `status: 1`.
     pub enabled: bool,
     pub plugins: RoutePlugins,

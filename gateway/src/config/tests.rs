@@ -75,7 +75,8 @@ fn upstream_and_route_defaults() {
             addr: "127.0.0.1:18080".into(),
             host: "127.0.0.1".into(),
             port: 18080,
-            weight: 1
+            weight: 1,
+            priority: 0
         }]
     );
     assert_eq!(u.scheme, Scheme::Http);
@@ -442,8 +443,8 @@ upstreams:
     keepalive_pool: { size: 8, idle_timeout: 0, requests: 10 }
     nodes:
       - { host: 127.0.0.1, port: 18080, weight: 1 }
-      - { host: "::1", port: 18081, weight: 3 }
-      - { host: backend.local, port: 80, weight: 1, metadata: { zone: a } }
+      - { host: "::1", port: 18081, weight: 3, priority: 5 }
+      - { host: backend.local, port: 80, weight: 1, priority: -1, metadata: { zone: a } }
 "#,
     )
     .config;
@@ -454,7 +455,8 @@ upstreams:
             addr: "example.com:443".into(),
             host: "example.com".into(),
             port: 443,
-            weight: 2
+            weight: 2,
+            priority: 0
         }
     );
     assert_eq!(
@@ -463,7 +465,8 @@ upstreams:
             addr: "[::1]:8443".into(),
             host: "::1".into(),
             port: 8443,
-            weight: 1
+            weight: 1,
+            priority: 0
         }
     );
     assert_eq!(map.nodes[2].weight, 0);
@@ -475,6 +478,8 @@ upstreams:
     );
     assert_eq!(list.nodes[1].addr, "[::1]:18081");
     assert_eq!(list.nodes[2].addr, "backend.local:80");
+    let priorities: Vec<i32> = list.nodes.iter().map(|n| n.priority).collect();
+    assert_eq!(priorities, [0, 5, -1], "APISIX's default priority is 0");
     assert_eq!(list.retries, 5);
     assert_eq!(list.retry_timeout, Some(Duration::from_millis(500)));
     assert_eq!(list.pass_host, PassHost::Rewrite("internal.example".into()));

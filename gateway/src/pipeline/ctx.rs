@@ -170,9 +170,10 @@ impl<'a> Ctx<'a> {
         self.metrics
     }
 
-    /// `uri`: the request path.
-    pub fn path(&self) -> &[u8] {
-        self.conn.head.path.of(&self.conn.buf)
+    /// `uri`: the normal form of the request path, the one routes matched (percent-decoded,
+    /// slashes merged, dot-segments resolved).
+    pub fn route_path(&self) -> &[u8] {
+        self.conn.route_path()
     }
 
     pub fn query(&self) -> Option<&[u8]> {
@@ -253,7 +254,7 @@ impl<'a> Ctx<'a> {
         let buf = &self.conn.buf;
         let head = &self.conn.head;
         match var {
-            Var::Uri => Some(head.path.of(buf)),
+            Var::Uri => Some(self.conn.route_path()),
             Var::RequestUri => Some(head.target.of(buf)),
             Var::Host => head.host.map(|h| strip_port(h.of(buf))),
             Var::RemoteAddr => Some(self.conn.peer_ip.as_bytes()),

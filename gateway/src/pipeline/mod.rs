@@ -130,7 +130,7 @@ impl Outcome {
     }
 }
 
-/// The identity headers a client must never be able to set (design.md section 6).
+/// The identity headers a client must never be able to set: they carry identity the gateway vouches for.
 pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-access-token",
     "x-id-token",
@@ -138,6 +138,22 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-refresh-token",
     "x-raw-id-token",
 ];
+
+/// Whether `name` is one of [`IDENTITY_HEADERS`], ignoring case and counting `_` as `-`: CGI/WSGI
+/// style servers map both to the same variable, so `X_Userinfo` would pass as `X-Userinfo`.
+pub fn is_identity_header(name: &[u8]) -> bool {
+    IDENTITY_HEADERS.iter().any(|i| {
+        i.len() == name.len()
+            && i.bytes().zip(name).all(|(a, &b)| {
+                let b = if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                };
+                a == b
+            })
+    })
+}
 
 /// The upstream's response head as `header_filter` sees it: read the status and headers, add
 /// headers to the response the client gets.
@@ -227,11 +243,11 @@ pub trait Plugin: Sized + 'static {
     fn attach(instance: Arc<Self::Instance>, shard: &Self::ShardGlobal) -> Self;
     /// Readiness for `/readyz`: `(ready, JSON key, JSON value)`; None when the plugin has nothing
     /// to say.
-    fn readiness(_global: &Self::Global) -> Option<(bool, &'static str, String)> {
+    fn readiness(_global: &Arc<Self::Global>) -> Option<(bool, &'static str, String)> {
         None
     }
     /// Counters for `/metrics` (`name{labels}` -> value).
-    fn counters(_global: &Self::Global, _out: &mut std::collections::BTreeMap<String, u64>) {}
+    fn counters(_global: &Arc<Self::Global>, _out: &mut std::collections::BTreeMap<String, u64>) {}
     /// Starts control-side tasks (on the control thread's runtime).
     fn start(_global: &Arc<Self::Global>, _shutdown: &shardgate_runtime::gate::Shutdown) {}
 
@@ -252,4 +268,25 @@ pub trait Plugin: Sized + 'static {
     fn body_filter(&self, _chunk: &mut BodyChunk<'_>, _scratch: &mut RequestScratch) {}
     /// Once per request, after the response was written (or failed).
     fn log(&self, _info: &LogInfo<'_>) {}
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::is_identity_header;
+
+    #[test]
+    fn identity_header_names_match_any_case_and_underscores() {
+        for n in [
+            "X-Userinfo",
+            "x_userinfo",
+            "X_ID_TOKEN",
+            "x-Access_Token",
+            "X-Raw-Id-Token",
+        ] {
+            assert!(is_identity_header(n.as_bytes()), "{n}");
+        }
+        for n in ["X-Userinfo2", "Authorization", "X-Id", "x-id_tokens"] {
+            assert!(!is_identity_header(n.as_bytes()), "{n}");
+        }
+    }
 }

@@ -6,4 +6,6 @@
 
 pub mod openid_connect;
 
-pub use crate::pipeline::{HeaderValue, IDENTITY_HEADERS, Outcome, Response as PluginResponse};
+pub use crate::pipeline::{
+    HeaderValue, IDENTITY_HEADERS, Outcome, Response as PluginResponse, is_identity_header,
+};

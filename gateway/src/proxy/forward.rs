@@ -16,7 +16,8 @@ use crate::error::{Error, UpstreamError};
 use crate::http1::{
     self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
-use crate::pipeline::{HeaderValue, IDENTITY_HEADERS, ResponseCtx};
+use crate::pipeline::{HeaderValue, ResponseCtx};
+use crate::plugins::is_identity_header;
 use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
@@ -117,7 +118,7 @@ fn hash_key<'a>(c: &'a ClientConn, on: &HashOn) -> &'a [u8] {
     let buf = &c.buf;
     match on {
         HashOn::RemoteAddr => c.peer_ip.as_bytes(),
-        HashOn::Uri => c.head.path.of(buf),
+        HashOn::Uri => c.route_path(),
         HashOn::Host => c.head.host.map(|h| h.of(buf)).unwrap_or(b""),
         HashOn::Query => c.head.query.map(|q| q.of(buf)).unwrap_or(b""),
         HashOn::Header(name) => c.head.header(buf, name).unwrap_or(b""),
@@ -159,6 +160,7 @@ async fn run(
     c: &mut ClientConn,
 ) -> Result<Done, Fail> {
     let websocket = route.websocket;
+    let keep_identity = route.keep_identity_headers;
     let head_len = c.head.head_len;
     let method = c.head.method;
     let upgrade = websocket && c.head.upgrade;
@@ -172,7 +174,7 @@ async fn run(
     };
     let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
 
-    let mut node_host = build_request_head(compiled, up, c, upgrade);
+    let mut node_host = build_request_head(compiled, up, c, upgrade, keep_identity);
     // Small buffered bodies ride in the same write as the head.
     if let Some(n) = buffered_body {
         let b = &c.buf[head_len..head_len + n];
@@ -200,7 +202,7 @@ async fn run(
                 &mut node_host,
             );
         }
-        let (mut conn, reused) = match node.pool.checkout(now) {
+        let (mut conn, reused) = match node.pool.checkout(now, &node.key) {
             Some(conn) => (conn, true),
             None => match upstream::connect(node.addr, up.timeouts.connect).await {
                 Ok(conn) => {
@@ -347,6 +349,7 @@ fn build_request_head(
     up: &ShardUpstream,
     c: &mut ClientConn,
     upgrade: bool,
+    keep_identity: bool,
 ) -> Option<std::ops::Range<usize>> {
     let buf = &c.buf;
     let head = &c.head;
@@ -355,12 +358,18 @@ fn build_request_head(
     out.clear();
     out.extend_from_slice(head.method_span.of(buf));
     out.push(b' ');
-    // absolute-form targets are sent on in origin-form.
+    // The upstream gets the path that was routed: the raw target when it is already normal, else
+    // the normal form re-encoded (http1::path), with the query as received. absolute-form targets
+    // are sent on in origin-form.
     let target = head.target.of(buf);
-    if target.first() == Some(&b'/') || target == b"*" {
+    if !c.path_rewritten && (target.first() == Some(&b'/') || target == b"*") {
         out.extend_from_slice(target);
     } else {
-        out.extend_from_slice(head.path.of(buf));
+        if c.path_rewritten {
+            http1::path::encode_into(&c.path, out);
+        } else {
+            out.extend_from_slice(head.path_bytes(buf));
+        }
         if let Some(q) = head.query {
             out.push(b'?');
             out.extend_from_slice(q.of(buf));
@@ -386,7 +395,9 @@ fn build_request_head(
     }
     out.extend_from_slice(b"\r\n");
 
-    let strip_identity = c.outcome.strip_identity_headers;
+    // Client-sent identity headers go on every route unless it opts out; a plugin that sets them
+    // strips them whatever the route says.
+    let strip_identity = c.outcome.strip_identity_headers || !keep_identity;
     let strip_auth = c.outcome.strip_authorization;
     let mut xff_prev: Option<&[u8]> = None;
     for h in &head.headers {
@@ -420,11 +431,7 @@ fn build_request_head(
             }
             _ => {}
         }
-        if strip_identity
-            && IDENTITY_HEADERS
-                .iter()
-                .any(|i| name.eq_ignore_ascii_case(i.as_bytes()))
-        {
+        if strip_identity && is_identity_header(name) {
             continue;
         }
         push_header(out, name, value);

@@ -36,6 +36,8 @@ pub struct ShardRoute {
     pub id: Rc<str>,
     pub upstream: usize,
     pub websocket: bool,
+    /// `keep_client_identity_headers`: forward client-sent `X-Userinfo` & co. (off by default).
+    pub keep_identity_headers: bool,
     /// Global rules' plugins, then the route's, in execution order.
     pub plugins: Chain,
     pub stats: Rc<RouteStats>,
@@ -168,6 +170,7 @@ fn compile(
                 id: Rc::from(r.id.as_str()),
                 upstream: r.upstream,
                 websocket: r.websocket,
+                keep_identity_headers: r.keep_identity_headers,
                 plugins: Chain::new(chain, 0),
                 stats: metrics.route(&r.id),
             }

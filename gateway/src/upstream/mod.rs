@@ -63,6 +63,7 @@ pub struct ShardNode {
     /// Host header value for `pass_host: node`.
     pub host_header: Rc<str>,
     pub pool: Rc<NodePool>,
+    pub priority: i32,
     consecutive_failures: Cell<u32>,
     down_until: Cell<Option<Instant>>,
 }
@@ -78,6 +79,8 @@ pub struct ShardUpstream {
     pub id: Rc<str>,
     pub nodes: Vec<ShardNode>,
     balancer: Balancer,
+    /// The distinct node priorities, highest first; one entry in the common case.
+    levels: Vec<i32>,
     pub hash_on: Option<HashOn>,
     pub pass_host: PassHost,
     pub timeouts: Timeouts,
@@ -85,11 +88,21 @@ pub struct ShardUpstream {
     pub passive: Passive,
 }
 
+/// One node as the control side resolved it.
+pub struct NodeSpec {
+    /// `host:port` as configured.
+    pub key: String,
+    pub addr: SocketAddr,
+    /// Host header value for `pass_host: node`.
+    pub host_header: String,
+    pub weight: u32,
+    pub priority: i32,
+}
+
 /// Everything needed to build a shard's view of an upstream.
 pub struct UpstreamSpec {
     pub id: String,
-    /// (`host:port` key, resolved address, Host header value, weight)
-    pub nodes: Vec<(String, SocketAddr, String, u32)>,
+    pub nodes: Vec<NodeSpec>,
     pub chash: Option<HashOn>,
     pub pass_host: PassHost,
     pub timeouts: Timeouts,
@@ -104,8 +117,8 @@ impl ShardUpstream {
         let nodes: Vec<ShardNode> = spec
             .nodes
             .iter()
-            .map(|(key, addr, host, _)| {
-                let pool = match old_pools.get(&pool_key(&spec.id, key)) {
+            .map(|n| {
+                let pool = match old_pools.get(&pool_key(&spec.id, &n.key)) {
                     Some(p) => {
                         p.set_limits(spec.pool);
                         p.clone()
@@ -113,16 +126,20 @@ impl ShardUpstream {
                     None => Rc::new(NodePool::new(spec.pool)),
                 };
                 ShardNode {
-                    key: key.clone(),
-                    addr: *addr,
-                    host_header: Rc::from(host.as_str()),
+                    key: n.key.clone(),
+                    addr: n.addr,
+                    host_header: Rc::from(n.host_header.as_str()),
                     pool,
+                    priority: n.priority,
                     consecutive_failures: Cell::new(0),
                     down_until: Cell::new(None),
                 }
             })
             .collect();
-        let weights: Vec<u32> = spec.nodes.iter().map(|n| n.3).collect();
+        let weights: Vec<u32> = spec.nodes.iter().map(|n| n.weight).collect();
+        let mut levels: Vec<i32> = spec.nodes.iter().map(|n| n.priority).collect();
+        levels.sort_unstable_by(|a, b| b.cmp(a));
+        levels.dedup();
         let balancer = if spec.chash.is_some() {
             Balancer::chash(&weights)
         } else {
@@ -132,6 +149,7 @@ impl ShardUpstream {
             id: Rc::from(spec.id.as_str()),
             nodes,
             balancer,
+            levels,
             hash_on: spec.chash.clone(),
             pass_host: spec.pass_host.clone(),
             timeouts: spec.timeouts,
@@ -147,13 +165,31 @@ impl ShardUpstream {
         }
     }
 
-    /// Picks a node, skipping those cooling down and those in `exclude` (already tried). When every
-    /// node is down we still try one: a cool-down must never turn a flaky upstream into a dead one.
+    /// Picks a node, skipping those cooling down and those in `exclude` (already tried), from the
+    /// highest priority that has one (APISIX `nodes[].priority`: a retry moves down a level only
+    /// once every node above is tried or down). When every node is down we still try one: a
+    /// cool-down must never turn a flaky upstream into a dead one.
     pub fn pick(&self, key: &[u8], exclude: u64, now: Instant) -> Option<usize> {
         let fresh = |i: usize| i >= 64 || exclude & (1 << i) == 0;
-        self.balancer
-            .pick(key, &|i| fresh(i) && self.nodes[i].usable(now))
-            .or_else(|| self.balancer.pick(key, &fresh))
+        if let [_] = self.levels[..] {
+            return self
+                .balancer
+                .pick(key, &|i| fresh(i) && self.nodes[i].usable(now))
+                .or_else(|| self.balancer.pick(key, &fresh));
+        }
+        let at = |level: i32| move |i: usize| self.nodes[i].priority == level && fresh(i);
+        self.levels
+            .iter()
+            .find_map(|&l| {
+                let at = at(l);
+                self.balancer
+                    .pick(key, &|i| at(i) && self.nodes[i].usable(now))
+            })
+            .or_else(|| {
+                self.levels
+                    .iter()
+                    .find_map(|&l| self.balancer.pick(key, &at(l)))
+            })
     }
 
     pub fn report_success(&self, node: usize) {
@@ -198,5 +234,69 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, Upst
                 idle_since: Instant::now(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(priorities: &[i32]) -> UpstreamSpec {
+        UpstreamSpec {
+            id: "u".into(),
+            nodes: priorities
+                .iter()
+                .enumerate()
+                .map(|(i, p)| NodeSpec {
+                    key: format!("127.0.0.1:{}", 1000 + i),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                    host_header: String::new(),
+                    weight: 1,
+                    priority: *p,
+                })
+                .collect(),
+            chash: None,
+            pass_host: PassHost::Pass,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                send: Duration::from_secs(1),
+                read: Duration::from_secs(1),
+            },
+            retries: 2,
+            passive: Passive {
+                failures: 1,
+                cooldown: Duration::from_secs(10),
+            },
+            pool: PoolLimits {
+                size: 1,
+                idle_timeout: Duration::from_secs(1),
+                max_requests: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn lower_priorities_only_when_every_higher_node_is_tried_or_down() {
+        let up = ShardUpstream::build(&spec(&[0, 10, 10, -1]), &HashMap::new());
+        let now = Instant::now();
+        let picks: Vec<usize> = (0..6).map(|_| up.pick(b"", 0, now).unwrap()).collect();
+        assert!(picks.iter().all(|i| *i == 1 || *i == 2), "{picks:?}");
+        assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
+        // Retries walk down: both 10s tried -> 0, then -1.
+        assert_eq!(up.pick(b"", 0b0110, now), Some(0));
+        assert_eq!(up.pick(b"", 0b0111, now), Some(3));
+        // Down (cooling) nodes count as unavailable.
+        up.report_failure(1, now);
+        up.report_failure(2, now);
+        assert_eq!(up.pick(b"", 0, now), Some(0));
+        up.report_failure(0, now);
+        assert_eq!(up.pick(b"", 0, now), Some(3));
+        // Every node down: the highest priority is still tried rather than failing outright.
+        up.report_failure(3, now);
+        let p = up.pick(b"", 0, now).unwrap();
+        assert!(p == 1 || p == 2, "{p}");
+        // A node back up takes its level's traffic again.
+        up.report_success(0);
+        assert_eq!(up.pick(b"", 0, now), Some(0));
     }
 }

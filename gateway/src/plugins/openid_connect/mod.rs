@@ -3,9 +3,12 @@
 //! ```text
 //! control thread                         every shard
 //!  OidcShared (Plugin::Global)             ShardOidc (Plugin::ShardGlobal: clock, RNG, providers)
-//!   ├─ registry: ProviderSpec -> handle      └─ RouteAuth per route instance (the Plugin)
-//!   └─ spawns provider actors  ──state──►         verified-token cache, negative cache,
-//!        (discovery, JWKS, single-flight)         introspection cache, kid negative cache
+//!  OidcControl (its control-side hooks)     └─ RouteAuth per route instance (the Plugin)
+//!   ├─ registry: ProviderSpec -> handle
+//!   ├─ spawns provider actors  ──state──►         verified-token cache, negative cache,
+//!   │    (discovery, JWKS, single-flight)         introspection cache, kid negative cache
+//!   └─ revocation actor ◄──back-channel logout── (the shard that received it)
+//!        owns the set, prunes ──snapshot──► every shard's Local<RevocationSet>
 //! ```
 //! A route's settings are prepared once per config load ([`OidcRoute`]: keys parsed, schema
 //! compiled, client authentication loaded); the request path only looks things up.
@@ -23,13 +26,14 @@ use std::sync::{Arc, Mutex};
 use ring::rand::SecureRandom;
 use shardgate_oidc::cache::TtlCache;
 use shardgate_oidc::config::OidcConf;
+use shardgate_oidc::flow::{LogoutSubject, RevocationSet};
 use shardgate_oidc::idp::provider::{
     self, ProviderHandle, ProviderMsg, ProviderSpec, ProviderState,
 };
-use shardgate_runtime::actor::Mailbox;
+use shardgate_runtime::actor::{self, Addr, Mailbox, Reply};
 use shardgate_runtime::clock::{Clock, CoarseClock};
 use shardgate_runtime::gate::Shutdown;
-use shardgate_runtime::snapshot::Local;
+use shardgate_runtime::snapshot::{Local, Publisher};
 
 use crate::pipeline::{Ctx, PhaseResult, Phases, Plugin, Problem};
 
@@ -38,11 +42,12 @@ pub use prepare::OidcRoute;
 /// Process-wide registry of provider actors, shared by the control thread and config loads.
 pub struct OidcShared {
     providers: Mutex<HashMap<ProviderSpec, ProviderHandle>>,
-    /// Back-channel logouts, appended by whichever shard received them; every shard copies new
-    /// entries into its own list when `revocation_version` moves (one relaxed load per session
-    /// request, a cache line that is written only on logout).
-    revocations: Mutex<Vec<(shardgate_oidc::flow::LogoutSubject, u64)>>,
-    revocation_version: std::sync::atomic::AtomicU64,
+    /// Back-channel logouts in force. Only the revocation actor on the control thread publishes;
+    /// shards read their `Local` copy (no lock, no shared atomic on the request path).
+    revocations: Publisher<RevocationSet>,
+    revoke_addr: Addr<RevokeMsg>,
+    /// Taken by [`OidcControl::start`], which runs the actor.
+    revoke_mailbox: Mutex<Option<Mailbox<RevokeMsg>>>,
     spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>)>,
     spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>)>,
 }
@@ -50,37 +55,41 @@ pub struct OidcShared {
 impl OidcShared {
     pub fn new() -> Arc<OidcShared> {
         let (spawn_tx, spawn_rx) = flume::unbounded();
+        let (revoke_addr, revoke_mailbox) = actor::mailbox(1024);
         Arc::new(OidcShared {
             providers: Mutex::new(HashMap::new()),
-            revocations: Mutex::new(Vec::new()),
-            revocation_version: std::sync::atomic::AtomicU64::new(0),
+            revocations: Publisher::new(Arc::new(RevocationSet::default())),
+            revoke_addr,
+            revoke_mailbox: Mutex::new(Some(revoke_mailbox)),
             spawn_tx,
             spawn_rx,
         })
     }
 
-    pub fn revocation_version(&self) -> u64 {
-        self.revocation_version.load(Ordering::Acquire)
+    /// Hands a verified back-channel logout to the revocation actor and waits until the set that
+    /// holds it has been published to every shard.
+    pub async fn revoke(
+        &self,
+        issuer: &str,
+        subject: LogoutSubject,
+        until: u64,
+    ) -> Result<(), shardgate_runtime::actor::AskError> {
+        self.revoke_addr
+            .ask(
+                |reply| RevokeMsg {
+                    issuer: issuer.to_owned(),
+                    subject,
+                    until,
+                    reply,
+                },
+                std::time::Duration::from_secs(5),
+            )
+            .await
     }
 
-    /// Revocations published after version `seen` (versions count entries).
-    pub fn revocations_since(&self, seen: u64) -> Vec<(shardgate_oidc::flow::LogoutSubject, u64)> {
-        let list = match self.revocations.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        let from = usize::try_from(seen).unwrap_or(usize::MAX).min(list.len());
-        list[from..].to_vec()
-    }
-
-    pub fn publish_revocation(&self, subject: shardgate_oidc::flow::LogoutSubject, until: u64) {
-        let mut list = match self.revocations.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        list.push((subject, until));
-        self.revocation_version
-            .store(list.len() as u64, Ordering::Release);
+    /// Entries in the revocation set as last published.
+    pub fn revocations_in_force(&self) -> usize {
+        self.revocations.current().len()
     }
 
     /// The provider for `spec`, created (and queued for the control thread to run) on first use,
@@ -107,10 +116,74 @@ impl OidcShared {
     }
 }
 
-impl OidcShared {
+/// A back-channel logout on its way to the revocation actor.
+pub struct RevokeMsg {
+    issuer: String,
+    subject: LogoutSubject,
+    until: u64,
+    reply: Reply<()>,
+}
+
+/// How often the revocation actor drops entries that no session can need any more, when no
+/// logout arrives to do it.
+const REVOCATION_PRUNE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The revocation actor: the one owner of the set. Every change (a logout, or entries expiring)
+/// publishes a fresh immutable copy; shards swap it in on their own.
+async fn run_revocations(shared: Arc<OidcShared>, mailbox: Mailbox<RevokeMsg>, shutdown: Shutdown) {
+    let clock = shardgate_runtime::clock::shard_clock();
+    let mut set = RevocationSet::default();
+    loop {
+        let msg = monoio::select! {
+            m = mailbox.recv() => m,
+            _ = monoio::time::sleep(REVOCATION_PRUNE_PERIOD) => {
+                if set.prune(clock.unix_secs()) {
+                    shared.revocations.publish(Arc::new(set.clone()));
+                }
+                continue;
+            }
+            _ = shutdown.wait() => return,
+        };
+        let Some(RevokeMsg {
+            issuer,
+            subject,
+            until,
+            reply,
+        }) = msg
+        else {
+            return;
+        };
+        set.prune(clock.unix_secs());
+        set.revoke(&issuer, &subject, until);
+        // A copy per logout: logouts are rare next to requests, and shards then read with no
+        // lock at all.
+        shared.revocations.publish(Arc::new(set.clone()));
+        tracing::debug!(entries = set.len(), "revocation set published");
+        reply.send(());
+    }
+}
+
+/// Control-thread side: runs provider actors and reports readiness and counters.
+pub struct OidcControl {
+    shared: Arc<OidcShared>,
+}
+
+impl OidcControl {
+    /// The control-side view of `shared` (readiness, counters) without starting anything.
+    pub fn of(shared: Arc<OidcShared>) -> OidcControl {
+        OidcControl { shared }
+    }
+
     /// Starts the task that spawns provider actors; call on the control thread's runtime.
-    fn start_spawner(&self, shutdown: Shutdown) {
-        let rx = self.spawn_rx.clone();
+    pub fn start(shared: Arc<OidcShared>, shutdown: Shutdown) -> OidcControl {
+        let revoke_mailbox = match shared.revoke_mailbox.lock() {
+            Ok(mut m) => m.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(mailbox) = revoke_mailbox {
+            monoio::spawn(run_revocations(shared.clone(), mailbox, shutdown.clone()));
+        }
+        let rx = shared.spawn_rx.clone();
         monoio::spawn(async move {
             loop {
                 let next = monoio::select! {
@@ -121,13 +194,14 @@ impl OidcShared {
                 monoio::spawn(provider::run(handle, mailbox, shutdown.clone()));
             }
         });
+        OidcControl { shared }
     }
 
     /// Ready when every provider in use has its discovery (and JWKS when needed).
     pub fn readiness(&self) -> (bool, String) {
         let mut ok = true;
         let mut parts = Vec::new();
-        for h in self.all() {
+        for h in self.shared.all() {
             let st = h.state.current();
             let ready = h.is_ready();
             ok &= ready;
@@ -146,7 +220,7 @@ impl OidcShared {
 
     /// Provider counters for /metrics.
     pub fn counters(&self, out: &mut BTreeMap<String, u64>) {
-        for h in self.all() {
+        for h in self.shared.all() {
             let c = &h.counters;
             let d = json_str(&h.spec.discovery_url);
             let mut put = |name: &str, outcome: &str, v: &std::sync::atomic::AtomicU64| {
@@ -208,10 +282,13 @@ struct ShardOidcInner {
     rng: ring::rand::SystemRandom,
     /// Provider snapshots attached on this shard, by discovery URL + settings.
     providers: RefCell<HashMap<ProviderSpec, Local<ProviderState>>>,
+    /// Back-channel logouts in force, as the revocation actor last published them.
+    revocations: Local<RevocationSet>,
 }
 
 impl ShardOidc {
     pub fn new(shard: usize, shared: Arc<OidcShared>) -> ShardOidc {
+        let revocations = shared.revocations.subscribe().attach();
         ShardOidc {
             inner: Rc::new(ShardOidcInner {
                 shard,
@@ -219,6 +296,7 @@ impl ShardOidc {
                 clock: shardgate_runtime::clock::shard_clock(),
                 rng: ring::rand::SystemRandom::new(),
                 providers: RefCell::new(HashMap::new()),
+                revocations,
             }),
         }
     }
@@ -237,6 +315,11 @@ impl ShardOidc {
 
     pub fn shared(&self) -> &OidcShared {
         &self.inner.shared
+    }
+
+    /// Whether a back-channel logout ended `session` (one shard-local snapshot read).
+    pub fn is_revoked(&self, session: &shardgate_oidc::session::SessionData) -> bool {
+        self.inner.revocations.load().is_revoked(session)
     }
 
     /// A random URL-safe id (`jti`, state, nonce).
@@ -360,17 +443,17 @@ impl Plugin for RouteAuth {
         RouteAuth::new(instance, shard)
     }
 
-    fn readiness(global: &OidcShared) -> Option<(bool, &'static str, String)> {
-        let (ok, detail) = global.readiness();
+    fn readiness(global: &Arc<OidcShared>) -> Option<(bool, &'static str, String)> {
+        let (ok, detail) = OidcControl::of(global.clone()).readiness();
         Some((ok, "providers", detail))
     }
 
-    fn counters(global: &OidcShared, out: &mut BTreeMap<String, u64>) {
-        global.counters(out);
+    fn counters(global: &Arc<OidcShared>, out: &mut BTreeMap<String, u64>) {
+        OidcControl::of(global.clone()).counters(out);
     }
 
     fn start(global: &Arc<OidcShared>, shutdown: &Shutdown) {
-        global.start_spawner(shutdown.clone());
+        OidcControl::start(global.clone(), shutdown.clone());
     }
 
     async fn rewrite(&self, ctx: &mut Ctx<'_>) -> PhaseResult {
@@ -380,5 +463,75 @@ impl Plugin for RouteAuth {
             out.strip_authorization = true;
         }
         bearer::rewrite(self, ctx).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use shardgate_oidc::session::SessionData;
+
+    fn subject(sid: &str) -> LogoutSubject {
+        LogoutSubject {
+            sid: Some(sid.into()),
+            sub: None,
+            iat: 0,
+            jti: None,
+        }
+    }
+
+    fn session(sid: &str) -> SessionData {
+        SessionData {
+            iss: Some("https://idp".into()),
+            sid: Some(sid.into()),
+            ..SessionData::default()
+        }
+    }
+
+    /// The revocation actor prunes what can no longer matter and every subscriber (one per
+    /// shard) sees each logout once `revoke` returns.
+    #[test]
+    fn revocations_are_published_to_every_shard_and_expired_ones_pruned() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = OidcShared::new();
+            let shutdown = Shutdown::new();
+            let _control = OidcControl::start(shared.clone(), shutdown.clone());
+            let shards = [
+                ShardOidc::new(0, shared.clone()),
+                ShardOidc::new(1, shared.clone()),
+            ];
+            let now = shardgate_runtime::clock::shard_clock().unix_secs();
+            // Already past its lifetime: kept only until the next change.
+            shared
+                .revoke("https://idp", subject("old"), now - 1)
+                .await
+                .unwrap();
+            assert_eq!(shared.revocations_in_force(), 1);
+            shared
+                .revoke("https://idp", subject("new"), u64::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                shared.revocations_in_force(),
+                1,
+                "the expired entry was pruned"
+            );
+            // Shards swap the snapshot in on their own task.
+            monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            for shard in &shards {
+                assert!(shard.is_revoked(&session("new")));
+                assert!(!shard.is_revoked(&session("old")));
+                assert!(!shard.is_revoked(&SessionData {
+                    iss: Some("https://other-idp".into()),
+                    ..session("new")
+                }));
+            }
+            shutdown.trigger();
+        });
     }
 }

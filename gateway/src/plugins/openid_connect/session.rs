@@ -8,7 +8,7 @@
 //! -> back-channel logout; otherwise the session cookie (refreshing the access token when due),
 //! and without a usable session `unauth_action` (302 to the IdP / 401 / pass).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use shardgate_oidc::config::{OidcConf, SameSite as ConfSameSite, UnauthAction};
 use shardgate_oidc::discovery::ProviderMetadata;
 use shardgate_oidc::flow::{
     self, AuthorizeParams, Callback, ClaimError, FlowError, IdTokenRules, LoginState, LogoutAction,
-    Revocations, TokenResponse, TokenState,
+    TokenResponse, TokenState,
 };
 use shardgate_oidc::idp::client::Response;
 use shardgate_oidc::idp::provider::{KidLookup, ProviderMsg, SharedCall};
@@ -49,8 +49,6 @@ pub struct SessionState {
     open_scratch: RefCell<Vec<u8>>,
     /// Cookies opened recently on this shard, by their exact bytes.
     opened: RefCell<TtlCache<Rc<OpenedSession>>>,
-    revocations: RefCell<Revocations>,
-    revocations_seen: Cell<u64>,
     backchannel_path: String,
 }
 
@@ -77,8 +75,11 @@ impl SessionState {
             // idling_timeout under a minute would log out users who are active all along.
             touch_threshold: defaults.touch_threshold.min(s.idling_timeout / 4),
         };
-        let codec =
-            SessionCodec::new(keys, timeouts).with_compression_threshold(s.compression_threshold);
+        // Bound to the provider and client: routes sharing `session.secret` and cookie name but
+        // trusting another IdP or client cannot replay each other's sessions or login state.
+        let codec = SessionCodec::new(keys, timeouts)
+            .with_compression_threshold(s.compression_threshold)
+            .with_binding(&conf.discovery, &conf.client_id);
         let same_site = match s.cookie_same_site {
             ConfSameSite::Strict => SameSite::Strict,
             ConfSameSite::None => SameSite::None,
@@ -113,8 +114,6 @@ impl SessionState {
             scratch: RefCell::new(Vec::with_capacity(4096)),
             open_scratch: RefCell::new(Vec::with_capacity(4096)),
             opened: RefCell::new(TtlCache::new(4096)),
-            revocations: RefCell::new(Revocations::new(100_000)),
-            revocations_seen: Cell::new(0),
             backchannel_path: format!("{}/backchannel", conf.logout_path.trim_end_matches('/')),
         })
     }
@@ -141,7 +140,7 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     c.outcome().strip_cookie_prefix = Some(auth.cookie_prefix.clone());
     let now = auth.oidc.now_secs();
     let conf = conf(auth);
-    let path = c.head().path.of(c.buf());
+    let path = c.route_path();
     let is_logout = path == conf.logout_path.as_bytes();
     let is_backchannel =
         path == s.backchannel_path.as_bytes() && c.head().method == crate::http1::Method::Post;
@@ -155,7 +154,6 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     if is_cb {
         return callback(auth, s, c, now).await;
     }
-    sync_revocations(auth, s);
     // Fast path: the same cookie bytes as a session this shard already opened and checked.
     let hit = {
         let mut joined = s.scratch.borrow_mut();
@@ -183,10 +181,8 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
             return Ok(Step::Continue);
         }
     }
-    match open_session(s, c, now) {
-        Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => {
-            use_session(auth, s, c, data, now).await
-        }
+    match open_session(auth, s, c, now) {
+        Ok(Some(data)) if !auth.oidc.is_revoked(&data) => use_session(auth, s, c, data, now).await,
         Ok(Some(data)) => {
             tracing::info!(sub = ?data.sub, sid = ?data.sid, "session revoked by back-channel logout");
             clear_session_cookies(s, c);
@@ -249,18 +245,34 @@ fn redirect_uri(conf: &OidcConf, c: &Ctx<'_>) -> String {
 
 /// Opens the request's session with the shard's reusable buffers (no allocation beyond the
 /// returned session's own strings).
-fn open_session(s: &SessionState, c: &Ctx<'_>, now: u64) -> Result<Option<SessionData>, String> {
+fn open_session(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &Ctx<'_>,
+    now: u64,
+) -> Result<Option<SessionData>, String> {
     let mut joined = s.scratch.borrow_mut();
     let mut plain = s.open_scratch.borrow_mut();
-    match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
-        Ok(None) => Ok(None),
+    let data = match session::collect_chunks(cookie_values(c), &s.cookie_name, &mut joined) {
+        Ok(None) => return Ok(None),
         Ok(Some(_)) => s
             .codec
             .open_with(&joined, &s.cookie_name, now, &mut plain)
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+            .map_err(|e| e.to_string())?,
+        Err(e) => return Err(e.to_string()),
+    };
+    // The cookie is bound to the discovery URL; this also catches the issuer behind that URL
+    // changing since login (checked whenever discovery is loaded, so an IdP outage does not end
+    // sessions).
+    if let (Some(iss), Some(meta)) = (&data.iss, provider_metadata(auth).ok())
+        && *iss != meta.issuer
+    {
+        return Err(format!(
+            "session was issued by {iss:?}, this route's provider is now {:?}",
+            meta.issuer
+        ));
     }
+    Ok(Some(data))
 }
 
 fn clear_session_cookies(s: &SessionState, c: &mut Ctx<'_>) {
@@ -270,21 +282,6 @@ fn clear_session_cookies(s: &SessionState, c: &mut Ctx<'_>) {
     c.outcome()
         .response_headers
         .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
-}
-
-/// Pulls new back-channel revocations published by any shard into this shard's list.
-fn sync_revocations(auth: &RouteAuth, s: &SessionState) {
-    let shared = auth.oidc.shared();
-    let v = shared.revocation_version();
-    if v == s.revocations_seen.get() {
-        return;
-    }
-    let mut list = s.revocations.borrow_mut();
-    for (subject, until) in shared.revocations_since(s.revocations_seen.get()) {
-        list.revoke(&subject, until);
-    }
-    list.prune(auth.oidc.now_secs());
-    s.revocations_seen.set(v);
 }
 
 fn provider_metadata(auth: &RouteAuth) -> Result<Arc<ProviderMetadata>, Error> {
@@ -808,7 +805,7 @@ fn reusable_reissue<'a>(
     let conf = conf(auth);
     let fresh = now.saturating_sub(r.sealed_at) < s.codec.timeouts().touch_threshold.max(1);
     (fresh
-        && !s.revocations.borrow().is_revoked(&open.data)
+        && !auth.oidc.is_revoked(&open.data)
         && s.codec.check_expiry(&open.data, now).is_ok()
         && flow::access_token_state(&open.data, now, conf.access_token_expires_leeway)
             == TokenState::Fresh
@@ -933,7 +930,7 @@ const OPENED_TTL_MS: u64 = 30_000;
 /// The cheap per-request checks a remembered session must still pass to be used as is.
 fn still_good(auth: &RouteAuth, s: &SessionState, data: &SessionData, now: u64) -> bool {
     let conf = conf(auth);
-    !s.revocations.borrow().is_revoked(data)
+    !auth.oidc.is_revoked(data)
         && s.codec.check_expiry(data, now).is_ok()
         && !s.codec.needs_reissue(data, now)
         && flow::access_token_state(data, now, conf.access_token_expires_leeway)
@@ -1006,8 +1003,17 @@ async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(
 }
 
 async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -> PhaseResult {
+    if let Some(why) = cross_site(c) {
+        tracing::warn!(reason = %why, "cross-site logout refused; the session stays");
+        return Err(plain(
+            403,
+            "cross_site_logout",
+            &format!("logout must come from this site ({why})"),
+            vec![("Cache-Control".into(), "no-store".into())],
+        ));
+    }
     let conf = conf(auth);
-    let data = open_session(s, c, now).ok().flatten();
+    let data = open_session(auth, s, c, now).ok().flatten();
     let mut cookies = Vec::new();
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
@@ -1073,6 +1079,35 @@ async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -
     }
 }
 
+/// Why a logout request came from another site, if it did: any page could otherwise log a user
+/// out with an image tag (logout CSRF). Browsers say where a request came from in
+/// `Sec-Fetch-Site` (`cross-site` is refused; `same-origin`, `same-site` and `none`, a typed URL or
+/// bookmark, pass) and in `Origin` (which must name this request's own host). A request with neither
+/// (a plain link click in an older browser, curl) passes, as a user clicking "log out" must.
+fn cross_site(c: &Ctx<'_>) -> Option<String> {
+    for site in c.head().header_values(c.buf(), "sec-fetch-site") {
+        if site.trim_ascii().eq_ignore_ascii_case(b"cross-site") {
+            return Some("Sec-Fetch-Site: cross-site".into());
+        }
+    }
+    let host = c.head().host.map(|h| h.of(c.buf())).unwrap_or_default();
+    for origin in c.head().header_values(c.buf(), "origin") {
+        let origin = origin.trim_ascii();
+        // `scheme://host[:port]`; the scheme is not compared because TLS may end in front of us.
+        let authority = origin
+            .windows(3)
+            .position(|w| w == b"://")
+            .map(|i| &origin[i + 3..]);
+        if authority.is_none_or(|a| a.is_empty() || !a.eq_ignore_ascii_case(host)) {
+            return Some(format!(
+                "Origin {} is not this route's origin",
+                String::from_utf8_lossy(origin)
+            ));
+        }
+    }
+    None
+}
+
 /// OIDC Back-Channel Logout 1.0: the IdP POSTs `logout_token`; every session with its sid (or
 /// sub) is refused from now on, on every shard, until it would have expired anyway.
 async fn backchannel_logout(
@@ -1109,13 +1144,30 @@ async fn backchannel_logout(
         conf.iat_slack,
     )
     .map_err(|e| plain(400, "invalid_request", &e.to_string(), Vec::new()))?;
-    let until = now
-        + conf
-            .session
-            .absolute_timeout
-            .max(conf.session.idling_timeout);
-    tracing::info!(sid = ?subject.sid, sub = ?subject.sub, "back-channel logout: sessions revoked on every shard");
-    auth.oidc.shared().publish_revocation(subject, until);
+    // The longest a session sealed before now can live: `absolute_timeout`. Without one, an
+    // active session never ends by itself, so neither may its revocation (the set's capacity
+    // bounds it).
+    let until = match conf.session.absolute_timeout {
+        0 => u64::MAX,
+        t => now.saturating_add(t),
+    };
+    let (sid, sub) = (subject.sid.clone(), subject.sub.clone());
+    if let Err(e) = auth
+        .oidc
+        .shared()
+        .revoke(&meta.issuer, subject, until)
+        .await
+    {
+        tracing::error!(?sid, ?sub, error = ?e, "back-channel logout could not be recorded");
+        return Err(Error::Unavailable(
+            "back-channel logout could not be recorded",
+        ));
+    }
+    tracing::info!(
+        ?sid,
+        ?sub,
+        "back-channel logout: sessions revoked on every shard"
+    );
     Ok(Step::Respond(PluginResponse {
         status: 200,
         headers: vec![("Cache-Control".into(), "no-store".into())],
