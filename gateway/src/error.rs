@@ -31,6 +31,9 @@ pub enum UpstreamError {
     ConnectFailed(String),
     /// TCP connect did not finish within `timeout.connect`.
     ConnectTimeout,
+    /// The TLS handshake with an `https` upstream failed (certificate not trusted, wrong name,
+    /// client certificate refused, protocol error).
+    Tls(String),
     /// Writing the request took longer than `timeout.send`.
     SendTimeout,
     /// No (complete) response head within `timeout.read`.
@@ -112,6 +115,24 @@ impl Error {
     }
 }
 
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::NoHealthyNode => f.write_str("upstream: no healthy node"),
+            UpstreamError::ConnectFailed(e) => write!(f, "upstream connect failed: {e}"),
+            UpstreamError::ConnectTimeout => f.write_str("upstream connect timed out"),
+            UpstreamError::Tls(e) => write!(f, "upstream TLS handshake failed: {e}"),
+            UpstreamError::SendTimeout => f.write_str("upstream send timed out"),
+            UpstreamError::ReadTimeout => f.write_str("upstream read timed out"),
+            UpstreamError::ClosedEarly => {
+                f.write_str("upstream closed the connection before a response")
+            }
+            UpstreamError::BadResponse(e) => write!(f, "upstream sent a malformed response: {e}"),
+            UpstreamError::Io(e) => write!(f, "upstream i/o: {e}"),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -120,20 +141,7 @@ impl fmt::Display for Error {
             Error::HeaderTimeout => f.write_str("request head not received within header_timeout"),
             Error::ClientBody(e) => write!(f, "request body: {e}"),
             Error::RouteNotFound => f.write_str("no route matches"),
-            Error::Upstream { error, .. } => match error {
-                UpstreamError::NoHealthyNode => f.write_str("upstream: no healthy node"),
-                UpstreamError::ConnectFailed(e) => write!(f, "upstream connect failed: {e}"),
-                UpstreamError::ConnectTimeout => f.write_str("upstream connect timed out"),
-                UpstreamError::SendTimeout => f.write_str("upstream send timed out"),
-                UpstreamError::ReadTimeout => f.write_str("upstream read timed out"),
-                UpstreamError::ClosedEarly => {
-                    f.write_str("upstream closed the connection before a response")
-                }
-                UpstreamError::BadResponse(e) => {
-                    write!(f, "upstream sent a malformed response: {e}")
-                }
-                UpstreamError::Io(e) => write!(f, "upstream i/o: {e}"),
-            },
+            Error::Upstream { error, .. } => error.fmt(f),
             Error::Plugin(r) => write!(f, "{}: {}", r.code, r.reason),
             Error::Unavailable(what) => write!(f, "temporarily unavailable: {what}"),
             Error::ShuttingDown => f.write_str("shutting down"),
@@ -180,6 +188,7 @@ pub fn respond(err: &Error) -> ErrorResponse {
             | UpstreamError::ReadTimeout => json(504, false),
             UpstreamError::NoHealthyNode
             | UpstreamError::ConnectFailed(_)
+            | UpstreamError::Tls(_)
             | UpstreamError::ClosedEarly
             | UpstreamError::BadResponse(_)
             | UpstreamError::Io(_) => json(502, false),

@@ -82,7 +82,7 @@ impl Control {
         for a in &addrs {
             match a.ask(ShardCmd::Metrics, Duration::from_secs(2)).await {
                 Ok(s) => snaps.push(s),
-                Err(e) => tracing::warn!(error = ?e, "a shard did not answer the metrics request"),
+                Err(e) => tracing::warn!(error = %e, "a shard did not answer the metrics request"),
             }
         }
         let mut extra = BTreeMap::new();
@@ -215,7 +215,9 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
             return 1;
         }
     };
-    tracing::info!(shards = shard_count, drivers = ?shard_set.drivers().iter().map(|d| d.to_string()).collect::<Vec<_>>(), listen = ?listen, "shardgate started");
+    let drivers: Vec<String> = shard_set.drivers().iter().map(|d| d.to_string()).collect();
+    let listen_list: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+    tracing::info!(shards = shard_count, drivers = %drivers.join(","), listen = %listen_list.join(","), "shardgate started");
 
     // Control thread: config actor, metrics, admin, OIDC providers.
     let control_thread = {

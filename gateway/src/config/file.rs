@@ -342,9 +342,8 @@ pub(crate) struct UpstreamFile {
     _create_time: Option<IgnoredAny>,
     #[serde(default, rename = "update_time")]
     _update_time: Option<IgnoredAny>,
+    pub tls: Option<UpstreamTlsFile>,
     // APISIX attributes shardgate does not implement.
-    #[serde(default)]
-    pub tls: Option<IgnoredAny>,
     #[serde(default)]
     pub discovery_type: Option<IgnoredAny>,
     #[serde(default)]
@@ -354,14 +353,29 @@ pub(crate) struct UpstreamFile {
 }
 
 impl UpstreamFile {
-    pub fn unsupported(&self) -> [(&'static str, bool); 4] {
+    pub fn unsupported(&self) -> [(&'static str, bool); 3] {
         [
-            ("tls", self.tls.is_some()),
             ("discovery_type", self.discovery_type.is_some()),
             ("discovery_args", self.discovery_args.is_some()),
             ("service_name", self.service_name.is_some()),
         ]
     }
+}
+
+/// APISIX upstream `tls`, plus shardgate's `ca_cert`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsFile {
+    /// PEM text (as APISIX stores it) or a file path.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub client_cert_id: Option<IgnoredAny>,
+    /// APISIX's default is false (no verification); shardgate verifies unless told not to.
+    pub verify: Option<bool>,
+    /// shardgate extension: trust these CA certificates (PEM text or a file) instead of the
+    /// system roots.
+    pub ca_cert: Option<String>,
 }
 
 /// The balancer. APISIX's other types are parsed to be named in an "unsupported" error.
@@ -644,7 +658,7 @@ impl RouteFile {
 /// `plugins`: plugin name -> attributes, in file order. The registry (`pipeline::registry`)
 /// validates each against its plugin's schema in build.rs, so every problem names its path.
 #[derive(Debug, Default)]
-pub(crate) struct PluginsFile(pub Vec<(String, serde_yaml::Value)>);
+pub(crate) struct PluginsFile(pub Vec<(String, serde_json::Value)>);
 
 impl<'de> Deserialize<'de> for PluginsFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -655,7 +669,7 @@ impl<'de> Deserialize<'de> for PluginsFile {
                 f.write_str("a map of plugin name to plugin configuration")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PluginsFile, A::Error> {
-                let mut plugins: Vec<(String, serde_yaml::Value)> = Vec::new();
+                let mut plugins: Vec<(String, serde_json::Value)> = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
                     if plugins.iter().any(|(n, _)| *n == name) {
                         return Err(de::Error::custom(format_args!("duplicate plugin `{name}`")));

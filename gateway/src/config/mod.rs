@@ -138,6 +138,8 @@ pub struct UpstreamConf {
     pub balancer: Balancer,
     pub nodes: Vec<Node>,
     pub scheme: Scheme,
+    /// Set exactly when `scheme` is https.
+    pub tls: Option<UpstreamTls>,
     pub pass_host: PassHost,
     pub timeout: UpstreamTimeout,
     pub keepalive_pool: KeepalivePool,
@@ -146,6 +148,24 @@ pub struct UpstreamConf {
     /// None: no limit (APISIX `retry_timeout: 0`).
     pub retry_timeout: Option<Duration>,
     pub health: PassiveHealth,
+}
+
+/// How an `https` upstream is verified and authenticated (APISIX `tls` + shardgate's `ca_cert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Verify the server's certificate and name (default true; APISIX's default is false).
+    pub verify: bool,
+    /// Trust these instead of the system roots.
+    pub ca_cert: Option<Pem>,
+    /// mTLS: certificate chain and key.
+    pub client_cert: Option<(Pem, Pem)>,
+}
+
+/// PEM material: inline text (as APISIX stores it) or a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pem {
+    Inline(String),
+    File(std::path::PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

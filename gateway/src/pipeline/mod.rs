@@ -221,8 +221,13 @@ pub trait Plugin: Sized + 'static {
     /// Per-shard state shared by all of this plugin's instances on a shard.
     type ShardGlobal: 'static;
 
-    /// Parses and validates the attributes; problems name their path under `path`.
-    fn parse(value: serde_yaml::Value, path: &str) -> Result<Self::Conf, Vec<Problem>>;
+    /// Parses and validates the attributes (YAML or JSON, as a generic value); errors and
+    /// `warnings` name their path under `path`.
+    fn parse(
+        value: serde_json::Value,
+        path: &str,
+        warnings: &mut Vec<Problem>,
+    ) -> Result<Self::Conf, Vec<Problem>>;
     /// Cross-object checks over a whole config (warnings only), e.g. a callback path no route serves.
     /// `routes` are `(position in the file, route)`; find this plugin's config with
     /// `route.plugins.conf::<Self>()`.

@@ -18,13 +18,15 @@ use crate::config::RouteConf;
 use crate::error::Error;
 
 type AnyConf = Arc<dyn Any + Send + Sync>;
+/// Attributes, path, warnings out -> the parsed attributes or the errors.
+type ParseFn = fn(serde_json::Value, &str, &mut Vec<Problem>) -> Result<AnyConf, Vec<Problem>>;
 
 /// One registered plugin, as the config side sees it.
 pub struct PluginDef {
     pub name: &'static str,
     pub priority: i32,
     pub phases: Phases,
-    parse: fn(serde_yaml::Value, &str) -> Result<AnyConf, Vec<Problem>>,
+    parse: ParseFn,
     debug: fn(&(dyn Any + Send + Sync), &mut fmt::Formatter<'_>) -> fmt::Result,
     build: fn(&PluginConf, &PluginGlobals, &str) -> Result<Instance, String>,
     warnings: fn(&[(usize, RouteConf)]) -> Vec<Problem>,
@@ -137,14 +139,15 @@ pub fn names() -> String {
         .join(", ")
 }
 
-/// Parses a `plugins:` map (`entries` in file order) at `path` (`routes[0].plugins`); every
-/// problem names its path, an unknown plugin name included.
+/// Parses a `plugins:` map (`entries` in file order) at `path` (`routes[0].plugins`) into the
+/// plugins, the errors and the warnings; every problem names its path, an unknown plugin included.
 pub fn parse_plugins(
-    entries: &[(String, serde_yaml::Value)],
+    entries: &[(String, serde_json::Value)],
     path: &str,
-) -> (RoutePlugins, Vec<Problem>) {
+) -> (RoutePlugins, Vec<Problem>, Vec<Problem>) {
     let mut out = RoutePlugins::default();
     let mut problems = Vec::new();
+    let mut warnings = Vec::new();
     for (name, value) in entries {
         let at = format!("{path}.{name}");
         let Some(def) = def(name) else {
@@ -157,14 +160,14 @@ pub fn parse_plugins(
             ));
             continue;
         };
-        match (def.parse)(value.clone(), &at) {
+        match (def.parse)(value.clone(), &at, &mut warnings) {
             Ok(conf) => {
                 out.insert(PluginConf { def, conf });
             }
             Err(mut p) => problems.append(&mut p),
         }
     }
-    (out, problems)
+    (out, problems, warnings)
 }
 
 /// Every plugin's cross-route warnings over a loaded config.
@@ -172,9 +175,9 @@ pub fn warnings(routes: &[(usize, RouteConf)]) -> Vec<Problem> {
     DEFS.iter().flat_map(|d| (d.warnings)(routes)).collect()
 }
 
-/// Deserializes a plugin's YAML attributes into `T`, a type error naming its full path.
+/// Deserializes a plugin's attributes into `T`, a type error naming its full path.
 pub fn deserialize<T: serde::de::DeserializeOwned>(
-    value: serde_yaml::Value,
+    value: serde_json::Value,
     path: &str,
 ) -> Result<T, Vec<Problem>> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -281,8 +284,8 @@ macro_rules! registry {
                 name: <$ty as Plugin>::NAME,
                 priority: <$ty as Plugin>::PRIORITY,
                 phases: <$ty as Plugin>::PHASES,
-                parse: |value, path| {
-                    <$ty as Plugin>::parse(value, path).map(|c| Arc::new(c) as AnyConf)
+                parse: |value, path, warnings| {
+                    <$ty as Plugin>::parse(value, path, warnings).map(|c| Arc::new(c) as AnyConf)
                 },
                 debug: |conf, f| match conf.downcast_ref::<<$ty as Plugin>::Conf>() {
                     Some(c) => fmt::Debug::fmt(c, f),

@@ -42,7 +42,11 @@ impl<const N: u8> Plugin for Noop<N> {
     type Global = ();
     type ShardGlobal = ();
 
-    fn parse(value: serde_yaml::Value, path: &str) -> Result<NoopConf, Vec<Problem>> {
+    fn parse(
+        value: serde_json::Value,
+        path: &str,
+        _warnings: &mut Vec<Problem>,
+    ) -> Result<NoopConf, Vec<Problem>> {
         super::registry::deserialize(value, path)
     }
     fn global() -> Arc<()> {
@@ -94,7 +98,11 @@ impl<const HI: bool> Plugin for TestHeader<HI> {
     type Global = ();
     type ShardGlobal = ();
 
-    fn parse(value: serde_yaml::Value, path: &str) -> Result<TestHeaderConf, Vec<Problem>> {
+    fn parse(
+        value: serde_json::Value,
+        path: &str,
+        _warnings: &mut Vec<Problem>,
+    ) -> Result<TestHeaderConf, Vec<Problem>> {
         let conf: TestHeaderConf = super::registry::deserialize(value, path)?;
         if let Some(s) = conf.respond
             && !(200..=599).contains(&s)

@@ -204,7 +204,7 @@ async fn run(
         }
         let (mut conn, reused) = match node.pool.checkout(now, &node.key) {
             Some(conn) => (conn, true),
-            None => match upstream::connect(node.addr, up.timeouts.connect).await {
+            None => match upstream::connect(up, node, up.timeouts.connect).await {
                 Ok(conn) => {
                     node.pool.opened.set(node.pool.opened.get() + 1);
                     (conn, false)
@@ -213,7 +213,12 @@ async fn run(
                     if up.report_failure(node_idx, Instant::now()) {
                         tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
                     }
-                    tracing::info!(upstream = %up.id, node = %node.key, error = ?e, "upstream connect failed");
+                    if let UpstreamError::Tls(reason) = &e {
+                        // Usually configuration (name, trust, client certificate): say so plainly.
+                        tracing::warn!(upstream = %up.id, node = %node.key, %reason, "upstream TLS handshake failed");
+                    } else {
+                        tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
+                    }
                     if attempts < up.retries && method.is_idempotent() {
                         attempts += 1;
                         if node_idx < 64 {
@@ -1143,15 +1148,23 @@ async fn switch_protocols(
 /// Copies bytes both ways until either side closes; both connections end with it.
 pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn) {
     use crate::proxy::stream::ClientStream;
+    use crate::upstream::tls::UpStream;
     use monoio::io::Splitable;
-    let (ur, uw) = upstream.stream.into_split();
-    match client {
-        ClientStream::Plain(s) => {
-            let (cr, cw) = s.into_split();
+    match (client, upstream.stream) {
+        (ClientStream::Plain(c), UpStream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
             copy_both(cr, cw, ur, uw).await;
         }
-        ClientStream::Tls(s) => {
-            let (cr, cw) = (*s).into_split();
+        (ClientStream::Tls(c), UpStream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = ((*c).into_split(), u.into_split());
+            copy_both(cr, cw, ur, uw).await;
+        }
+        (ClientStream::Plain(c), UpStream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), (*u).into_split());
+            copy_both(cr, cw, ur, uw).await;
+        }
+        (ClientStream::Tls(c), UpStream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = ((*c).into_split(), (*u).into_split());
             copy_both(cr, cw, ur, uw).await;
         }
     }

@@ -409,13 +409,16 @@ impl Plugin for RouteAuth {
     type Global = OidcShared;
     type ShardGlobal = ShardOidc;
 
-    fn parse(value: serde_yaml::Value, path: &str) -> Result<OidcConf, Vec<Problem>> {
-        let conf: OidcConf = crate::pipeline::registry::deserialize(value, path)?;
-        let problems = conf.check(path);
-        if problems.is_empty() {
-            Ok(conf)
-        } else {
-            Err(problems)
+    fn parse(
+        value: serde_json::Value,
+        path: &str,
+        warnings: &mut Vec<Problem>,
+    ) -> Result<OidcConf, Vec<Problem>> {
+        let loaded = OidcConf::from_value(value, path);
+        warnings.extend(loaded.warnings);
+        match loaded.conf {
+            Some(conf) if loaded.errors.is_empty() => Ok(conf),
+            _ => Err(loaded.errors),
         }
     }
 

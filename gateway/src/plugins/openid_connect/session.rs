@@ -184,7 +184,11 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     match open_session(auth, s, c, now) {
         Ok(Some(data)) if !auth.oidc.is_revoked(&data) => use_session(auth, s, c, data, now).await,
         Ok(Some(data)) => {
-            tracing::info!(sub = ?data.sub, sid = ?data.sid, "session revoked by back-channel logout");
+            tracing::info!(
+                sub = data.sub.as_deref(),
+                sid = data.sid.as_deref(),
+                "session revoked by back-channel logout"
+            );
             clear_session_cookies(s, c);
             unauthenticated(auth, s, c, now).await
         }
@@ -308,7 +312,7 @@ async fn idp_call(auth: &RouteAuth, call: SharedCall) -> Result<Arc<Response>, E
             Err(Error::Unavailable("identity provider unreachable"))
         }
         Err(e) => {
-            tracing::warn!(error = ?e, "identity provider call did not answer in time");
+            tracing::warn!(error = %e, "identity provider call did not answer in time");
             Err(Error::Unavailable(
                 "identity provider did not answer in time",
             ))
@@ -585,7 +589,7 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64)
     session::clear_cookie(&login_name, &s.login_attrs, &mut cookies);
     let target =
         flow::safe_redirect_target(login.original_url.as_bytes()).unwrap_or_else(|| "/".into());
-    tracing::info!(sub = ?data.sub, "login completed");
+    tracing::info!(sub = data.sub.as_deref(), "login completed");
     let mut headers = vec![
         ("Location".to_string(), target),
         ("Cache-Control".into(), "no-store".into()),
@@ -725,7 +729,7 @@ async fn use_session(
                 match refresh(auth, &mut data, now).await {
                     Ok(()) => reissue = true,
                     Err(RefreshFail::Fatal(why)) => {
-                        tracing::info!(sub = ?data.sub, reason = %why, "refresh refused by the IdP: session ended");
+                        tracing::info!(sub = data.sub.as_deref(), reason = %why, "refresh refused by the IdP: session ended");
                         clear_session_cookies(s, c);
                         return unauthenticated(auth, s, c, now).await;
                     }
@@ -1050,7 +1054,7 @@ async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -
         .as_ref()
         .and_then(|m| m.end_session_endpoint.as_deref());
     let action = flow::logout_redirect(end_session, hint, conf.post_logout_redirect_uri.as_deref());
-    tracing::info!(sub = ?data.as_ref().and_then(|d| d.sub.clone()), "logout");
+    tracing::info!(sub = data.as_ref().and_then(|d| d.sub.as_deref()), "logout");
     let mut headers: Vec<(String, String)> = cookies
         .into_iter()
         .map(|v| ("Set-Cookie".to_string(), v))
@@ -1158,14 +1162,19 @@ async fn backchannel_logout(
         .revoke(&meta.issuer, subject, until)
         .await
     {
-        tracing::error!(?sid, ?sub, error = ?e, "back-channel logout could not be recorded");
+        tracing::error!(
+            sid = sid.as_deref(),
+            sub = sub.as_deref(),
+            error = %e,
+            "back-channel logout could not be recorded"
+        );
         return Err(Error::Unavailable(
             "back-channel logout could not be recorded",
         ));
     }
     tracing::info!(
-        ?sid,
-        ?sub,
+        sid = sid.as_deref(),
+        sub = sub.as_deref(),
         "back-channel logout: sessions revoked on every shard"
     );
     Ok(Step::Respond(PluginResponse {
@@ -1250,7 +1259,7 @@ fn flow_page(e: FlowError) -> Error {
         html.push_str("</ul>");
     }
     html.push_str("<p><a href=\"/\">Start again</a></p></body></html>\n");
-    tracing::warn!(error = %e, likely_causes = ?causes, "login flow failed");
+    tracing::warn!(error = %e, likely_causes = %causes.join("; "), "login flow failed");
     Error::Plugin(PluginResponse {
         status,
         headers: vec![("Cache-Control".into(), "no-store".into())],
