@@ -104,10 +104,13 @@ impl Control {
                 match Published::build(version, loaded.config, &self.plugins) {
                     Ok(p) => {
                         *self.version.borrow_mut() = version;
-                        self.publisher.publish(Arc::new(p));
+                        let p = Arc::new(p);
+                        self.publisher.publish(p.clone());
+                        self.plugins.retain_used_by(&p);
                         tracing::info!(version, "config reloaded and published to every shard");
                     }
                     Err(e) => {
+                        self.plugins.retain_used_by(&self.publisher.current());
                         tracing::error!(problems = %e, "config reload rejected; the previous config keeps serving")
                     }
                 }
@@ -164,7 +167,10 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
 
     let plugins = PluginGlobals::new();
     let published = match Published::build(1, cfg, &plugins) {
-        Ok(p) => p,
+        Ok(p) => {
+            plugins.retain_used_by(&p);
+            p
+        }
         Err(e) => {
             eprintln!("{e}");
             return 2;

@@ -253,6 +253,10 @@ pub trait Plugin: Sized + 'static {
     }
     /// Counters for `/metrics` (`name{labels}` -> value).
     fn counters(_global: &Arc<Self::Global>, _out: &mut std::collections::BTreeMap<String, u64>) {}
+    /// After every publish (and every rejected build, with the config being served): the
+    /// instances that config uses, with their route ids, so process-wide state no route uses any
+    /// more (an IdP's actor) can go.
+    fn retain_used(_global: &Arc<Self::Global>, _used: &[(&str, &Self::Instance)]) {}
     /// Starts control-side tasks (on the control thread's runtime).
     fn start(_global: &Arc<Self::Global>, _shutdown: &shardgate_runtime::gate::Shutdown) {}
 

@@ -336,6 +336,25 @@ macro_rules! registry {
                 (ok, parts.join(","))
             }
 
+            /// Tells every plugin which of its instances `published` (the config being served)
+            /// uses; call after every publish and every rejected build.
+            pub fn retain_used_by(&self, published: &crate::published::Published) {
+                $(
+                    let used: Vec<(&str, &<$ty as Plugin>::Instance)> = published
+                        .routes
+                        .iter()
+                        .flat_map(|r| {
+                            r.plugins.iter().filter_map(move |i| match i {
+                                Instance::$field(x) => Some((r.id.as_str(), &**x)),
+                                #[allow(unreachable_patterns)]
+                                _ => None,
+                            })
+                        })
+                        .collect();
+                    <$ty as Plugin>::retain_used(&self.$field, &used);
+                )*
+            }
+
             /// Plugin counters for `/metrics`.
             pub fn counters(&self, out: &mut BTreeMap<String, u64>) {
                 $( <$ty as Plugin>::counters(&self.$field, out); )*

@@ -88,6 +88,9 @@ pub struct Summary {
     pub bytes_out: u64,
     pub upstream_us: Option<u64>,
     pub error: Option<Error>,
+    /// The response said `Connection: close`: nothing more may be read on the connection
+    /// (RFC 9112 9.6), however the request ended.
+    pub close: bool,
 }
 
 /// Serves one accepted connection (TLS already negotiated for a TLS listener) until it closes.
@@ -182,10 +185,17 @@ async fn read_head(
         }
         let buf = std::mem::take(&mut c.buf);
         let (res, buf) = match header_deadline {
-            // Waiting for the first byte of a request: the idle timeout applies, and shutdown
-            // closes idle keep-alive connections instead of waiting for them.
+            // Waiting for the first byte of a request: between requests the idle timeout applies,
+            // but a new connection gets only header_timeout for its first byte, or silent
+            // connections would hold `max_connections` slots for idle_timeout each. Shutdown
+            // closes idle connections instead of waiting for them.
             None => {
-                let deadline = Instant::now() + limits.idle_timeout;
+                let wait = if c.served == 0 {
+                    limits.header_timeout
+                } else {
+                    limits.idle_timeout
+                };
+                let deadline = Instant::now() + wait;
                 let read = read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(deadline)));
                 monoio::select! {
                     r = read => r,
@@ -227,7 +237,7 @@ async fn handle(
         let err = Error::Path(e);
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
-        return finish_early(c);
+        return finish_early(c, &summary);
     }
     let path = c.route_path();
     let host = c.head.host.map(|h| h.of(&c.buf));
@@ -236,7 +246,7 @@ async fn handle(
         let err = Error::RouteNotFound;
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
-        return finish_early(c);
+        return finish_early(c, &summary);
     };
     let route = &compiled.routes[route_idx];
 
@@ -261,7 +271,7 @@ async fn handle(
                 &summary,
                 false,
             );
-            return finish_early(c);
+            return finish_early(c, &summary);
         }
     }
 
@@ -283,8 +293,12 @@ async fn handle(
 }
 
 /// After answering without reading the request body, the body's bytes would be taken for the next
-/// request: consume it when it is already buffered, otherwise close.
-fn finish_early(c: &mut ClientConn) -> Next {
+/// request: consume it when it is already buffered, otherwise close. A response that announced
+/// `Connection: close` always closes: a pipelined request after it is never processed.
+fn finish_early(c: &mut ClientConn, summary: &Summary) -> Next {
+    if summary.close {
+        return Next::Close;
+    }
     let head_len = c.head.head_len;
     match c.head.framing {
         BodyFraming::None => {
@@ -323,6 +337,7 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
         bytes_out,
         upstream_us: None,
         error: Some(err.clone()),
+        close,
     }
 }
 
@@ -345,6 +360,7 @@ pub async fn respond_plugin(c: &mut ClientConn, r: &Response, method: Method) ->
         bytes_out,
         upstream_us: None,
         error: None,
+        close,
     }
 }
 

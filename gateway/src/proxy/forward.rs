@@ -53,6 +53,7 @@ pub async fn exchange(
                 bytes_out: done.bytes_out,
                 upstream_us: Some(started.elapsed().as_micros() as u64),
                 error: done.error,
+                close: matches!(next, Next::Close | Next::Tunnel(_)),
             };
             (summary, next, done.consumed)
         }
@@ -68,14 +69,17 @@ pub async fn exchange(
                     bytes_out: 0,
                     upstream_us: None,
                     error: Some(error),
+                    close: true,
                 };
                 return (summary, Next::Close, 0);
             }
             let mut summary = respond_error(c, &error, c.head.method).await;
             summary.upstream_us = Some(started.elapsed().as_micros() as u64);
             // The request body may be half read: only a fully consumed request keeps the connection.
+            // A response that said `Connection: close` ends the connection even when the request
+            // was consumed (RFC 9112 9.6).
             match consumed {
-                Some(n) if c.head.keep_alive => (summary, Next::KeepAlive, n),
+                Some(n) if c.head.keep_alive && !summary.close => (summary, Next::KeepAlive, n),
                 _ => (summary, Next::Close, 0),
             }
         }
@@ -408,7 +412,10 @@ fn build_request_head(
     for h in &head.headers {
         let name = h.name.of(buf);
         let value = h.value.of(buf);
-        if is_hop_by_hop(name) || in_tokens(name, &head.connection_tokens, buf) {
+        if is_hop_by_hop(name)
+            || in_tokens(name, &head.connection_tokens, buf)
+            || is_path_or_forwarding_override(name)
+        {
             continue;
         }
         match name.len() {
@@ -458,6 +465,26 @@ fn build_request_head(
     out.extend_from_slice(strip_port(client_host));
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(c.local_port.as_bytes());
+    // RFC 7239, replacing the client's like X-Forwarded-Host/Proto: frameworks take host and
+    // proto from the first element, which a client-supplied value would own.
+    out.extend_from_slice(b"\r\nForwarded: for=");
+    if c.peer_ip.contains(':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(c.peer_ip.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(c.peer_ip.as_bytes());
+    }
+    if !client_host.is_empty() {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(client_host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(if c.tls {
+        b";proto=https"
+    } else {
+        b";proto=http"
+    });
     out.extend_from_slice(b"\r\n");
     for (name, value) in &c.outcome.upstream_headers {
         let v: &[u8] = match value {
@@ -487,6 +514,22 @@ fn build_request_head(
     out.extend_from_slice(b"\r\n");
     let _ = compiled;
     node_host
+}
+
+/// Client fields an upstream could take as the gateway's statement about the request: `Forwarded`
+/// (replaced by ours), `X-Forwarded-Prefix` (Spring, ASP.NET build links and redirects under
+/// it; the gateway strips no prefix), `X-Original-URL` and `X-Rewrite-URL` (Symfony, Zend and IIS
+/// route on them instead of the request path, which would undo routing on the path). APISIX
+/// passes these through; at the edge nothing legitimate sets them.
+fn is_path_or_forwarding_override(name: &[u8]) -> bool {
+    [
+        &b"forwarded"[..],
+        b"x-forwarded-prefix",
+        b"x-original-url",
+        b"x-rewrite-url",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn strip_port(host: &[u8]) -> &[u8] {
@@ -597,8 +640,11 @@ async fn stream_request_body(
                     ChunkEvent::Trailers(span) => {
                         saw_trailers = true;
                         wire.extend_from_slice(http1::LAST_CHUNK);
-                        wire.extend_from_slice(
+                        write_allowed_trailers(
+                            &mut wire,
                             &c.buf[base + span.start as usize..base + span.end as usize],
+                            &c.head.connection_tokens,
+                            &c.buf,
                         );
                         wire.extend_from_slice(b"\r\n");
                     }
@@ -623,6 +669,58 @@ async fn stream_request_body(
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(head_len),
+    }
+}
+
+/// Fields never forwarded in a request trailer section: what the gateway controls in the head
+/// (routing, framing, credentials, the forwarding headers it sets) and what RFC 9110 6.5.1 forbids
+/// in trailers (with every `If-*` conditional). An upstream that merges trailers into the header fields would otherwise take a
+/// client's `Authorization`, `Host` or `X-Userinfo` as the gateway's.
+const TRAILER_DENY: [&[u8]; 19] = [
+    b"host",
+    b"content-length",
+    b"content-type",
+    b"content-encoding",
+    b"content-range",
+    b"authorization",
+    b"cookie",
+    b"expect",
+    b"max-forwards",
+    b"pragma",
+    b"range",
+    b"cache-control",
+    b"x-real-ip",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-proto",
+    b"x-forwarded-prefix",
+];
+
+/// Copies the trailer field lines of `section` (validated by the chunked decoder: `name:value`
+/// lines, each with its CRLF) that may travel in a trailer; see [`TRAILER_DENY`].
+fn write_allowed_trailers(
+    out: &mut Vec<u8>,
+    section: &[u8],
+    connection_tokens: &[http1::Span],
+    buf: &[u8],
+) {
+    for line in section.split_inclusive(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let denied = is_hop_by_hop(name)
+            || in_tokens(name, connection_tokens, buf)
+            || is_identity_header(name)
+            || TRAILER_DENY.iter().any(|d| d.eq_ignore_ascii_case(name))
+            || name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-")
+            || name.eq_ignore_ascii_case(b"x-original-url")
+            || name.eq_ignore_ascii_case(b"x-rewrite-url");
+        if !denied {
+            out.extend_from_slice(line);
+        }
     }
 }
 

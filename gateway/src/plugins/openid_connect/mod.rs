@@ -41,15 +41,18 @@ pub use prepare::OidcRoute;
 
 /// Process-wide registry of provider actors, shared by the control thread and config loads.
 pub struct OidcShared {
-    providers: Mutex<HashMap<ProviderSpec, ProviderHandle>>,
+    /// Each provider with the token that stops its actor once no route uses it.
+    providers: Mutex<HashMap<ProviderSpec, (ProviderHandle, Shutdown)>>,
+    /// (route id, its provider) of the config being served, for per-route /metrics series.
+    in_use: Mutex<Vec<(String, ProviderHandle)>>,
     /// Back-channel logouts in force. Only the revocation actor on the control thread publishes;
     /// shards read their `Local` copy (no lock, no shared atomic on the request path).
     revocations: Publisher<RevocationSet>,
     revoke_addr: Addr<RevokeMsg>,
     /// Taken by [`OidcControl::start`], which runs the actor.
     revoke_mailbox: Mutex<Option<Mailbox<RevokeMsg>>>,
-    spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>)>,
-    spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>)>,
+    spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>, Shutdown)>,
+    spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>, Shutdown)>,
 }
 
 impl OidcShared {
@@ -58,6 +61,7 @@ impl OidcShared {
         let (revoke_addr, revoke_mailbox) = actor::mailbox(1024);
         Arc::new(OidcShared {
             providers: Mutex::new(HashMap::new()),
+            in_use: Mutex::new(Vec::new()),
             revocations: Publisher::new(Arc::new(RevocationSet::default())),
             revoke_addr,
             revoke_mailbox: Mutex::new(Some(revoke_mailbox)),
@@ -99,19 +103,56 @@ impl OidcShared {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        if let Some(h) = map.get(&spec) {
+        if let Some((h, _)) = map.get(&spec) {
             return h.clone();
         }
         let (handle, mailbox) = ProviderHandle::new(spec.clone());
-        let _ = self.spawn_tx.send((handle.clone(), mailbox));
-        map.insert(spec, handle.clone());
+        let stop = Shutdown::new();
+        let _ = self.spawn_tx.send((handle.clone(), mailbox, stop.clone()));
+        map.insert(spec, (handle.clone(), stop));
         handle
+    }
+
+    /// Makes `published` the config whose providers are kept: every other provider (a route
+    /// removed by a reload, or created by a reload that was then rejected) leaves the registry,
+    /// its actor stops, and its /metrics series go. Call after every publish and every rejected
+    /// build, with the config being served.
+    pub fn retain_used(&self, routes: &[(&str, &OidcRoute)]) {
+        let used: Vec<(String, ProviderHandle)> = routes
+            .iter()
+            .filter_map(|(id, r)| Some((id.to_string(), r.provider.clone()?)))
+            .collect();
+        {
+            let mut map = match self.providers.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            map.retain(|spec, (_, stop)| {
+                let keep = used.iter().any(|(_, h)| *h.spec == *spec);
+                if !keep {
+                    tracing::info!(discovery = %spec.discovery_url, "identity provider no longer used by any route: its actor stops");
+                    stop.trigger();
+                }
+                keep
+            });
+        }
+        match self.in_use.lock() {
+            Ok(mut u) => *u = used,
+            Err(p) => *p.into_inner() = used,
+        }
     }
 
     fn all(&self) -> Vec<ProviderHandle> {
         match self.providers.lock() {
-            Ok(m) => m.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
+            Ok(m) => m.values().map(|(h, _)| h.clone()).collect(),
+            Err(p) => p.into_inner().values().map(|(h, _)| h.clone()).collect(),
+        }
+    }
+
+    fn in_use(&self) -> Vec<(String, ProviderHandle)> {
+        match self.in_use.lock() {
+            Ok(u) => u.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 }
@@ -190,8 +231,19 @@ impl OidcControl {
                     n = rx.recv_async() => n,
                     _ = shutdown.wait() => return,
                 };
-                let Ok((handle, mailbox)) = next else { return };
-                monoio::spawn(provider::run(handle, mailbox, shutdown.clone()));
+                let Ok((handle, mailbox, stop)) = next else {
+                    return;
+                };
+                // The actor stops on shutdown or when no route uses it any more.
+                let global = shutdown.clone();
+                let relay = stop.clone();
+                monoio::spawn(async move {
+                    monoio::select! {
+                        _ = global.wait() => relay.trigger(),
+                        _ = relay.wait() => {}
+                    }
+                });
+                monoio::spawn(provider::run(handle, mailbox, stop));
             }
         });
         OidcControl { shared }
@@ -218,14 +270,17 @@ impl OidcControl {
         (ok, format!("[{}]", parts.join(",")))
     }
 
-    /// Provider counters for /metrics.
+    /// Provider counters for /metrics, one series per route and its provider: routes on one IdP
+    /// with different provider settings have their own actors and counts, and routes sharing
+    /// one actor each show its (shared) count.
     pub fn counters(&self, out: &mut BTreeMap<String, u64>) {
-        for h in self.shared.all() {
+        for (route, h) in self.shared.in_use() {
             let c = &h.counters;
             let d = json_str(&h.spec.discovery_url);
+            let r = json_str(&route);
             let mut put = |name: &str, outcome: &str, v: &std::sync::atomic::AtomicU64| {
                 out.insert(
-                    format!("{name}{{discovery={d},outcome=\"{outcome}\"}}"),
+                    format!("{name}{{route={r},discovery={d},outcome=\"{outcome}\"}}"),
                     v.load(Ordering::Relaxed),
                 );
             };
@@ -343,6 +398,8 @@ impl ShardOidc {
         if let Some(l) = map.get(&*handle.spec) {
             return l.clone();
         }
+        // Providers whose every handle is gone (removed by a reload) leave this shard too.
+        map.retain(|_, l| !l.is_closed());
         let local = handle.state.subscribe().attach();
         map.insert((*handle.spec).clone(), local.clone());
         local
@@ -453,6 +510,10 @@ impl Plugin for RouteAuth {
 
     fn counters(global: &Arc<OidcShared>, out: &mut BTreeMap<String, u64>) {
         OidcControl::of(global.clone()).counters(out);
+    }
+
+    fn retain_used(global: &Arc<OidcShared>, used: &[(&str, &OidcRoute)]) {
+        global.retain_used(used);
     }
 
     fn start(global: &Arc<OidcShared>, shutdown: &Shutdown) {
