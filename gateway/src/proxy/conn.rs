@@ -242,7 +242,23 @@ async fn handle(
     let path = c.route_path();
     let host = c.head.host.map(|h| h.of(&c.buf));
     let method_token = c.head.method_span.of(&c.buf);
-    let Some(route_idx) = compiled.published.table.find(host, path, method_token) else {
+    let req = crate::route::Request {
+        host,
+        path,
+        method: method_token,
+        remote_addr: Some(c.peer.ip()),
+    };
+    // Until the plugin pipeline's request context exists, `vars` read the head directly.
+    let vars = crate::route::HeadVars {
+        head: &c.head,
+        buf: &c.buf,
+        uri: path,
+        remote_addr: &c.peer_ip,
+        server_port: &c.local_port,
+        tls: c.tls,
+    };
+    let matched = compiled.published.table.find_match(&req, &vars);
+    let Some(route_idx) = matched.map(|m| m.route) else {
         let err = Error::RouteNotFound;
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
