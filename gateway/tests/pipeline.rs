@@ -69,7 +69,7 @@ routes:
 
     let metrics = gw.metrics();
     assert!(
-        metrics.contains("shardgate_requests_total{route=\"web\",status=\"302\"} 2"),
+        metrics.contains("shardgate_http_requests_total{route=\"web\",code=\"302\"} 2"),
         "{metrics}"
     );
     assert!(
