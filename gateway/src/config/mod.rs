@@ -305,12 +305,12 @@ fn parse(text: &str) -> Result<file::FileConfig, ConfigError> {
     {
         return Ok(file::FileConfig::default());
     }
-    let de = serde_yaml::Deserializer::from_str(text);
+    let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
         let message = e.into_inner().to_string();
-        // serde_yaml already prefixes some messages with the same path.
+        // the YAML deserializer already prefixes some messages with the same path.
         let message = match message
             .strip_prefix(path.as_str())
             .and_then(|m| m.strip_prefix(": "))
