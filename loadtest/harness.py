@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Load-test harness: shardgate against nginx/haproxy through one nginx upstream (design.md, section 7).
+"""Load-test harness: shardgate against nginx/haproxy through one nginx upstream.
 
 Run it through loadtest/run.sh (which builds the release binary first). Layout, per-core mode:
 the proxy under test alone on CPU 0 (one worker/shard); wrk (one thread, 64 connections) and the

@@ -38,7 +38,7 @@ for port in "$GW_PORT" "$ADMIN_PORT" "$IDP_PORT" "$UP_PORT"; do
 	sg_port_open "$port" && sg_die "port $port is already in use (override with DEMO_*_PORT)"
 done
 
-"$SG_ROOT/scripts/install.sh"
+"$SG_ROOT/scripts/install.sh" --demo
 if [ "$build" = 1 ]; then
 	sg_log "building shardgate (release)"
 	(cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway) || sg_die "cargo build failed"

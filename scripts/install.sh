@@ -2,8 +2,9 @@
 # Idempotent installs for tests, the demo and load runs (Debian, as root or with sudo).
 # Quiet when everything is already there. Apt is touched only for what is missing.
 #
-#   scripts/install.sh            everything
-#   scripts/install.sh --test     only what `scripts/test.sh` needs (node deps, chromium for the browser test)
+#   scripts/install.sh            everything (load tests too: nginx-light, haproxy, wrk)
+#   scripts/install.sh --demo     only what `scripts/demo.sh` needs (node, the IdP's npm deps, curl, openssl, python3)
+#   scripts/install.sh --test     only what `scripts/test.sh` needs (the demo's, plus chromium for the browser test)
 #   scripts/install.sh --callgrind everything, plus valgrind (`loadtest/run.sh --mode callgrind`)
 #
 # Env: SG_SKIP_APT=1 skips system packages (then missing tools are only reported).
@@ -13,10 +14,11 @@ set -euo pipefail
 
 profile=all
 case "${1:-}" in
+--demo) profile="demo" ;;
 --test) profile="test" ;;
 --callgrind) profile="callgrind" ;;
 "" | --all) ;;
-*) sg_die "usage: $0 [--test|--all|--callgrind]" ;;
+*) sg_die "usage: $0 [--demo|--test|--all|--callgrind]" ;;
 esac
 
 # command -> Debian package that provides it
@@ -27,10 +29,11 @@ declare -A PKG_FOR=(
 	[ps]=procps
 	[openssl]=openssl
 	[python3]=python3
-	[chromium]=chromium
-	[chromedriver]=chromium-driver
 )
-if [ "$profile" != test ]; then
+if [ "$profile" != demo ]; then
+	PKG_FOR+=([chromium]=chromium [chromedriver]=chromium-driver)
+fi
+if [ "$profile" = all ] || [ "$profile" = callgrind ]; then
 	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux)
 fi
 if [ "$profile" = callgrind ]; then
@@ -95,4 +98,4 @@ npm_ci() {
 }
 
 npm_ci "$SG_ROOT/scripts/idp"
-npm_ci "$SG_ROOT/scripts/browser"
+[ "$profile" = demo ] || npm_ci "$SG_ROOT/scripts/browser"

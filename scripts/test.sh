@@ -3,6 +3,7 @@
 #
 #   scripts/test.sh              everything
 #   scripts/test.sh --no-install skip scripts/install.sh (tools already present)
+#   scripts/test.sh --help       this text
 #
 # Integration tests find their helpers through the environment set here:
 #   SHARDGATE_NODE   node binary          SHARDGATE_IDP  scripts/idp/server.mjs
@@ -16,7 +17,11 @@ install=1
 for arg in "$@"; do
 	case "$arg" in
 	--no-install) install=0 ;;
-	*) sg_die "unknown argument $arg" ;;
+	-h | --help)
+		sed -n '2,10p' "$0"
+		exit 0
+		;;
+	*) sg_die "unknown argument $arg (try --help)" ;;
 	esac
 done
 

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::http1::ParseError;
+use crate::http1::path::PathError;
 
 /// Which side caused a failure: it decides the log level and whether a retry can help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub enum UpstreamError {
     ConnectFailed(String),
     /// TCP connect did not finish within `timeout.connect`.
     ConnectTimeout,
+    /// The TLS handshake with an `https` upstream failed (certificate not trusted, wrong name,
+    /// client certificate refused, protocol error).
+    Tls(String),
     /// Writing the request took longer than `timeout.send`.
     SendTimeout,
     /// No (complete) response head within `timeout.read`.
@@ -47,6 +51,8 @@ pub enum UpstreamError {
 pub enum Error {
     /// The request head or body framing is malformed, oversized or ambiguous.
     Parse(ParseError),
+    /// The request path has no safe normal form (encoded `/`, `\`, `;`, control bytes, ...).
+    Path(PathError),
     /// The client did not send a complete request head within `limits.header_timeout`.
     HeaderTimeout,
     /// The request body was cut short or was malformed while we streamed it.
@@ -71,6 +77,7 @@ impl Error {
     pub fn side(&self) -> Side {
         match self {
             Error::Parse(_)
+            | Error::Path(_)
             | Error::HeaderTimeout
             | Error::ClientBody(_)
             | Error::RouteNotFound => Side::Downstream,
@@ -88,6 +95,7 @@ impl Error {
                 "request_header_too_large"
             }
             Error::Parse(_) => "bad_request",
+            Error::Path(_) => "bad_path",
             Error::HeaderTimeout => "request_timeout",
             Error::ClientBody(_) => "bad_request_body",
             Error::RouteNotFound => "route_not_found",
@@ -105,27 +113,33 @@ impl Error {
     }
 }
 
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamError::NoHealthyNode => f.write_str("upstream: no healthy node"),
+            UpstreamError::ConnectFailed(e) => write!(f, "upstream connect failed: {e}"),
+            UpstreamError::ConnectTimeout => f.write_str("upstream connect timed out"),
+            UpstreamError::Tls(e) => write!(f, "upstream TLS handshake failed: {e}"),
+            UpstreamError::SendTimeout => f.write_str("upstream send timed out"),
+            UpstreamError::ReadTimeout => f.write_str("upstream read timed out"),
+            UpstreamError::ClosedEarly => {
+                f.write_str("upstream closed the connection before a response")
+            }
+            UpstreamError::BadResponse(e) => write!(f, "upstream sent a malformed response: {e}"),
+            UpstreamError::Io(e) => write!(f, "upstream i/o: {e}"),
+        }
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Parse(e) => write!(f, "malformed request: {e}"),
+            Error::Path(e) => write!(f, "refused request path: {e}"),
             Error::HeaderTimeout => f.write_str("request head not received within header_timeout"),
             Error::ClientBody(e) => write!(f, "request body: {e}"),
             Error::RouteNotFound => f.write_str("no route matches"),
-            Error::Upstream { error, .. } => match error {
-                UpstreamError::NoHealthyNode => f.write_str("upstream: no healthy node"),
-                UpstreamError::ConnectFailed(e) => write!(f, "upstream connect failed: {e}"),
-                UpstreamError::ConnectTimeout => f.write_str("upstream connect timed out"),
-                UpstreamError::SendTimeout => f.write_str("upstream send timed out"),
-                UpstreamError::ReadTimeout => f.write_str("upstream read timed out"),
-                UpstreamError::ClosedEarly => {
-                    f.write_str("upstream closed the connection before a response")
-                }
-                UpstreamError::BadResponse(e) => {
-                    write!(f, "upstream sent a malformed response: {e}")
-                }
-                UpstreamError::Io(e) => write!(f, "upstream i/o: {e}"),
-            },
+            Error::Upstream { error, .. } => error.fmt(f),
             Error::Plugin(r) => write!(f, "{}: {}", r.code, r.reason),
             Error::Unavailable(what) => write!(f, "temporarily unavailable: {what}"),
             Error::ShuttingDown => f.write_str("shutting down"),
@@ -161,6 +175,8 @@ pub fn respond(err: &Error) -> ErrorResponse {
         Error::Parse(ParseError::UnsupportedVersion) => json(505, true),
         // Any other framing doubt means we cannot know where the next request starts: close.
         Error::Parse(_) => json(400, true),
+        // Framing is intact: the connection may go on (`finish_early` decides about the body).
+        Error::Path(_) => json(400, false),
         Error::HeaderTimeout => json(408, true),
         Error::ClientBody(_) => json(400, true),
         Error::RouteNotFound => json(404, false),
@@ -170,6 +186,7 @@ pub fn respond(err: &Error) -> ErrorResponse {
             | UpstreamError::ReadTimeout => json(504, false),
             UpstreamError::NoHealthyNode
             | UpstreamError::ConnectFailed(_)
+            | UpstreamError::Tls(_)
             | UpstreamError::ClosedEarly
             | UpstreamError::BadResponse(_)
             | UpstreamError::Io(_) => json(502, false),
@@ -206,6 +223,7 @@ mod tests {
         );
         assert!(respond(&Error::Parse(ParseError::Ambiguous("x"))).close);
         assert_eq!(respond(&Error::HeaderTimeout).status, 408);
+        assert_eq!(respond(&Error::Path(PathError::EncodedSlash)).status, 400);
         assert_eq!(respond(&Error::RouteNotFound).status, 404);
         let refused = Error::Upstream {
             error: UpstreamError::ConnectFailed("refused".into()),

@@ -12,7 +12,8 @@ use shardgate_runtime::shard::DriverChoice;
 #[command(
     name = "shardgate",
     version,
-    about = "Thread-per-core API gateway with a full OpenID Connect relying party"
+    about = "Thread-per-core API gateway with a full OpenID Connect relying party",
+    arg_required_else_help = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -107,9 +108,12 @@ fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("SHARDGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Escape codes only make sense on a terminal; in files and journald they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .with_target(true);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

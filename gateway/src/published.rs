@@ -11,7 +11,8 @@ use crate::http1;
 use crate::plugins::openid_connect::{OidcRoute, OidcShared, prepare};
 use crate::route::RouteTable;
 use crate::upstream::pool::PoolLimits;
-use crate::upstream::{HashOn, NodeSpec, PassHost, Passive, Timeouts, UpstreamSpec};
+use crate::upstream::{HashOn, NodeSpec, PassHost, Passive, Timeouts, UpstreamSpec, tls};
+use rustls::pki_types::ServerName;
 
 /// Timeouts and limits the connection loop applies.
 #[derive(Clone, Debug)]
@@ -26,6 +27,7 @@ pub struct PublishedRoute {
     pub id: String,
     pub upstream: usize,
     pub websocket: bool,
+    pub keep_identity_headers: bool,
     pub oidc: Option<Arc<OidcRoute>>,
 }
 
@@ -48,6 +50,7 @@ impl Published {
     pub fn build(version: u64, config: Config, oidc: &OidcShared) -> Result<Published, String> {
         let mut problems = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
+        let mut system_roots = None;
         for (i, u) in config.upstreams.iter().enumerate() {
             let mut nodes = Vec::with_capacity(u.nodes.len());
             for n in &u.nodes {
@@ -62,6 +65,7 @@ impl Published {
                             key: n.addr.clone(),
                             addr,
                             host_header: host,
+                            host: n.host.clone(),
                             weight: n.weight,
                             priority: n.priority,
                         });
@@ -71,11 +75,38 @@ impl Published {
                     }
                 }
             }
-            if u.scheme == config::Scheme::Https {
-                problems.push(format!(
-                    "upstreams[{i}].scheme: https upstreams are not supported by shardgate yet"
-                ));
-            }
+            let tls = match &u.tls {
+                Some(t) => {
+                    match tls::client_config(t, &format!("upstreams[{i}].tls"), &mut || {
+                        system_roots
+                            .get_or_insert_with(tls::load_system_roots)
+                            .clone()
+                    }) {
+                        Ok(config) => Some(tls::TlsSpec {
+                            config,
+                            server_name: match &u.pass_host {
+                                config::PassHost::Rewrite(h) => {
+                                    match ServerName::try_from(strip_port(h).to_owned()) {
+                                        Ok(n) => Some(n),
+                                        Err(_) => {
+                                            problems.push(format!(
+                                                "upstreams[{i}].upstream_host: `{h}` is not a valid TLS server name"
+                                            ));
+                                            None
+                                        }
+                                    }
+                                }
+                                _ => None,
+                            },
+                        }),
+                        Err(e) => {
+                            problems.push(e);
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
             let chash = match &u.balancer {
                 Balancer::RoundRobin => None,
                 Balancer::Chash(on) => Some(match on {
@@ -112,6 +143,7 @@ impl Published {
                     idle_timeout: u.keepalive_pool.idle_timeout,
                     max_requests: u.keepalive_pool.requests,
                 },
+                tls,
             });
         }
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -134,6 +166,7 @@ impl Published {
                 id: r.id.clone(),
                 upstream: r.upstream,
                 websocket: r.enable_websocket,
+                keep_identity_headers: r.keep_client_identity_headers,
                 oidc: oidc_route,
             });
         }
@@ -168,5 +201,16 @@ impl Published {
             tls_key,
             config,
         })
+    }
+}
+
+/// `host[:port]` or `[v6][:port]` without the port (and brackets), for a TLS server name.
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(v6, _)| v6);
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
     }
 }

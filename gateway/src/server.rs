@@ -81,7 +81,7 @@ impl Control {
         for a in &addrs {
             match a.ask(ShardCmd::Metrics, Duration::from_secs(2)).await {
                 Ok(s) => snaps.push(s),
-                Err(e) => tracing::warn!(error = ?e, "a shard did not answer the metrics request"),
+                Err(e) => tracing::warn!(error = %e, "a shard did not answer the metrics request"),
             }
         }
         let mut extra = BTreeMap::new();
@@ -103,10 +103,13 @@ impl Control {
                 match Published::build(version, loaded.config, &self.oidc_shared) {
                     Ok(p) => {
                         *self.version.borrow_mut() = version;
-                        self.publisher.publish(Arc::new(p));
+                        let p = Arc::new(p);
+                        self.publisher.publish(p.clone());
+                        self.oidc_shared.retain_used_by(&p);
                         tracing::info!(version, "config reloaded and published to every shard");
                     }
                     Err(e) => {
+                        self.oidc_shared.retain_used_by(&self.publisher.current());
                         tracing::error!(problems = %e, "config reload rejected; the previous config keeps serving")
                     }
                 }
@@ -163,7 +166,10 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
 
     let oidc_shared = OidcShared::new();
     let published = match Published::build(1, cfg, &oidc_shared) {
-        Ok(p) => p,
+        Ok(p) => {
+            oidc_shared.retain_used_by(&p);
+            p
+        }
         Err(e) => {
             eprintln!("{e}");
             return 2;
@@ -214,7 +220,9 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
             return 1;
         }
     };
-    tracing::info!(shards = shard_count, drivers = ?shard_set.drivers().iter().map(|d| d.to_string()).collect::<Vec<_>>(), listen = ?listen, "shardgate started");
+    let drivers: Vec<String> = shard_set.drivers().iter().map(|d| d.to_string()).collect();
+    let listen_list: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
+    tracing::info!(shards = shard_count, drivers = %drivers.join(","), listen = %listen_list.join(","), "shardgate started");
 
     // Control thread: config actor, metrics, admin, OIDC providers.
     let control_thread = {

@@ -95,3 +95,107 @@ fn introspection_endpoint_comes_from_rfc8414_metadata_when_discovery_lacks_it() 
         "{metrics}"
     );
 }
+
+/// Two routes on one IdP with different provider settings (JWKS vs introspection), optionally
+/// only the first.
+fn two_routes_on_one_idp(up: &Upstream, discovery: &str, with_b: bool) -> String {
+    let route = |id: &str, use_jwks: bool| {
+        format!(
+            "  - id: {id}\n    uri: /{id}/*\n    upstream_id: app\n    plugins:\n      openid-connect:\n\
+             \x20       client_id: gateway\n        client_secret: gateway-secret\n\
+             \x20       discovery: {discovery}\n        bearer_only: true\n        use_jwks: {use_jwks}\n"
+        )
+    };
+    let mut yaml = format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n  admin: {{ listen: \"127.0.0.1:{{admin}}\" }}\n\
+         upstreams:\n  - id: app\n    nodes: {{ \"{}\": 1 }}\nroutes:\n{}",
+        up.node(),
+        route("a", true)
+    );
+    if with_b {
+        yaml.push_str(&route("b", false));
+    }
+    yaml
+}
+
+/// The value of the series `name{labels}` in a Prometheus text page.
+fn series(metrics: &str, name: &str, labels: &str) -> Option<u64> {
+    let key = format!("{name}{{{labels}}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.trim().parse().expect("counter value"))
+}
+
+#[test]
+fn provider_series_are_per_route_and_a_removed_provider_goes_with_its_route() {
+    let idp = Idp::start(&[]);
+    let up = Upstream::echo();
+    let d = idp.discovery();
+    let gw = Gateway::start(&two_routes_on_one_idp(&up, &d, true), &["--shards", "2"]);
+    gw.wait_providers_ready(Duration::from_secs(20));
+    let labels = |route: &str, outcome: &str| {
+        format!("route=\"{route}\",discovery=\"{d}\",outcome=\"{outcome}\"")
+    };
+    let metrics = gw.metrics();
+    let jwks = "shardgate_oidc_jwks_fetches_total";
+    let discovery = "shardgate_oidc_discovery_fetches_total";
+    // Route a's provider fetched the JWKS; b's (introspection) did not: two series, neither
+    // overwriting the other.
+    assert!(
+        series(&metrics, jwks, &labels("a", "ok")).is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, jwks, &labels("b", "ok")),
+        Some(0),
+        "{metrics}"
+    );
+    for route in ["a", "b"] {
+        assert!(
+            series(&metrics, discovery, &labels(route, "ok")).is_some_and(|n| n >= 1),
+            "{route}: {metrics}"
+        );
+    }
+    let ready = get(gw.admin_addr(), "/readyz", &[]).json();
+    assert_eq!(
+        ready["providers"].as_array().map(Vec::len),
+        Some(2),
+        "{ready}"
+    );
+
+    // Reload without route b: its provider leaves the registry, its actor stops, its series go.
+    gw.reload(&two_routes_on_one_idp(&up, &d, false));
+    assert!(
+        gw.wait_log(
+            "identity provider no longer used by any route",
+            Duration::from_secs(10)
+        ),
+        "{}",
+        gw.log()
+    );
+    let metrics = gw.metrics();
+    assert!(!metrics.contains("route=\"b\""), "{metrics}");
+    assert!(
+        series(&metrics, jwks, &labels("a", "ok")).is_some(),
+        "{metrics}"
+    );
+    let ready = get(gw.admin_addr(), "/readyz", &[]);
+    assert_eq!(ready.status, 200);
+    assert_eq!(
+        ready.json()["providers"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        ready.text()
+    );
+    // Route a still verifies tokens with its provider's keys.
+    let token = idp.client_credentials("m2m", "read", None);
+    let r = get(
+        gw.addr(),
+        "/a/x",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.log());
+    assert_eq!(get(gw.addr(), "/b/x", &[]).status, 404);
+    gw.assert_no_panic();
+}

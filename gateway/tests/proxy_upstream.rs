@@ -222,6 +222,10 @@ routes:
   - id: rewrite
     uri: /rewrite
     upstream_id: rewrite
+  - id: keep
+    uri: /keep
+    upstream_id: pass
+    keep_client_identity_headers: true
 "#,
         n = up.node()
     );
@@ -246,6 +250,8 @@ routes:
             ("X-Access-Token", "client-token"),
             ("X-Userinfo", "client-userinfo"),
             ("X-ID-Token", "client-id-token"),
+            ("X_Refresh_Token", "client-refresh"),
+            ("x-raw-id-token", "client-raw"),
             ("X-Custom", "kept"),
         ],
     );
@@ -295,11 +301,31 @@ routes:
     ] {
         assert_eq!(seen.header(h), None, "hop-by-hop {h} must be removed");
     }
-    // No openid-connect plugin on this route: identity headers are the client's business.
-    assert_eq!(seen.header("x-access-token"), Some("client-token"));
-    assert_eq!(seen.header("x-userinfo"), Some("client-userinfo"));
-    assert_eq!(seen.header("x-id-token"), Some("client-id-token"));
+    // Client-sent identity headers never reach an upstream, with or without openid-connect on
+    // the route (an upstream cannot tell who set them), in any case and with `_` for `-`.
+    for h in [
+        "x-access-token",
+        "x-userinfo",
+        "x-id-token",
+        "x_refresh_token",
+        "x-raw-id-token",
+    ] {
+        assert_eq!(seen.header(h), None, "identity header {h} must be removed");
+    }
     assert_eq!(seen.header("x-custom"), Some("kept"));
+
+    // A route that opts out (`keep_client_identity_headers`) passes them on.
+    let r = get(
+        gw.addr(),
+        "/keep",
+        &[
+            ("Host", "client.example"),
+            ("X-Userinfo", "client-userinfo"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.requests().pop().expect("request seen");
+    assert_eq!(seen.header("x-userinfo"), Some("client-userinfo"));
 
     assert_eq!(
         get(gw.addr(), "/node", &[("Host", "client.example")]).status,

@@ -17,6 +17,10 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 
+#[cfg(test)]
+mod apisix_tests;
+mod schema;
+
 /// One configuration problem: where (a dotted path) and what.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -41,6 +45,15 @@ impl fmt::Display for Problem {
             write!(f, "{}: {}", self.path, self.message)
         }
     }
+}
+
+/// One plugin config read by [`OidcConf::from_value`]. `conf` is there whenever the shapes
+/// allowed a typed parse; the config is usable only when `errors` is empty.
+#[derive(Debug)]
+pub struct Loaded {
+    pub conf: Option<OidcConf>,
+    pub errors: Vec<Problem>,
+    pub warnings: Vec<Problem>,
 }
 
 /// A secret string. `Debug` never prints it, so a logged config cannot leak it.
@@ -73,6 +86,18 @@ pub enum AuthMethod {
     ClientSecretPost,
     PrivateKeyJwt,
     ClientSecretJwt,
+}
+
+impl AuthMethod {
+    /// The APISIX name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecretBasic => "client_secret_basic",
+            AuthMethod::ClientSecretPost => "client_secret_post",
+            AuthMethod::PrivateKeyJwt => "private_key_jwt",
+            AuthMethod::ClientSecretJwt => "client_secret_jwt",
+        }
+    }
 }
 
 /// What a request without credentials gets (APISIX `unauth_action`).
@@ -408,38 +433,32 @@ pub struct OidcConf {
     http_version: Option<IgnoredAny>,
     #[serde(default)]
     lifecycle: Option<IgnoredAny>,
-    #[serde(default)]
-    use_par: Option<IgnoredAny>,
-    #[serde(default)]
-    use_dpop: Option<IgnoredAny>,
     #[serde(default, rename = "_meta")]
     meta: Option<IgnoredAny>,
 }
 
-/// RFC 9126 Pushed Authorization Requests: not implemented; accepted only while disabled.
+/// RFC 9126 Pushed Authorization Requests, with APISIX's schema. Not implemented yet: the object
+/// is checked as APISIX checks it, and `enabled: true` is refused by name.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParConf {
     #[serde(default)]
     pub enabled: bool,
-    #[serde(default, rename = "endpoint")]
-    _endpoint: Option<IgnoredAny>,
-    #[serde(default, rename = "endpoint_auth_method")]
-    _endpoint_auth_method: Option<IgnoredAny>,
+    pub endpoint: Option<String>,
+    pub endpoint_auth_method: Option<AuthMethod>,
 }
 
-/// RFC 9449 DPoP as a client: not implemented; accepted only while disabled.
+/// RFC 9449 DPoP as a client, with APISIX's schema. Not implemented yet: the object is checked
+/// as APISIX checks it, and `enabled: true` is refused by name.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpopConf {
     #[serde(default)]
     pub enabled: bool,
-    #[serde(default, rename = "signing_alg")]
-    _signing_alg: Option<IgnoredAny>,
-    #[serde(default, rename = "private_key")]
-    _private_key: Option<IgnoredAny>,
-    #[serde(default, rename = "public_jwk")]
-    _public_jwk: Option<IgnoredAny>,
+    /// `ES256` (APISIX's default), `RS256` or `PS256`.
+    pub signing_alg: Option<String>,
+    pub private_key: Option<Secret>,
+    pub public_jwk: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Session cookie settings (lua-resty-session names and defaults).
@@ -538,7 +557,7 @@ struct SessionFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LegacyCookie {
-    lifetime: u64,
+    lifetime: Option<u64>,
 }
 
 impl TryFrom<SessionFile> for SessionConf {
@@ -546,15 +565,15 @@ impl TryFrom<SessionFile> for SessionConf {
 
     fn try_from(file: SessionFile) -> Result<Self, String> {
         let absolute_timeout = match (file.absolute_timeout, file.cookie) {
-            (Some(_), Some(_)) => {
+            (Some(_), Some(LegacyCookie { lifetime: Some(_) })) => {
                 return Err(
                     "set `absolute_timeout` or the deprecated `cookie.lifetime`, not both"
                         .to_owned(),
                 );
             }
-            (Some(t), None) => t,
-            (None, Some(legacy)) => legacy.lifetime,
-            (None, None) => ABSOLUTE_TIMEOUT,
+            (Some(t), _) => t,
+            (None, Some(LegacyCookie { lifetime: Some(t) })) => t,
+            (None, _) => ABSOLUTE_TIMEOUT,
         };
         Ok(SessionConf {
             secret: file.secret,
@@ -681,17 +700,12 @@ impl OidcConf {
                 out.push(Problem::new(at(name), unsupported(name)));
             }
         }
-        if self.par.as_ref().is_some_and(|p| p.enabled) {
-            out.push(Problem::new(at("par.enabled"), unsupported("par")));
-        }
-        if self.dpop.as_ref().is_some_and(|d| d.enabled) {
-            out.push(Problem::new(at("dpop.enabled"), unsupported("dpop")));
-        }
+        self.check_par_dpop(path, &mut out);
         if self.client_id.is_empty() {
             out.push(Problem::new(at("client_id"), "must not be empty"));
         }
-        if let Err(message) = check_discovery_url(&self.discovery) {
-            out.push(Problem::new(at("discovery"), message));
+        if parse_http_url(&self.discovery).is_none() {
+            out.push(Problem::new(at("discovery"), "must be an http(s) URL"));
         }
         if self.client_secret.is_none() && self.client_secret_required() {
             out.push(Problem::new(
@@ -736,12 +750,6 @@ impl OidcConf {
             out.push(Problem::new(
                 at("jwt_verification_cache_size"),
                 "must be at least 1",
-            ));
-        }
-        if self.scope.split(' ').all(|s| s != "openid") && !self.bearer_only {
-            out.push(Problem::new(
-                at("scope"),
-                "must include `openid` for the login flow",
             ));
         }
         if !self.logout_path.starts_with('/') {
@@ -799,7 +807,218 @@ impl OidcConf {
         out
     }
 
-    fn unsupported_fields(&self) -> [(&'static str, bool); 20] {
+    /// What is accepted but risky, as warnings naming the attribute and the risk.
+    pub fn warnings(&self, path: &str) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let at = |field: &str| format!("{path}.{field}");
+        let proxy = self.proxy_opts.as_ref();
+        for (name, url) in [
+            ("discovery", Some(&self.discovery)),
+            (
+                "introspection_endpoint",
+                self.introspection_endpoint.as_ref(),
+            ),
+            ("redirect_uri", self.redirect_uri.as_ref()),
+            (
+                "post_logout_redirect_uri",
+                self.post_logout_redirect_uri.as_ref(),
+            ),
+            (
+                "par.endpoint",
+                self.par.as_ref().and_then(|p| p.endpoint.as_ref()),
+            ),
+            (
+                "proxy_opts.http_proxy",
+                proxy.and_then(|p| p.http_proxy.as_ref()),
+            ),
+            (
+                "proxy_opts.https_proxy",
+                proxy.and_then(|p| p.https_proxy.as_ref()),
+            ),
+        ] {
+            if url.is_some_and(|u| is_remote_plain_http(u)) {
+                out.push(Problem::new(
+                    at(name),
+                    "uses plain http to a non-loopback host: tokens, secrets and the IdP's \
+                     answers cross the network unencrypted and unauthenticated",
+                ));
+            }
+        }
+        if !self.bearer_only && self.scope.split(' ').all(|s| s != "openid") {
+            out.push(Problem::new(
+                at("scope"),
+                "does not include `openid`: the IdP may issue no ID token, and logins then fail",
+            ));
+        }
+        if !self.bearer_only
+            && let Some(uri) = &self.redirect_uri
+            && uri.starts_with('/')
+        {
+            out.push(Problem::new(
+                at("redirect_uri"),
+                "is relative: the callback URL sent to the IdP is built from each request's \
+                 scheme and Host header, so it must be registered for every host clients use",
+            ));
+        }
+        if !self.ssl_verify {
+            out.push(Problem::new(
+                at("ssl_verify"),
+                "is off: IdP certificates are not verified, so anyone on the path can \
+                 impersonate the IdP",
+            ));
+        }
+        if let Some(pem) = &self.public_key
+            && let Ok(key) = crate::jwk::Key::from_public_pem(pem)
+            && let Some(bits) = key.rsa_bits()
+            && bits < 2048
+        {
+            out.push(Problem::new(
+                at("public_key"),
+                format!("is a {bits}-bit RSA key: keys under 2048 bits can be factored"),
+            ));
+        }
+        out
+    }
+
+    /// Reads one plugin config from its generic value (YAML or JSON): APISIX's schema, then the
+    /// typed parse, then [`OidcConf::check`] and [`OidcConf::warnings`]. Every problem is
+    /// reported, each path once (a path with a type error gets no further problems).
+    pub fn from_value(mut value: serde_json::Value, path: &str) -> Loaded {
+        let mut found = schema::Findings::default();
+        schema::check(&mut value, path, &mut found);
+        let mut errors = found.errors;
+        let mut warnings = found.warnings;
+        if let Some(map) = value.as_object_mut() {
+            // Reported above when missing or mistyped; a placeholder lets the rest be checked.
+            for name in ["client_id", "discovery"] {
+                map.entry(name)
+                    .or_insert_with(|| serde_json::Value::String(String::new()));
+            }
+        }
+        let conf = match serde_json::from_value::<OidcConf>(value) {
+            Ok(conf) => {
+                errors.extend(conf.check(path));
+                warnings.extend(conf.warnings(path));
+                Some(conf)
+            }
+            Err(e) => {
+                if errors.is_empty() {
+                    errors.push(Problem::new(path, e.to_string()));
+                }
+                None
+            }
+        };
+        let mut seen: Vec<String> = Vec::new();
+        errors.retain(|p| {
+            let covered = seen.iter().any(|s| {
+                p.path == *s
+                    || p.path
+                        .strip_prefix(s.as_str())
+                        .is_some_and(|rest| rest.starts_with(['.', '[']))
+            });
+            if !covered {
+                seen.push(p.path.clone());
+            }
+            !covered
+        });
+        warnings.dedup();
+        Loaded {
+            conf,
+            errors,
+            warnings,
+        }
+    }
+
+    /// APISIX's `par`/`dpop` rules. Their checks apply while disabled too, as in APISIX; turning
+    /// either on is refused by name until shardgate implements it.
+    fn check_par_dpop(&self, path: &str, out: &mut Vec<Problem>) {
+        if let Some(par) = self.par.as_ref().filter(|p| p.enabled) {
+            out.push(Problem::new(
+                format!("{path}.par.enabled"),
+                "Pushed Authorization Requests (`par`) are not supported by shardgate yet",
+            ));
+            if let Some(method) = par.endpoint_auth_method
+                && !self.bearer_only
+            {
+                let (needs, present) = match method {
+                    AuthMethod::PrivateKeyJwt => (
+                        "client_rsa_private_key",
+                        self.client_rsa_private_key.is_some(),
+                    ),
+                    AuthMethod::ClientSecretJwt => ("client_secret", self.client_secret.is_some()),
+                    _ => ("", true),
+                };
+                if !present {
+                    out.push(Problem::new(
+                        format!("{path}.par.endpoint_auth_method"),
+                        format!(
+                            "{} requires `{needs}` when par.enabled is true",
+                            method.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(dpop) = self.dpop.as_ref().filter(|d| d.enabled) {
+            out.push(Problem::new(
+                format!("{path}.dpop.enabled"),
+                "DPoP (`dpop`) is not supported by shardgate yet",
+            ));
+            for (name, present) in [
+                ("private_key", dpop.private_key.is_some()),
+                ("public_jwk", dpop.public_jwk.is_some()),
+            ] {
+                if !present {
+                    out.push(Problem::new(
+                        format!("{path}.dpop.{name}"),
+                        "required when dpop.enabled is true",
+                    ));
+                }
+            }
+            if let Some(jwk) = &dpop.public_jwk {
+                let at = format!("{path}.dpop.public_jwk");
+                let kty = jwk.get("kty").and_then(|v| v.as_str()).unwrap_or_default();
+                let members: &[&str] = match kty {
+                    "EC" => &["crv", "x", "y"],
+                    "RSA" => &["e", "n"],
+                    _ => {
+                        out.push(Problem::new(at, format!("kty {kty:?} is not supported")));
+                        return;
+                    }
+                };
+                for m in members {
+                    if jwk
+                        .get(*m)
+                        .and_then(|v| v.as_str())
+                        .is_none_or(str::is_empty)
+                    {
+                        out.push(Problem::new(
+                            at.clone(),
+                            format!("kty {kty:?} requires a non-empty string `{m}`"),
+                        ));
+                        return;
+                    }
+                }
+                let alg = dpop.signing_alg.as_deref().unwrap_or("ES256");
+                let (want_kty, want_crv) = match alg {
+                    "ES256" => ("EC", Some("P-256")),
+                    _ => ("RSA", None),
+                };
+                let crv = jwk.get("crv").and_then(|v| v.as_str());
+                if kty != want_kty || want_crv.is_some_and(|c| crv != Some(c)) {
+                    out.push(Problem::new(
+                        format!("{path}.dpop.signing_alg"),
+                        format!(
+                            "{alg} requires an {want_kty}{} dpop.public_jwk",
+                            want_crv.map(|c| format!(" {c}")).unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn unsupported_fields(&self) -> [(&'static str, bool); 18] {
         [
             ("response_mode", self.response_mode.is_some()),
             ("prompt", self.prompt.is_some()),
@@ -836,8 +1055,6 @@ impl OidcConf {
             ("keepalive", self.keepalive.is_some()),
             ("http_version", self.http_version.is_some()),
             ("lifecycle", self.lifecycle.is_some()),
-            ("use_par", self.use_par.is_some()),
-            ("use_dpop", self.use_dpop.is_some()),
             ("_meta", self.meta.is_some()),
         ]
     }
@@ -971,16 +1188,9 @@ fn is_cookie_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// `discovery` must be https; plain http only to a loopback host (test IdPs, sidecars).
-fn check_discovery_url(url: &str) -> Result<(), String> {
-    let Some((https, host)) = parse_http_url(url) else {
-        return Err("must be an http(s) URL".to_owned());
-    };
-    if https || is_loopback_host(host) {
-        Ok(())
-    } else {
-        Err("must use https (plain http is allowed only for loopback hosts)".to_owned())
-    }
+/// Whether `url` is plain http to a host that is not loopback (APISIX's `check_https` warns).
+fn is_remote_plain_http(url: &str) -> bool {
+    parse_http_url(url).is_some_and(|(https, host)| !https && !is_loopback_host(host))
 }
 
 /// `(is_https, host)` of an absolute http(s) URL, or None.
@@ -1201,7 +1411,7 @@ mod tests {
     }
 
     #[test]
-    fn discovery_must_be_https_except_loopback() {
+    fn discovery_over_remote_http_is_a_warning_and_non_urls_are_refused() {
         for (url, ok) in [
             (
                 "https://idp.example.com/.well-known/openid-configuration",
@@ -1222,7 +1432,14 @@ mod tests {
         ] {
             let mut v = minimal();
             v["discovery"] = json!(url);
-            assert_eq!(messages(&parse(v)).is_empty(), ok, "{url}");
+            let c = parse(v);
+            assert_eq!(
+                messages(&c).is_empty(),
+                url.contains("://") && !url.starts_with("ftp"),
+                "{url}"
+            );
+            let warned = c.warnings("p").iter().any(|w| w.path == "p.discovery");
+            assert_eq!(warned, !ok && url.starts_with("http:"), "{url}");
         }
     }
 
@@ -1251,7 +1468,7 @@ mod tests {
             [
                 "p.response_mode: APISIX attribute `response_mode` is not supported by shardgate",
                 "p.pass_cookies: APISIX attribute `pass_cookies` is not supported by shardgate",
-                "p.par.enabled: APISIX attribute `par` is not supported by shardgate",
+                "p.par.enabled: Pushed Authorization Requests (`par`) are not supported by shardgate yet",
                 "p.session.storage: `redis` is not supported by shardgate (use `cookie`)",
                 "p.session.redis: APISIX attribute `session.redis` is not supported by shardgate",
             ]

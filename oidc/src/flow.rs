@@ -1076,6 +1076,58 @@ impl Revocations {
     }
 }
 
+/// Every back-channel logout still in force, by issuer: a `sid` or `sub` logged out at one IdP
+/// says nothing about another IdP's sessions.
+///
+/// The gateway's control side owns one, prunes it, and publishes immutable copies to the shards,
+/// which only read them ([`RevocationSet::is_revoked`]).
+#[derive(Debug, Clone, Default)]
+pub struct RevocationSet {
+    by_issuer: HashMap<String, Revocations>,
+}
+
+impl RevocationSet {
+    /// Entries kept per issuer; past this the soonest-to-expire go first (see [`Revocations`]).
+    pub const CAPACITY_PER_ISSUER: usize = 100_000;
+
+    pub fn len(&self) -> usize {
+        self.by_issuer.values().map(Revocations::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_issuer.is_empty()
+    }
+
+    /// Records a logout by `issuer`'s back channel, in force until `until` (unix seconds).
+    pub fn revoke(&mut self, issuer: &str, subject: &LogoutSubject, until: u64) {
+        self.by_issuer
+            .entry(issuer.to_owned())
+            .or_insert_with(|| Revocations::new(Self::CAPACITY_PER_ISSUER))
+            .revoke(subject, until);
+    }
+
+    /// Drops entries whose `until` has passed; returns whether anything was dropped.
+    pub fn prune(&mut self, now: u64) -> bool {
+        let before = self.len();
+        for r in self.by_issuer.values_mut() {
+            r.prune(now);
+        }
+        self.by_issuer.retain(|_, r| !r.is_empty());
+        self.len() != before
+    }
+
+    /// Whether `session` was logged out by its issuer. A session without `iss` is checked against
+    /// the empty issuer only.
+    pub fn is_revoked(&self, session: &SessionData) -> bool {
+        if self.by_issuer.is_empty() {
+            return false;
+        }
+        self.by_issuer
+            .get(session.iss.as_deref().unwrap_or(""))
+            .is_some_and(|r| r.is_revoked(session))
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1090,6 +1142,38 @@ mod tests {
         assert!(percent_decode(b"%2").is_err());
         assert!(percent_decode(b"%zz").is_err());
         assert!(percent_decode(b"%FF").is_err());
+    }
+
+    #[test]
+    fn revocation_sets_are_per_issuer_and_pruned() {
+        let subject = |sid: &str| LogoutSubject {
+            sid: Some(sid.into()),
+            sub: None,
+            iat: 100,
+            jti: None,
+        };
+        let session = |iss: &str, sid: &str| SessionData {
+            iss: Some(iss.into()),
+            sid: Some(sid.into()),
+            created_at: 50,
+            ..SessionData::default()
+        };
+        let mut set = RevocationSet::default();
+        set.revoke("https://a", &subject("s1"), 200);
+        set.revoke("https://b", &subject("s2"), 300);
+        assert!(set.is_revoked(&session("https://a", "s1")));
+        assert!(
+            !set.is_revoked(&session("https://b", "s1")),
+            "another IdP's sid"
+        );
+        assert!(set.is_revoked(&session("https://b", "s2")));
+        assert_eq!(set.len(), 2);
+        assert!(!set.prune(199));
+        assert!(set.prune(200));
+        assert_eq!(set.len(), 1);
+        assert!(!set.is_revoked(&session("https://a", "s1")));
+        assert!(set.prune(300));
+        assert!(set.is_empty());
     }
 
     #[test]

@@ -667,7 +667,7 @@ fn rsa_public_key_der(n: &[u8], e: &[u8]) -> Vec<u8> {
 }
 
 /// Decodes the first PEM block: returns its label and DER bytes.
-pub(crate) fn pem_decode(pem: &str) -> Result<(String, Vec<u8>), JwksError> {
+pub fn pem_decode(pem: &str) -> Result<(String, Vec<u8>), JwksError> {
     let begin = pem
         .find("-----BEGIN ")
         .ok_or(JwksError::Pem("no BEGIN line"))?;

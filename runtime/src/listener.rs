@@ -44,14 +44,15 @@ pub enum IdleState {
 /// handler does: a reused connection must hold neither bytes nor an EOF. MSG_DONTWAIT keeps it
 /// non-blocking whatever mode the driver left the socket in; nothing is consumed.
 #[allow(unsafe_code)]
-pub fn idle_state(stream: &TcpStream) -> IdleState {
-    use std::os::fd::AsRawFd;
+/// `fd` must be a socket the caller owns and keeps open (a TLS stream over a socket does not lend
+/// the socket out, so callers keep its raw fd).
+pub fn idle_state(fd: std::os::fd::RawFd) -> IdleState {
     let mut byte = 0u8;
-    // SAFETY: the fd is open for as long as `stream` is borrowed; the buffer is one byte on the
-    // stack and `recv` writes at most its length.
+    // SAFETY: the buffer is one byte on the stack and `recv` writes at most its length; a stale
+    // fd can only make the call fail (EBADF, seen as Closed) or peek, never consume, bytes.
     let n = unsafe {
         libc::recv(
-            stream.as_raw_fd(),
+            fd,
             (&mut byte as *mut u8).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,

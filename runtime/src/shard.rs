@@ -327,7 +327,7 @@ impl ShardSet {
         for _ in 0..count {
             match ready_rx.recv() {
                 Ok((id, Ok((driver, cpu)))) => {
-                    info!(shard = id, %driver, cpu = ?cpu, "shard ready");
+                    info!(shard = id, %driver, cpu, "shard ready");
                     drivers[id] = driver;
                 }
                 Ok((id, Err(err))) => {

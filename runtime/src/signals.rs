@@ -85,7 +85,15 @@ fn signal_loop(set: libc::sigset_t, tx: flume::Sender<Signal>) {
             libc::SIGHUP => Signal::Reload,
             _ => Signal::Terminate,
         };
-        debug!(signal, ?msg, "signal received");
+        debug!(
+            signal,
+            action = if matches!(msg, Signal::Reload) {
+                "reload"
+            } else {
+                "terminate"
+            },
+            "signal received"
+        );
         if tx.send(msg).is_err() {
             return;
         }

@@ -3,7 +3,7 @@
 
     python3 scripts/upstream/echo.py [--port 18080] [--host 127.0.0.1]
 
-Every request gets 200. The body is JSON (method, path, query, headers (an object keyed by lower-case
+Every request gets 200. The body is JSON (method, path as received and decoded_path, query, headers (an object keyed by lower-case
 name) and header_list (pairs, as received), body length and its first 64 KiB, and the
 decoded identity headers: X-Userinfo and X-ID-Token are base64 JSON, X-Access-Token is kept raw),
 or, when Accept names text/html, a page "You are <name>" with the claims, the headers and a
@@ -19,7 +19,7 @@ import json
 import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 # Bodies above this are read and discarded in chunks, never held whole.
 MAX_BODY_KEEP = 64 * 1024
@@ -110,6 +110,8 @@ class EchoHandler(BaseHTTPRequestHandler):
         report = {
             "method": self.command,
             "path": url.path,
+            # What a decoding framework (Flask/Werkzeug, Django) routes on.
+            "decoded_path": unquote(url.path, errors="surrogateescape"),
             "query": parse_qs(url.query, keep_blank_values=True),
             # Lower-cased names, repeats joined with ", " (easy to assert on); raw order below.
             "headers": headers,

@@ -13,8 +13,8 @@ use super::file::{
 };
 use super::{
     AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf, HashOn, HashVar, KeepalivePool,
-    Limits, Loaded, Node, PassHost, PassiveHealth, Problem, RouteConf, RoutePlugins, Scheme,
-    Shards, TlsConf, UpstreamConf, UpstreamTimeout,
+    Limits, Loaded, Node, OidcConf, PassHost, PassiveHealth, Pem, Problem, RouteConf, RoutePlugins,
+    Scheme, Shards, TlsConf, UpstreamConf, UpstreamTimeout, UpstreamTls,
 };
 use crate::route::{self, Method, MethodSet};
 
@@ -274,6 +274,7 @@ fn upstream(b: &mut Builder<'_>, path: &str, id: String, up: &UpstreamFile) -> U
         }
     };
     let nodes = nodes(b, path, up, scheme);
+    let tls = upstream_tls(b, path, up, scheme);
     let pass_host = match (up.pass_host, &up.upstream_host) {
         (PassHostFile::Pass, _) => PassHost::Pass,
         (PassHostFile::Node, _) => PassHost::Node,
@@ -319,6 +320,7 @@ fn upstream(b: &mut Builder<'_>, path: &str, id: String, up: &UpstreamFile) -> U
         balancer,
         nodes,
         scheme,
+        tls,
         pass_host,
         timeout,
         keepalive_pool,
@@ -326,6 +328,70 @@ fn upstream(b: &mut Builder<'_>, path: &str, id: String, up: &UpstreamFile) -> U
         retry_timeout: (!retry_timeout.is_zero()).then_some(retry_timeout),
         health: health(b, path, up),
     }
+}
+
+fn upstream_tls(
+    b: &mut Builder<'_>,
+    path: &str,
+    up: &UpstreamFile,
+    scheme: Scheme,
+) -> Option<UpstreamTls> {
+    if scheme != Scheme::Https {
+        if up.tls.is_some() {
+            b.error(format!("{path}.tls"), "only applies to `scheme: https`");
+        }
+        return None;
+    }
+    let Some(t) = &up.tls else {
+        return Some(UpstreamTls {
+            verify: true,
+            ca_cert: None,
+            client_cert: None,
+        });
+    };
+    let path = format!("{path}.tls");
+    if t.client_cert_id.is_some() {
+        b.error(
+            format!("{path}.client_cert_id"),
+            "APISIX attribute `client_cert_id` is not supported by shardgate (ssls objects); \
+             use client_cert and client_key",
+        );
+    }
+    let pem = |b: &mut Builder<'_>, name: &str, v: &str| {
+        if v.trim_start().starts_with("-----BEGIN") {
+            Pem::Inline(v.to_owned())
+        } else {
+            Pem::File(b.existing_file(&format!("{path}.{name}"), v))
+        }
+    };
+    let client_cert = match (&t.client_cert, &t.client_key) {
+        (Some(c), Some(k)) => Some((pem(b, "client_cert", c), pem(b, "client_key", k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            b.error(format!("{path}.client_key"), "required with client_cert");
+            None
+        }
+        (None, Some(_)) => {
+            b.error(format!("{path}.client_cert"), "required with client_key");
+            None
+        }
+    };
+    let verify = t.verify.unwrap_or(true);
+    if !verify {
+        b.warn(
+            format!("{path}.verify"),
+            "false: the upstream's certificate is not verified (anyone on the path can impersonate it)",
+        );
+        if t.ca_cert.is_some() {
+            b.warn(format!("{path}.ca_cert"), "unused with `verify: false`");
+        }
+    }
+    let ca_cert = t.ca_cert.as_deref().map(|c| pem(b, "ca_cert", c));
+    Some(UpstreamTls {
+        verify,
+        ca_cert,
+        client_cert,
+    })
 }
 
 fn hash_on(b: &mut Builder<'_>, path: &str, up: &UpstreamFile) -> HashOn {
@@ -646,10 +712,11 @@ fn route(
             format!("plugin `{name}` is not supported by shardgate (supported: openid-connect)"),
         );
     }
-    if let Some(oidc) = &r.plugins.openid_connect {
-        b.problems
-            .extend(oidc.check(&format!("{path}.plugins.openid-connect")));
-        plugins.openid_connect = Some(Arc::new((**oidc).clone()));
+    if let Some(value) = &r.plugins.openid_connect {
+        let loaded = OidcConf::from_value(value.clone(), &format!("{path}.plugins.openid-connect"));
+        b.problems.extend(loaded.errors);
+        b.warnings.extend(loaded.warnings);
+        plugins.openid_connect = loaded.conf.map(Arc::new);
     }
     Some(RouteConf {
         id,
@@ -663,6 +730,7 @@ fn route(
         priority: r.priority,
         upstream: upstream?,
         enable_websocket: r.enable_websocket,
+        keep_client_identity_headers: r.keep_client_identity_headers,
         enabled,
         plugins,
     })

@@ -9,7 +9,6 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use shardgate_oidc::config::OidcConf;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,9 +342,8 @@ pub(crate) struct UpstreamFile {
     _create_time: Option<IgnoredAny>,
     #[serde(default, rename = "update_time")]
     _update_time: Option<IgnoredAny>,
+    pub tls: Option<UpstreamTlsFile>,
     // APISIX attributes shardgate does not implement.
-    #[serde(default)]
-    pub tls: Option<IgnoredAny>,
     #[serde(default)]
     pub discovery_type: Option<IgnoredAny>,
     #[serde(default)]
@@ -355,14 +353,29 @@ pub(crate) struct UpstreamFile {
 }
 
 impl UpstreamFile {
-    pub fn unsupported(&self) -> [(&'static str, bool); 4] {
+    pub fn unsupported(&self) -> [(&'static str, bool); 3] {
         [
-            ("tls", self.tls.is_some()),
             ("discovery_type", self.discovery_type.is_some()),
             ("discovery_args", self.discovery_args.is_some()),
             ("service_name", self.service_name.is_some()),
         ]
     }
+}
+
+/// APISIX upstream `tls`, plus shardgate's `ca_cert`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamTlsFile {
+    /// PEM text (as APISIX stores it) or a file path.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    #[serde(default)]
+    pub client_cert_id: Option<IgnoredAny>,
+    /// APISIX's default is false (no verification); shardgate verifies unless told not to.
+    pub verify: Option<bool>,
+    /// shardgate extension: trust these CA certificates (PEM text or a file) instead of the
+    /// system roots.
+    pub ca_cert: Option<String>,
 }
 
 /// The balancer. APISIX's other types are parsed to be named in an "unsupported" error.
@@ -594,6 +607,9 @@ pub(crate) struct RouteFile {
     pub upstream: Option<UpstreamFile>,
     #[serde(default)]
     pub enable_websocket: bool,
+    /// shardgate extension (not an APISIX attribute).
+    #[serde(default)]
+    pub keep_client_identity_headers: bool,
     #[serde(default = "route_status")]
     pub status: u8,
     #[serde(default)]
@@ -639,10 +655,12 @@ impl RouteFile {
     }
 }
 
-/// `plugins`: `openid-connect` is typed; any other name is kept to be named in an error.
+/// `plugins`: `openid-connect` is kept as a generic value, read by `OidcConf::from_value` (which
+/// reports every problem in it, not only serde's first); any other name is kept to be named in
+/// an error.
 #[derive(Debug, Default)]
 pub(crate) struct PluginsFile {
-    pub openid_connect: Option<Box<OidcConf>>,
+    pub openid_connect: Option<serde_json::Value>,
     pub unknown: Vec<String>,
 }
 
@@ -661,7 +679,7 @@ impl<'de> Deserialize<'de> for PluginsFile {
                         if plugins.openid_connect.is_some() {
                             return Err(de::Error::duplicate_field("openid-connect"));
                         }
-                        plugins.openid_connect = Some(Box::new(map.next_value()?));
+                        plugins.openid_connect = Some(map.next_value()?);
                     } else {
                         map.next_value::<IgnoredAny>()?;
                         plugins.unknown.push(name);

@@ -136,6 +136,8 @@ pub struct UpstreamConf {
     pub balancer: Balancer,
     pub nodes: Vec<Node>,
     pub scheme: Scheme,
+    /// Set exactly when `scheme` is https.
+    pub tls: Option<UpstreamTls>,
     pub pass_host: PassHost,
     pub timeout: UpstreamTimeout,
     pub keepalive_pool: KeepalivePool,
@@ -144,6 +146,24 @@ pub struct UpstreamConf {
     /// None: no limit (APISIX `retry_timeout: 0`).
     pub retry_timeout: Option<Duration>,
     pub health: PassiveHealth,
+}
+
+/// How an `https` upstream is verified and authenticated (APISIX `tls` + shardgate's `ca_cert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Verify the server's certificate and name (default true; APISIX's default is false).
+    pub verify: bool,
+    /// Trust these instead of the system roots.
+    pub ca_cert: Option<Pem>,
+    /// mTLS: certificate chain and key.
+    pub client_cert: Option<(Pem, Pem)>,
+}
+
+/// PEM material: inline text (as APISIX stores it) or a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pem {
+    Inline(String),
+    File(std::path::PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -257,6 +277,9 @@ pub struct RouteConf {
     /// Index into `Config::upstreams`.
     pub upstream: usize,
     pub enable_websocket: bool,
+    /// shardgate extension: forward client-sent identity headers (`X-Userinfo`, ...) instead of
+    /// removing them. Only for upstreams behind another gateway that sets them.
+    pub keep_client_identity_headers: bool,
     /// APISIX `status: 1`.
     pub enabled: bool,
     pub plugins: RoutePlugins,

@@ -219,9 +219,14 @@ routes:
         session: { secret: [not, a, string] }
 "#,
     );
-    assert_eq!(e.len(), 1);
-    assert!(
-        e[0].starts_with("routes[0].plugins.openid-connect.session.secret: invalid type"),
+    // Every problem is reported (the missing client_secret and upstream too), each path once.
+    let at_secret: Vec<&String> = e
+        .iter()
+        .filter(|e| e.starts_with("routes[0].plugins.openid-connect.session.secret"))
+        .collect();
+    assert_eq!(
+        at_secret,
+        ["routes[0].plugins.openid-connect.session.secret: expected a string, got an array"],
         "{e:?}"
     );
     let e = errors("upstreams:\n  - id: a\n    nodes: { \"h:1\": heavy }\n");
@@ -243,7 +248,8 @@ consumers: []
 upstreams:
   - id: app
     nodes: { "127.0.0.1:1": 1 }
-    tls: { client_cert: x }
+    scheme: https
+    tls: { client_cert_id: 1 }
     discovery_type: dns
 routes:
   - id: r
@@ -258,7 +264,7 @@ routes:
     );
     for field in [
         "consumers: APISIX attribute `consumers`",
-        "upstreams[0].tls: APISIX attribute `tls` is not supported by shardgate",
+        "upstreams[0].tls.client_cert_id: APISIX attribute `client_cert_id` is not supported by shardgate",
         "upstreams[0].discovery_type: APISIX attribute `discovery_type`",
         "routes[0].vars: APISIX attribute `vars` is not supported by shardgate",
         "routes[0].remote_addrs: APISIX attribute",
@@ -591,9 +597,17 @@ fn openid_connect_problems_carry_the_route_path() {
         e,
         [
             "routes[0].plugins.openid-connect.response_mode: APISIX attribute `response_mode` is not supported by shardgate",
-            "routes[0].plugins.openid-connect.discovery: must use https (plain http is allowed only for loopback hosts)",
             "routes[0].plugins.openid-connect.session.secret: must be at least 16 bytes",
         ]
+    );
+    // Plain http to a remote IdP works, as in APISIX, with a warning naming the risk.
+    let remote = OIDC_ROUTE.replace("http://127.0.0.1:9000", "http://idp.example.com");
+    let w = load(&remote).warnings;
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].path, "routes[0].plugins.openid-connect.discovery");
+    assert!(
+        w[0].message
+            .starts_with("uses plain http to a non-loopback host")
     );
 }
 
@@ -614,16 +628,24 @@ fn redirect_uri_equal_to_a_protected_route_is_a_warning() {
     );
     assert!(clash.warnings[0].message.contains("no session state found"));
 
+    // A relative redirect_uri also gets its own warning (the URL is built from the Host header).
+    let not_relative = |w: Vec<Problem>| -> Vec<Problem> {
+        w.into_iter()
+            .filter(|w| !w.message.starts_with("is relative"))
+            .collect()
+    };
     let exact =
         OIDC_ROUTE.replace("uri: /app/*", "uri: /login") + "        redirect_uri: /login?x=1\n";
-    let w = load(&exact).warnings;
+    let w = not_relative(load(&exact).warnings);
     assert_eq!(w.len(), 1);
     assert!(w[0].message.contains("`/login`"), "{w:?}");
 
-    let unserved = load(&format!(
-        "{OIDC_ROUTE}        redirect_uri: /elsewhere/cb\n"
-    ))
-    .warnings;
+    let unserved = not_relative(
+        load(&format!(
+            "{OIDC_ROUTE}        redirect_uri: /elsewhere/cb\n"
+        ))
+        .warnings,
+    );
     assert_eq!(unserved.len(), 1);
     assert!(
         unserved[0]
@@ -691,7 +713,14 @@ routes:
     assert!(!oidc.ssl_verify);
     assert_eq!(oidc.authorization_params["kc_idp_hint"], "github");
     assert!(oidc.claim_validator.audience.match_with_client_id);
-    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // APISIX warns on ssl_verify: false too (check_tls_bool); nothing else here is risky.
+    let warned: Vec<&str> = loaded.warnings.iter().map(|w| w.path.as_str()).collect();
+    assert_eq!(
+        warned,
+        ["routes[0].plugins.openid-connect.ssl_verify"],
+        "{:?}",
+        loaded.warnings
+    );
     let dbg = format!("{:?}", loaded.config);
     assert!(
         !dbg.contains("from-env") && !dbg.contains("change-me"),
@@ -725,4 +754,75 @@ fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("shardgate-config-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn https_upstream_tls_settings() {
+    let c = load(
+        r#"
+upstreams:
+  - { id: default, scheme: https, nodes: { "a:1": 1 } }
+  - id: full
+    scheme: https
+    nodes: { "a:1": 1 }
+    tls:
+      verify: false
+      client_cert: |
+        -----BEGIN CERTIFICATE-----
+        MIIB
+        -----END CERTIFICATE-----
+      client_key: "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----\n"
+  - { id: plain, nodes: { "a:1": 1 } }
+"#,
+    );
+    let u = &c.config.upstreams;
+    assert_eq!(
+        u[0].tls,
+        Some(UpstreamTls {
+            verify: true,
+            ca_cert: None,
+            client_cert: None
+        }),
+        "https verifies against the system roots unless told otherwise (APISIX: verify false)"
+    );
+    assert_eq!(u[0].nodes[0].port, 1);
+    let full = u[1].tls.as_ref().expect("tls");
+    assert!(!full.verify);
+    assert!(matches!(
+        &full.client_cert,
+        Some((Pem::Inline(c), Pem::Inline(k))) if c.starts_with("-----BEGIN CERTIFICATE")
+            && k.starts_with("-----BEGIN PRIVATE KEY")
+    ));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.to_string().contains("upstreams[1].tls.verify: false")),
+        "{:?}",
+        c.warnings
+    );
+    assert_eq!(u[2].tls, None);
+
+    let e = errors(
+        r#"
+upstreams:
+  - { id: a, nodes: { "a:1": 1 }, tls: { verify: true } }
+  - { id: b, scheme: https, nodes: { "a:1": 1 }, tls: { client_cert: "-----BEGIN x" } }
+  - { id: c, scheme: https, nodes: { "a:1": 1 }, tls: { client_key: k.pem } }
+  - { id: d, scheme: https, nodes: { "a:1": 1 }, tls: { ca_cert: /nonexistent/ca.pem } }
+"#,
+    );
+    let want = [
+        "upstreams[0].tls: only applies to `scheme: https`",
+        "upstreams[1].tls.client_key: required with client_cert",
+        "upstreams[2].tls.client_cert: required with client_key",
+        "upstreams[3].tls.ca_cert: file `/nonexistent/ca.pem` does not exist",
+    ];
+    for w in want {
+        assert!(has(&e, w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    let e = errors(
+        "upstreams:\n  - { id: e, scheme: https, nodes: { \"a:1\": 1 }, tls: { verfy: false } }\n",
+    );
+    assert!(has(&e, "upstreams[0].tls: unknown field `verfy`"), "{e:?}");
 }

@@ -15,6 +15,7 @@
 mod chunked;
 mod error;
 mod fields;
+pub mod path;
 mod request;
 mod response;
 #[cfg(test)]

@@ -58,7 +58,7 @@ impl Outcome {
     }
 }
 
-/// The identity headers a client must never be able to set (design.md section 6).
+/// The identity headers a client must never be able to set: they carry identity the gateway vouches for.
 pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-access-token",
     "x-id-token",
@@ -66,3 +66,40 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
     "x-refresh-token",
     "x-raw-id-token",
 ];
+
+/// Whether `name` is one of [`IDENTITY_HEADERS`], ignoring case and counting `_` as `-`: CGI/WSGI
+/// style servers map both to the same variable, so `X_Userinfo` would pass as `X-Userinfo`.
+pub fn is_identity_header(name: &[u8]) -> bool {
+    IDENTITY_HEADERS.iter().any(|i| {
+        i.len() == name.len()
+            && i.bytes().zip(name).all(|(a, &b)| {
+                let b = if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                };
+                a == b
+            })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_identity_header;
+
+    #[test]
+    fn identity_header_names_match_any_case_and_underscores() {
+        for n in [
+            "X-Userinfo",
+            "x_userinfo",
+            "X_ID_TOKEN",
+            "x-Access_Token",
+            "X-Raw-Id-Token",
+        ] {
+            assert!(is_identity_header(n.as_bytes()), "{n}");
+        }
+        for n in ["X-Userinfo2", "Authorization", "X-Id", "x-id_tokens"] {
+            assert!(!is_identity_header(n.as_bytes()), "{n}");
+        }
+    }
+}

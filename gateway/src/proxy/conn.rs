@@ -40,6 +40,35 @@ pub struct ClientConn {
     pub served: u64,
     /// Deadline for whichever read or write (client or upstream side) is in flight.
     pub timer: Timer,
+    /// The normal form of the current request's path when it differs from the raw path
+    /// (`path_rewritten`); scratch reused across requests.
+    pub path: Vec<u8>,
+    pub path_rewritten: bool,
+}
+
+impl ClientConn {
+    /// The path routes match and plugins compare: the normal form (see `http1::path`).
+    pub fn route_path(&self) -> &[u8] {
+        if self.path_rewritten {
+            &self.path
+        } else {
+            self.head.path_bytes(&self.buf)
+        }
+    }
+}
+
+/// Normalises the current request's path into `c.path`. `*` (OPTIONS) and CONNECT's authority
+/// are not paths and route as they are.
+fn normalize_path(c: &mut ClientConn) -> Result<(), http1::path::PathError> {
+    c.path_rewritten = false;
+    let raw = c.head.path_bytes(&c.buf);
+    if raw.first() != Some(&b'/') {
+        return Ok(());
+    }
+    if http1::path::normalize(raw, &mut c.path)? == http1::path::Normal::Rewritten {
+        c.path_rewritten = true;
+    }
+    Ok(())
 }
 
 /// Whether the connection may carry another request.
@@ -56,6 +85,9 @@ pub struct Summary {
     pub bytes_out: u64,
     pub upstream_us: Option<u64>,
     pub error: Option<Error>,
+    /// The response said `Connection: close`: nothing more may be read on the connection
+    /// (RFC 9112 9.6), however the request ended.
+    pub close: bool,
 }
 
 /// Serves one accepted connection (TLS already negotiated for a TLS listener) until it closes.
@@ -79,6 +111,8 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
         tls,
         served: 0,
         timer: Timer::on_shard(),
+        path: Vec::new(),
+        path_rewritten: false,
     };
     loop {
         let compiled = shard.current();
@@ -147,10 +181,17 @@ async fn read_head(
         }
         let buf = std::mem::take(&mut c.buf);
         let (res, buf) = match header_deadline {
-            // Waiting for the first byte of a request: the idle timeout applies, and shutdown
-            // closes idle keep-alive connections instead of waiting for them.
+            // Waiting for the first byte of a request: between requests the idle timeout applies,
+            // but a new connection gets only header_timeout for its first byte, or silent
+            // connections would hold `max_connections` slots for idle_timeout each. Shutdown
+            // closes idle connections instead of waiting for them.
             None => {
-                let deadline = Instant::now() + limits.idle_timeout;
+                let wait = if c.served == 0 {
+                    limits.header_timeout
+                } else {
+                    limits.idle_timeout
+                };
+                let deadline = Instant::now() + wait;
                 let read = read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(deadline)));
                 monoio::select! {
                     r = read => r,
@@ -185,25 +226,23 @@ async fn handle(
     started: Instant,
 ) -> Next {
     let method = c.head.method;
-    // Phase 2: route. Routes match raw path bytes, so a path the upstream could normalise into
-    // another route (`/public/../admin`, `/public/%2e%2e/admin`, backslashes) is refused here:
-    // otherwise it would be matched against one route and served by another.
-    if ambiguous_path(c.head.path.of(&c.buf)) {
-        let err = Error::Parse(crate::http1::ParseError::Malformed(
-            "dot-segment or backslash in the request path",
-        ));
+    // Phase 2: route, on the normal form of the path (http1::path): the upstream decodes and
+    // normalises the path, so matching raw bytes would let `/%61pi/x` or `/public/../api/x` pass
+    // a public route and be served as `/api/x`.
+    if let Err(e) = normalize_path(c) {
+        let err = Error::Path(e);
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
-        return Next::Close;
+        return finish_early(c, &summary);
     }
-    let path = c.head.path.of(&c.buf);
+    let path = c.route_path();
     let host = c.head.host.map(|h| h.of(&c.buf));
     let method_token = c.head.method_span.of(&c.buf);
     let Some(route_idx) = compiled.published.table.find(host, path, method_token) else {
         let err = Error::RouteNotFound;
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
-        return finish_early(c);
+        return finish_early(c, &summary);
     };
     let route = &compiled.routes[route_idx];
 
@@ -222,7 +261,7 @@ async fn handle(
             &summary,
             false,
         );
-        return finish_early(c);
+        return finish_early(c, &summary);
     }
 
     // Phase 4: forward.
@@ -265,41 +304,13 @@ pub async fn buffered_body(c: &mut ClientConn, max: usize) -> Result<Vec<u8>, &'
     Ok(c.buf[c.head.head_len..c.head.head_len + n].to_vec())
 }
 
-/// True when `path` has a `.` or `..` segment (also percent-encoded) or a backslash.
-pub fn ambiguous_path(path: &[u8]) -> bool {
-    if path.contains(&b'\\') || contains_ci(path, b"%5c") {
-        return true;
-    }
-    path.split(|b| *b == b'/').any(|seg| {
-        let mut dots = 0;
-        let mut i = 0;
-        while i < seg.len() {
-            if seg[i] == b'.' {
-                dots += 1;
-                i += 1;
-            } else if seg[i] == b'%'
-                && seg.len() >= i + 3
-                && seg[i + 1] == b'2'
-                && (seg[i + 2] | 0x20) == b'e'
-            {
-                dots += 1;
-                i += 3;
-            } else {
-                return false;
-            }
-        }
-        dots == 1 || dots == 2
-    })
-}
-
-fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
 /// After answering without reading the request body, the body's bytes would be taken for the next
-/// request: consume it when it is already buffered, otherwise close.
-fn finish_early(c: &mut ClientConn) -> Next {
+/// request: consume it when it is already buffered, otherwise close. A response that announced
+/// `Connection: close` always closes: a pipelined request after it is never processed.
+fn finish_early(c: &mut ClientConn, summary: &Summary) -> Next {
+    if summary.close {
+        return Next::Close;
+    }
     let head_len = c.head.head_len;
     match c.head.framing {
         BodyFraming::None => {
@@ -357,6 +368,7 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
         bytes_out: if res.is_ok() { len } else { 0 },
         upstream_us: None,
         error: Some(err.clone()),
+        close,
     }
 }
 
@@ -496,38 +508,4 @@ fn log(
         shard = shard.info.id,
         peer = %c.peer,
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ambiguous_path;
-
-    #[test]
-    fn dot_segments_and_backslashes_are_ambiguous() {
-        for p in [
-            "/a/../b",
-            "/..",
-            "/a/.",
-            "/a/./b",
-            "/a/%2e%2E/b",
-            "/a/.%2e/b",
-            "/%2E/x",
-            "/a\\b",
-            "/a%5Cb",
-        ] {
-            assert!(ambiguous_path(p.as_bytes()), "{p}");
-        }
-        for p in [
-            "/",
-            "/a/b",
-            "/a/...",
-            "/.well-known/x",
-            "/a.b/c",
-            "/a/..b",
-            "/a/%2e%2e%2e",
-            "/v1.2/x",
-        ] {
-            assert!(!ambiguous_path(p.as_bytes()), "{p}");
-        }
-    }
 }

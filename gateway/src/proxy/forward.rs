@@ -16,7 +16,7 @@ use crate::error::{Error, UpstreamError};
 use crate::http1::{
     self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
-use crate::plugins::{HeaderValue, IDENTITY_HEADERS};
+use crate::plugins::{HeaderValue, is_identity_header};
 use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard};
@@ -38,7 +38,16 @@ pub async fn exchange(
     let route = &compiled.routes[route_idx];
     let up = &compiled.upstreams[route.upstream];
     let started = Instant::now();
-    match run(shard, compiled, up, route.websocket, c).await {
+    match run(
+        shard,
+        compiled,
+        up,
+        route.websocket,
+        route.keep_identity_headers,
+        c,
+    )
+    .await
+    {
         Ok(done) => {
             let next = if let Some(up) = done.tunnel {
                 Next::Tunnel(up)
@@ -52,6 +61,7 @@ pub async fn exchange(
                 bytes_out: done.bytes_out,
                 upstream_us: Some(started.elapsed().as_micros() as u64),
                 error: done.error,
+                close: matches!(next, Next::Close | Next::Tunnel(_)),
             };
             (summary, next, done.consumed)
         }
@@ -67,14 +77,17 @@ pub async fn exchange(
                     bytes_out: 0,
                     upstream_us: None,
                     error: Some(error),
+                    close: true,
                 };
                 return (summary, Next::Close, 0);
             }
             let mut summary = respond_error(c, &error, c.head.method).await;
             summary.upstream_us = Some(started.elapsed().as_micros() as u64);
             // The request body may be half read: only a fully consumed request keeps the connection.
+            // A response that said `Connection: close` ends the connection even when the request
+            // was consumed (RFC 9112 9.6).
             match consumed {
-                Some(n) if c.head.keep_alive => (summary, Next::KeepAlive, n),
+                Some(n) if c.head.keep_alive && !summary.close => (summary, Next::KeepAlive, n),
                 _ => (summary, Next::Close, 0),
             }
         }
@@ -117,7 +130,7 @@ fn hash_key<'a>(c: &'a ClientConn, on: &HashOn) -> &'a [u8] {
     let buf = &c.buf;
     match on {
         HashOn::RemoteAddr => c.peer_ip.as_bytes(),
-        HashOn::Uri => c.head.path.of(buf),
+        HashOn::Uri => c.route_path(),
         HashOn::Host => c.head.host.map(|h| h.of(buf)).unwrap_or(b""),
         HashOn::Query => c.head.query.map(|q| q.of(buf)).unwrap_or(b""),
         HashOn::Header(name) => c.head.header(buf, name).unwrap_or(b""),
@@ -156,6 +169,7 @@ async fn run(
     compiled: &Rc<Compiled>,
     up: &ShardUpstream,
     websocket: bool,
+    keep_identity: bool,
     c: &mut ClientConn,
 ) -> Result<Done, Fail> {
     let head_len = c.head.head_len;
@@ -171,7 +185,7 @@ async fn run(
     };
     let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
 
-    let mut node_host = build_request_head(compiled, up, c, upgrade);
+    let mut node_host = build_request_head(compiled, up, c, upgrade, keep_identity);
     // Small buffered bodies ride in the same write as the head.
     if let Some(n) = buffered_body {
         let b = &c.buf[head_len..head_len + n];
@@ -201,7 +215,7 @@ async fn run(
         }
         let (mut conn, reused) = match node.pool.checkout(now, &node.key) {
             Some(conn) => (conn, true),
-            None => match upstream::connect(node.addr, up.timeouts.connect).await {
+            None => match upstream::connect(up, node, up.timeouts.connect).await {
                 Ok(conn) => {
                     node.pool.opened.set(node.pool.opened.get() + 1);
                     (conn, false)
@@ -210,7 +224,12 @@ async fn run(
                     if up.report_failure(node_idx, Instant::now()) {
                         tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
                     }
-                    tracing::info!(upstream = %up.id, node = %node.key, error = ?e, "upstream connect failed");
+                    if let UpstreamError::Tls(reason) = &e {
+                        // Usually configuration (name, trust, client certificate): say so plainly.
+                        tracing::warn!(upstream = %up.id, node = %node.key, %reason, "upstream TLS handshake failed");
+                    } else {
+                        tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
+                    }
                     if attempts < up.retries && method.is_idempotent() {
                         attempts += 1;
                         if node_idx < 64 {
@@ -346,6 +365,7 @@ fn build_request_head(
     up: &ShardUpstream,
     c: &mut ClientConn,
     upgrade: bool,
+    keep_identity: bool,
 ) -> Option<std::ops::Range<usize>> {
     let buf = &c.buf;
     let head = &c.head;
@@ -354,12 +374,18 @@ fn build_request_head(
     out.clear();
     out.extend_from_slice(head.method_span.of(buf));
     out.push(b' ');
-    // absolute-form targets are sent on in origin-form.
+    // The upstream gets the path that was routed: the raw target when it is already normal, else
+    // the normal form re-encoded (http1::path), with the query as received. absolute-form targets
+    // are sent on in origin-form.
     let target = head.target.of(buf);
-    if target.first() == Some(&b'/') || target == b"*" {
+    if !c.path_rewritten && (target.first() == Some(&b'/') || target == b"*") {
         out.extend_from_slice(target);
     } else {
-        out.extend_from_slice(head.path.of(buf));
+        if c.path_rewritten {
+            http1::path::encode_into(&c.path, out);
+        } else {
+            out.extend_from_slice(head.path_bytes(buf));
+        }
         if let Some(q) = head.query {
             out.push(b'?');
             out.extend_from_slice(q.of(buf));
@@ -385,13 +411,18 @@ fn build_request_head(
     }
     out.extend_from_slice(b"\r\n");
 
-    let strip_identity = c.outcome.strip_identity_headers;
+    // Client-sent identity headers go on every route unless it opts out; a plugin that sets them
+    // strips them whatever the route says.
+    let strip_identity = c.outcome.strip_identity_headers || !keep_identity;
     let strip_auth = c.outcome.strip_authorization;
     let mut xff_prev: Option<&[u8]> = None;
     for h in &head.headers {
         let name = h.name.of(buf);
         let value = h.value.of(buf);
-        if is_hop_by_hop(name) || in_tokens(name, &head.connection_tokens, buf) {
+        if is_hop_by_hop(name)
+            || in_tokens(name, &head.connection_tokens, buf)
+            || is_path_or_forwarding_override(name)
+        {
             continue;
         }
         match name.len() {
@@ -419,11 +450,7 @@ fn build_request_head(
             }
             _ => {}
         }
-        if strip_identity
-            && IDENTITY_HEADERS
-                .iter()
-                .any(|i| name.eq_ignore_ascii_case(i.as_bytes()))
-        {
+        if strip_identity && is_identity_header(name) {
             continue;
         }
         push_header(out, name, value);
@@ -445,6 +472,26 @@ fn build_request_head(
     out.extend_from_slice(strip_port(client_host));
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
     out.extend_from_slice(c.local_port.as_bytes());
+    // RFC 7239, replacing the client's like X-Forwarded-Host/Proto: frameworks take host and
+    // proto from the first element, which a client-supplied value would own.
+    out.extend_from_slice(b"\r\nForwarded: for=");
+    if c.peer_ip.contains(':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(c.peer_ip.as_bytes());
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(c.peer_ip.as_bytes());
+    }
+    if !client_host.is_empty() {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(client_host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(if c.tls {
+        b";proto=https"
+    } else {
+        b";proto=http"
+    });
     out.extend_from_slice(b"\r\n");
     for (name, value) in &c.outcome.upstream_headers {
         let v: &[u8] = match value {
@@ -474,6 +521,22 @@ fn build_request_head(
     out.extend_from_slice(b"\r\n");
     let _ = compiled;
     node_host
+}
+
+/// Client fields an upstream could take as the gateway's statement about the request: `Forwarded`
+/// (replaced by ours), `X-Forwarded-Prefix` (Spring, ASP.NET build links and redirects under
+/// it; the gateway strips no prefix), `X-Original-URL` and `X-Rewrite-URL` (Symfony, Zend and IIS
+/// route on them instead of the request path, which would undo routing on the path). APISIX
+/// passes these through; at the edge nothing legitimate sets them.
+fn is_path_or_forwarding_override(name: &[u8]) -> bool {
+    [
+        &b"forwarded"[..],
+        b"x-forwarded-prefix",
+        b"x-original-url",
+        b"x-rewrite-url",
+    ]
+    .iter()
+    .any(|n| n.eq_ignore_ascii_case(name))
 }
 
 fn strip_port(host: &[u8]) -> &[u8] {
@@ -584,8 +647,11 @@ async fn stream_request_body(
                     ChunkEvent::Trailers(span) => {
                         saw_trailers = true;
                         wire.extend_from_slice(http1::LAST_CHUNK);
-                        wire.extend_from_slice(
+                        write_allowed_trailers(
+                            &mut wire,
                             &c.buf[base + span.start as usize..base + span.end as usize],
+                            &c.head.connection_tokens,
+                            &c.buf,
                         );
                         wire.extend_from_slice(b"\r\n");
                     }
@@ -610,6 +676,58 @@ async fn stream_request_body(
             }
         }
         BodyFraming::None | BodyFraming::CloseDelimited => Ok(head_len),
+    }
+}
+
+/// Fields never forwarded in a request trailer section: what the gateway controls in the head
+/// (routing, framing, credentials, the forwarding headers it sets) and what RFC 9110 6.5.1 forbids
+/// in trailers (with every `If-*` conditional). An upstream that merges trailers into the header fields would otherwise take a
+/// client's `Authorization`, `Host` or `X-Userinfo` as the gateway's.
+const TRAILER_DENY: [&[u8]; 19] = [
+    b"host",
+    b"content-length",
+    b"content-type",
+    b"content-encoding",
+    b"content-range",
+    b"authorization",
+    b"cookie",
+    b"expect",
+    b"max-forwards",
+    b"pragma",
+    b"range",
+    b"cache-control",
+    b"x-real-ip",
+    b"forwarded",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-port",
+    b"x-forwarded-proto",
+    b"x-forwarded-prefix",
+];
+
+/// Copies the trailer field lines of `section` (validated by the chunked decoder: `name:value`
+/// lines, each with its CRLF) that may travel in a trailer; see [`TRAILER_DENY`].
+fn write_allowed_trailers(
+    out: &mut Vec<u8>,
+    section: &[u8],
+    connection_tokens: &[http1::Span],
+    buf: &[u8],
+) {
+    for line in section.split_inclusive(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        let denied = is_hop_by_hop(name)
+            || in_tokens(name, connection_tokens, buf)
+            || is_identity_header(name)
+            || TRAILER_DENY.iter().any(|d| d.eq_ignore_ascii_case(name))
+            || name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-")
+            || name.eq_ignore_ascii_case(b"x-original-url")
+            || name.eq_ignore_ascii_case(b"x-rewrite-url");
+        if !denied {
+            out.extend_from_slice(line);
+        }
     }
 }
 
@@ -1122,15 +1240,23 @@ async fn switch_protocols(
 /// Copies bytes both ways until either side closes; both connections end with it.
 pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn) {
     use crate::proxy::stream::ClientStream;
+    use crate::upstream::tls::UpStream;
     use monoio::io::Splitable;
-    let (ur, uw) = upstream.stream.into_split();
-    match client {
-        ClientStream::Plain(s) => {
-            let (cr, cw) = s.into_split();
+    match (client, upstream.stream) {
+        (ClientStream::Plain(c), UpStream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
             copy_both(cr, cw, ur, uw).await;
         }
-        ClientStream::Tls(s) => {
-            let (cr, cw) = (*s).into_split();
+        (ClientStream::Tls(c), UpStream::Plain(u)) => {
+            let ((cr, cw), (ur, uw)) = ((*c).into_split(), u.into_split());
+            copy_both(cr, cw, ur, uw).await;
+        }
+        (ClientStream::Plain(c), UpStream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = (c.into_split(), (*u).into_split());
+            copy_both(cr, cw, ur, uw).await;
+        }
+        (ClientStream::Tls(c), UpStream::Tls(u)) => {
+            let ((cr, cw), (ur, uw)) = ((*c).into_split(), (*u).into_split());
             copy_both(cr, cw, ur, uw).await;
         }
     }

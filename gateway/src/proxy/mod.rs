@@ -33,6 +33,8 @@ pub struct ShardRoute {
     pub id: Rc<str>,
     pub upstream: usize,
     pub websocket: bool,
+    /// `keep_client_identity_headers`: forward client-sent `X-Userinfo` & co. (off by default).
+    pub keep_identity_headers: bool,
     pub auth: Option<Rc<RouteAuth>>,
     pub stats: Rc<RouteStats>,
 }
@@ -158,6 +160,7 @@ fn compile(
                 id: Rc::from(r.id.as_str()),
                 upstream: r.upstream,
                 websocket: r.websocket,
+                keep_identity_headers: r.keep_identity_headers,
                 auth,
                 stats: metrics.route(&r.id),
             }

@@ -2,9 +2,9 @@
 //!
 //! Matching follows APISIX's radixtree router:
 //! - `uri` is exact, or a prefix when it ends in `*` (`/api/*` matches `/api/` and below, not
-//!   `/api`). Paths are compared as raw bytes: the caller passes the path without the query and
-//!   must already have rejected or resolved dot-segments, or `/public/../private` would match
-//!   `/public/*`.
+//!   `/api`). Paths are compared as bytes: the caller passes the normal form of the path
+//!   (`http1::path`: decoded, slashes merged, dot-segments resolved), or `/public/../private` would
+//!   match `/public/*`.
 //! - `host` is exact (ASCII case-insensitive; the port is stripped from the `Host` header) or
 //!   `*.example.com`, which matches one or more labels before `.example.com` but not
 //!   `example.com` itself. A route without hosts matches any host, or none.

@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod pool;
+pub mod tls;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -10,11 +11,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
 use monoio::net::TcpStream;
+use rustls::pki_types::ServerName;
 
 use crate::error::UpstreamError;
 use balance::Balancer;
 use pool::{NodePool, PoolLimits, UpConn};
+use tls::{TlsSpec, UpStream};
 
 /// How the upstream `Host` header is chosen (APISIX `pass_host`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +69,8 @@ pub struct ShardNode {
     pub host_header: Rc<str>,
     pub pool: Rc<NodePool>,
     pub priority: i32,
+    /// SNI and verified name, for an https upstream.
+    pub server_name: Option<ServerName<'static>>,
     consecutive_failures: Cell<u32>,
     down_until: Cell<Option<Instant>>,
 }
@@ -79,6 +86,8 @@ pub struct ShardUpstream {
     pub id: Rc<str>,
     pub nodes: Vec<ShardNode>,
     balancer: Balancer,
+    /// This shard's TLS connector for an https upstream.
+    pub tls: Option<monoio_rustls::TlsConnector>,
     /// The distinct node priorities, highest first; one entry in the common case.
     levels: Vec<i32>,
     pub hash_on: Option<HashOn>,
@@ -95,6 +104,8 @@ pub struct NodeSpec {
     pub addr: SocketAddr,
     /// Host header value for `pass_host: node`.
     pub host_header: String,
+    /// The bare host (no port, no brackets): the TLS server name unless one is set upstream-wide.
+    pub host: String,
     pub weight: u32,
     pub priority: i32,
 }
@@ -109,6 +120,7 @@ pub struct UpstreamSpec {
     pub retries: u32,
     pub passive: Passive,
     pub pool: PoolLimits,
+    pub tls: Option<TlsSpec>,
 }
 
 impl ShardUpstream {
@@ -131,6 +143,11 @@ impl ShardUpstream {
                     host_header: Rc::from(n.host_header.as_str()),
                     pool,
                     priority: n.priority,
+                    server_name: spec.tls.as_ref().and_then(|t| {
+                        t.server_name
+                            .clone()
+                            .or_else(|| ServerName::try_from(n.host.clone()).ok())
+                    }),
                     consecutive_failures: Cell::new(0),
                     down_until: Cell::new(None),
                 }
@@ -149,6 +166,7 @@ impl ShardUpstream {
             id: Rc::from(spec.id.as_str()),
             nodes,
             balancer,
+            tls: spec.tls.as_ref().map(tls::shard_connector),
             levels,
             hash_on: spec.chash.clone(),
             pass_host: spec.pass_host.clone(),
@@ -219,22 +237,45 @@ fn pool_key(upstream: &str, node: &str) -> String {
     format!("{upstream}/{node}")
 }
 
-/// Connects to a node within `timeout.connect`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, UpstreamError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-        Ok(Err(e)) => Err(UpstreamError::ConnectFailed(e.to_string())),
-        Ok(Ok(stream)) => {
-            // Small request/response exchanges: never wait for Nagle.
-            let _ = stream.set_nodelay(true);
-            Ok(UpConn {
-                stream,
-                buf: Vec::with_capacity(16 * 1024),
-                requests: 0,
-                idle_since: Instant::now(),
-            })
+/// Connects to a node (and, for https, completes the TLS handshake) within `timeout.connect`.
+pub async fn connect(
+    up: &ShardUpstream,
+    node: &ShardNode,
+    timeout: Duration,
+) -> Result<UpConn, UpstreamError> {
+    let deadline = Instant::now() + timeout;
+    let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(node.addr)).await {
+        Err(_) => return Err(UpstreamError::ConnectTimeout),
+        Ok(Err(e)) => return Err(UpstreamError::ConnectFailed(e.to_string())),
+        Ok(Ok(stream)) => stream,
+    };
+    // Small request/response exchanges: never wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let stream = match (&up.tls, &node.server_name) {
+        (None, _) => UpStream::Plain(stream),
+        (Some(connector), Some(name)) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, connector.connect(name.clone(), stream)).await {
+                Err(_) => return Err(UpstreamError::ConnectTimeout),
+                Ok(Err(e)) => return Err(UpstreamError::Tls(tls::describe(e))),
+                Ok(Ok(s)) => UpStream::Tls(Box::new(s)),
+            }
         }
-    }
+        (Some(_), None) => {
+            return Err(UpstreamError::Tls(format!(
+                "`{}` is not a valid TLS server name",
+                node.key
+            )));
+        }
+    };
+    Ok(UpConn {
+        stream,
+        fd,
+        buf: Vec::with_capacity(16 * 1024),
+        requests: 0,
+        idle_since: Instant::now(),
+    })
 }
 
 #[cfg(test)]
@@ -251,6 +292,7 @@ mod tests {
                     key: format!("127.0.0.1:{}", 1000 + i),
                     addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
                     host_header: String::new(),
+                    host: "127.0.0.1".into(),
                     weight: 1,
                     priority: *p,
                 })
@@ -272,6 +314,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(1),
                 max_requests: 1,
             },
+            tls: None,
         }
     }
 

@@ -4,14 +4,18 @@
 //! per-shard upstreams reuse the pool of a node whose address did not change.
 
 use std::cell::{Cell, RefCell};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use monoio::net::TcpStream;
 use shardgate_runtime::{IdleState, idle_state};
+
+use super::tls::UpStream;
 
 /// An idle upstream connection plus the read buffer that travels with it.
 pub struct UpConn {
-    pub stream: TcpStream,
+    pub stream: UpStream,
+    /// The TCP socket under `stream` (a TLS stream does not lend it out), for the idle peek.
+    pub fd: RawFd,
     /// Bytes read from the upstream that were not consumed yet (normally empty between requests).
     pub buf: Vec<u8>,
     /// Requests served on this connection so far (`keepalive_pool.requests`).
@@ -76,7 +80,7 @@ impl NodePool {
                 idle.clear();
                 break;
             }
-            match idle_state(&conn.stream) {
+            match idle_state(conn.fd) {
                 IdleState::Clean => return Some(conn),
                 IdleState::Closed => {}
                 IdleState::Unsolicited => {

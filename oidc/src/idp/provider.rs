@@ -452,7 +452,7 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
             }
             Err(e) => {
                 inc(&a.handle.counters.discovery_err);
-                tracing::warn!(discovery = %url, error = %e, retry_in = ?a.backoff, "OIDC discovery failed; keeping the last good metadata");
+                tracing::warn!(discovery = %url, error = %e, retry_in_seconds = a.backoff.as_secs_f64(), "OIDC discovery failed; keeping the last good metadata");
                 a.next_discovery = Instant::now() + a.backoff;
                 a.backoff = (a.backoff * 2).min(MAX_BACKOFF);
                 a.last_error = Some(e);
@@ -491,7 +491,11 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
                     Ok((keys, max_age)) => {
                         inc(&a.handle.counters.jwks_ok);
                         for s in keys.skipped() {
-                            tracing::info!(kid = ?s.kid, reason = s.reason, "JWK skipped");
+                            tracing::info!(
+                                kid = s.kid.as_deref(),
+                                reason = s.reason,
+                                "JWK skipped"
+                            );
                         }
                         let same = a
                             .keys
@@ -499,7 +503,7 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
                             .is_some_and(|k| k.fingerprint() == keys.fingerprint());
                         if !same {
                             changed = true;
-                            tracing::info!(jwks = %uri, keys = keys.len(), kids = ?keys.kids().collect::<Vec<_>>(), "JWKS loaded");
+                            tracing::info!(jwks = %uri, keys = keys.len(), kids = %keys.kids().collect::<Vec<_>>().join(","), "JWKS loaded");
                         }
                         a.keys = Some(Arc::new(keys));
                         let ttl = match max_age {

@@ -4,8 +4,10 @@
 //! control thread                         every shard
 //!  OidcControl                             ShardOidc (clock, RNG, provider snapshots)
 //!   ├─ registry: ProviderSpec -> handle      └─ RouteAuth per route (per config version)
-//!   └─ spawns provider actors  ──state──►         verified-token cache, negative cache,
-//!        (discovery, JWKS, single-flight)         introspection cache, kid negative cache
+//!   ├─ spawns provider actors  ──state──►         verified-token cache, negative cache,
+//!   │    (discovery, JWKS, single-flight)         introspection cache, kid negative cache
+//!   └─ revocation actor ◄──back-channel logout── (the shard that received it)
+//!        owns the set, prunes ──snapshot──► every shard's Local<RevocationSet>
 //! ```
 //! A route's settings are prepared once per config load ([`OidcRoute`]: keys parsed, schema
 //! compiled, client authentication loaded); the request path only looks things up.
@@ -22,13 +24,14 @@ use std::sync::{Arc, Mutex};
 
 use ring::rand::SecureRandom;
 use shardgate_oidc::cache::TtlCache;
+use shardgate_oidc::flow::{LogoutSubject, RevocationSet};
 use shardgate_oidc::idp::provider::{
     self, ProviderHandle, ProviderMsg, ProviderSpec, ProviderState,
 };
-use shardgate_runtime::actor::Mailbox;
+use shardgate_runtime::actor::{self, Addr, Mailbox, Reply};
 use shardgate_runtime::clock::{Clock, CoarseClock};
 use shardgate_runtime::gate::Shutdown;
-use shardgate_runtime::snapshot::Local;
+use shardgate_runtime::snapshot::{Local, Publisher};
 
 use crate::error::Error;
 use crate::proxy::Shard;
@@ -38,50 +41,59 @@ pub use prepare::OidcRoute;
 
 /// Process-wide registry of provider actors, shared by the control thread and config loads.
 pub struct OidcShared {
-    providers: Mutex<HashMap<ProviderSpec, ProviderHandle>>,
-    /// Back-channel logouts, appended by whichever shard received them; every shard copies new
-    /// entries into its own list when `revocation_version` moves (one relaxed load per session
-    /// request, a cache line that is written only on logout).
-    revocations: Mutex<Vec<(shardgate_oidc::flow::LogoutSubject, u64)>>,
-    revocation_version: std::sync::atomic::AtomicU64,
-    spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>)>,
-    spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>)>,
+    /// Each provider with the token that stops its actor once no route uses it.
+    providers: Mutex<HashMap<ProviderSpec, (ProviderHandle, Shutdown)>>,
+    /// (route id, its provider) of the config being served, for per-route /metrics series.
+    in_use: Mutex<Vec<(String, ProviderHandle)>>,
+    /// Back-channel logouts in force. Only the revocation actor on the control thread publishes;
+    /// shards read their `Local` copy (no lock, no shared atomic on the request path).
+    revocations: Publisher<RevocationSet>,
+    revoke_addr: Addr<RevokeMsg>,
+    /// Taken by [`OidcControl::start`], which runs the actor.
+    revoke_mailbox: Mutex<Option<Mailbox<RevokeMsg>>>,
+    spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>, Shutdown)>,
+    spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>, Shutdown)>,
 }
 
 impl OidcShared {
     pub fn new() -> Arc<OidcShared> {
         let (spawn_tx, spawn_rx) = flume::unbounded();
+        let (revoke_addr, revoke_mailbox) = actor::mailbox(1024);
         Arc::new(OidcShared {
             providers: Mutex::new(HashMap::new()),
-            revocations: Mutex::new(Vec::new()),
-            revocation_version: std::sync::atomic::AtomicU64::new(0),
+            in_use: Mutex::new(Vec::new()),
+            revocations: Publisher::new(Arc::new(RevocationSet::default())),
+            revoke_addr,
+            revoke_mailbox: Mutex::new(Some(revoke_mailbox)),
             spawn_tx,
             spawn_rx,
         })
     }
 
-    pub fn revocation_version(&self) -> u64 {
-        self.revocation_version.load(Ordering::Acquire)
+    /// Hands a verified back-channel logout to the revocation actor and waits until the set that
+    /// holds it has been published to every shard.
+    pub async fn revoke(
+        &self,
+        issuer: &str,
+        subject: LogoutSubject,
+        until: u64,
+    ) -> Result<(), shardgate_runtime::actor::AskError> {
+        self.revoke_addr
+            .ask(
+                |reply| RevokeMsg {
+                    issuer: issuer.to_owned(),
+                    subject,
+                    until,
+                    reply,
+                },
+                std::time::Duration::from_secs(5),
+            )
+            .await
     }
 
-    /// Revocations published after version `seen` (versions count entries).
-    pub fn revocations_since(&self, seen: u64) -> Vec<(shardgate_oidc::flow::LogoutSubject, u64)> {
-        let list = match self.revocations.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        let from = usize::try_from(seen).unwrap_or(usize::MAX).min(list.len());
-        list[from..].to_vec()
-    }
-
-    pub fn publish_revocation(&self, subject: shardgate_oidc::flow::LogoutSubject, until: u64) {
-        let mut list = match self.revocations.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        list.push((subject, until));
-        self.revocation_version
-            .store(list.len() as u64, Ordering::Release);
+    /// Entries in the revocation set as last published.
+    pub fn revocations_in_force(&self) -> usize {
+        self.revocations.current().len()
     }
 
     /// The provider for `spec`, created (and queued for the control thread to run) on first use,
@@ -91,20 +103,105 @@ impl OidcShared {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        if let Some(h) = map.get(&spec) {
+        if let Some((h, _)) = map.get(&spec) {
             return h.clone();
         }
         let (handle, mailbox) = ProviderHandle::new(spec.clone());
-        let _ = self.spawn_tx.send((handle.clone(), mailbox));
-        map.insert(spec, handle.clone());
+        let stop = Shutdown::new();
+        let _ = self.spawn_tx.send((handle.clone(), mailbox, stop.clone()));
+        map.insert(spec, (handle.clone(), stop));
         handle
+    }
+
+    /// Makes `published` the config whose providers are kept: every other provider (a route
+    /// removed by a reload, or created by a reload that was then rejected) leaves the registry,
+    /// its actor stops, and its /metrics series go. Call after every publish and every rejected
+    /// build, with the config being served.
+    pub fn retain_used_by(&self, published: &crate::published::Published) {
+        let used: Vec<(String, ProviderHandle)> = published
+            .routes
+            .iter()
+            .filter_map(|r| Some((r.id.clone(), r.oidc.as_ref()?.provider.clone()?)))
+            .collect();
+        {
+            let mut map = match self.providers.lock() {
+                Ok(m) => m,
+                Err(p) => p.into_inner(),
+            };
+            map.retain(|spec, (_, stop)| {
+                let keep = used.iter().any(|(_, h)| *h.spec == *spec);
+                if !keep {
+                    tracing::info!(discovery = %spec.discovery_url, "identity provider no longer used by any route: its actor stops");
+                    stop.trigger();
+                }
+                keep
+            });
+        }
+        match self.in_use.lock() {
+            Ok(mut u) => *u = used,
+            Err(p) => *p.into_inner() = used,
+        }
     }
 
     fn all(&self) -> Vec<ProviderHandle> {
         match self.providers.lock() {
-            Ok(m) => m.values().cloned().collect(),
-            Err(p) => p.into_inner().values().cloned().collect(),
+            Ok(m) => m.values().map(|(h, _)| h.clone()).collect(),
+            Err(p) => p.into_inner().values().map(|(h, _)| h.clone()).collect(),
         }
+    }
+
+    fn in_use(&self) -> Vec<(String, ProviderHandle)> {
+        match self.in_use.lock() {
+            Ok(u) => u.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// A back-channel logout on its way to the revocation actor.
+pub struct RevokeMsg {
+    issuer: String,
+    subject: LogoutSubject,
+    until: u64,
+    reply: Reply<()>,
+}
+
+/// How often the revocation actor drops entries that no session can need any more, when no
+/// logout arrives to do it.
+const REVOCATION_PRUNE_PERIOD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The revocation actor: the one owner of the set. Every change (a logout, or entries expiring)
+/// publishes a fresh immutable copy; shards swap it in on their own.
+async fn run_revocations(shared: Arc<OidcShared>, mailbox: Mailbox<RevokeMsg>, shutdown: Shutdown) {
+    let clock = shardgate_runtime::clock::shard_clock();
+    let mut set = RevocationSet::default();
+    loop {
+        let msg = monoio::select! {
+            m = mailbox.recv() => m,
+            _ = monoio::time::sleep(REVOCATION_PRUNE_PERIOD) => {
+                if set.prune(clock.unix_secs()) {
+                    shared.revocations.publish(Arc::new(set.clone()));
+                }
+                continue;
+            }
+            _ = shutdown.wait() => return,
+        };
+        let Some(RevokeMsg {
+            issuer,
+            subject,
+            until,
+            reply,
+        }) = msg
+        else {
+            return;
+        };
+        set.prune(clock.unix_secs());
+        set.revoke(&issuer, &subject, until);
+        // A copy per logout: logouts are rare next to requests, and shards then read with no
+        // lock at all.
+        shared.revocations.publish(Arc::new(set.clone()));
+        tracing::debug!(entries = set.len(), "revocation set published");
+        reply.send(());
     }
 }
 
@@ -116,6 +213,13 @@ pub struct OidcControl {
 impl OidcControl {
     /// Starts the task that spawns provider actors; call on the control thread's runtime.
     pub fn start(shared: Arc<OidcShared>, shutdown: Shutdown) -> OidcControl {
+        let revoke_mailbox = match shared.revoke_mailbox.lock() {
+            Ok(mut m) => m.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(mailbox) = revoke_mailbox {
+            monoio::spawn(run_revocations(shared.clone(), mailbox, shutdown.clone()));
+        }
         let rx = shared.spawn_rx.clone();
         monoio::spawn(async move {
             loop {
@@ -123,8 +227,19 @@ impl OidcControl {
                     n = rx.recv_async() => n,
                     _ = shutdown.wait() => return,
                 };
-                let Ok((handle, mailbox)) = next else { return };
-                monoio::spawn(provider::run(handle, mailbox, shutdown.clone()));
+                let Ok((handle, mailbox, stop)) = next else {
+                    return;
+                };
+                // The actor stops on shutdown or when no route uses it any more.
+                let global = shutdown.clone();
+                let relay = stop.clone();
+                monoio::spawn(async move {
+                    monoio::select! {
+                        _ = global.wait() => relay.trigger(),
+                        _ = relay.wait() => {}
+                    }
+                });
+                monoio::spawn(provider::run(handle, mailbox, stop));
             }
         });
         OidcControl { shared }
@@ -151,14 +266,17 @@ impl OidcControl {
         (ok, format!("[{}]", parts.join(",")))
     }
 
-    /// Provider counters for /metrics.
+    /// Provider counters for /metrics, one series per route and its provider: routes on one IdP
+    /// with different provider settings have their own actors and counts, and routes sharing
+    /// one actor each show its (shared) count.
     pub fn counters(&self, out: &mut BTreeMap<String, u64>) {
-        for h in self.shared.all() {
+        for (route, h) in self.shared.in_use() {
             let c = &h.counters;
             let d = json_str(&h.spec.discovery_url);
+            let r = json_str(&route);
             let mut put = |name: &str, outcome: &str, v: &std::sync::atomic::AtomicU64| {
                 out.insert(
-                    format!("{name}{{discovery={d},outcome=\"{outcome}\"}}"),
+                    format!("{name}{{route={r},discovery={d},outcome=\"{outcome}\"}}"),
                     v.load(Ordering::Relaxed),
                 );
             };
@@ -215,10 +333,13 @@ struct ShardOidcInner {
     rng: ring::rand::SystemRandom,
     /// Provider snapshots attached on this shard, by discovery URL + settings.
     providers: RefCell<HashMap<ProviderSpec, Local<ProviderState>>>,
+    /// Back-channel logouts in force, as the revocation actor last published them.
+    revocations: Local<RevocationSet>,
 }
 
 impl ShardOidc {
     pub fn new(shard: usize, shared: Arc<OidcShared>) -> ShardOidc {
+        let revocations = shared.revocations.subscribe().attach();
         ShardOidc {
             inner: Rc::new(ShardOidcInner {
                 shard,
@@ -226,6 +347,7 @@ impl ShardOidc {
                 clock: shardgate_runtime::clock::shard_clock(),
                 rng: ring::rand::SystemRandom::new(),
                 providers: RefCell::new(HashMap::new()),
+                revocations,
             }),
         }
     }
@@ -244,6 +366,11 @@ impl ShardOidc {
 
     pub fn shared(&self) -> &OidcShared {
         &self.inner.shared
+    }
+
+    /// Whether a back-channel logout ended `session` (one shard-local snapshot read).
+    pub fn is_revoked(&self, session: &shardgate_oidc::session::SessionData) -> bool {
+        self.inner.revocations.load().is_revoked(session)
     }
 
     /// A random URL-safe id (`jti`, state, nonce).
@@ -267,6 +394,8 @@ impl ShardOidc {
         if let Some(l) = map.get(&*handle.spec) {
             return l.clone();
         }
+        // Providers whose every handle is gone (removed by a reload) leave this shard too.
+        map.retain(|_, l| !l.is_closed());
         let local = handle.state.subscribe().attach();
         map.insert((*handle.spec).clone(), local.clone());
         local
@@ -329,5 +458,75 @@ impl RouteAuth {
             c.outcome.strip_authorization = true;
         }
         bearer::rewrite(self, shard, c).await
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use shardgate_oidc::session::SessionData;
+
+    fn subject(sid: &str) -> LogoutSubject {
+        LogoutSubject {
+            sid: Some(sid.into()),
+            sub: None,
+            iat: 0,
+            jti: None,
+        }
+    }
+
+    fn session(sid: &str) -> SessionData {
+        SessionData {
+            iss: Some("https://idp".into()),
+            sid: Some(sid.into()),
+            ..SessionData::default()
+        }
+    }
+
+    /// The revocation actor prunes what can no longer matter and every subscriber (one per
+    /// shard) sees each logout once `revoke` returns.
+    #[test]
+    fn revocations_are_published_to_every_shard_and_expired_ones_pruned() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = OidcShared::new();
+            let shutdown = Shutdown::new();
+            let _control = OidcControl::start(shared.clone(), shutdown.clone());
+            let shards = [
+                ShardOidc::new(0, shared.clone()),
+                ShardOidc::new(1, shared.clone()),
+            ];
+            let now = shardgate_runtime::clock::shard_clock().unix_secs();
+            // Already past its lifetime: kept only until the next change.
+            shared
+                .revoke("https://idp", subject("old"), now - 1)
+                .await
+                .unwrap();
+            assert_eq!(shared.revocations_in_force(), 1);
+            shared
+                .revoke("https://idp", subject("new"), u64::MAX)
+                .await
+                .unwrap();
+            assert_eq!(
+                shared.revocations_in_force(),
+                1,
+                "the expired entry was pruned"
+            );
+            // Shards swap the snapshot in on their own task.
+            monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            for shard in &shards {
+                assert!(shard.is_revoked(&session("new")));
+                assert!(!shard.is_revoked(&session("old")));
+                assert!(!shard.is_revoked(&SessionData {
+                    iss: Some("https://other-idp".into()),
+                    ..session("new")
+                }));
+            }
+            shutdown.trigger();
+        });
     }
 }

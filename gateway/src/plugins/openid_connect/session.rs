@@ -8,7 +8,7 @@
 //! -> back-channel logout; otherwise the session cookie (refreshing the access token when due),
 //! and without a usable session `unauth_action` (302 to the IdP / 401 / pass).
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use shardgate_oidc::config::{OidcConf, SameSite as ConfSameSite, UnauthAction};
 use shardgate_oidc::discovery::ProviderMetadata;
 use shardgate_oidc::flow::{
     self, AuthorizeParams, Callback, ClaimError, FlowError, IdTokenRules, LoginState, LogoutAction,
-    Revocations, TokenResponse, TokenState,
+    TokenResponse, TokenState,
 };
 use shardgate_oidc::idp::client::Response;
 use shardgate_oidc::idp::provider::{KidLookup, ProviderMsg, SharedCall};
@@ -49,8 +49,6 @@ pub struct SessionState {
     open_scratch: RefCell<Vec<u8>>,
     /// Cookies opened recently on this shard, by their exact bytes.
     opened: RefCell<TtlCache<Rc<OpenedSession>>>,
-    revocations: RefCell<Revocations>,
-    revocations_seen: Cell<u64>,
     backchannel_path: String,
 }
 
@@ -116,8 +114,6 @@ impl SessionState {
             scratch: RefCell::new(Vec::with_capacity(4096)),
             open_scratch: RefCell::new(Vec::with_capacity(4096)),
             opened: RefCell::new(TtlCache::new(4096)),
-            revocations: RefCell::new(Revocations::new(100_000)),
-            revocations_seen: Cell::new(0),
             backchannel_path: format!("{}/backchannel", conf.logout_path.trim_end_matches('/')),
         })
     }
@@ -148,7 +144,7 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     c.outcome.strip_cookie_prefix = Some(auth.cookie_prefix.clone());
     let now = auth.oidc.now_secs();
     let conf = conf(auth);
-    let path = c.head.path.of(&c.buf);
+    let path = c.route_path();
     let is_logout = path == conf.logout_path.as_bytes();
     let is_backchannel =
         path == s.backchannel_path.as_bytes() && c.head.method == crate::http1::Method::Post;
@@ -162,7 +158,6 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     if is_cb {
         return callback(auth, s, c, now).await;
     }
-    sync_revocations(auth, s);
     // Fast path: the same cookie bytes as a session this shard already opened and checked.
     let hit = {
         let mut joined = s.scratch.borrow_mut();
@@ -191,11 +186,13 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
         }
     }
     match open_session(auth, s, c, now) {
-        Ok(Some(data)) if !s.revocations.borrow().is_revoked(&data) => {
-            use_session(auth, s, c, data, now).await
-        }
+        Ok(Some(data)) if !auth.oidc.is_revoked(&data) => use_session(auth, s, c, data, now).await,
         Ok(Some(data)) => {
-            tracing::info!(sub = ?data.sub, sid = ?data.sid, "session revoked by back-channel logout");
+            tracing::info!(
+                sub = data.sub.as_deref(),
+                sid = data.sid.as_deref(),
+                "session revoked by back-channel logout"
+            );
             clear_session_cookies(s, c);
             unauthenticated(auth, s, c, now).await
         }
@@ -295,21 +292,6 @@ fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
         .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
 }
 
-/// Pulls new back-channel revocations published by any shard into this shard's list.
-fn sync_revocations(auth: &RouteAuth, s: &SessionState) {
-    let shared = auth.oidc.shared();
-    let v = shared.revocation_version();
-    if v == s.revocations_seen.get() {
-        return;
-    }
-    let mut list = s.revocations.borrow_mut();
-    for (subject, until) in shared.revocations_since(s.revocations_seen.get()) {
-        list.revoke(&subject, until);
-    }
-    list.prune(auth.oidc.now_secs());
-    s.revocations_seen.set(v);
-}
-
 fn provider_metadata(auth: &RouteAuth) -> Result<Arc<ProviderMetadata>, Error> {
     let st = auth.provider.as_ref().map(|(_, l)| l.load());
     match st.as_ref().and_then(|s| s.metadata.clone()) {
@@ -334,7 +316,7 @@ async fn idp_call(auth: &RouteAuth, call: SharedCall) -> Result<Arc<Response>, E
             Err(Error::Unavailable("identity provider unreachable"))
         }
         Err(e) => {
-            tracing::warn!(error = ?e, "identity provider call did not answer in time");
+            tracing::warn!(error = %e, "identity provider call did not answer in time");
             Err(Error::Unavailable(
                 "identity provider did not answer in time",
             ))
@@ -617,7 +599,7 @@ async fn callback(
     session::clear_cookie(&login_name, &s.login_attrs, &mut cookies);
     let target =
         flow::safe_redirect_target(login.original_url.as_bytes()).unwrap_or_else(|| "/".into());
-    tracing::info!(sub = ?data.sub, "login completed");
+    tracing::info!(sub = data.sub.as_deref(), "login completed");
     let mut headers = vec![
         ("Location".to_string(), target),
         ("Cache-Control".into(), "no-store".into()),
@@ -757,7 +739,7 @@ async fn use_session(
                 match refresh(auth, &mut data, now).await {
                     Ok(()) => reissue = true,
                     Err(RefreshFail::Fatal(why)) => {
-                        tracing::info!(sub = ?data.sub, reason = %why, "refresh refused by the IdP: session ended");
+                        tracing::info!(sub = data.sub.as_deref(), reason = %why, "refresh refused by the IdP: session ended");
                         clear_session_cookies(s, c);
                         return unauthenticated(auth, s, c, now).await;
                     }
@@ -837,7 +819,7 @@ fn reusable_reissue<'a>(
     let conf = conf(auth);
     let fresh = now.saturating_sub(r.sealed_at) < s.codec.timeouts().touch_threshold.max(1);
     (fresh
-        && !s.revocations.borrow().is_revoked(&open.data)
+        && !auth.oidc.is_revoked(&open.data)
         && s.codec.check_expiry(&open.data, now).is_ok()
         && flow::access_token_state(&open.data, now, conf.access_token_expires_leeway)
             == TokenState::Fresh
@@ -962,7 +944,7 @@ const OPENED_TTL_MS: u64 = 30_000;
 /// The cheap per-request checks a remembered session must still pass to be used as is.
 fn still_good(auth: &RouteAuth, s: &SessionState, data: &SessionData, now: u64) -> bool {
     let conf = conf(auth);
-    !s.revocations.borrow().is_revoked(data)
+    !auth.oidc.is_revoked(data)
         && s.codec.check_expiry(data, now).is_ok()
         && !s.codec.needs_reissue(data, now)
         && flow::access_token_state(data, now, conf.access_token_expires_leeway)
@@ -1087,7 +1069,7 @@ async fn logout(
         .as_ref()
         .and_then(|m| m.end_session_endpoint.as_deref());
     let action = flow::logout_redirect(end_session, hint, conf.post_logout_redirect_uri.as_deref());
-    tracing::info!(sub = ?data.as_ref().and_then(|d| d.sub.clone()), "logout");
+    tracing::info!(sub = data.as_ref().and_then(|d| d.sub.as_deref()), "logout");
     let mut headers: Vec<(String, String)> = cookies
         .into_iter()
         .map(|v| ("Set-Cookie".to_string(), v))
@@ -1179,13 +1161,35 @@ async fn backchannel_logout(
         conf.iat_slack,
     )
     .map_err(|e| plain(400, "invalid_request", &e.to_string(), Vec::new()))?;
-    let until = now
-        + conf
-            .session
-            .absolute_timeout
-            .max(conf.session.idling_timeout);
-    tracing::info!(sid = ?subject.sid, sub = ?subject.sub, "back-channel logout: sessions revoked on every shard");
-    auth.oidc.shared().publish_revocation(subject, until);
+    // The longest a session sealed before now can live: `absolute_timeout`. Without one, an
+    // active session never ends by itself, so neither may its revocation (the set's capacity
+    // bounds it).
+    let until = match conf.session.absolute_timeout {
+        0 => u64::MAX,
+        t => now.saturating_add(t),
+    };
+    let (sid, sub) = (subject.sid.clone(), subject.sub.clone());
+    if let Err(e) = auth
+        .oidc
+        .shared()
+        .revoke(&meta.issuer, subject, until)
+        .await
+    {
+        tracing::error!(
+            sid = sid.as_deref(),
+            sub = sub.as_deref(),
+            error = %e,
+            "back-channel logout could not be recorded"
+        );
+        return Err(Error::Unavailable(
+            "back-channel logout could not be recorded",
+        ));
+    }
+    tracing::info!(
+        sid = sid.as_deref(),
+        sub = sub.as_deref(),
+        "back-channel logout: sessions revoked on every shard"
+    );
     Err(Error::Plugin(PluginResponse {
         status: 200,
         headers: vec![("Cache-Control".into(), "no-store".into())],
@@ -1271,7 +1275,7 @@ fn flow_page(e: FlowError) -> Error {
         html.push_str("</ul>");
     }
     html.push_str("<p><a href=\"/\">Start again</a></p></body></html>\n");
-    tracing::warn!(error = %e, likely_causes = ?causes, "login flow failed");
+    tracing::warn!(error = %e, likely_causes = %causes.join("; "), "login flow failed");
     Error::Plugin(PluginResponse {
         status,
         headers: vec![("Cache-Control".into(), "no-store".into())],

@@ -1,0 +1,178 @@
+//! Client-side hardening through the real binary (issue 12): `Connection: close` honoured after an
+//! early response, silent connections closed at `header_timeout`, request body bounds, trailers,
+//! upgraded connections, forwarded headers, the access log.
+#[macro_use]
+mod support;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use support::{Conn, Gateway, Upstream, config, dead_node, get};
+
+both_drivers!(
+    a_response_that_says_close_ends_the_connection,
+    silent_connections_are_closed_at_header_timeout,
+    request_trailers_carry_no_controlled_fields,
+    client_forwarding_and_path_override_headers_are_replaced_or_removed,
+);
+
+/// RFC 9112 9.6: after a response with `Connection: close`, a pipelined request on the same
+/// connection is never processed.
+fn a_response_that_says_close_ends_the_connection(driver: &str) {
+    let up = Upstream::echo();
+    let dead = dead_node();
+    let yaml = format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n\
+         upstreams:\n  - id: app\n    nodes: {{ \"{}\": 1 }}\n  - id: dead\n    nodes: {{ \"{dead}\": 1 }}\n    retries: 0\n\
+         routes:\n  - id: live\n    uri: /live/*\n    upstream_id: app\n  - id: dead\n    uri: /dead\n    upstream_id: dead\n",
+        up.node()
+    );
+    let gw = Gateway::start_on(&yaml, driver, 1);
+    let next = b"GET /live/next HTTP/1.1\r\nHost: x\r\n\r\n";
+    // 404 for a request with a body (fully buffered), 502 for a POST whose body was consumed: both
+    // say close, and the request behind each must not reach the upstream.
+    for first in [
+        &b"POST /nowhere HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
+        &b"POST /dead HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
+        &b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /public/%2e%2e/%2e%2e/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz"[..],
+    ] {
+        let mut c = Conn::open(gw.addr());
+        let mut both = first.to_vec();
+        both.extend_from_slice(next);
+        c.send(&both);
+        let r = c.read();
+        assert!(
+            matches!(r.status, 400 | 404 | 502),
+            "{}: {r:?}",
+            String::from_utf8_lossy(first)
+        );
+        assert_eq!(r.header("connection"), Some("close"));
+        assert!(
+            c.closed_within(Duration::from_secs(10)),
+            "{}: a second response came",
+            String::from_utf8_lossy(first)
+        );
+    }
+    assert!(
+        up.requests().is_empty(),
+        "pipelined requests after a close were forwarded: {:?}",
+        up.requests()
+            .iter()
+            .map(|s| s.target.clone())
+            .collect::<Vec<_>>()
+    );
+    // Without a body and without close, a 404 keeps the connection.
+    let mut c = Conn::open(gw.addr());
+    assert_eq!(c.get("x", "/nowhere").status, 404);
+    assert_eq!(c.get("x", "/live/y").status, 200);
+    gw.assert_no_panic();
+}
+
+/// A connection that never sends a byte gets `header_timeout`, not `idle_timeout`: a crowd of
+/// them cannot hold `max_connections` and lock out real clients.
+fn silent_connections_are_closed_at_header_timeout(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(
+        &config(
+            &[&up.node()],
+            "limits: { header_timeout: 1, idle_timeout: 600, max_connections: 20 }",
+            "",
+            "",
+        ),
+        driver,
+        1,
+    );
+    let mut silent: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let s = TcpStream::connect(gw.addr()).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+            s
+        })
+        .collect();
+    // Each is closed without a response, long before idle_timeout (600 s).
+    for s in &mut silent {
+        let mut out = Vec::new();
+        match s.read_to_end(&mut out) {
+            Ok(_) => {}
+            Err(e) => assert!(
+                !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "silent connection still open after 20 s"
+            ),
+        }
+        assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    }
+    // A real client gets through afterwards.
+    assert_eq!(get(gw.addr(), "/real", &[]).status, 200, "{}", gw.log());
+    // Between requests a keep-alive connection keeps idle_timeout: still open after header_timeout.
+    let mut ka = Conn::open(gw.addr());
+    assert_eq!(ka.get("x", "/one").status, 200);
+    assert!(!ka.closed_within(Duration::from_secs(3)));
+    assert_eq!(ka.get("x", "/two").status, 200);
+    gw.assert_no_panic();
+}
+
+/// Chunked request trailers reach the upstream only with fields a client may set there: never
+/// identity headers, credentials, Host, framing, hop-by-hop or forwarding fields.
+fn request_trailers_carry_no_controlled_fields(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(&config(&[&up.node()], "", "", ""), driver, 1);
+    let mut conn = Conn::open(gw.addr());
+    conn.send(
+        b"POST /t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: X-Hop\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Checksum: abc\r\nAuthorization: Bearer forged\r\nX-Userinfo: e30\r\n\
+          X_Access_Token: forged\r\nHost: evil.example\r\nContent-Length: 99\r\n\
+          Transfer-Encoding: chunked\r\nX-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6\r\n\
+          Cookie: s=1\r\nX-Hop: 1\r\nProxy-Authorization: x\r\nIf-Match: *\r\nX-Also: ok\r\n\r\n",
+    );
+    let r = conn.read();
+    assert_eq!(r.status, 200, "{}", gw.log());
+    let seen = &up.requests()[0];
+    assert_eq!(seen.body, b"hello");
+    let trailers: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter_map(|(k, _)| k.strip_prefix("trailer:"))
+        .collect();
+    assert_eq!(trailers, ["X-Checksum", "X-Also"], "{:?}", seen.headers);
+    assert_eq!(conn.get("x", "/after").status, 200);
+}
+
+/// `Forwarded` is replaced by the gateway's own element; `X-Forwarded-Prefix`, `X-Original-URL`
+/// and `X-Rewrite-URL` from clients are removed (frameworks route or build links on them).
+fn client_forwarding_and_path_override_headers_are_replaced_or_removed(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(&config(&[&up.node()], "", "", ""), driver, 1);
+    let r = get(
+        gw.addr(),
+        "/public/x",
+        &[
+            ("Host", "client.example:8080"),
+            ("Forwarded", "for=6.6.6.6;host=evil.example;proto=https"),
+            ("X-Forwarded-Prefix", "/evil"),
+            ("X-Original-URL", "/api/admin"),
+            ("x-rewrite-url", "/api/admin"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", gw.log());
+    let seen = up.requests().pop().expect("seen");
+    let all = |n: &str| -> Vec<String> {
+        seen.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        all("forwarded"),
+        ["for=127.0.0.1;host=\"client.example:8080\";proto=http"]
+    );
+    for h in ["x-forwarded-prefix", "x-original-url", "x-rewrite-url"] {
+        assert!(all(h).is_empty(), "{h} must be removed: {:?}", seen.headers);
+    }
+    assert_eq!(seen.target, "/public/x");
+}
