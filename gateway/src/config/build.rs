@@ -608,6 +608,17 @@ fn route(
     upstreams: &mut Vec<UpstreamConf>,
 ) -> Option<RouteConf> {
     b.unsupported(path, &r.unsupported());
+    for (name, present) in r.lua() {
+        if present {
+            b.error(
+                format!("{path}.{name}"),
+                format!(
+                    "APISIX attribute `{name}` is Lua code, which shardgate cannot run \
+                     (match on request variables with `vars`)"
+                ),
+            );
+        }
+    }
     let uris = match (&r.uri, &r.uris) {
         (Some(_), Some(_)) => {
             b.error(format!("{path}.uris"), "set `uri` or `uris`, not both");
@@ -718,6 +729,17 @@ fn route(
         b.warnings.extend(loaded.warnings);
         plugins.openid_connect = loaded.conf.map(Arc::new);
     }
+    let remote_addrs = route_remote_addrs(b, path, r);
+    let vars = r.vars.as_ref().and_then(|v| match route::Expr::compile(v) {
+        Ok(expr) => Some(Arc::new(expr)),
+        Err(e) => {
+            b.error(
+                format!("{path}.vars{}", e.at),
+                format!("failed to validate the 'vars' expression: {}", e.message),
+            );
+            None
+        }
+    });
     Some(RouteConf {
         id,
         name: r.name.clone(),
@@ -732,8 +754,43 @@ fn route(
         enable_websocket: r.enable_websocket,
         keep_client_identity_headers: r.keep_client_identity_headers,
         enabled,
+        remote_addrs,
+        vars,
         plugins,
     })
+}
+
+/// `remote_addr` or `remote_addrs`: addresses and CIDRs, IPv4 or IPv6.
+fn route_remote_addrs(b: &mut Builder<'_>, path: &str, r: &RouteFile) -> route::IpSet {
+    let entries: Vec<(String, &str)> = match (&r.remote_addr, &r.remote_addrs) {
+        (Some(_), Some(_)) => {
+            b.error(
+                format!("{path}.remote_addrs"),
+                "set `remote_addr` or `remote_addrs`, not both",
+            );
+            return route::IpSet::default();
+        }
+        (Some(one), None) => vec![(format!("{path}.remote_addr"), one.as_str())],
+        (None, Some(list)) if list.is_empty() => {
+            b.error(format!("{path}.remote_addrs"), "needs at least one address");
+            return route::IpSet::default();
+        }
+        (None, Some(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (format!("{path}.remote_addrs[{i}]"), a.as_str()))
+            .collect(),
+        (None, None) => return route::IpSet::default(),
+    };
+    for (at, entry) in &entries {
+        if route::IpSet::parse([*entry]).is_err() {
+            b.error(
+                at.clone(),
+                format!("`{entry}` is not an IPv4/IPv6 address or CIDR"),
+            );
+        }
+    }
+    route::IpSet::parse(entries.iter().map(|(_, e)| *e)).unwrap_or_default()
 }
 
 /// APISIX's most reported failure is a `redirect_uri` that is also a page users visit: the

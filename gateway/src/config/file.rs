@@ -618,13 +618,12 @@ pub(crate) struct RouteFile {
     _create_time: Option<IgnoredAny>,
     #[serde(default, rename = "update_time")]
     _update_time: Option<IgnoredAny>,
+    /// lua-resty-expr rules; compiled in build.rs.
+    #[serde(default)]
+    pub vars: Option<serde_json::Value>,
+    pub remote_addr: Option<String>,
+    pub remote_addrs: Option<Vec<String>>,
     // APISIX attributes shardgate does not implement.
-    #[serde(default)]
-    pub vars: Option<IgnoredAny>,
-    #[serde(default)]
-    pub remote_addr: Option<IgnoredAny>,
-    #[serde(default)]
-    pub remote_addrs: Option<IgnoredAny>,
     #[serde(default)]
     pub filter_func: Option<IgnoredAny>,
     #[serde(default)]
@@ -640,14 +639,17 @@ pub(crate) struct RouteFile {
 }
 
 impl RouteFile {
-    pub fn unsupported(&self) -> [(&'static str, bool); 9] {
+    /// Lua code APISIX runs: shardgate has no Lua.
+    pub fn lua(&self) -> [(&'static str, bool); 3] {
         [
-            ("vars", self.vars.is_some()),
-            ("remote_addr", self.remote_addr.is_some()),
-            ("remote_addrs", self.remote_addrs.is_some()),
             ("filter_func", self.filter_func.is_some()),
             ("script", self.script.is_some()),
             ("script_id", self.script_id.is_some()),
+        ]
+    }
+
+    pub fn unsupported(&self) -> [(&'static str, bool); 3] {
+        [
             ("service_id", self.service_id.is_some()),
             ("plugin_config_id", self.plugin_config_id.is_some()),
             ("timeout", self.timeout.is_some()),

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 pub use shardgate_oidc::config::{OidcConf, Problem};
 
-use crate::route::MethodSet;
+use crate::route::{Expr, IpSet, MethodSet};
 
 /// A validated configuration, published to every shard as an `Arc`.
 #[derive(Debug, Clone)]
@@ -282,6 +282,10 @@ pub struct RouteConf {
     pub keep_client_identity_headers: bool,
     /// APISIX `status: 1`.
     pub enabled: bool,
+    /// `remote_addrs` (or `remote_addr`); empty: any client.
+    pub remote_addrs: IpSet,
+    /// `vars`, compiled; None: no condition.
+    pub vars: Option<Arc<Expr>>,
     pub plugins: RoutePlugins,
 }
 

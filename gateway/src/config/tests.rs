@@ -255,8 +255,6 @@ routes:
   - id: r
     uri: /
     upstream_id: app
-    vars: [["arg_a", "==", "1"]]
-    remote_addrs: ["10.0.0.0/8"]
     service_id: 1
     timeout: { connect: 1 }
     filter_func: "function() end"
@@ -266,15 +264,13 @@ routes:
         "consumers: APISIX attribute `consumers`",
         "upstreams[0].tls.client_cert_id: APISIX attribute `client_cert_id` is not supported by shardgate",
         "upstreams[0].discovery_type: APISIX attribute `discovery_type`",
-        "routes[0].vars: APISIX attribute `vars` is not supported by shardgate",
-        "routes[0].remote_addrs: APISIX attribute",
         "routes[0].service_id: APISIX attribute",
         "routes[0].timeout: APISIX attribute",
-        "routes[0].filter_func: APISIX attribute",
+        "routes[0].filter_func: APISIX attribute `filter_func` is Lua code",
     ] {
         assert!(has(&e, field), "missing {field:?} in {e:?}");
     }
-    assert_eq!(e.len(), 8, "{e:?}");
+    assert_eq!(e.len(), 6, "{e:?}");
 }
 
 #[test]
@@ -754,6 +750,95 @@ fn temp_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("shardgate-config-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+#[test]
+fn route_vars_remote_addrs_and_parameters_load_and_match() {
+    let loaded = load(
+        r#"
+upstreams:
+  - id: app
+    nodes: { "127.0.0.1:18080": 1 }
+routes:
+  - id: canary
+    uri: /user/:id
+    upstream_id: app
+    vars: [["http_x_canary", "==", "1"], ["OR", ["arg_v", "~~", "^2"], ["arg_v", "==", null]]]
+    remote_addrs: ["10.0.0.0/8", "::1"]
+  - id: stable
+    uri: /user/:id
+    remote_addr: 10.0.0.0/8
+    upstream_id: app
+"#,
+    );
+    let routes = &loaded.config.routes;
+    assert!(routes[0].vars.is_some() && routes[1].vars.is_none());
+    let table = crate::route::RouteTable::build(routes);
+    let req = |remote: &str| crate::route::Request {
+        host: None,
+        path: b"/user/7",
+        method: b"GET",
+        remote_addr: Some(remote.parse().unwrap()),
+    };
+    struct Canary;
+    impl crate::route::VarSource for Canary {
+        fn var(&self, name: &str) -> Option<&[u8]> {
+            (name == "http_x_canary").then_some(b"1")
+        }
+    }
+    let m = table.find_match(&req("10.1.1.1"), &Canary).unwrap();
+    assert_eq!(m.route, 0);
+    assert_eq!(m.param(&table, b"/user/7", "id"), Some(&b"7"[..]));
+    assert_eq!(
+        table
+            .find_match(&req("10.1.1.1"), &crate::route::NoVars)
+            .map(|m| m.route),
+        Some(1)
+    );
+    assert_eq!(
+        table.find_match(&req("::1"), &Canary).map(|m| m.route),
+        Some(0)
+    );
+    assert_eq!(table.find_match(&req("11.0.0.1"), &Canary), None);
+}
+
+#[test]
+fn bad_vars_remote_addrs_and_parameters_name_their_path() {
+    let e = errors(
+        r#"
+upstreams:
+  - id: app
+    nodes: { "127.0.0.1:18080": 1 }
+routes:
+  - id: a
+    uri: /x
+    upstream_id: app
+    vars: [["arg_a", "==", "1"], ["arg_b", "=~", "x"]]
+  - id: b
+    uris: [/ok/:id, "/bad/*a/*b"]
+    upstream_id: app
+    remote_addrs: ["10.0.0.0/8", "nope"]
+  - id: c
+    uri: /x
+    upstream_id: app
+    remote_addr: 10.0.0.1
+    remote_addrs: ["10.0.0.2"]
+  - id: d
+    uri: /x
+    upstream_id: app
+    filter_func: "function(vars) return true end"
+"#,
+    );
+    for needle in [
+        "routes[0].vars[1]: failed to validate the 'vars' expression: invalid operator '=~'",
+        "routes[1].uris[1]: only one `*` segment per URI",
+        "routes[1].remote_addrs[1]: `nope` is not an IPv4/IPv6 address or CIDR",
+        "routes[2].remote_addrs: set `remote_addr` or `remote_addrs`, not both",
+        "routes[3].filter_func: APISIX attribute `filter_func` is Lua code, which shardgate cannot run",
+    ] {
+        assert!(has(&e, needle), "missing {needle:?} in {e:?}");
+    }
+    assert_eq!(e.len(), 5, "{e:?}");
 }
 
 #[test]

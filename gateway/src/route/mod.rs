@@ -20,9 +20,21 @@
 //! `find` does not allocate: exact URIs are one hash lookup, prefixes one lookup per distinct
 //! prefix length no longer than the path, and the host is lowercased into a stack buffer.
 
+mod expr;
+mod ip;
+mod path;
+mod vars;
+
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
 use std::ops::Range;
+use std::sync::Arc;
+
+pub use expr::{Expr, ExprError, NoVars, VarSource};
+pub use ip::IpSet;
+pub use path::{Captures, MAX_PARAMS, ParamPattern};
+pub use vars::{HeadVars, cookie_value, query_arg, var_names_field};
 
 use crate::config::RouteConf;
 
@@ -112,17 +124,14 @@ pub fn check_uri_pattern(uri: &str) -> Result<(), &'static str> {
     if !uri.starts_with('/') {
         return Err("must start with `/`");
     }
-    if uri[..uri.len() - 1].contains('*') {
-        return Err("`*` is only allowed at the end (prefix match)");
-    }
-    if uri.split('/').any(|segment| segment.starts_with(':')) {
-        return Err("parameterised segments (`/:name`) are not supported by shardgate");
-    }
     if uri
         .bytes()
         .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?')
     {
         return Err("must be a path without spaces, control characters or a query");
+    }
+    if path::is_param_pattern(uri) {
+        ParamPattern::compile(uri)?;
     }
     Ok(())
 }
@@ -159,6 +168,49 @@ struct Entry {
     path_rank: u32,
     hosts: Range<usize>,
     methods: MethodSet,
+    /// Index into `patterns` for a parameterised URI.
+    pattern: Option<u32>,
+    /// Index into `filters` for a route with `vars` or `remote_addrs`.
+    filter: Option<u32>,
+}
+
+/// The per-request conditions of a route beyond host, URI and method.
+#[derive(Debug)]
+struct Filter {
+    remote_addrs: IpSet,
+    vars: Option<Arc<Expr>>,
+}
+
+/// What `find_match` is given about a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The raw `Host` header (may carry a port).
+    pub host: Option<&'a [u8]>,
+    /// The path without the query; see the module docs.
+    pub path: &'a [u8],
+    /// The raw method token.
+    pub method: &'a [u8],
+    /// The client address, for `remote_addrs`; None matches no route that has them.
+    pub remote_addr: Option<IpAddr>,
+}
+
+/// The winning route and its URI parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match {
+    /// Index into the `routes` given to `build`.
+    pub route: usize,
+    entry: usize,
+    /// Parameter values as ranges into the path given to `find_match`, in the order of
+    /// [`RouteTable::param_names`].
+    pub captures: Captures,
+}
+
+impl Match {
+    /// The value of parameter `name` (`/:name`, `/*name`) in `path`, the path that was matched.
+    pub fn param<'p>(&self, table: &RouteTable, path: &'p [u8], name: &str) -> Option<&'p [u8]> {
+        let i = table.param_names(self).iter().position(|n| &**n == name)?;
+        path.get(self.captures.get(i)?)
+    }
 }
 
 /// Compiled once per config load; shared by every shard.
@@ -166,6 +218,8 @@ struct Entry {
 pub struct RouteTable {
     entries: Vec<Entry>,
     hosts: Vec<HostPattern>,
+    patterns: Vec<ParamPattern>,
+    filters: Vec<Filter>,
     exact: HashMap<Box<[u8]>, Vec<usize>, PathHash>,
     prefix: HashMap<Box<[u8]>, Vec<usize>, PathHash>,
     /// Distinct prefix lengths, longest first.
@@ -178,7 +232,17 @@ pub struct RouteTable {
 /// Lower is better; see the module docs for the order.
 type Rank = (std::cmp::Reverse<i64>, u32, u32, usize);
 
+/// The best candidate so far.
+struct Best {
+    rank: Rank,
+    route: usize,
+    entry: usize,
+    captures: Captures,
+}
+
 impl RouteTable {
+    /// Patterns must have passed `check_uri_pattern` (config does that); one that does not
+    /// compile is left out of the table.
     pub fn build(routes: &[RouteConf]) -> RouteTable {
         let mut table = RouteTable::default();
         for (index, route) in routes.iter().enumerate() {
@@ -194,22 +258,45 @@ impl RouteTable {
                 });
             }
             let hosts = start..table.hosts.len();
+            let filter = (route.vars.is_some() || !route.remote_addrs.is_empty()).then(|| {
+                table.filters.push(Filter {
+                    remote_addrs: route.remote_addrs.clone(),
+                    vars: route.vars.clone(),
+                });
+                (table.filters.len() - 1) as u32
+            });
             for uri in &route.uris {
                 let entry = table.entries.len();
-                let (map, path, path_rank) = match uri.strip_suffix('*') {
-                    Some(prefix) => {
-                        let rank = u32::MAX - u32::try_from(prefix.len()).unwrap_or(u32::MAX - 1);
-                        (&mut table.prefix, prefix, rank)
+                let mut pattern = None;
+                let (exact, path) = if path::is_param_pattern(uri) {
+                    let Ok(compiled) = ParamPattern::compile(uri) else {
+                        continue;
+                    };
+                    let prefix = compiled.prefix.clone();
+                    table.patterns.push(compiled);
+                    pattern = Some((table.patterns.len() - 1) as u32);
+                    (false, prefix.into_string())
+                } else {
+                    match uri.strip_suffix('*') {
+                        Some(prefix) => (false, prefix.to_owned()),
+                        None => (true, uri.clone()),
                     }
-                    None => (&mut table.exact, uri.as_str(), 0),
                 };
-                map.entry(path.as_bytes().into()).or_default().push(entry);
+                let (map, path_rank) = if exact {
+                    (&mut table.exact, 0)
+                } else {
+                    let rank = u32::MAX - u32::try_from(path.len()).unwrap_or(u32::MAX - 1);
+                    (&mut table.prefix, rank)
+                };
+                map.entry(path.into_bytes().into()).or_default().push(entry);
                 table.entries.push(Entry {
                     route: index,
                     priority: route.priority,
                     path_rank,
                     hosts: hosts.clone(),
                     methods: route.methods,
+                    pattern,
+                    filter,
                 });
             }
         }
@@ -220,42 +307,69 @@ impl RouteTable {
         table
     }
 
-    /// The index (into the `routes` given to `build`) of the best matching route.
+    /// The index (into the `routes` given to `build`) of the best matching route for a request
+    /// without variables or client address (routes with `vars` see every variable missing,
+    /// routes with `remote_addrs` never match).
     /// `host` is the raw `Host` header (may carry a port), `path` the raw path without the
     /// query, `method` the raw method token.
     pub fn find(&self, host: Option<&[u8]>, path: &[u8], method: &[u8]) -> Option<usize> {
+        let req = Request {
+            host,
+            path,
+            method,
+            remote_addr: None,
+        };
+        self.find_match(&req, &NoVars).map(|m| m.route)
+    }
+
+    /// The best matching route, with its URI parameters. A route whose `remote_addrs`, `vars`
+    /// or parameterised URI rejects the request is skipped and the next candidate wins.
+    pub fn find_match<V: VarSource + ?Sized>(&self, req: &Request<'_>, vars: &V) -> Option<Match> {
         let mut buf = [0u8; MAX_HOST];
-        let host = host.and_then(|h| normalize_host(h, &mut buf));
-        let mut best: Option<(Rank, usize)> = None;
-        if let Some(candidates) = self.exact.get(path) {
-            self.consider(candidates, host, method, &mut best);
+        let host = req.host.and_then(|h| normalize_host(h, &mut buf));
+        let mut best: Option<Best> = None;
+        if let Some(candidates) = self.exact.get(req.path) {
+            self.consider(candidates, host, req, vars, &mut best);
         }
         for &len in &self.prefix_lens {
             if best
                 .as_ref()
-                .is_some_and(|((p, ..), _)| p.0 == self.max_priority)
+                .is_some_and(|b| b.rank.0.0 == self.max_priority)
             {
                 break;
             }
-            if let Some(prefix) = path.get(..len)
+            if let Some(prefix) = req.path.get(..len)
                 && let Some(candidates) = self.prefix.get(prefix)
             {
-                self.consider(candidates, host, method, &mut best);
+                self.consider(candidates, host, req, vars, &mut best);
             }
         }
-        best.map(|(_, route)| route)
+        best.map(|b| Match {
+            route: b.route,
+            entry: b.entry,
+            captures: b.captures,
+        })
     }
 
-    fn consider(
+    /// The parameter names of the matched URI, in capture order.
+    pub fn param_names(&self, m: &Match) -> &[Box<str>] {
+        match self.entries.get(m.entry).and_then(|e| e.pattern) {
+            Some(p) => &self.patterns[p as usize].names,
+            None => &[],
+        }
+    }
+
+    fn consider<V: VarSource + ?Sized>(
         &self,
         candidates: &[usize],
         host: Option<&[u8]>,
-        method: &[u8],
-        best: &mut Option<(Rank, usize)>,
+        req: &Request<'_>,
+        vars: &V,
+        best: &mut Option<Best>,
     ) {
         for &i in candidates {
             let entry = &self.entries[i];
-            if !entry.methods.allows(method) {
+            if !entry.methods.allows(req.method) {
                 continue;
             }
             let Some(host_rank) = self.host_rank(entry, host) else {
@@ -267,9 +381,35 @@ impl RouteTable {
                 host_rank,
                 i,
             );
-            if best.as_ref().is_none_or(|(b, _)| rank < *b) {
-                *best = Some((rank, entry.route));
+            if best.as_ref().is_some_and(|b| rank >= b.rank) {
+                continue;
             }
+            // The costlier conditions only for a candidate that would win.
+            if let Some(f) = entry.filter {
+                let filter = &self.filters[f as usize];
+                if !filter.remote_addrs.is_empty()
+                    && !req
+                        .remote_addr
+                        .is_some_and(|ip| filter.remote_addrs.contains(ip))
+                {
+                    continue;
+                }
+                if filter.vars.as_ref().is_some_and(|e| !e.eval(vars)) {
+                    continue;
+                }
+            }
+            let mut captures = Captures::default();
+            if let Some(p) = entry.pattern
+                && !self.patterns[p as usize].matches(req.path, &mut captures)
+            {
+                continue;
+            }
+            *best = Some(Best {
+                rank,
+                route: entry.route,
+                entry: i,
+                captures,
+            });
         }
     }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::RoutePlugins;
+use std::sync::Arc;
 
 fn route(uris: &[&str], hosts: &[&str], methods: &[Method], priority: i64) -> RouteConf {
     let mut set = MethodSet::ANY;
@@ -19,6 +20,8 @@ fn route(uris: &[&str], hosts: &[&str], methods: &[Method], priority: i64) -> Ro
         enable_websocket: false,
         keep_client_identity_headers: false,
         enabled: true,
+        remote_addrs: IpSet::default(),
+        vars: None,
         plugins: RoutePlugins::default(),
     }
 }
@@ -233,8 +236,13 @@ fn uri_and_host_patterns_are_checked() {
     assert!(check_uri_pattern("/ok/*").is_ok());
     assert!(check_uri_pattern("/*").is_ok());
     assert!(check_uri_pattern("no-slash").is_err());
-    assert!(check_uri_pattern("/a/*/b").is_err());
-    assert!(check_uri_pattern("/user/:id").is_err());
+    assert!(check_uri_pattern("/a/*/b").is_ok());
+    assert!(check_uri_pattern("/user/:id").is_ok());
+    assert!(check_uri_pattern("/files/*path").is_ok());
+    assert!(check_uri_pattern("/a*b/c").is_err());
+    assert!(check_uri_pattern("/:a/*x/*y").is_err());
+    assert!(check_uri_pattern("/user/:").is_err());
+    assert!(check_uri_pattern("/:a/:b/:c/:d/:e/:f/:g/:h/:i").is_err());
     assert!(check_uri_pattern("/a?b=c").is_err());
     assert!(check_host_pattern("api.example.com").is_ok());
     assert!(check_host_pattern("*.example.com").is_ok());
@@ -307,4 +315,372 @@ routes:
 fn route_table_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<RouteTable>();
+}
+
+fn with(mut r: RouteConf, f: impl FnOnce(&mut RouteConf)) -> RouteConf {
+    f(&mut r);
+    r
+}
+
+/// Strings for a request's variables.
+struct Vars(&'static [(&'static str, &'static str)]);
+
+impl VarSource for Vars {
+    fn var(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_bytes())
+    }
+}
+
+fn req<'a>(path: &'a str, remote: Option<&str>) -> Request<'a> {
+    Request {
+        host: None,
+        path: path.as_bytes(),
+        method: b"GET",
+        remote_addr: remote.map(|r| r.parse().unwrap()),
+    }
+}
+
+fn params(t: &RouteTable, path: &str) -> Option<(usize, Vec<(String, String)>)> {
+    let m = t.find_match(&req(path, None), &NoVars)?;
+    let names = t.param_names(&m);
+    let values = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let range = m.captures.get(i).unwrap();
+            (n.to_string(), path[range].to_string())
+        })
+        .collect();
+    for n in names {
+        assert!(m.param(t, path.as_bytes(), n).is_some());
+    }
+    Some((m.route, values))
+}
+
+/// (path, the route and captures expected)
+type ParamCase = (
+    &'static str,
+    Option<(usize, &'static [(&'static str, &'static str)])>,
+);
+
+#[test]
+fn parameter_table() {
+    let t = RouteTable::build(&[
+        route(&["/user/:id"], &[], &[], 0),
+        route(&["/user/:id/posts/:post"], &[], &[], 0),
+        route(&["/files/*path"], &[], &[], 0),
+        route(&["/a/*/z"], &[], &[], 0),
+        route(&["/m/*mid/:last"], &[], &[], 0),
+        route(&["/slash/:x/"], &[], &[], 0),
+        route(&["/user/me"], &[], &[], 0),
+    ]);
+    let p = |path| params(&t, path);
+    let kv = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect::<Vec<_>>()
+    };
+    // (path, expected route, expected captures)
+    let table: &[ParamCase] = &[
+        ("/user/42", Some((0, &[("id", "42")]))),
+        ("/user/me", Some((6, &[]))),
+        ("/user/", None),
+        ("/user", None),
+        ("/user/42/", None),
+        ("/user/42/extra", None),
+        ("/user/a.b", Some((0, &[("id", "a.b")]))),
+        ("/user/7/posts/9", Some((1, &[("id", "7"), ("post", "9")]))),
+        ("/user/7/posts/", None),
+        ("/files/", Some((2, &[("path", "")]))),
+        ("/files/a/b/c.txt", Some((2, &[("path", "a/b/c.txt")]))),
+        ("/files", None),
+        ("/a/b/z", Some((3, &[]))),
+        ("/a/b/c/z", Some((3, &[]))),
+        ("/a//z", Some((3, &[]))),
+        ("/a/z", None),
+        ("/a/b/zz", None),
+        (
+            "/m/x/y/last",
+            Some((4, &[("mid", "x/y"), ("last", "last")])),
+        ),
+        ("/m/x/", None),
+        ("/slash/1/", Some((5, &[("x", "1")]))),
+        ("/slash/1", None),
+    ];
+    for (path, want) in table {
+        let want = want.map(|(r, caps)| (r, kv(caps)));
+        assert_eq!(p(path), want, "{path}");
+    }
+}
+
+#[test]
+fn parameter_routes_rank_as_prefixes_of_their_literal_part() {
+    let t = RouteTable::build(&[
+        route(&["/*"], &[], &[], 0),
+        route(&["/api/:version/*"], &[], &[], 0),
+        route(&["/api/v1/*"], &[], &[], 0),
+    ]);
+    // The longer literal prefix wins, as radixtree walks prefixes longest first.
+    assert_eq!(find(&t, None, "/api/v1/users", "GET"), Some(2));
+    assert_eq!(find(&t, None, "/api/v2/users", "GET"), Some(1));
+    // A parameter route that does not match the whole path falls through.
+    assert_eq!(find(&t, None, "/api/v2", "GET"), Some(0));
+}
+
+/// (rule as JSON, variables, expected)
+type VarsCase = (&'static str, &'static [(&'static str, &'static str)], bool);
+
+#[test]
+fn vars_table() {
+    let cases: &[VarsCase] = &[
+        (r#"[]"#, &[], true),
+        (r#"[["arg_a", "==", "json"]]"#, &[("arg_a", "json")], true),
+        (r#"[["arg_a", "==", "json"]]"#, &[("arg_a", "JSON")], false),
+        (r#"[["arg_a", "==", "json"]]"#, &[], false),
+        (r#"[["arg_a", "json"]]"#, &[("arg_a", "json")], true),
+        (r#"[["arg_a", "==", null]]"#, &[], true),
+        (r#"[["arg_a", "==", null]]"#, &[("arg_a", "")], false),
+        (r#"[["arg_a", "~=", "x"]]"#, &[], true),
+        (r#"[["arg_a", "~=", "x"]]"#, &[("arg_a", "x")], false),
+        (r#"[["arg_n", "==", 18]]"#, &[("arg_n", "18.0")], true),
+        (r#"[["arg_n", "==", 18]]"#, &[("arg_n", " 0x12 ")], true),
+        (r#"[["arg_n", "==", 18]]"#, &[("arg_n", "eighteen")], false),
+        (r#"[["arg_n", "~=", 18]]"#, &[("arg_n", "eighteen")], true),
+        (r#"[["arg_n", ">", 18]]"#, &[("arg_n", "19")], true),
+        (r#"[["arg_n", ">", "18"]]"#, &[("arg_n", "18")], false),
+        (r#"[["arg_n", ">=", 18]]"#, &[("arg_n", "18")], true),
+        (r#"[["arg_n", "<", 18]]"#, &[("arg_n", "-1")], true),
+        (r#"[["arg_n", "<=", 18]]"#, &[("arg_n", "18.5")], false),
+        (r#"[["arg_n", "<", 18]]"#, &[("arg_n", "inf")], false),
+        (r#"[["arg_n", ">", 18]]"#, &[], false),
+        (r#"[["http_x", "~~", "^a+b$"]]"#, &[("http_x", "aab")], true),
+        (r#"[["http_x", "~~", "b"]]"#, &[("http_x", "abc")], true),
+        (r#"[["http_x", "~~", "^A"]]"#, &[("http_x", "abc")], false),
+        (r#"[["http_x", "~*", "^A"]]"#, &[("http_x", "abc")], true),
+        (r#"[["http_x", "~~", "."]]"#, &[], false),
+        (r#"[["arg_c", "in", ["a", "b"]]]"#, &[("arg_c", "b")], true),
+        (r#"[["arg_c", "IN", ["a", "b"]]]"#, &[("arg_c", "c")], false),
+        (r#"[["arg_c", "in", [1, 2]]]"#, &[("arg_c", "1")], false),
+        (
+            r#"[["http_l", "has", "b"]]"#,
+            &[("http_l", "a, b ,c")],
+            true,
+        ),
+        (r#"[["http_l", "has", "b"]]"#, &[("http_l", "ab")], false),
+        (r#"[["arg_a", "!", "==", "x"]]"#, &[("arg_a", "x")], false),
+        (r#"[["arg_a", "!", "==", "x"]]"#, &[("arg_a", "y")], true),
+        (r#"[["arg_a", "!", "~~", "^x"]]"#, &[], true),
+        (
+            r#"[["remote_addr", "ipmatch", ["10.0.0.0/8", "::1"]]]"#,
+            &[("remote_addr", "10.2.3.4")],
+            true,
+        ),
+        (
+            r#"[["remote_addr", "ipmatch", "10.0.0.0/8"]]"#,
+            &[("remote_addr", "11.2.3.4")],
+            false,
+        ),
+        // AND of the list.
+        (
+            r#"[["arg_a", "==", "1"], ["arg_b", "==", "2"]]"#,
+            &[("arg_a", "1"), ("arg_b", "2")],
+            true,
+        ),
+        (
+            r#"[["arg_a", "==", "1"], ["arg_b", "==", "2"]]"#,
+            &[("arg_a", "1"), ("arg_b", "3")],
+            false,
+        ),
+        // OR, !OR, AND, !AND and nesting.
+        (
+            r#"["OR", ["arg_a", "==", "1"], ["arg_b", "==", "2"]]"#,
+            &[("arg_b", "2")],
+            true,
+        ),
+        (
+            r#"["or", ["arg_a", "==", "1"], ["arg_b", "==", "2"]]"#,
+            &[("arg_b", "3")],
+            false,
+        ),
+        (
+            r#"["!OR", ["arg_a", "==", "1"], ["arg_b", "==", "2"]]"#,
+            &[("arg_b", "3")],
+            true,
+        ),
+        (
+            r#"["!AND", ["arg_a", "==", "1"], ["arg_b", "==", "2"]]"#,
+            &[("arg_a", "1"), ("arg_b", "2")],
+            false,
+        ),
+        (
+            r#"["AND", ["arg_a", "==", "1"], ["OR", ["arg_b", "==", "2"], ["arg_c", "==", "3"]]]"#,
+            &[("arg_a", "1"), ("arg_c", "3")],
+            true,
+        ),
+        (
+            r#"["AND", ["arg_a", "==", "1"], ["OR", ["arg_b", "==", "2"], ["arg_c", "==", "3"]]]"#,
+            &[("arg_a", "2"), ("arg_c", "3")],
+            false,
+        ),
+        (
+            r#"[["arg_a", "==", "1"], ["OR", ["arg_b", "==", "2"], [["arg_c", "==", "3"], ["arg_d", "==", "4"]]]]"#,
+            &[("arg_a", "1"), ("arg_c", "3"), ("arg_d", "4")],
+            true,
+        ),
+        (
+            r#"[["arg_a", "==", "1"], ["OR", ["arg_b", "==", "2"], [["arg_c", "==", "3"], ["arg_d", "==", "4"]]]]"#,
+            &[("arg_a", "1"), ("arg_c", "3")],
+            false,
+        ),
+    ];
+    for (rule, vars, want) in cases {
+        let value: serde_json::Value = serde_json::from_str(rule).unwrap();
+        let expr = Expr::compile(&value).unwrap_or_else(|e| panic!("{rule}: {e:?}"));
+        assert_eq!(expr.eval(&Vars(vars)), *want, "{rule} with {vars:?}");
+    }
+}
+
+#[test]
+fn bad_vars_are_refused_with_the_position() {
+    let cases: &[(&str, &str, &str)] = &[
+        (r#"{"a": 1}"#, "", "must be an array"),
+        (r#"["arg_a", "==", "x"]"#, "", "wrapped inside brackets"),
+        (r#"[["arg_a", "=", "x"]]"#, "[0]", "invalid operator '='"),
+        (
+            r#"[["arg_a", "?", "==", "x"]]"#,
+            "[0]",
+            "bad 'not' expression",
+        ),
+        (r#"[["arg_a"]]"#, "[0]", "invalid expression"),
+        (
+            r#"[["arg_a", "==", "1"], ["arg_b", "~~", "(?=x)"]]"#,
+            "[1]",
+            "invalid regular expression",
+        ),
+        (r#"["OR", ["arg_a", "==", "1"]]"#, "", "rule too short"),
+        (r#"[["arg_a", ">", "abc"]]"#, "[0]", "needs a number"),
+        (r#"[["arg_a", "in", "abc"]]"#, "[0]", "needs an array"),
+        (
+            r#"[["remote_addr", "ipmatch", "10.0.0.0/33"]]"#,
+            "[0]",
+            "invalid ip address",
+        ),
+        (
+            r#"[["OR", ["a", "==", "1"], "x"]]"#,
+            "[0][2]",
+            "must be an array",
+        ),
+        (
+            r#"[["arg_a", "==", true]]"#,
+            "[0]",
+            "string, a number or null",
+        ),
+    ];
+    for (rule, at, message) in cases {
+        let value: serde_json::Value = serde_json::from_str(rule).unwrap();
+        let e = Expr::compile(&value).unwrap_err();
+        assert_eq!(e.at, *at, "{rule}: {e:?}");
+        assert!(e.message.contains(message), "{rule}: {e:?}");
+    }
+}
+
+#[test]
+fn a_route_whose_vars_do_not_match_is_skipped_for_the_next_candidate() {
+    let value: serde_json::Value =
+        serde_json::from_str(r#"[["http_x_canary", "==", "1"]]"#).unwrap();
+    let canary = Arc::new(Expr::compile(&value).unwrap());
+    let t = RouteTable::build(&[
+        route(&["/*"], &[], &[], 0),
+        with(route(&["/api/*"], &[], &[], 0), |r| {
+            r.vars = Some(canary.clone())
+        }),
+        with(route(&["/api/*"], &[], &[], 0), |r| r.vars = Some(canary)),
+        route(&["/api/*"], &[], &[], 0),
+    ]);
+    let on = Vars(&[("http_x_canary", "1")]);
+    let off = Vars(&[("http_x_canary", "0")]);
+    assert_eq!(
+        t.find_match(&req("/api/x", None), &on).map(|m| m.route),
+        Some(1)
+    );
+    assert_eq!(
+        t.find_match(&req("/api/x", None), &off).map(|m| m.route),
+        Some(3)
+    );
+    assert_eq!(
+        t.find_match(&req("/api/x", None), &NoVars).map(|m| m.route),
+        Some(3)
+    );
+}
+
+#[test]
+fn remote_addrs_table() {
+    let set = |list: &[&str]| IpSet::parse(list.iter().copied()).unwrap();
+    let t = RouteTable::build(&[
+        route(&["/*"], &[], &[], 0),
+        with(route(&["/*"], &[], &[], 1), |r| {
+            r.remote_addrs = set(&["10.0.0.0/8", "192.168.1.7", "2001:db8::/32"])
+        }),
+    ]);
+    let cases: &[(Option<&str>, usize)] = &[
+        (Some("10.1.2.3"), 1),
+        (Some("11.1.2.3"), 0),
+        (Some("192.168.1.7"), 1),
+        (Some("192.168.1.8"), 0),
+        (Some("::ffff:10.9.9.9"), 1),
+        (Some("2001:db8:1::5"), 1),
+        (Some("2001:db9::5"), 0),
+        (None, 0),
+    ];
+    for (remote, want) in cases {
+        let got = t.find_match(&req("/", *remote), &NoVars).map(|m| m.route);
+        assert_eq!(got, Some(*want), "{remote:?}");
+    }
+    assert!(IpSet::parse(["10.0.0.0/33"]).is_err());
+    assert!(IpSet::parse(["::1/129"]).is_err());
+    assert!(IpSet::parse(["10.0.0"]).is_err());
+    assert!(set(&["0.0.0.0/0"]).contains("1.2.3.4".parse().unwrap()));
+    assert!(!set(&["0.0.0.0/0"]).contains("::1".parse().unwrap()));
+}
+
+#[test]
+fn head_vars_read_the_request() {
+    let buf = b"GET /p/a?x=1&Y=two&flag HTTP/1.1\r\nHost: Api.Example:8080\r\nX-Canary-Id: 7\r\nCookie: a=1; sid = s2 \r\n\r\n";
+    let mut head = crate::http1::RequestHead::new();
+    let limits = crate::http1::Limits::default();
+    assert!(matches!(
+        crate::http1::parse_request(buf, &limits, &mut head),
+        Ok(crate::http1::Parsed::Complete)
+    ));
+    let v = HeadVars {
+        head: &head,
+        buf,
+        uri: b"/p/a",
+        remote_addr: "127.0.0.9",
+        server_port: "9080",
+        tls: false,
+    };
+    let get = |n: &str| v.var(n).map(|b| String::from_utf8_lossy(b).into_owned());
+    assert_eq!(get("uri").as_deref(), Some("/p/a"));
+    assert_eq!(get("request_uri").as_deref(), Some("/p/a?x=1&Y=two&flag"));
+    assert_eq!(get("args").as_deref(), Some("x=1&Y=two&flag"));
+    assert_eq!(get("arg_x").as_deref(), Some("1"));
+    assert_eq!(get("arg_y").as_deref(), Some("two"));
+    assert_eq!(get("arg_flag").as_deref(), Some(""));
+    assert_eq!(get("arg_z"), None);
+    assert_eq!(get("host").as_deref(), Some("Api.Example"));
+    assert_eq!(get("http_x_canary_id").as_deref(), Some("7"));
+    assert_eq!(get("http_x_canary"), None);
+    assert_eq!(get("cookie_sid").as_deref(), Some("s2"));
+    assert_eq!(get("cookie_a").as_deref(), Some("1"));
+    assert_eq!(get("cookie_b"), None);
+    assert_eq!(get("remote_addr").as_deref(), Some("127.0.0.9"));
+    assert_eq!(get("scheme").as_deref(), Some("http"));
+    assert_eq!(get("request_method").as_deref(), Some("GET"));
+    assert_eq!(get("server_port").as_deref(), Some("9080"));
+    assert_eq!(get("nonexistent"), None);
 }
