@@ -911,3 +911,71 @@ upstreams:
     );
     assert!(has(&e, "upstreams[0].tls: unknown field `verfy`"), "{e:?}");
 }
+
+#[test]
+fn secret_references_resolve_at_each_load_and_never_show() {
+    let yaml = OIDC_ROUTE
+        .replace("client_secret: secret", "client_secret: $ENV://OIDC_SECRET")
+        .replace(
+            "session: { secret: 0123456789abcdef }",
+            "session: { secret: \"$env://OIDC_JSON/session\" }",
+        );
+    let first = |name: &str| match name {
+        "OIDC_SECRET" => Some("first-client-secret".to_owned()),
+        "OIDC_JSON" => Some(r#"{"session":"first-session-secret-0123"}"#.to_owned()),
+        _ => None,
+    };
+    let loaded = load_str_with_env(&yaml, &first).unwrap();
+    let oidc = loaded.config.routes[0]
+        .plugins
+        .openid_connect
+        .clone()
+        .unwrap();
+    assert_eq!(
+        oidc.client_secret.as_ref().unwrap().expose(),
+        "first-client-secret"
+    );
+    assert_eq!(
+        oidc.session.secret.as_ref().unwrap().expose(),
+        "first-session-secret-0123"
+    );
+    assert!(!format!("{:?}", loaded.config).contains("first-"));
+
+    // A reload resolves again: a rotated variable is picked up.
+    let rotated = |name: &str| match name {
+        "OIDC_SECRET" => Some("rotated-client-secret".to_owned()),
+        other => first(other),
+    };
+    let reloaded = load_str_with_env(&yaml, &rotated).unwrap();
+    let oidc = reloaded.config.routes[0]
+        .plugins
+        .openid_connect
+        .clone()
+        .unwrap();
+    assert_eq!(
+        oidc.client_secret.as_ref().unwrap().expose(),
+        "rotated-client-secret"
+    );
+
+    // Unresolvable: one problem at the path, naming the reference and not the value.
+    let short = |name: &str| match name {
+        "OIDC_JSON" => Some(r#"{"session":"too-short"}"#.to_owned()),
+        _ => None,
+    };
+    let e = load_str_with_env(&yaml, &short).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "routes[0].plugins.openid-connect.client_secret: secret reference $ENV://OIDC_SECRET: environment variable OIDC_SECRET is not set\n\
+         routes[0].plugins.openid-connect.session.secret: must be at least 16 bytes"
+    );
+    let vault = OIDC_ROUTE.replace(
+        "client_secret: secret",
+        "client_secret: $secret://vault/oidc/client_secret",
+    );
+    assert_eq!(
+        errors(&vault),
+        [
+            "routes[0].plugins.openid-connect.client_secret: secret manager \"vault\" is not supported by shardgate (use an $ENV:// reference)"
+        ]
+    );
+}
