@@ -646,6 +646,8 @@ class Run:
         self.started = time.monotonic()
         self.plan_units = 0.0
         self.done_units = 0.0
+        self.passes_done = 0
+        self.passes_total = 0
 
     # -- fixtures
 
@@ -831,8 +833,8 @@ class Run:
             eta = elapsed / self.done_units * left
         else:
             eta = left * (self.args.duration + 2)
-        log("progress: %s %s pass %d of %d (%.0f of %.0f passes in the run), %s elapsed, about %s left" % (
-            sc.name, peer.name, pass_no, self.args.passes, self.done_units + 1, self.plan_units,
+        log("progress: %s %s pass %d of %d (%d of %d in the run), %s elapsed, about %s left" % (
+            sc.name, peer.name, pass_no, self.args.passes, self.passes_done + 1, self.passes_total,
             clock(elapsed), clock(eta)))
 
     def measure(self, sc, peer, pass_no):
@@ -841,6 +843,7 @@ class Run:
             self._measure(sc, peer, pass_no)
         finally:
             self.done_units += 1
+            self.passes_done += 1
 
     def _measure(self, sc, peer, pass_no):
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -1118,6 +1121,7 @@ def main():
         run.plan_units = sum(
             len(run.selected_peers(sc)) * (args.passes + (args.warmup + 1) / float(args.duration + 1))
             for sc in scenarios if not sc.skip_reason)
+        run.passes_total = sum(len(run.selected_peers(sc)) * args.passes for sc in scenarios if not sc.skip_reason)
         run.start_upstream()
         for sc in scenarios:
             log("scenario %s: %s" % (sc.name, sc.title))
