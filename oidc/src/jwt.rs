@@ -8,8 +8,8 @@
 //!
 //! # Why not `jsonwebtoken`
 //!
-//! This module, [`crate::jwk`] and the PEM reader are written directly on ring, which verifies
-//! every signature either way. What `jsonwebtoken` would not give us:
+//! This module, [`crate::jwk`] and the PEM reader are written directly on ring (plus RustCrypto's
+//! `p521` for ES512, which ring lacks). What `jsonwebtoken` would not give us:
 //! * key selection over a JWKS by `kid` and `alg`, per-key `alg` restrictions, and a set that skips
 //!   (and reports) the one unusable key an IdP publishes instead of failing, with an unknown `kid`
 //!   told apart so the provider can refetch: `jsonwebtoken` checks one token against one key;
@@ -19,12 +19,13 @@
 //! * APISIX's claim rules (`claim_validator` with a custom audience claim, `iat_slack` on
 //!   `exp`/`nbf`/`iat`, `scope` strings and `scp` arrays) and an error per cause for
 //!   RFC 6750 descriptions, where `jsonwebtoken` applies its own claim rules;
-//! * no second crypto stack: 10.x needs aws-lc-rs or RustCrypto beside ring (9.x, ring-based, is
-//!   superseded by it);
+//! * no second full crypto stack: 10.x needs aws-lc-rs, or RustCrypto for every algorithm, beside
+//!   ring (9.x, ring-based, is superseded by it and has no ES512);
 //! * PKCS#1 `RSA PUBLIC KEY` PEM for `public_key`, which rustls-pki-types' PEM reader skips.
 //!
 //! `tests/differential.rs` holds this to `jsonwebtoken` 9 and rustls-pki-types' PEM reader: they
-//! must agree on every valid and tampered token (RS/PS/ES/EdDSA/HS, bit flips, swapped `alg`
+//! must agree on every valid and tampered token (RS/PS, ES256/384, EdDSA, HS; ES512 is outside
+//! `jsonwebtoken` 9 and checked against openssl in `tests/es512.rs`; bit flips, swapped `alg`
 //! including `none` and HMAC keyed with the public key, changed payload, wrong key, `exp`, `nbf`,
 //! `iss`, `aud`) and on every PEM fixture and broken variant.
 
@@ -120,6 +121,8 @@ pub enum Alg {
     PS512,
     ES256,
     ES384,
+    /// ECDSA P-521 with SHA-512 (RustCrypto's `p521`: ring has no P-521).
+    ES512,
     EdDSA,
     HS256,
     HS384,
@@ -128,7 +131,7 @@ pub enum Alg {
 }
 
 impl Alg {
-    pub const ALL: [Alg; 13] = [
+    pub const ALL: [Alg; 14] = [
         Alg::RS256,
         Alg::RS384,
         Alg::RS512,
@@ -137,6 +140,7 @@ impl Alg {
         Alg::PS512,
         Alg::ES256,
         Alg::ES384,
+        Alg::ES512,
         Alg::EdDSA,
         Alg::HS256,
         Alg::HS384,
@@ -158,6 +162,7 @@ impl Alg {
             Alg::PS512 => "PS512",
             Alg::ES256 => "ES256",
             Alg::ES384 => "ES384",
+            Alg::ES512 => "ES512",
             Alg::EdDSA => "EdDSA",
             Alg::HS256 => "HS256",
             Alg::HS384 => "HS384",
@@ -430,6 +435,8 @@ pub enum SigningKey {
         alg: Alg,
         pair: signature::EcdsaKeyPair,
     },
+    /// P-521 (ES512), which ring lacks.
+    EcP521(Box<p521::ecdsa::SigningKey>),
     Ed25519(signature::Ed25519KeyPair),
     Hmac(Vec<u8>),
 }
@@ -439,6 +446,7 @@ impl fmt::Debug for SigningKey {
         let kind = match self {
             SigningKey::Rsa(_) => "RSA",
             SigningKey::Ec { alg, .. } => alg.as_str(),
+            SigningKey::EcP521(_) => "ES512",
             SigningKey::Ed25519(_) => "Ed25519",
             SigningKey::Hmac(_) => "HMAC",
         };
@@ -459,7 +467,7 @@ impl SigningKey {
             .map_err(|e| SignError::InvalidKey(e.to_string()))
     }
 
-    /// An EC PKCS#8 key; the curve (P-256 or P-384) picks ES256 or ES384.
+    /// An EC PKCS#8 key; the curve (P-256, P-384 or P-521) picks ES256, ES384 or ES512.
     pub fn ec_pkcs8(der: &[u8]) -> Result<SigningKey, SignError> {
         let rng = rand::SystemRandom::new();
         if let Ok(pair) = signature::EcdsaKeyPair::from_pkcs8(
@@ -472,11 +480,19 @@ impl SigningKey {
                 pair,
             });
         }
-        signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, der, &rng)
-            .map(|pair| SigningKey::Ec {
+        if let Ok(pair) = signature::EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            der,
+            &rng,
+        ) {
+            return Ok(SigningKey::Ec {
                 alg: Alg::ES384,
                 pair,
-            })
+            });
+        }
+        use p521::pkcs8::DecodePrivateKey as _;
+        p521::ecdsa::SigningKey::from_pkcs8_der(der)
+            .map(|key| SigningKey::EcP521(Box::new(key)))
             .map_err(|e| SignError::InvalidKey(e.to_string()))
     }
 
@@ -491,7 +507,7 @@ impl SigningKey {
         SigningKey::Hmac(secret.to_vec())
     }
 
-    /// A PEM private key: `PRIVATE KEY` (PKCS#8 RSA, EC P-256/P-384, Ed25519) or
+    /// A PEM private key: `PRIVATE KEY` (PKCS#8 RSA, EC P-256/P-384/P-521, Ed25519) or
     /// `RSA PRIVATE KEY` (PKCS#1).
     pub fn from_pem(pem: &str) -> Result<SigningKey, SignError> {
         let (label, der) = pem_decode(pem)?;
@@ -502,7 +518,7 @@ impl SigningKey {
                 .or_else(|_| Self::ed25519_pkcs8(&der))
                 .map_err(|_| {
                     SignError::InvalidKey(
-                        "PKCS#8 key is not RSA >= 2048, EC P-256/P-384 or Ed25519".into(),
+                        "PKCS#8 key is not RSA >= 2048, EC P-256/P-384/P-521 or Ed25519".into(),
                     )
                 }),
             _ => Err(SignError::InvalidKey(format!(
@@ -517,6 +533,7 @@ impl SigningKey {
         match self {
             SigningKey::Rsa(_) => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
             SigningKey::Ec { alg: own, .. } => *own == alg,
+            SigningKey::EcP521(_) => alg == ES512,
             SigningKey::Ed25519(_) => alg == EdDSA,
             SigningKey::Hmac(_) => alg.is_symmetric(),
         }
@@ -527,6 +544,7 @@ impl SigningKey {
         match self {
             SigningKey::Rsa(_) => Alg::RS256,
             SigningKey::Ec { alg, .. } => *alg,
+            SigningKey::EcP521(_) => Alg::ES512,
             SigningKey::Ed25519(_) => Alg::EdDSA,
             SigningKey::Hmac(_) => Alg::HS256,
         }
@@ -589,6 +607,13 @@ fn raw_signature(alg: Alg, message: &[u8], key: &SigningKey) -> Result<Vec<u8>, 
             .map_err(|_| SignError::Crypto)?
             .as_ref()
             .to_vec()),
+        SigningKey::EcP521(key) => {
+            use p521::ecdsa::signature::Signer as _;
+            // RFC 6979 deterministic nonces: no RNG involved. JWS wants the fixed r || s form.
+            let sig: p521::ecdsa::Signature =
+                key.try_sign(message).map_err(|_| SignError::Crypto)?;
+            Ok(sig.to_bytes().to_vec())
+        }
         SigningKey::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
         SigningKey::Hmac(secret) => {
             let algorithm = match alg {
