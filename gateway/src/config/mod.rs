@@ -445,7 +445,7 @@ fn parse(
     {
         return Ok(file::FileConfig::default());
     }
-    let de = serde_yaml::Deserializer::from_str(text);
+    let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let first = path_problem("", e);
         // serde stops at the first type error: look at each route and upstream on its own so
@@ -474,7 +474,7 @@ fn top_entry(path: &str) -> &str {
 }
 
 /// A serde error as a problem at `prefix` + its path.
-fn path_problem(prefix: &str, e: serde_path_to_error::Error<serde_yaml::Error>) -> Problem {
+fn path_problem(prefix: &str, e: serde_path_to_error::Error<yaml_serde::Error>) -> Problem {
     let inner = e.path().to_string();
     let path = match (prefix.is_empty(), inner == ".") {
         (_, true) => prefix.to_owned(),
@@ -483,7 +483,7 @@ fn path_problem(prefix: &str, e: serde_path_to_error::Error<serde_yaml::Error>) 
         (false, false) => format!("{prefix}.{inner}"),
     };
     let message = e.into_inner().to_string();
-    // serde_yaml prefixes some messages with the path, or with the parent's path.
+    // The YAML deserializer prefixes some messages with the path, or with the parent's path.
     let parent = inner.rsplit_once('.').map_or("", |(p, _)| p);
     let message = [inner.as_str(), parent]
         .iter()
@@ -500,7 +500,7 @@ fn path_problem(prefix: &str, e: serde_path_to_error::Error<serde_yaml::Error>) 
 /// Every type error in the file, each route and upstream deserialized on its own (and each
 /// route's `openid-connect` checked). Empty when the text is not even a YAML mapping.
 fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
-    let Ok(mut doc) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+    let Ok(mut doc) = yaml_serde::from_str::<yaml_serde::Value>(text) else {
         return Vec::new();
     };
     if doc.apply_merge().is_err() {
@@ -515,9 +515,9 @@ fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> 
             continue;
         };
         let Some(items) = value.as_sequence() else {
-            let one = serde_yaml::Mapping::from_iter([(section.into(), value)]);
+            let one = yaml_serde::Mapping::from_iter([(section.into(), value)]);
             if let Err(e) = serde_path_to_error::deserialize::<_, file::FileConfig>(
-                serde_yaml::Value::Mapping(one),
+                yaml_serde::Value::Mapping(one),
             ) {
                 problems.push(path_problem("", e));
             }
