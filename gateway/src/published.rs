@@ -20,6 +20,9 @@ pub struct ProxyLimits {
     pub http: http1::Limits,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub client_max_body_size: u64,
+    pub client_body_timeout: Duration,
+    pub client_body_min_rate: u64,
 }
 
 /// A route as shards need it.
@@ -225,6 +228,9 @@ impl Published {
                 },
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,
+                client_max_body_size: l.client_max_body_size,
+                client_body_timeout: l.client_body_timeout,
+                client_body_min_rate: l.client_body_min_rate,
             },
             access_log: config.gateway.access_log,
             tls_key,

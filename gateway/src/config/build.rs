@@ -220,6 +220,13 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         idle_timeout: b.seconds("gateway.limits.idle_timeout", l.idle_timeout, false),
         max_connections: l.max_connections,
         max_body_buffer: l.max_body_buffer,
+        client_max_body_size: l.client_max_body_size,
+        client_body_timeout: b.seconds(
+            "gateway.limits.client_body_timeout",
+            l.client_body_timeout,
+            false,
+        ),
+        client_body_min_rate: l.client_body_min_rate,
     };
     GatewayConf {
         listen,

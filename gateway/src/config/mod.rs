@@ -131,6 +131,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request body buffered in memory (the rest is streamed).
     pub max_body_buffer: usize,
+    /// Larger request bodies are refused with 413; 0 = unlimited.
+    pub client_max_body_size: u64,
+    /// Longest wait for the next piece of a request body (408 after it).
+    pub client_body_timeout: Duration,
+    /// After `client_body_timeout`, a body must keep arriving at this average rate (bytes per
+    /// second); 0 turns the check off.
+    pub client_body_min_rate: u64,
 }
 
 #[derive(Debug, Clone)]

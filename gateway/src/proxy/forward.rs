@@ -184,6 +184,18 @@ async fn run(
         BodyFraming::Chunked | BodyFraming::CloseDelimited => None,
     };
     let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
+    let limits = &compiled.published.limits;
+    if let BodyFraming::Length(n) = c.head.framing
+        && limits.client_max_body_size > 0
+        && n > limits.client_max_body_size
+    {
+        // Refused before an upstream is picked (and before any `100 Continue`).
+        return Err(Fail {
+            error: Error::BodyTooLarge,
+            response_started: false,
+            consumed: None,
+        });
+    }
 
     let mut node_host = build_request_head(compiled, up, c, upgrade, keep_identity);
     // Small buffered bodies ride in the same write as the head.
@@ -287,7 +299,7 @@ async fn run(
                     });
                 }
             }
-            consumed = stream_request_body(c, &mut conn, up.timeouts.send).await?;
+            consumed = stream_request_body(c, &mut conn, up.timeouts.send, limits).await?;
         }
 
         // Response head.
@@ -583,8 +595,15 @@ async fn stream_request_body(
     c: &mut ClientConn,
     conn: &mut UpConn,
     send_timeout: Duration,
+    limits: &crate::published::ProxyLimits,
 ) -> Result<usize, Fail> {
     let head_len = c.head.head_len;
+    let mut clock = BodyClock {
+        started: Instant::now(),
+        received: 0,
+        per_read: limits.client_body_timeout,
+        min_rate: limits.client_body_min_rate,
+    };
     match c.head.framing {
         BodyFraming::Length(n) => {
             let mut remaining = n;
@@ -606,6 +625,7 @@ async fn stream_request_body(
                     r.map_err(send_fail)?;
                     pos += avail;
                     remaining -= avail as u64;
+                    clock.received += avail as u64;
                 }
                 if remaining == 0 {
                     return Ok(pos);
@@ -615,7 +635,7 @@ async fn stream_request_body(
                 pos = head_len;
                 read_client_body(
                     c,
-                    send_timeout,
+                    clock.deadline(),
                     "client closed before the whole body was received",
                 )
                 .await?;
@@ -626,6 +646,7 @@ async fn stream_request_body(
             let mut pos = head_len;
             let mut wire: Vec<u8> = Vec::with_capacity(BODY_CHUNK + 64);
             let mut saw_trailers = false;
+            let mut data_total: u64 = 0;
             loop {
                 let (n, ev) = dec.decode(&c.buf[pos..]).map_err(|e| Fail {
                     error: Error::Parse(e),
@@ -637,6 +658,16 @@ async fn stream_request_body(
                 match ev {
                     ChunkEvent::Data(span) => {
                         let data = &c.buf[base + span.start as usize..base + span.end as usize];
+                        data_total += data.len() as u64;
+                        if limits.client_max_body_size > 0
+                            && data_total > limits.client_max_body_size
+                        {
+                            return Err(Fail {
+                                error: Error::BodyTooLarge,
+                                response_started: false,
+                                consumed: None,
+                            });
+                        }
                         http1::write_chunk_header(&mut wire, data.len());
                         wire.extend_from_slice(data);
                         wire.extend_from_slice(b"\r\n");
@@ -667,10 +698,15 @@ async fn stream_request_body(
                             wire = flush(conn, &mut c.timer, wire, send_timeout).await?;
                         }
                         // Drop what was decoded, keep the head and any partial chunk line.
+                        clock.received += (pos - head_len) as u64;
                         c.buf.drain(head_len..pos);
                         pos = head_len;
-                        read_client_body(c, send_timeout, "client closed inside a chunked body")
-                            .await?;
+                        read_client_body(
+                            c,
+                            clock.deadline(),
+                            "client closed inside a chunked body",
+                        )
+                        .await?;
                     }
                 }
             }
@@ -731,19 +767,44 @@ fn write_allowed_trailers(
     }
 }
 
+/// When the next piece of a request body must have arrived: within `client_body_timeout` of the
+/// last one, and, with a minimum rate, no later than the time the bytes so far earn at that rate
+/// (after one `client_body_timeout` of grace). A body trickled byte by byte holds an upstream
+/// connection only that long.
+struct BodyClock {
+    started: Instant,
+    received: u64,
+    per_read: Duration,
+    min_rate: u64,
+}
+
+impl BodyClock {
+    fn deadline(&self) -> Instant {
+        let next = Instant::now() + self.per_read;
+        if self.min_rate == 0 {
+            return next;
+        }
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        next.min(self.started + self.per_read + earned)
+    }
+}
+
 /// Appends more request-body bytes from the client to `c.buf`.
-async fn read_client_body(c: &mut ClientConn, timeout: Duration, on_eof: &str) -> Result<(), Fail> {
+async fn read_client_body(c: &mut ClientConn, deadline: Instant, on_eof: &str) -> Result<(), Fail> {
     let buf = std::mem::take(&mut c.buf);
     let (r, buf) = read_more(
         &mut c.stream,
         buf,
         BODY_CHUNK,
-        Some(c.timer.until(Instant::now() + timeout)),
+        Some(c.timer.until(deadline)),
     )
     .await;
     c.buf = buf;
-    r.map(|_| ()).map_err(|_| Fail {
-        error: Error::ClientBody(on_eof.into()),
+    r.map(|_| ()).map_err(|e| Fail {
+        error: match e {
+            ReadFail::Timeout => Error::BodyTimeout,
+            _ => Error::ClientBody(on_eof.into()),
+        },
         response_started: false,
         consumed: None,
     })

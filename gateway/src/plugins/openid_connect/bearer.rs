@@ -46,6 +46,10 @@ pub struct Rejected {
 const NEGATIVE_TTL_MS: u64 = 10_000;
 /// Verified JWTs are re-verified at least this often even when `exp` is far away.
 const MAX_VERIFIED_TTL_SECS: u64 = 3600;
+/// How long the provider actor keeps an introspection answer for asks that arrive just after
+/// it. A shard that gets such an answer caches it for the full TTL, so a revocation can show up
+/// at most this much later than `introspection_interval` says: keep it well below one second.
+const INTROSPECTION_JOIN_GRACE: Duration = Duration::from_millis(500);
 
 enum Fail {
     Reject(Rejected),
@@ -470,7 +474,11 @@ async fn introspect(
         url: endpoint,
         headers,
         body,
-        grace: None,
+        // A shard whose request arrives just after the shared call answered, but before the
+        // shard that asked first has cached the answer, would otherwise start a second call:
+        // the actor keeps the answer briefly so such late asks join it (one IdP call for N
+        // shards x M concurrent requests). Not when the operator asked for no caching at all.
+        grace: (!conf.introspection_cache_ignore).then_some(INTROSPECTION_JOIN_GRACE),
     };
     let timeout = conf.timeout() + Duration::from_secs(1);
     let resp = match handle
