@@ -68,8 +68,10 @@ pub enum Error {
         error: UpstreamError,
         retryable: bool,
     },
-    /// The route's plugin answered for itself (authentication, redirects, ...): the response is ready.
-    Plugin(crate::plugins::PluginResponse),
+    /// A plugin refused the request (401, 403, a login that failed, ...): the response is ready.
+    /// A plugin's successful answer (a redirect, a logout) is a `pipeline::Step::Respond`, never
+    /// this.
+    Plugin(crate::pipeline::Response),
     /// Something only an actor or the IdP can provide is not available yet (discovery not done).
     Unavailable(&'static str),
     /// The shard is shutting down and takes no new requests.

@@ -783,14 +783,10 @@ impl RouteFile {
     }
 }
 
-/// `plugins`: `openid-connect` is kept as a generic value, read by `OidcConf::from_value` (which
-/// reports every problem in it, not only serde's first); any other name is kept to be named in
-/// an error.
+/// `plugins`: plugin name -> attributes, in file order. The registry (`pipeline::registry`)
+/// validates each against its plugin's schema in build.rs, so every problem names its path.
 #[derive(Debug, Default)]
-pub(crate) struct PluginsFile {
-    pub openid_connect: Option<serde_json::Value>,
-    pub unknown: Vec<String>,
-}
+pub(crate) struct PluginsFile(pub Vec<(String, serde_json::Value)>);
 
 impl<'de> Deserialize<'de> for PluginsFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -801,19 +797,15 @@ impl<'de> Deserialize<'de> for PluginsFile {
                 f.write_str("a map of plugin name to plugin configuration")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PluginsFile, A::Error> {
-                let mut plugins = PluginsFile::default();
+                let mut plugins: Vec<(String, serde_json::Value)> = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
-                    if name == "openid-connect" {
-                        if plugins.openid_connect.is_some() {
-                            return Err(de::Error::duplicate_field("openid-connect"));
-                        }
-                        plugins.openid_connect = Some(map.next_value()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                        plugins.unknown.push(name);
+                    if plugins.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format_args!("duplicate plugin `{name}`")));
                     }
+                    let value = map.next_value()?;
+                    plugins.push((name, value));
                 }
-                Ok(plugins)
+                Ok(PluginsFile(plugins))
             }
         }
         d.deserialize_map(V)

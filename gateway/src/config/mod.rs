@@ -10,7 +10,8 @@
 //! - `secret_ref.rs` resolves APISIX secret references (`$ENV://NAME`, `$ENV://NAME/field`) in
 //!   plugin attributes, at every load and reload; other secret managers are refused by name.
 //! - `build.rs` does every semantic check, collecting all problems, and compiles the types the
-//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, `Arc`ed plugin configs.
+//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, plugin attributes validated by
+//!   the plugin registry (`pipeline::registry`).
 //!
 //! Loading has no side effects beyond reading the file and checking that TLS files exist.
 
@@ -26,6 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use shardgate_oidc::config::{OidcConf, Problem};
+
+pub use crate::pipeline::{PluginConf, RoutePlugins};
 
 use crate::route::{Expr, IpSet, MethodSet};
 
@@ -334,11 +337,6 @@ pub struct RouteConf {
     pub plugins: RoutePlugins,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct RoutePlugins {
-    pub openid_connect: Option<Arc<OidcConf>>,
-}
-
 /// What `validate` and a failed start print: a line naming the file and the count, then the
 /// problems one per line, each starting with its path (`routes[0].uri: ...`).
 pub fn report(file: &Path, problems: &str) -> String {
@@ -433,8 +431,8 @@ fn resolve_secret_refs(
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (i, route) in file.routes.iter_mut().enumerate() {
-        if let Some(value) = route.plugins.openid_connect.as_mut() {
-            let path = format!("routes[{i}].plugins.openid-connect");
+        for (name, value) in route.plugins.0.iter_mut() {
+            let path = format!("routes[{i}].plugins.{name}");
             secret_ref::resolve(value, &path, env, &mut problems);
         }
     }
@@ -505,7 +503,7 @@ fn path_problem(prefix: &str, e: serde_path_to_error::Error<yaml_serde::Error>) 
 }
 
 /// Every type error in the file, each route and upstream deserialized on its own (and each
-/// route's `openid-connect` checked). Empty when the text is not even a YAML mapping.
+/// route's plugins checked by the registry). Empty when the text is not even a YAML mapping.
 fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
     let Ok(mut doc) = yaml_serde::from_str::<yaml_serde::Value>(text) else {
         return Vec::new();
@@ -541,15 +539,19 @@ fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> 
             match serde_path_to_error::deserialize::<_, file::RouteFile>(item) {
                 Err(e) => problems.push(path_problem(&at, e)),
                 Ok(route) => {
-                    if let Some(mut oidc) = route.plugins.openid_connect {
-                        let path = format!("{at}.plugins.openid-connect");
-                        let mut unresolved = Vec::new();
-                        secret_ref::resolve(&mut oidc, &path, env, &mut unresolved);
-                        let mut errors = OidcConf::from_value(oidc, &path).errors;
-                        errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
-                        problems.extend(unresolved);
-                        problems.extend(errors);
+                    let mut entries = route.plugins.0;
+                    let mut unresolved = Vec::new();
+                    for (name, value) in entries.iter_mut() {
+                        let path = format!("{at}.plugins.{name}");
+                        secret_ref::resolve(value, &path, env, &mut unresolved);
                     }
+                    let (_, mut errors, _) = crate::pipeline::registry::parse_plugins(
+                        &entries,
+                        &format!("{at}.plugins"),
+                    );
+                    errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
+                    problems.extend(unresolved);
+                    problems.extend(errors);
                 }
             }
         }

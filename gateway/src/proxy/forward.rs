@@ -16,10 +16,11 @@ use crate::error::{Error, UpstreamError};
 use crate::http1::{
     self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
-use crate::plugins::{HeaderValue, is_identity_header};
+use crate::pipeline::{HeaderValue, ResponseCtx};
+use crate::plugins::is_identity_header;
 use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
-use crate::proxy::{Compiled, Shard};
+use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::upstream::pool::UpConn;
 use crate::upstream::{self, HashOn, PassHost, ShardUpstream};
 
@@ -38,16 +39,7 @@ pub async fn exchange(
     let route = &compiled.routes[route_idx];
     let up = &compiled.upstreams[route.upstream];
     let started = Instant::now();
-    match run(
-        shard,
-        compiled,
-        up,
-        route.websocket,
-        route.keep_identity_headers,
-        c,
-    )
-    .await
-    {
+    match run(shard, compiled, up, route, c).await {
         Ok(done) => {
             let next = if let Some(up) = done.tunnel {
                 Next::Tunnel(up)
@@ -168,10 +160,11 @@ async fn run(
     shard: &Shard,
     compiled: &Rc<Compiled>,
     up: &ShardUpstream,
-    websocket: bool,
-    keep_identity: bool,
+    route: &ShardRoute,
     c: &mut ClientConn,
 ) -> Result<Done, Fail> {
+    let websocket = route.websocket;
+    let keep_identity = route.keep_identity_headers;
     let head_len = c.head.head_len;
     let method = c.head.method;
     let upgrade = websocket && c.head.upgrade;
@@ -347,7 +340,7 @@ async fn run(
             }
             return switch_protocols(c, conn, consumed).await;
         }
-        return relay_response(shard, c, conn, node_idx, up, method, consumed).await;
+        return relay_response(shard, c, conn, node_idx, up, route, consumed).await;
     }
 }
 
@@ -888,10 +881,24 @@ async fn relay_response(
     mut conn: UpConn,
     _node_idx: usize,
     up: &ShardUpstream,
-    method: Method,
+    route: &ShardRoute,
     consumed: usize,
 ) -> Result<Done, Fail> {
     let _ = shard;
+    // header_filter: plugins see the upstream's head and may add response headers.
+    if let Err(error) = route.plugins.header_filter(&mut ResponseCtx {
+        status: c.resp.status,
+        head: &c.resp,
+        buf: &conn.buf,
+        add_headers: &mut c.outcome.response_headers,
+        scratch: &mut c.scratch,
+    }) {
+        return Err(Fail {
+            error,
+            response_started: false,
+            consumed: Some(consumed),
+        });
+    }
     let status = c.resp.status;
     let framing = c.resp.framing;
     let client_11 = c.head.version_minor == 1;
@@ -951,7 +958,6 @@ async fn relay_response(
     let read_timeout = up.timeouts.read;
     let mut bytes_out: u64 = 0;
     let mut upstream_clean = c.resp.keep_alive;
-    let _ = method;
 
     // Body.
     let body_result: Result<(), (Error, bool)> = match framing {

@@ -19,9 +19,8 @@ use super::RouteAuth;
 use super::prepare::TokenCheck;
 use crate::error::Error;
 use crate::http1::Span;
+use crate::pipeline::{Ctx, PhaseResult, Step};
 use crate::plugins::{HeaderValue, PluginResponse};
-use crate::proxy::Shard;
-use crate::proxy::conn::ClientConn;
 
 /// A token that passed every check, with what the upstream headers need.
 #[derive(Debug)]
@@ -67,7 +66,7 @@ impl From<TokenError> for Fail {
     }
 }
 
-pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Result<(), Error> {
+pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     let conf = &auth.route.conf;
     if !conf.bearer_enabled() {
         return super::session::rewrite(auth, c).await;
@@ -82,11 +81,11 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
         }
         Ok(Some(span)) => span,
     };
-    let Ok(token) = std::str::from_utf8(span.of(&c.buf)) else {
+    let Ok(token) = std::str::from_utf8(span.of(c.buf())) else {
         return Err(reject(auth, &bad_token("token is not ASCII")));
     };
     let now_ms = auth.oidc.now_millis();
-    let m = &shard.metrics;
+    let m = c.metrics();
 
     let introspection = auth.route.check == TokenCheck::Introspection;
     let use_cache = if introspection {
@@ -106,7 +105,7 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
         {
             m.bump("shardgate_oidc_token_cache_total{result=\"hit\"}", 1);
             apply(auth, c, span, &v);
-            return Ok(());
+            return Ok(Step::Continue);
         }
         m.bump("shardgate_oidc_token_cache_total{result=\"miss\"}", 1);
     }
@@ -146,7 +145,7 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
                     .insert(token.as_bytes(), v.clone(), now_ms + ttl_secs * 1000);
             }
             apply(auth, c, span, &v);
-            Ok(())
+            Ok(Step::Continue)
         }
         Err(Fail::Reject(r)) => {
             m.bump(
@@ -192,10 +191,10 @@ fn current_generation(auth: &RouteAuth) -> u64 {
 ///
 /// More than one `Authorization` header is a 400 too (it is not a list header): only one can be
 /// verified, and an upstream that reads another would trust a credential nobody checked.
-fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
-    let buf = &c.buf;
+fn extract_token(c: &Ctx<'_>) -> Result<Option<Span>, PluginResponse> {
+    let buf = c.buf();
     let mut authorization = c
-        .head
+        .head()
         .headers
         .iter()
         .filter(|h| h.name.of(buf).eq_ignore_ascii_case(b"authorization"));
@@ -227,7 +226,7 @@ fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
             end: h.value.end,
         }));
     }
-    Ok(c.head
+    Ok(c.head()
         .headers
         .iter()
         .find(|h| h.name.of(buf).eq_ignore_ascii_case(b"x-access-token"))
@@ -245,9 +244,9 @@ fn bad_request(body: &[u8], reason: &'static str) -> PluginResponse {
     }
 }
 
-fn apply(auth: &RouteAuth, c: &mut ClientConn, token: Span, v: &Verified) {
+fn apply(auth: &RouteAuth, c: &mut Ctx<'_>, token: Span, v: &Verified) {
     let conf = &auth.route.conf;
-    let out = &mut c.outcome;
+    let out = c.outcome();
     if conf.set_access_token_header {
         match &v.authorization {
             Some(a) => {
@@ -417,7 +416,7 @@ fn check_schema(auth: &RouteAuth, json: &[u8]) -> Result<(), Fail> {
 
 async fn introspect(
     auth: &RouteAuth,
-    c: &ClientConn,
+    c: &Ctx<'_>,
     token: &str,
     now: u64,
 ) -> Result<(Verified, u64), Fail> {
@@ -457,8 +456,7 @@ async fn introspect(
         .introspection_addon_headers
         .iter()
         .filter_map(|name| {
-            c.head
-                .header(&c.buf, name)
+            c.header(name)
                 .map(|v| (name.clone(), String::from_utf8_lossy(v).into_owned()))
         })
         .collect();
