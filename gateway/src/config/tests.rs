@@ -1075,3 +1075,58 @@ fn secret_references_resolve_at_each_load_and_never_show() {
         ]
     );
 }
+
+/// One bad route (or upstream) does not hide the problems of the others: `validate` lists them
+/// all, each path once.
+#[test]
+fn type_errors_in_several_entries_are_all_reported() {
+    let yaml = r#"
+gateway:
+  limits: { max_headers: many }
+upstreams:
+  - id: a
+    nodes: { "h:1": heavy }
+  - id: b
+    nodes: { "127.0.0.1:1": 1 }
+routes:
+  - id: r1
+    uri: 7
+    priority: high
+    upstream_id: b
+  - id: r2
+    uri: /ok
+    upstream_id: b
+    plugins:
+      openid-connect:
+        client_id: 123
+        client_secret: $ENV://MISSING_SECRET
+        discovery: https://idp.example.com/.well-known/openid-configuration
+        ssl_verify: "yes"
+        session: { secret: "$ENV://MISSING_SESSION" }
+  - id: r3
+    uris: /not-a-list
+    upstream_id: b
+"#;
+    let e = errors(yaml);
+    let paths: Vec<&str> = e.iter().map(|p| p.split(": ").next().unwrap()).collect();
+    for want in [
+        "upstreams[0].nodes.h:1",
+        "routes[0].uri",
+        "routes[1].plugins.openid-connect.client_id",
+        "routes[1].plugins.openid-connect.client_secret",
+        "routes[1].plugins.openid-connect.ssl_verify",
+        "routes[1].plugins.openid-connect.session.secret",
+        "routes[2].uris",
+        "gateway.limits.max_headers",
+    ] {
+        assert_eq!(
+            paths.iter().filter(|p| **p == want).count(),
+            1,
+            "{want} in {e:#?}"
+        );
+    }
+    assert!(
+        e.contains(&"routes[1].plugins.openid-connect.session.secret: secret reference $ENV://MISSING_SESSION: environment variable MISSING_SESSION is not set".to_owned()),
+        "{e:#?}"
+    );
+}
