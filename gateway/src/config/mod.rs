@@ -10,7 +10,8 @@
 //! - `secret_ref.rs` resolves APISIX secret references (`$ENV://NAME`, `$ENV://NAME/field`) in
 //!   plugin attributes, at every load and reload; other secret managers are refused by name.
 //! - `build.rs` does every semantic check, collecting all problems, and compiles the types the
-//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, `Arc`ed plugin configs.
+//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, plugin attributes validated by
+//!   the plugin registry (`pipeline::registry`).
 //!
 //! Loading has no side effects beyond reading the file and checking that TLS files exist.
 
@@ -26,6 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use shardgate_oidc::config::{OidcConf, Problem};
+
+pub use crate::pipeline::{PluginConf, RoutePlugins};
 
 use crate::route::{Expr, IpSet, MethodSet};
 
@@ -131,6 +134,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request body buffered in memory (the rest is streamed).
     pub max_body_buffer: usize,
+    /// Larger request bodies are refused with 413; 0 = unlimited.
+    pub client_max_body_size: u64,
+    /// Longest wait for the next piece of a request body (408 after it).
+    pub client_body_timeout: Duration,
+    /// After `client_body_timeout`, a body must keep arriving at this average rate (bytes per
+    /// second); 0 turns the check off.
+    pub client_body_min_rate: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -327,9 +337,48 @@ pub struct RouteConf {
     pub plugins: RoutePlugins,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct RoutePlugins {
-    pub openid_connect: Option<Arc<OidcConf>>,
+/// What `validate` and a failed start print: a line naming the file and the count, then the
+/// problems one per line, each starting with its path (`routes[0].uri: ...`).
+pub fn report(file: &Path, problems: &str) -> String {
+    let n = problems.lines().filter(|l| !l.trim().is_empty()).count();
+    format!(
+        "{}: {n} problem{} in the config:\n{problems}",
+        file.display(),
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+/// A hint for serde's "unknown field `x`, expected one of `a`, `b`" when one of the expected
+/// names is a near miss (a typo), e.g. `listn` -> `listen`.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split("expected one of ")
+        .nth(1)
+        .or(rest.split("expected ").nth(1))?;
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|cand| (edit_distance(field, cand), cand))
+        .min()?;
+    (best.0 <= 2 && best.0 < field.len()).then(|| format!("did you mean `{}`?", best.1))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// Load and validate a file. Relative TLS paths are resolved against its directory.
@@ -382,8 +431,8 @@ fn resolve_secret_refs(
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
     for (i, route) in file.routes.iter_mut().enumerate() {
-        if let Some(value) = route.plugins.openid_connect.as_mut() {
-            let path = format!("routes[{i}].plugins.openid-connect");
+        for (name, value) in route.plugins.0.iter_mut() {
+            let path = format!("routes[{i}].plugins.{name}");
             secret_ref::resolve(value, &path, env, &mut problems);
         }
     }
@@ -439,19 +488,22 @@ fn path_problem(prefix: &str, e: serde_path_to_error::Error<yaml_serde::Error>) 
         (false, false) => format!("{prefix}.{inner}"),
     };
     let message = e.into_inner().to_string();
-    // The YAML deserializer already prefixes some messages with the same path.
-    let message = match message
-        .strip_prefix(inner.as_str())
-        .and_then(|m| m.strip_prefix(": "))
-    {
-        Some(rest) if inner != "." => rest.to_owned(),
-        _ => message,
+    // The YAML deserializer prefixes some messages with the path, or with the parent's path.
+    let parent = inner.rsplit_once('.').map_or("", |(p, _)| p);
+    let message = [inner.as_str(), parent]
+        .iter()
+        .filter(|p| !p.is_empty() && **p != ".")
+        .find_map(|p| message.strip_prefix(p).and_then(|m| m.strip_prefix(": ")))
+        .map_or(message.clone(), str::to_owned);
+    let message = match did_you_mean(&message) {
+        Some(hint) => format!("{message} ({hint})"),
+        None => message,
     };
     Problem::new(path, message)
 }
 
 /// Every type error in the file, each route and upstream deserialized on its own (and each
-/// route's `openid-connect` checked). Empty when the text is not even a YAML mapping.
+/// route's plugins checked by the registry). Empty when the text is not even a YAML mapping.
 fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
     let Ok(mut doc) = yaml_serde::from_str::<yaml_serde::Value>(text) else {
         return Vec::new();
@@ -487,15 +539,19 @@ fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> 
             match serde_path_to_error::deserialize::<_, file::RouteFile>(item) {
                 Err(e) => problems.push(path_problem(&at, e)),
                 Ok(route) => {
-                    if let Some(mut oidc) = route.plugins.openid_connect {
-                        let path = format!("{at}.plugins.openid-connect");
-                        let mut unresolved = Vec::new();
-                        secret_ref::resolve(&mut oidc, &path, env, &mut unresolved);
-                        let mut errors = OidcConf::from_value(oidc, &path).errors;
-                        errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
-                        problems.extend(unresolved);
-                        problems.extend(errors);
+                    let mut entries = route.plugins.0;
+                    let mut unresolved = Vec::new();
+                    for (name, value) in entries.iter_mut() {
+                        let path = format!("{at}.plugins.{name}");
+                        secret_ref::resolve(value, &path, env, &mut unresolved);
                     }
+                    let (_, mut errors, _) = crate::pipeline::registry::parse_plugins(
+                        &entries,
+                        &format!("{at}.plugins"),
+                    );
+                    errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
+                    problems.extend(unresolved);
+                    problems.extend(errors);
                 }
             }
         }

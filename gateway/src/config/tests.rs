@@ -118,7 +118,7 @@ fn upstream_and_route_defaults() {
     assert_eq!(r.priority, 0);
     assert_eq!(r.upstream, 0);
     assert!(r.enabled && !r.enable_websocket);
-    assert!(r.plugins.openid_connect.is_none());
+    assert!(r.plugins.is_empty());
 }
 
 #[test]
@@ -206,8 +206,12 @@ fn shards_must_be_auto_or_positive() {
 
 #[test]
 fn type_errors_name_their_path() {
+    // Plugin attributes are validated with the rest of the file, so the upstream is there: the
+    // type error is the one problem.
     let e = errors(
         r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
 routes:
   - id: r
     uri: /
@@ -241,7 +245,11 @@ routes:
 #[test]
 fn unknown_field_is_a_typo_error_and_apisix_field_is_unsupported() {
     let typo = errors("routes:\n  - id: r\n    uri: /\n    upstream_id: a\n    methds: [GET]\n");
-    assert!(has(&typo, "routes[0]: unknown field `methds`"), "{typo:?}");
+    assert!(
+        has(&typo, "routes[0].methds: unknown field `methds`"),
+        "{typo:?}"
+    );
+    assert!(has(&typo, "(did you mean `methods`?)"), "{typo:?}");
     let e = errors(
         r#"
 consumers: []
@@ -699,8 +707,7 @@ routes:
     let loaded = load_str_with_env(yaml, &env).unwrap();
     let oidc = loaded.config.routes[0]
         .plugins
-        .openid_connect
-        .as_ref()
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
         .unwrap();
     assert_eq!(oidc.client_secret.as_ref().unwrap().expose(), "from-env");
     assert_eq!(oidc.session.absolute_timeout, 7200);
@@ -909,7 +916,39 @@ upstreams:
     let e = errors(
         "upstreams:\n  - { id: e, scheme: https, nodes: { \"a:1\": 1 }, tls: { verfy: false } }\n",
     );
-    assert!(has(&e, "upstreams[0].tls: unknown field `verfy`"), "{e:?}");
+    assert!(
+        has(&e, "upstreams[0].tls.verfy: unknown field `verfy`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_typo_in_a_key_gets_a_hint_and_no_repeated_path() {
+    let e = load_str("gateway:\n  listn: [\"127.0.0.1:1\"]\n").expect_err("typo");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("gateway.listn: unknown field `listn`"),
+        "{text}"
+    );
+    assert!(text.contains("(did you mean `listen`?)"), "{text}");
+    // A name far from every expected one gets no guess.
+    let e = load_str("gateway:\n  zzzzzzzz: 1\n").expect_err("unknown");
+    assert!(!e.to_string().contains("did you mean"), "{e}");
+}
+
+#[test]
+fn the_report_names_the_file_and_counts_the_problems() {
+    let text = super::report(
+        std::path::Path::new("/etc/shardgate/config.yaml"),
+        "routes[0].uri: required\nroutes[1].uri: required",
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "/etc/shardgate/config.yaml: 2 problems in the config:"
+    );
+    assert_eq!(lines[1], "routes[0].uri: required");
+    assert_eq!(lines.len(), 3);
 }
 
 #[test]
@@ -1024,8 +1063,7 @@ fn secret_references_resolve_at_each_load_and_never_show() {
     let loaded = load_str_with_env(&yaml, &first).unwrap();
     let oidc = loaded.config.routes[0]
         .plugins
-        .openid_connect
-        .clone()
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
         .unwrap();
     assert_eq!(
         oidc.client_secret.as_ref().unwrap().expose(),
@@ -1045,8 +1083,7 @@ fn secret_references_resolve_at_each_load_and_never_show() {
     let reloaded = load_str_with_env(&yaml, &rotated).unwrap();
     let oidc = reloaded.config.routes[0]
         .plugins
-        .openid_connect
-        .clone()
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
         .unwrap();
     assert_eq!(
         oidc.client_secret.as_ref().unwrap().expose(),
