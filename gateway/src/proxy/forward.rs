@@ -22,7 +22,7 @@ use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reaso
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::upstream::pool::UpConn;
-use crate::upstream::{self, HashOn, PassHost, ShardUpstream};
+use crate::upstream::{self, FailureKind, HashOn, PassHost, ShardUpstream};
 
 const BODY_CHUNK: usize = 64 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
@@ -41,8 +41,8 @@ pub async fn exchange(
     let started = Instant::now();
     match run(shard, compiled, up, route, c).await {
         Ok(done) => {
-            let next = if let Some(up) = done.tunnel {
-                Next::Tunnel(up)
+            let next = if let Some(conn) = done.tunnel {
+                Next::Tunnel(conn, up.timeouts.read)
             } else if done.client_close || !c.head.keep_alive {
                 Next::Close
             } else {
@@ -53,7 +53,7 @@ pub async fn exchange(
                 bytes_out: done.bytes_out,
                 upstream_us: Some(started.elapsed().as_micros() as u64),
                 error: done.error,
-                close: matches!(next, Next::Close | Next::Tunnel(_)),
+                close: matches!(next, Next::Close | Next::Tunnel(..)),
             };
             (summary, next, done.consumed)
         }
@@ -226,7 +226,11 @@ async fn run(
                     (conn, false)
                 }
                 Err(e) => {
-                    if up.report_failure(node_idx, Instant::now()) {
+                    let kind = match e {
+                        UpstreamError::ConnectTimeout => FailureKind::Timeout,
+                        _ => FailureKind::Tcp,
+                    };
+                    if up.report_failure(node_idx, kind, Instant::now()) {
                         tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
                     }
                     if let UpstreamError::Tls(reason) = &e {
@@ -268,7 +272,11 @@ async fn run(
                 stale_retry_used = true;
                 continue;
             }
-            up.report_failure(node_idx, Instant::now());
+            let kind = match e {
+                WriteFail::Timeout => FailureKind::Timeout,
+                WriteFail::Io(_) => FailureKind::Tcp,
+            };
+            up.report_failure(node_idx, kind, Instant::now());
             let err = match e {
                 WriteFail::Timeout => UpstreamError::SendTimeout,
                 WriteFail::Io(e) => UpstreamError::Io(e.to_string()),
@@ -318,16 +326,17 @@ async fn run(
                     stale_retry_used = true;
                     continue;
                 }
-                let node_failed = matches!(
-                    e,
-                    UpstreamError::ReadTimeout | UpstreamError::ClosedEarly | UpstreamError::Io(_)
-                );
-                if node_failed {
-                    up.report_failure(node_idx, Instant::now());
+                let kind = match e {
+                    UpstreamError::ReadTimeout => Some(FailureKind::Timeout),
+                    UpstreamError::ClosedEarly | UpstreamError::Io(_) => Some(FailureKind::Tcp),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    up.report_failure(node_idx, kind, Instant::now());
                 }
                 // As nginx's `proxy_next_upstream error timeout` (APISIX's retries): a replayable
                 // request whose node failed before any response byte goes to another node.
-                if node_failed && replayable && nothing_received && attempts < up.retries {
+                if kind.is_some() && replayable && nothing_received && attempts < up.retries {
                     attempts += 1;
                     if node_idx < 64 {
                         tried |= 1 << node_idx;
@@ -337,7 +346,9 @@ async fn run(
                 return Err(Fail::up(e, Some(consumed)));
             }
         }
-        up.report_success(node_idx);
+        if up.report_status(node_idx, c.resp.status, Instant::now()) {
+            tracing::warn!(upstream = %up.id, node = %up.nodes[node_idx].key, status = c.resp.status, "node answered failure statuses repeatedly: cooling down");
+        }
 
         if c.resp.status == 101 {
             if !upgrade {
@@ -1314,45 +1325,83 @@ async fn switch_protocols(
     })
 }
 
-/// Copies bytes both ways until either side closes; both connections end with it.
-pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn) {
+/// Copies bytes both ways until either side closes, or until `idle` passes without a byte in
+/// either direction (APISIX's upstream `timeout.read` for upgraded connections); both
+/// connections end with it.
+pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn, idle: Duration) {
     use crate::proxy::stream::ClientStream;
     use crate::upstream::tls::UpStream;
     use monoio::io::Splitable;
     match (client, upstream.stream) {
         (ClientStream::Plain(c), UpStream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
         (ClientStream::Tls(c), UpStream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = ((*c).into_split(), u.into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
         (ClientStream::Plain(c), UpStream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), (*u).into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
         (ClientStream::Tls(c), UpStream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = ((*c).into_split(), (*u).into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
     }
 }
 
-async fn copy_both<CR, CW, UR, UW>(mut cr: CR, mut cw: CW, mut ur: UR, mut uw: UW)
+/// Moves bytes from `r` to `w`, stamping `last` at every read, until EOF or an error.
+async fn copy_stamped<R, W>(r: &mut R, w: &mut W, last: &std::cell::Cell<Instant>)
+where
+    R: monoio::io::AsyncReadRent,
+    W: monoio::io::AsyncWriteRent,
+{
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        buf.clear();
+        let (res, b) = r.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        last.set(Instant::now());
+        let (res, b) = w.write_all(buf).await;
+        buf = b;
+        if res.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn copy_both<CR, CW, UR, UW>(mut cr: CR, mut cw: CW, mut ur: UR, mut uw: UW, idle: Duration)
 where
     CR: monoio::io::AsyncReadRent,
     CW: monoio::io::AsyncWriteRent,
     UR: monoio::io::AsyncReadRent,
     UW: monoio::io::AsyncWriteRent,
 {
-    let a = async {
-        let _ = monoio::io::copy(&mut cr, &mut uw).await;
-        let _ = uw.shutdown().await;
+    let last = std::cell::Cell::new(Instant::now());
+    let both = async {
+        monoio::join!(
+            copy_stamped(&mut cr, &mut uw, &last),
+            copy_stamped(&mut ur, &mut cw, &last)
+        );
     };
-    let b = async {
-        let _ = monoio::io::copy(&mut ur, &mut cw).await;
-        let _ = cw.shutdown().await;
+    let watch = async {
+        loop {
+            let due = last.get() + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            monoio::time::sleep_until(due.into()).await;
+        }
     };
-    monoio::join!(a, b);
+    monoio::select! {
+        _ = both => {},
+        _ = watch => {},
+    }
 }
