@@ -170,6 +170,15 @@ impl Published {
                 oidc: oidc_route,
             });
         }
+        // Config merges and validates global rules; running them before the route's plugins
+        // needs the plugin pipeline, so until then a global plugin is refused, not ignored.
+        if config.global_plugins.openid_connect.is_some() {
+            problems.push(
+                "global_rules: plugin `openid-connect` in a global rule is not run by shardgate \
+                 yet; configure it on routes, services or plugin_configs"
+                    .to_owned(),
+            );
+        }
         let tls_key = match &config.gateway.tls {
             Some(t) => match crate::proxy::stream::load_cert_key(&t.cert, &t.key) {
                 Ok(k) => Some(k),

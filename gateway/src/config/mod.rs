@@ -15,6 +15,7 @@
 mod build;
 mod env;
 mod file;
+mod merge;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,6 +35,12 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConf>,
     /// In file order, disabled routes included (they never match).
     pub routes: Vec<RouteConf>,
+    /// APISIX `services`, in file order.
+    pub services: Vec<ServiceConf>,
+    /// APISIX `global_rules`, in file order.
+    pub global_rules: Vec<GlobalRuleConf>,
+    /// Every global rule's plugins in one set, as APISIX runs them (before the route's).
+    pub global_plugins: RoutePlugins,
 }
 
 /// The loaded configuration plus the warnings worth logging.
@@ -274,8 +281,10 @@ pub struct RouteConf {
     pub hosts: Vec<String>,
     pub methods: MethodSet,
     pub priority: i64,
-    /// Index into `Config::upstreams`.
+    /// Index into `Config::upstreams`: the route's own, else its service's.
     pub upstream: usize,
+    /// Index into `Config::services` (`service_id`).
+    pub service: Option<usize>,
     pub enable_websocket: bool,
     /// shardgate extension: forward client-sent identity headers (`X-Userinfo`, ...) instead of
     /// removing them. Only for upstreams behind another gateway that sets them.
@@ -286,6 +295,25 @@ pub struct RouteConf {
     pub remote_addrs: IpSet,
     /// `vars`, compiled; None: no condition.
     pub vars: Option<Arc<Expr>>,
+    /// The effective set: the service's, overridden per plugin by the plugin_config's,
+    /// overridden by the route's own (see merge.rs).
+    pub plugins: RoutePlugins,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConf {
+    pub id: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: Option<usize>,
+    /// Lowercase; used by routes that set no hosts.
+    pub hosts: Vec<String>,
+    pub enable_websocket: Option<bool>,
+    pub plugins: RoutePlugins,
+}
+
+#[derive(Debug, Clone)]
+pub struct GlobalRuleConf {
+    pub id: String,
     pub plugins: RoutePlugins,
 }
 
