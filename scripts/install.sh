@@ -4,7 +4,8 @@
 #
 #   scripts/install.sh            everything (load tests too: nginx-light, haproxy, wrk)
 #   scripts/install.sh --demo     only what `scripts/demo.sh` needs (node, the IdP's npm deps, curl, openssl, python3)
-#   scripts/install.sh --test     only what `scripts/test.sh` needs (the demo's, plus chromium for the browser test)
+#   scripts/install.sh --test     only what `scripts/test.sh` needs (the demo's, plus chromium for the browser
+#                                 test and prometheus for the metrics test)
 #   scripts/install.sh --callgrind everything, plus valgrind (`loadtest/run.sh --mode callgrind`)
 #
 # Env: SG_SKIP_APT=1 skips system packages (then missing tools are only reported).
@@ -31,7 +32,8 @@ declare -A PKG_FOR=(
 	[python3]=python3
 )
 if [ "$profile" != demo ]; then
-	PKG_FOR+=([chromium]=chromium [chromedriver]=chromium-driver)
+	# promtool and prometheus: the metrics test checks /metrics with them.
+	PKG_FOR+=([chromium]=chromium [chromedriver]=chromium-driver [promtool]=prometheus)
 fi
 if [ "$profile" = all ] || [ "$profile" = callgrind ]; then
 	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux)
@@ -62,7 +64,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		fi
 		rm -f "$log"
 		# Debian starts these services on install; our runs start their own instances.
-		for svc in nginx haproxy; do
+		for svc in nginx haproxy prometheus; do
 			if [[ " ${missing[*]} " == *" ${svc}"* ]] && command -v systemctl >/dev/null 2>&1; then
 				sg_as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
 			fi

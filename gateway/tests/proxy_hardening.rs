@@ -15,6 +15,7 @@ both_drivers!(
     silent_connections_are_closed_at_header_timeout,
     request_trailers_carry_no_controlled_fields,
     client_forwarding_and_path_override_headers_are_replaced_or_removed,
+    access_log_is_one_line_per_request_without_secrets,
 );
 
 /// RFC 9112 9.6: after a response with `Connection: close`, a pipelined request on the same
@@ -175,4 +176,34 @@ fn client_forwarding_and_path_override_headers_are_replaced_or_removed(driver: &
         assert!(all(h).is_empty(), "{h} must be removed: {:?}", seen.headers);
     }
     assert_eq!(seen.target, "/public/x");
+}
+
+/// The access log never records credentials from the query, and a refused or failed request is
+/// one line (the access line with its reason), not two.
+fn access_log_is_one_line_per_request_without_secrets(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(&config(&[&up.node()], "", "", ""), driver, 1);
+    let r = get(
+        gw.addr(),
+        "/cb?code=SECRET1&state=SECRET2&x=visible&access_token=SECRET3&session_state=SECRET4",
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    // The upstream still gets the query as sent.
+    assert!(up.requests()[0].target.contains("code=SECRET1"));
+    assert_eq!(get(gw.addr(), "/bad%2fpath-marker", &[]).status, 400);
+    assert!(gw.wait_log("bad%2fpath-marker", Duration::from_secs(5)));
+    assert!(gw.wait_log("x=visible", Duration::from_secs(5)));
+    let log = gw.log();
+    for secret in ["SECRET1", "SECRET2", "SECRET3", "SECRET4"] {
+        assert!(!log.contains(secret), "{secret} logged:\n{log}");
+    }
+    assert!(
+        log.contains("code=REDACTED&state=REDACTED&x=visible"),
+        "{log}"
+    );
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("path-marker")).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("request rejected") && lines[0].contains("encoded slash"));
+    assert!(lines[0].contains("status=400"), "{}", lines[0]);
 }

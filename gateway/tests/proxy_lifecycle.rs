@@ -228,17 +228,19 @@ routes:
     assert_eq!(get(gw.addr(), "/nope", &[]).status, 404);
     let m = gw.metrics();
     for line in [
-        "shardgate_requests_total{route=\"api\",status=\"200\"} 3",
-        "shardgate_requests_total{route=\"\",status=\"404\"} 1",
+        "shardgate_http_requests_total{route=\"api\",code=\"200\"} 3",
+        "shardgate_http_requests_total{route=\"\",code=\"404\"} 1",
         "shardgate_errors_total{code=\"route_not_found\"} 1",
         "# TYPE shardgate_request_duration_seconds histogram",
-        "shardgate_request_duration_seconds_bucket{le=\"+Inf\"} 4",
-        "shardgate_request_duration_seconds_count 4",
-        "shardgate_upstream_duration_seconds_count 3",
+        "shardgate_request_duration_seconds_bucket{route=\"api\",le=\"+Inf\"} 3",
+        "shardgate_request_duration_seconds_bucket{route=\"\",le=\"+Inf\"} 1",
+        "shardgate_request_duration_seconds_count{route=\"api\"} 3",
+        "shardgate_request_duration_seconds_count{route=\"\"} 1",
+        "shardgate_upstream_duration_seconds_count{route=\"api\"} 3",
     ] {
         assert!(m.contains(line), "missing `{line}` in:\n{m}");
     }
-    assert!(m.contains("shardgate_request_duration_seconds_bucket{le=\"0.1\"}"));
+    assert!(m.contains("shardgate_request_duration_seconds_bucket{route=\"api\",le=\"0.1\"}"));
     assert_eq!(get(gw.admin_addr(), "/other", &[]).status, 404);
 }
 

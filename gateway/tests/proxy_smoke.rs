@@ -35,6 +35,6 @@ routes:
     assert_eq!(missing.status, 200);
     assert!(
         gw.metrics()
-            .contains("shardgate_requests_total{route=\"all\",status=\"200\"} 2")
+            .contains("shardgate_http_requests_total{route=\"all\",code=\"200\"} 2")
     );
 }

@@ -2,3 +2,4 @@
 //! connection loop's `log` phase (`proxy::conn`), through `tracing` with target `access`.
 
 pub mod metrics;
+pub mod redact;

@@ -10,12 +10,14 @@
 //! Responses are written in request order because requests are handled one at a time: pipelined
 //! requests simply wait in the read buffer.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::error::{self, Error};
 use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
+use crate::observe::redact::redact_target;
 use crate::plugins::Outcome;
 use crate::proxy::io::{ReadFail, Timer, read_more, write_all_vec};
 use crate::proxy::stream::ClientStream;
@@ -488,40 +490,55 @@ fn log(
             ""
         }
     };
+    // One line per request: a refusal or failure is the access line with its reason (warn when
+    // the upstream side or the gateway failed), or, with the access log off, the only line.
+    let reason = s.error.as_ref().map(tracing::field::display);
+    let warn = s
+        .error
+        .as_ref()
+        .is_some_and(|e| e.side() != error::Side::Downstream);
     if let Some(e) = &s.error {
         m.record_error(e.code());
-        match e.side() {
-            error::Side::Downstream => tracing::info!(
-                shard = shard.info.id, peer = %c.peer, route = route_id, status = s.status,
-                reason = %e, "request rejected"
-            ),
-            _ => tracing::warn!(
-                shard = shard.info.id, peer = %c.peer, route = route_id, status = s.status,
-                reason = %e, "request failed"
-            ),
-        }
     }
-    if !compiled.published.access_log {
-        return;
-    }
+    let message = match (&s.error, warn) {
+        (None, _) => "",
+        (Some(_), false) => "request rejected",
+        (Some(_), true) => "request failed",
+    };
     let (method, path) = if bad_head {
-        ("-", "-")
+        ("-", Cow::Borrowed("-"))
     } else {
         (
             std::str::from_utf8(c.head.method_span.of(&c.buf)).unwrap_or("-"),
-            std::str::from_utf8(c.head.target.of(&c.buf)).unwrap_or("-"),
+            std::str::from_utf8(c.head.target.of(&c.buf))
+                .map(redact_target)
+                .unwrap_or(Cow::Borrowed("-")),
         )
     };
-    tracing::info!(
-        target: "access",
-        method,
-        path,
-        status = s.status,
-        bytes = s.bytes_out,
-        upstream_ms = s.upstream_us.map(|u| u as f64 / 1000.0),
-        total_ms = total_us as f64 / 1000.0,
-        route = route_id,
-        shard = shard.info.id,
-        peer = %c.peer,
-    );
+    let path = &*path;
+    macro_rules! line {
+        ($level:ident, $($target:tt)*) => {
+            tracing::$level!(
+                $($target)*
+                method,
+                path,
+                status = s.status,
+                bytes = s.bytes_out,
+                upstream_ms = s.upstream_us.map(|u| u as f64 / 1000.0),
+                total_ms = total_us as f64 / 1000.0,
+                route = route_id,
+                shard = shard.info.id,
+                peer = %c.peer,
+                reason,
+                "{message}"
+            )
+        };
+    }
+    match (compiled.published.access_log, warn) {
+        (true, false) => line!(info, target: "access",),
+        (true, true) => line!(warn, target: "access",),
+        (false, _) if s.error.is_none() => {}
+        (false, false) => line!(info,),
+        (false, true) => line!(warn,),
+    }
 }
