@@ -5,7 +5,7 @@
 #   scripts/install.sh            everything (load tests too: nginx-light, haproxy, wrk)
 #   scripts/install.sh --demo     only what `scripts/demo.sh` needs (node, the IdP's npm deps, curl, openssl, python3)
 #   scripts/install.sh --test     only what `scripts/test.sh` needs (the demo's, plus chromium for the browser
-#                                 test and prometheus for the metrics test)
+#                                 test, prometheus for the metrics test, systemd-analyze for the unit)
 #   scripts/install.sh --callgrind everything, plus valgrind (`loadtest/run.sh --mode callgrind`)
 #
 # Env: SG_SKIP_APT=1 skips system packages (then missing tools are only reported).
@@ -33,7 +33,7 @@ declare -A PKG_FOR=(
 )
 if [ "$profile" != demo ]; then
 	# promtool and prometheus: the metrics test checks /metrics with them.
-	PKG_FOR+=([chromium]=chromium [chromedriver]=chromium-driver [promtool]=prometheus)
+	PKG_FOR+=([chromium]=chromium [chromedriver]=chromium-driver [promtool]=prometheus [systemd-analyze]=systemd)
 fi
 if [ "$profile" = all ] || [ "$profile" = callgrind ]; then
 	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux)

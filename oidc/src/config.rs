@@ -1126,6 +1126,21 @@ impl OidcConf {
                 alg_path,
                 format!("{alg:?} does not match the {have:?} key in client_rsa_private_key"),
             ));
+        } else if let Some(want) = match alg {
+            AssertionAlg::ES256 => Some("P-256"),
+            AssertionAlg::ES512 => Some("P-521"),
+            _ => None,
+        } && let Some(have) = self
+            .client_rsa_private_key
+            .as_ref()
+            .and_then(|k| ec_curve(k.expose()))
+            && have != want
+        {
+            // An EC key on another curve would sign a token its `alg` does not describe.
+            out.push(Problem::new(
+                alg_path,
+                format!("{alg:?} requires a client_rsa_private_key on curve {want}, got {have}"),
+            ));
         }
     }
 
@@ -1249,6 +1264,26 @@ fn private_key_type(pem: &str) -> KeyType {
     } else {
         KeyType::Unknown
     }
+}
+
+/// The named curve of a PEM EC private key (PKCS#8 or SEC1), from its curve OID.
+fn ec_curve(pem: &str) -> Option<&'static str> {
+    let body = pem_body(pem, "PRIVATE KEY").or_else(|| pem_body(pem, "EC PRIVATE KEY"))?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .ok()?;
+    const CURVES: [(&[u8], &str); 3] = [
+        (
+            &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+            "P-256",
+        ),
+        (&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22], "P-384"),
+        (&[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23], "P-521"),
+    ];
+    CURVES
+        .iter()
+        .find(|(oid, _)| der.windows(oid.len()).any(|w| w == *oid))
+        .map(|(_, name)| *name)
 }
 
 /// The base64 body between `-----BEGIN <label>-----` and `-----END <label>-----`, whitespace removed.

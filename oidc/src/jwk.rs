@@ -51,11 +51,12 @@ impl From<KeySelectError> for TokenError {
     }
 }
 
-/// Elliptic curves ring can verify with.
+/// Elliptic curves: P-256 and P-384 verify with ring, P-521 with RustCrypto's `p521`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EcCurve {
     P256,
     P384,
+    P521,
 }
 
 /// The family of a key, for logs and metrics.
@@ -77,6 +78,11 @@ enum Material {
     Ec {
         curve: EcCurve,
         point: Box<[u8]>,
+    },
+    /// P-521: the point, and the key decoded from it once (decoding validates the point).
+    EcP521 {
+        point: Box<[u8]>,
+        key: Box<p521::ecdsa::VerifyingKey>,
     },
     Ed25519 {
         x: [u8; 32],
@@ -170,6 +176,7 @@ impl Key {
         match &self.material {
             Material::Rsa { .. } => KeyKind::Rsa,
             Material::Ec { curve, .. } => KeyKind::Ec(*curve),
+            Material::EcP521 { .. } => KeyKind::Ec(EcCurve::P521),
             Material::Ed25519 { .. } => KeyKind::Ed25519,
             Material::Symmetric(_) => KeyKind::Symmetric,
         }
@@ -212,7 +219,8 @@ impl Key {
                     ..
                 },
                 ES384
-            ) | (Material::Ed25519 { .. }, EdDSA)
+            ) | (Material::EcP521 { .. }, ES512)
+                | (Material::Ed25519 { .. }, EdDSA)
                 | (Material::Symmetric(_), HS256 | HS384 | HS512)
         )
     }
@@ -242,10 +250,16 @@ impl Key {
                 let params = match curve {
                     EcCurve::P256 => &signature::ECDSA_P256_SHA256_FIXED,
                     EcCurve::P384 => &signature::ECDSA_P384_SHA384_FIXED,
+                    EcCurve::P521 => return Err(TokenError::KeyAlgMismatch),
                 };
                 signature::UnparsedPublicKey::new(params, point)
                     .verify(message, sig)
                     .is_ok()
+            }
+            Material::EcP521 { key, .. } => {
+                use p521::ecdsa::signature::Verifier as _;
+                p521::ecdsa::Signature::from_slice(sig)
+                    .is_ok_and(|sig| key.verify(message, &sig).is_ok())
             }
             Material::Ed25519 { x } => signature::UnparsedPublicKey::new(&signature::ED25519, x)
                 .verify(message, sig)
@@ -275,7 +289,7 @@ impl Key {
         ctx.update(&[0]);
         match &self.material {
             Material::Rsa { der, .. } => ctx.update(der),
-            Material::Ec { point, .. } => ctx.update(point),
+            Material::Ec { point, .. } | Material::EcP521 { point, .. } => ctx.update(point),
             Material::Ed25519 { x } => ctx.update(x),
             // Only a hash of the secret goes into the fingerprint, so it can be logged.
             Material::Symmetric(keys) => ctx.update(&keys.fingerprint),
@@ -520,6 +534,7 @@ fn key_from_jwk(value: serde_json::Value, opts: JwksOptions) -> Result<Key, &'st
             let (curve, len) = match raw.crv.as_deref() {
                 Some("P-256") => (EcCurve::P256, 32),
                 Some("P-384") => (EcCurve::P384, 48),
+                Some("P-521") => (EcCurve::P521, 66),
                 _ => return Err("unsupported EC curve"),
             };
             let x = b64u(&raw.x, "bad or missing EC x")?;
@@ -531,10 +546,8 @@ fn key_from_jwk(value: serde_json::Value, opts: JwksOptions) -> Result<Key, &'st
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            Material::Ec {
-                curve,
-                point: point.into_boxed_slice(),
-            }
+            ec_material(curve, point.into_boxed_slice())
+                .map_err(|_| "EC point is not on the curve")?
         }
         "OKP" => {
             if raw.crv.as_deref() != Some("Ed25519") {
@@ -582,7 +595,22 @@ const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 const OID_EC: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const OID_P384: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_P521: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x23];
 const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
+
+/// An uncompressed point on `curve`. ring checks P-256/P-384 points at verify time; P-521 is
+/// decoded (and so checked) here, once.
+fn ec_material(curve: EcCurve, point: Box<[u8]>) -> Result<Material, JwksError> {
+    if curve == EcCurve::P521 {
+        let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(&point)
+            .map_err(|_| JwksError::InvalidKey("P-521 point is not on the curve"))?;
+        return Ok(Material::EcP521 {
+            point,
+            key: Box::new(key),
+        });
+    }
+    Ok(Material::Ec { curve, point })
+}
 
 /// SubjectPublicKeyInfo ::= SEQUENCE { algorithm AlgorithmIdentifier, subjectPublicKey BIT STRING }
 fn material_from_spki(der: &[u8]) -> Result<Material, JwksError> {
@@ -607,16 +635,15 @@ fn material_from_spki(der: &[u8]) -> Result<Material, JwksError> {
             (EcCurve::P256, 65)
         } else if curve_oid == OID_P384 {
             (EcCurve::P384, 97)
+        } else if curve_oid == OID_P521 {
+            (EcCurve::P521, 133)
         } else {
             return Err(JwksError::InvalidKey("unsupported EC curve"));
         };
         if key.len() != len || key[0] != 0x04 {
             return Err(JwksError::InvalidKey("EC point is not uncompressed"));
         }
-        Ok(Material::Ec {
-            curve,
-            point: key.into(),
-        })
+        ec_material(curve, key.into())
     } else if oid == OID_ED25519 {
         let x: [u8; 32] = key
             .try_into()

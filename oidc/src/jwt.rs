@@ -120,6 +120,8 @@ pub enum Alg {
     PS512,
     ES256,
     ES384,
+    /// ECDSA P-521 with SHA-512 (RustCrypto's `p521`: ring has no P-521).
+    ES512,
     EdDSA,
     HS256,
     HS384,
@@ -128,7 +130,7 @@ pub enum Alg {
 }
 
 impl Alg {
-    pub const ALL: [Alg; 13] = [
+    pub const ALL: [Alg; 14] = [
         Alg::RS256,
         Alg::RS384,
         Alg::RS512,
@@ -137,6 +139,7 @@ impl Alg {
         Alg::PS512,
         Alg::ES256,
         Alg::ES384,
+        Alg::ES512,
         Alg::EdDSA,
         Alg::HS256,
         Alg::HS384,
@@ -158,6 +161,7 @@ impl Alg {
             Alg::PS512 => "PS512",
             Alg::ES256 => "ES256",
             Alg::ES384 => "ES384",
+            Alg::ES512 => "ES512",
             Alg::EdDSA => "EdDSA",
             Alg::HS256 => "HS256",
             Alg::HS384 => "HS384",
@@ -430,6 +434,8 @@ pub enum SigningKey {
         alg: Alg,
         pair: signature::EcdsaKeyPair,
     },
+    /// P-521 (ES512), which ring lacks.
+    EcP521(Box<p521::ecdsa::SigningKey>),
     Ed25519(signature::Ed25519KeyPair),
     Hmac(Vec<u8>),
 }
@@ -439,6 +445,7 @@ impl fmt::Debug for SigningKey {
         let kind = match self {
             SigningKey::Rsa(_) => "RSA",
             SigningKey::Ec { alg, .. } => alg.as_str(),
+            SigningKey::EcP521(_) => "ES512",
             SigningKey::Ed25519(_) => "Ed25519",
             SigningKey::Hmac(_) => "HMAC",
         };
@@ -459,7 +466,7 @@ impl SigningKey {
             .map_err(|e| SignError::InvalidKey(e.to_string()))
     }
 
-    /// An EC PKCS#8 key; the curve (P-256 or P-384) picks ES256 or ES384.
+    /// An EC PKCS#8 key; the curve (P-256, P-384 or P-521) picks ES256, ES384 or ES512.
     pub fn ec_pkcs8(der: &[u8]) -> Result<SigningKey, SignError> {
         let rng = rand::SystemRandom::new();
         if let Ok(pair) = signature::EcdsaKeyPair::from_pkcs8(
@@ -472,11 +479,19 @@ impl SigningKey {
                 pair,
             });
         }
-        signature::EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, der, &rng)
-            .map(|pair| SigningKey::Ec {
+        if let Ok(pair) = signature::EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            der,
+            &rng,
+        ) {
+            return Ok(SigningKey::Ec {
                 alg: Alg::ES384,
                 pair,
-            })
+            });
+        }
+        use p521::pkcs8::DecodePrivateKey as _;
+        p521::ecdsa::SigningKey::from_pkcs8_der(der)
+            .map(|key| SigningKey::EcP521(Box::new(key)))
             .map_err(|e| SignError::InvalidKey(e.to_string()))
     }
 
@@ -491,7 +506,7 @@ impl SigningKey {
         SigningKey::Hmac(secret.to_vec())
     }
 
-    /// A PEM private key: `PRIVATE KEY` (PKCS#8 RSA, EC P-256/P-384, Ed25519) or
+    /// A PEM private key: `PRIVATE KEY` (PKCS#8 RSA, EC P-256/P-384/P-521, Ed25519) or
     /// `RSA PRIVATE KEY` (PKCS#1).
     pub fn from_pem(pem: &str) -> Result<SigningKey, SignError> {
         let (label, der) = pem_decode(pem)?;
@@ -502,7 +517,7 @@ impl SigningKey {
                 .or_else(|_| Self::ed25519_pkcs8(&der))
                 .map_err(|_| {
                     SignError::InvalidKey(
-                        "PKCS#8 key is not RSA >= 2048, EC P-256/P-384 or Ed25519".into(),
+                        "PKCS#8 key is not RSA >= 2048, EC P-256/P-384/P-521 or Ed25519".into(),
                     )
                 }),
             _ => Err(SignError::InvalidKey(format!(
@@ -517,6 +532,7 @@ impl SigningKey {
         match self {
             SigningKey::Rsa(_) => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
             SigningKey::Ec { alg: own, .. } => *own == alg,
+            SigningKey::EcP521(_) => alg == ES512,
             SigningKey::Ed25519(_) => alg == EdDSA,
             SigningKey::Hmac(_) => alg.is_symmetric(),
         }
@@ -527,6 +543,7 @@ impl SigningKey {
         match self {
             SigningKey::Rsa(_) => Alg::RS256,
             SigningKey::Ec { alg, .. } => *alg,
+            SigningKey::EcP521(_) => Alg::ES512,
             SigningKey::Ed25519(_) => Alg::EdDSA,
             SigningKey::Hmac(_) => Alg::HS256,
         }
@@ -589,6 +606,13 @@ fn raw_signature(alg: Alg, message: &[u8], key: &SigningKey) -> Result<Vec<u8>, 
             .map_err(|_| SignError::Crypto)?
             .as_ref()
             .to_vec()),
+        SigningKey::EcP521(key) => {
+            use p521::ecdsa::signature::Signer as _;
+            // RFC 6979 deterministic nonces: no RNG involved. JWS wants the fixed r || s form.
+            let sig: p521::ecdsa::Signature =
+                key.try_sign(message).map_err(|_| SignError::Crypto)?;
+            Ok(sig.to_bytes().to_vec())
+        }
         SigningKey::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
         SigningKey::Hmac(secret) => {
             let algorithm = match alg {

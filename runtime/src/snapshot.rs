@@ -239,11 +239,6 @@ impl<T> Local<T> {
         Rc::clone(&self.inner.current.borrow())
     }
 
-    /// Whether the publisher is gone (no newer value will ever come).
-    pub fn is_closed(&self) -> bool {
-        self.inner.closed.get()
-    }
-
     /// The version of the current value.
     pub fn version(&self) -> u64 {
         self.inner.version.get()

@@ -7,6 +7,8 @@
 //!   text, so quote values that may contain YAML syntax: `client_secret: "${SECRET}"`.
 //! - `file.rs` mirrors the file field for field; type errors name their path
 //!   (`routes[0].upstream.nodes: invalid type ...`) via serde_path_to_error.
+//! - `secret_ref.rs` resolves APISIX secret references (`$ENV://NAME`, `$ENV://NAME/field`) in
+//!   plugin attributes, at every load and reload; other secret managers are refused by name.
 //! - `build.rs` does every semantic check, collecting all problems, and compiles the types the
 //!   proxy uses: `Duration`s, parsed addresses, upstream indexes, `Arc`ed plugin configs.
 //!
@@ -16,6 +18,7 @@ mod build;
 mod env;
 mod file;
 mod merge;
+mod secret_ref;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -348,8 +351,53 @@ fn load(
     base_dir: Option<&Path>,
 ) -> Result<Loaded, ConfigError> {
     let text = env::interpolate(text, env).map_err(|problems| ConfigError { problems })?;
-    let file = parse(&text)?;
-    build::build(file, base_dir)
+    let mut file = parse(&text)?;
+    let unresolved = resolve_secret_refs(&mut file, env);
+    match build::build(file, base_dir) {
+        Ok(loaded) if unresolved.is_empty() => Ok(loaded),
+        Ok(_) => Err(ConfigError {
+            problems: unresolved,
+        }),
+        Err(mut e) => {
+            // The unresolved reference itself is the problem at its path, not what it fails.
+            e.problems
+                .retain(|p| !unresolved.iter().any(|u| u.path == p.path));
+            e.problems.splice(0..0, unresolved);
+            Err(e)
+        }
+    }
+}
+
+/// Resolves `$ENV://` references in every plugin's attributes (see `secret_ref.rs`).
+fn resolve_secret_refs(
+    file: &mut file::FileConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut sets: Vec<(String, &mut file::PluginsFile)> = Vec::new();
+    for (i, route) in file.routes.iter_mut().enumerate() {
+        sets.push((format!("routes[{i}]"), &mut route.plugins));
+    }
+    for (i, service) in file.services.iter_mut().enumerate() {
+        sets.push((format!("services[{i}]"), &mut service.plugins));
+    }
+    for (i, pc) in file.plugin_configs.iter_mut().enumerate() {
+        if let Some(plugins) = pc.plugins.as_mut() {
+            sets.push((format!("plugin_configs[{i}]"), plugins));
+        }
+    }
+    for (i, rule) in file.global_rules.iter_mut().enumerate() {
+        if let Some(plugins) = rule.plugins.as_mut() {
+            sets.push((format!("global_rules[{i}]"), plugins));
+        }
+    }
+    for (at, plugins) in sets {
+        if let Some(value) = plugins.openid_connect.as_mut() {
+            let path = format!("{at}.plugins.openid-connect");
+            secret_ref::resolve(value, &path, env, &mut problems);
+        }
+    }
+    problems
 }
 
 fn parse(text: &str) -> Result<file::FileConfig, ConfigError> {

@@ -1111,3 +1111,105 @@ routes:
     }
     assert_eq!(e.len(), want.len(), "{e:#?}");
 }
+
+#[test]
+fn secret_references_resolve_at_each_load_and_never_show() {
+    let yaml = OIDC_ROUTE
+        .replace("client_secret: secret", "client_secret: $ENV://OIDC_SECRET")
+        .replace(
+            "session: { secret: 0123456789abcdef }",
+            "session: { secret: \"$env://OIDC_JSON/session\" }",
+        );
+    let first = |name: &str| match name {
+        "OIDC_SECRET" => Some("first-client-secret".to_owned()),
+        "OIDC_JSON" => Some(r#"{"session":"first-session-secret-0123"}"#.to_owned()),
+        _ => None,
+    };
+    let loaded = load_str_with_env(&yaml, &first).unwrap();
+    let oidc = loaded.config.routes[0]
+        .plugins
+        .openid_connect
+        .clone()
+        .unwrap();
+    assert_eq!(
+        oidc.client_secret.as_ref().unwrap().expose(),
+        "first-client-secret"
+    );
+    assert_eq!(
+        oidc.session.secret.as_ref().unwrap().expose(),
+        "first-session-secret-0123"
+    );
+    assert!(!format!("{:?}", loaded.config).contains("first-"));
+
+    // A reload resolves again: a rotated variable is picked up.
+    let rotated = |name: &str| match name {
+        "OIDC_SECRET" => Some("rotated-client-secret".to_owned()),
+        other => first(other),
+    };
+    let reloaded = load_str_with_env(&yaml, &rotated).unwrap();
+    let oidc = reloaded.config.routes[0]
+        .plugins
+        .openid_connect
+        .clone()
+        .unwrap();
+    assert_eq!(
+        oidc.client_secret.as_ref().unwrap().expose(),
+        "rotated-client-secret"
+    );
+
+    // Unresolvable: one problem at the path, naming the reference and not the value.
+    let short = |name: &str| match name {
+        "OIDC_JSON" => Some(r#"{"session":"too-short"}"#.to_owned()),
+        _ => None,
+    };
+    let e = load_str_with_env(&yaml, &short).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "routes[0].plugins.openid-connect.client_secret: secret reference $ENV://OIDC_SECRET: environment variable OIDC_SECRET is not set\n\
+         routes[0].plugins.openid-connect.session.secret: must be at least 16 bytes"
+    );
+    let vault = OIDC_ROUTE.replace(
+        "client_secret: secret",
+        "client_secret: $secret://vault/oidc/client_secret",
+    );
+    assert_eq!(
+        errors(&vault),
+        [
+            "routes[0].plugins.openid-connect.client_secret: secret manager \"vault\" is not supported by shardgate (use an $ENV:// reference)"
+        ]
+    );
+}
+
+#[test]
+fn secret_references_resolve_in_services_and_plugin_configs() {
+    let block = |indent: &str| {
+        format!(
+            "{indent}openid-connect:\n{indent}  client_id: c\n{indent}  client_secret: $ENV://OIDC_SECRET\n\
+             {indent}  bearer_only: true\n\
+             {indent}  discovery: http://127.0.0.1:9000/.well-known/openid-configuration\n"
+        )
+    };
+    let yaml = format!(
+        "upstreams:\n  - {{ id: app, nodes: {{ \"127.0.0.1:1\": 1 }} }}\n\
+         services:\n  - id: s\n    upstream_id: app\n    plugins:\n{}\
+         plugin_configs:\n  - id: p\n    plugins:\n{}\
+         routes:\n  - {{ id: a, uri: /a, service_id: s }}\n  - {{ id: b, uri: /b, upstream_id: app, plugin_config_id: p }}\n",
+        block("      "),
+        block("      ")
+    );
+    let env = |name: &str| (name == "OIDC_SECRET").then(|| "resolved-secret".to_owned());
+    let loaded = load_str_with_env(&yaml, &env).unwrap();
+    for route in &loaded.config.routes {
+        let oidc = route.plugins.openid_connect.as_ref().unwrap();
+        assert_eq!(
+            oidc.client_secret.as_ref().unwrap().expose(),
+            "resolved-secret"
+        );
+    }
+    let e = errors(&yaml);
+    assert!(
+        has(&e, "services[0].plugins.openid-connect.client_secret")
+            && has(&e, "plugin_configs[0].plugins.openid-connect.client_secret"),
+        "{e:?}"
+    );
+}

@@ -494,3 +494,38 @@ fn yaml_nulls_are_absent() {
     assert!(l.errors.is_empty(), "{:?}", l.errors);
     assert_eq!(l.conf.unwrap().realm, "apisix");
 }
+
+/// TEST 80: the assertion key must fit the algorithm, curve included (ES512 on a P-256 key used
+/// to be signed as ES256).
+#[test]
+fn client_assertion_key_must_match_alg_and_curve() {
+    let p256 = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/ec256.pem"));
+    let p521 = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/ec521.pem"));
+    let rsa = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/rsa1.pem"));
+    let conf = |key: &str, alg: &str| {
+        let mut v = base();
+        v["token_endpoint_auth_method"] = json!("private_key_jwt");
+        v["client_rsa_private_key"] = json!(key);
+        v["client_jwt_assertion_alg"] = json!(alg);
+        errors(v)
+    };
+    assert!(conf(p521, "ES512").is_empty());
+    assert!(conf(p256, "ES256").is_empty());
+    assert!(conf(rsa, "RS512").is_empty());
+    assert_eq!(
+        conf(p256, "ES512"),
+        [
+            "p.client_jwt_assertion_alg: ES512 requires a client_rsa_private_key on curve P-521, got P-256"
+        ]
+    );
+    assert_eq!(
+        conf(p521, "ES256"),
+        [
+            "p.client_jwt_assertion_alg: ES256 requires a client_rsa_private_key on curve P-256, got P-521"
+        ]
+    );
+    assert_eq!(
+        conf(rsa, "ES512"),
+        ["p.client_jwt_assertion_alg: ES512 does not match the Rsa key in client_rsa_private_key"]
+    );
+}

@@ -326,13 +326,21 @@ pub struct ShardOidc {
     inner: Rc<ShardOidcInner>,
 }
 
+/// A provider snapshot attached on a shard, and the publisher it follows.
+type AttachedProvider = (
+    std::sync::Weak<Publisher<ProviderState>>,
+    Local<ProviderState>,
+);
+
 struct ShardOidcInner {
     shard: usize,
     shared: Arc<OidcShared>,
     clock: CoarseClock,
     rng: ring::rand::SystemRandom,
-    /// Provider snapshots attached on this shard, by discovery URL + settings.
-    providers: RefCell<HashMap<ProviderSpec, Local<ProviderState>>>,
+    /// Provider snapshots attached on this shard, by discovery URL + settings, with the publisher
+    /// each came from: a provider removed by a reload and configured again is a new actor with a
+    /// new publisher, and must not be served the old one's frozen snapshot.
+    providers: RefCell<HashMap<ProviderSpec, AttachedProvider>>,
     /// Back-channel logouts in force, as the revocation actor last published them.
     revocations: Local<RevocationSet>,
 }
@@ -391,13 +399,20 @@ impl ShardOidc {
     /// The shard-local snapshot of a provider (attached once per shard).
     fn provider_state(&self, handle: &ProviderHandle) -> Local<ProviderState> {
         let mut map = self.inner.providers.borrow_mut();
-        if let Some(l) = map.get(&*handle.spec) {
+        if let Some((from, l)) = map.get(&*handle.spec)
+            && from
+                .upgrade()
+                .is_some_and(|p| Arc::ptr_eq(&p, &handle.state))
+        {
             return l.clone();
         }
         // Providers whose every handle is gone (removed by a reload) leave this shard too.
-        map.retain(|_, l| !l.is_closed());
+        map.retain(|_, (from, _)| from.strong_count() > 0);
         let local = handle.state.subscribe().attach();
-        map.insert((*handle.spec).clone(), local.clone());
+        map.insert(
+            (*handle.spec).clone(),
+            (Arc::downgrade(&handle.state), local.clone()),
+        );
         local
     }
 }
@@ -527,6 +542,39 @@ mod tests {
                 }));
             }
             shutdown.trigger();
+        });
+    }
+
+    /// A provider removed by a reload and configured again (same settings) is a new actor: the
+    /// shard must follow its snapshots, not keep the old actor's.
+    #[test]
+    fn a_provider_configured_again_gets_a_fresh_snapshot_on_the_shard() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shard = ShardOidc::new(0, OidcShared::new());
+            let spec = ProviderSpec {
+                discovery_url: "http://127.0.0.1:1/.well-known/openid-configuration".into(),
+                discovery_expires_in: std::time::Duration::from_secs(60),
+                jwk_expires_in: std::time::Duration::from_secs(60),
+                need_jwks: true,
+                timeout: std::time::Duration::from_secs(1),
+                ssl_verify: true,
+                proxy: None,
+                ca_file: None,
+            };
+            let (old, _old_mailbox) = ProviderHandle::new(spec.clone());
+            let old_local = shard.provider_state(&old);
+            let (new, _new_mailbox) = ProviderHandle::new(spec);
+            let new_local = shard.provider_state(&new);
+            new.state.publish(new.state.current());
+            monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+            assert_eq!(new_local.version(), 1, "the new actor's snapshot");
+            assert_eq!(old_local.version(), 0);
+            // The same handle again: the same attachment.
+            assert_eq!(shard.provider_state(&new).version(), 1);
         });
     }
 }
