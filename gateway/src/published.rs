@@ -11,7 +11,7 @@ use crate::http1;
 use crate::plugins::openid_connect::{OidcRoute, OidcShared, prepare};
 use crate::route::RouteTable;
 use crate::upstream::pool::PoolLimits;
-use crate::upstream::{HashOn, NodeSpec, PassHost, Passive, Timeouts, UpstreamSpec, tls};
+use crate::upstream::{HashOn, NodeSpec, PassHost, Passive, Timeouts, UpstreamSpec, health, tls};
 use rustls::pki_types::ServerName;
 
 /// Timeouts and limits the connection loop applies.
@@ -107,6 +107,34 @@ impl Published {
                 }
                 None => None,
             };
+            let active = u.active.as_ref().map(|check| {
+                let tls = (check.kind == config::ActiveKind::Https).then(|| {
+                    // The probe trusts what the upstream trusts and shows its client certificate.
+                    let probe = config::UpstreamTls {
+                        verify: check.https_verify_certificate,
+                        ca_cert: u.tls.as_ref().and_then(|t| t.ca_cert.clone()),
+                        client_cert: u.tls.as_ref().and_then(|t| t.client_cert.clone()),
+                    };
+                    let path = format!("upstreams[{i}].checks.active");
+                    tls::client_config(&probe, &path, &mut || {
+                        system_roots
+                            .get_or_insert_with(tls::load_system_roots)
+                            .clone()
+                    })
+                });
+                let tls = match tls {
+                    Some(Ok(cfg)) => Some(cfg),
+                    Some(Err(e)) => {
+                        problems.push(e);
+                        None
+                    }
+                    None => None,
+                };
+                health::ActiveSpec {
+                    check: check.clone(),
+                    tls,
+                }
+            });
             let chash = match &u.balancer {
                 Balancer::RoundRobin => None,
                 Balancer::Chash(on) => Some(match on {
@@ -144,6 +172,7 @@ impl Published {
                     max_requests: u.keepalive_pool.requests,
                 },
                 tls,
+                active,
             });
         }
         let mut routes = Vec::with_capacity(config.routes.len());

@@ -29,6 +29,7 @@ use crate::plugins::openid_connect::{OidcControl, OidcShared, ShardOidc};
 use crate::proxy::stream::{self, ClientStream};
 use crate::proxy::{Shard, conn};
 use crate::published::Published;
+use crate::upstream::health::HealthSnapshot;
 
 /// Commands a shard accepts from the control side.
 pub enum ShardCmd {
@@ -176,12 +177,14 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         }
     };
     let publisher = Arc::new(Publisher::new(Arc::new(published)));
+    let health = Arc::new(Publisher::new(Arc::new(HealthSnapshot::default())));
     let shards_up = Arc::new(AtomicUsize::new(0));
     let shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>> = Arc::new(Mutex::new(Vec::new()));
 
     // Shards.
     let shard_set = {
         let publisher = publisher.clone();
+        let health = health.clone();
         let shutdown = shutdown.clone();
         let shards_up = shards_up.clone();
         let shard_addrs = shard_addrs.clone();
@@ -190,6 +193,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         let oidc_shared = oidc_shared.clone();
         ShardSet::spawn(shard_count, driver, true, move |info: ShardInfo| {
             let publisher = publisher.clone();
+            let health = health.clone();
             let shutdown = shutdown.clone();
             let shards_up = shards_up.clone();
             let shard_addrs = shard_addrs.clone();
@@ -201,6 +205,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
                 run_shard(
                     info,
                     publisher,
+                    health,
                     shutdown,
                     shards_up,
                     shard_addrs,
@@ -232,6 +237,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         let shard_addrs = shard_addrs.clone();
         let config_path = opts.config_path.clone();
         let oidc_shared = oidc_shared.clone();
+        let health = health.clone();
         let (reload_tx, reload_rx) = flume::unbounded::<()>();
         let signal_shutdown = shutdown.clone();
         std::thread::Builder::new()
@@ -267,6 +273,11 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
                         config_path,
                         version: RefCell::new(1),
                     });
+                    monoio::spawn(crate::upstream::health::run(
+                        control.publisher.clone(),
+                        health,
+                        shutdown.clone(),
+                    ));
                     if let Some(addr) = admin {
                         let c = control.clone();
                         monoio::spawn(async move {
@@ -343,6 +354,7 @@ struct Listen {
 async fn run_shard(
     info: ShardInfo,
     publisher: Arc<Publisher<Published>>,
+    health: Arc<Publisher<HealthSnapshot>>,
     shutdown: Shutdown,
     shards_up: Arc<AtomicUsize>,
     shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>>,
@@ -352,7 +364,13 @@ async fn run_shard(
     oidc: ShardOidc,
 ) {
     let local = publisher.subscribe().attach();
-    let shard = Shard::new(info, local, shutdown.clone(), oidc);
+    let shard = Shard::new(
+        info,
+        local,
+        health.subscribe().attach(),
+        shutdown.clone(),
+        oidc,
+    );
     shardgate_runtime::clock::shard_clock();
 
     let (addr, cmds) = mailbox::<ShardCmd>(64);

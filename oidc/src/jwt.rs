@@ -8,8 +8,8 @@
 //!
 //! # Why not `jsonwebtoken`
 //!
-//! This module, [`crate::jwk`] and the PEM reader are written directly on ring, which verifies
-//! every signature either way. What `jsonwebtoken` would not give us:
+//! This module, [`crate::jwk`] and the PEM reader are written directly on ring (plus RustCrypto's
+//! `p521` for ES512, which ring lacks). What `jsonwebtoken` would not give us:
 //! * key selection over a JWKS by `kid` and `alg`, per-key `alg` restrictions, and a set that skips
 //!   (and reports) the one unusable key an IdP publishes instead of failing, with an unknown `kid`
 //!   told apart so the provider can refetch: `jsonwebtoken` checks one token against one key;
@@ -19,12 +19,13 @@
 //! * APISIX's claim rules (`claim_validator` with a custom audience claim, `iat_slack` on
 //!   `exp`/`nbf`/`iat`, `scope` strings and `scp` arrays) and an error per cause for
 //!   RFC 6750 descriptions, where `jsonwebtoken` applies its own claim rules;
-//! * no second crypto stack: 10.x needs aws-lc-rs or RustCrypto beside ring (9.x, ring-based, is
-//!   superseded by it);
+//! * no second full crypto stack: 10.x needs aws-lc-rs, or RustCrypto for every algorithm, beside
+//!   ring (9.x, ring-based, is superseded by it and has no ES512);
 //! * PKCS#1 `RSA PUBLIC KEY` PEM for `public_key`, which rustls-pki-types' PEM reader skips.
 //!
 //! `tests/differential.rs` holds this to `jsonwebtoken` 9 and rustls-pki-types' PEM reader: they
-//! must agree on every valid and tampered token (RS/PS/ES/EdDSA/HS, bit flips, swapped `alg`
+//! must agree on every valid and tampered token (RS/PS, ES256/384, EdDSA, HS; ES512 is outside
+//! `jsonwebtoken` 9 and checked against openssl in `tests/es512.rs`; bit flips, swapped `alg`
 //! including `none` and HMAC keyed with the public key, changed payload, wrong key, `exp`, `nbf`,
 //! `iss`, `aud`) and on every PEM fixture and broken variant.
 

@@ -5,7 +5,8 @@
 //! algorithms only, `iss`, `aud`, `exp`, `nbf` with no leeway), and they must agree on accept or
 //! reject; the valid ones must be accepted by both, so agreement can not come from both refusing
 //! everything. Keys: the RSA fixtures in `testdata/` (ring cannot generate RSA keys) and EC P-256,
-//! P-384 and Ed25519 keys generated afresh on every run.
+//! P-384 and Ed25519 keys generated afresh on every run. ES512 is not in `jsonwebtoken` 9
+//! (`tests/es512.rs` checks it against openssl); here it only appears as a swapped-in `alg`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::{
-    DriverFile, FileConfig, GatewayFile, Id, PassHostFile, PluginsFile, RouteFile, SchemeFile,
-    ServiceFile, ShardsFile, UpstreamFile, UpstreamType,
+    ActiveFile, DriverFile, FileConfig, GatewayFile, Id, PassHostFile, PluginsFile, RouteFile,
+    SchemeFile, ServiceFile, ShardsFile, UpstreamFile, UpstreamType,
 };
 use super::{
-    AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf, GlobalRuleConf, HashOn, HashVar,
-    KeepalivePool, Limits, Loaded, Node, OidcConf, PassHost, PassiveHealth, Pem, Problem,
-    RouteConf, RoutePlugins, Scheme, ServiceConf, Shards, TlsConf, UpstreamConf, UpstreamTimeout,
-    UpstreamTls, merge,
+    ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf,
+    GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, OidcConf, PassHost,
+    PassiveHealth, Pem, Problem, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards, TlsConf,
+    UpstreamConf, UpstreamTimeout, UpstreamTls, merge,
 };
 use crate::route::{self, Method, MethodSet};
 
@@ -395,6 +395,11 @@ fn upstream(b: &mut Builder<'_>, path: &str, id: String, up: &UpstreamFile) -> U
         retries,
         retry_timeout: (!retry_timeout.is_zero()).then_some(retry_timeout),
         health: health(b, path, up),
+        active: up
+            .checks
+            .as_ref()
+            .and_then(|c| c.active.as_ref())
+            .map(|a| active(b, &format!("{path}.checks.active"), a)),
     }
 }
 
@@ -614,12 +619,6 @@ fn health(b: &mut Builder<'_>, path: &str, up: &UpstreamFile) -> PassiveHealth {
             cool_down,
         };
     };
-    if checks.active.is_some() {
-        b.error(
-            format!("{path}.checks.active"),
-            "APISIX attribute `checks.active` is not supported by shardgate (passive checks only)",
-        );
-    }
     let Some(passive) = &checks.passive else {
         return PassiveHealth {
             tcp_failures: up.health.failures,
@@ -664,6 +663,100 @@ fn health(b: &mut Builder<'_>, path: &str, up: &UpstreamFile) -> PassiveHealth {
         },
         successes: passive.healthy.successes.max(1),
         cool_down,
+    }
+}
+
+fn active(b: &mut Builder<'_>, path: &str, a: &ActiveFile) -> ActiveCheck {
+    let kind = match a.kind.as_deref() {
+        None | Some("http") => ActiveKind::Http,
+        Some("https") => ActiveKind::Https,
+        Some("tcp") => ActiveKind::Tcp,
+        Some(other) => {
+            b.error(
+                format!("{path}.type"),
+                format!("unknown value `{other}` (http, https, tcp)"),
+            );
+            ActiveKind::Http
+        }
+    };
+    for (name, set) in [
+        ("http_method", a.http_method.is_some()),
+        ("http_req_body", a.http_req_body.is_some()),
+    ] {
+        if set {
+            b.error(
+                format!("{path}.{name}"),
+                format!("APISIX attribute `{name}` is not supported by shardgate (probes are GET)"),
+            );
+        }
+    }
+    if a.concurrency == 0 {
+        b.error(format!("{path}.concurrency"), "must be at least 1");
+    }
+    if !a.http_path.starts_with('/') || a.http_path.bytes().any(|c| c <= b' ' || c == 0x7f) {
+        b.error(
+            format!("{path}.http_path"),
+            "must be an origin-form path starting with `/` (no spaces or control characters)",
+        );
+    }
+    let mut req_headers = Vec::with_capacity(a.req_headers.len());
+    for (i, h) in a.req_headers.iter().enumerate() {
+        match h.split_once(':') {
+            Some((n, v))
+                if !n.is_empty()
+                    && n.bytes().all(|c| c.is_ascii_graphic() && c != b':')
+                    && !v.bytes().any(|c| c == b'\r' || c == b'\n') =>
+            {
+                req_headers.push((n.to_owned(), v.trim().to_owned()));
+            }
+            _ => b.error(format!("{path}.req_headers[{i}]"), "must be `Name: value`"),
+        }
+    }
+    let count = |b: &mut Builder<'_>, name: &str, v: u32| {
+        if !(1..=254).contains(&v) {
+            b.error(format!("{path}.{name}"), "must be 1-254");
+        }
+        v
+    };
+    let successes = count(b, "healthy.successes", a.healthy.successes);
+    let http_failures = count(b, "unhealthy.http_failures", a.unhealthy.http_failures);
+    let tcp_failures = count(b, "unhealthy.tcp_failures", a.unhealthy.tcp_failures);
+    let timeouts = count(b, "unhealthy.timeouts", a.unhealthy.timeouts);
+    for (name, statuses) in [
+        ("healthy.http_statuses", &a.healthy.http_statuses),
+        ("unhealthy.http_statuses", &a.unhealthy.http_statuses),
+    ] {
+        for (i, s) in statuses.iter().enumerate() {
+            if !(200..=599).contains(s) {
+                b.error(format!("{path}.{name}[{i}]"), "must be 200-599");
+            }
+        }
+    }
+    ActiveCheck {
+        kind,
+        timeout: b.seconds(&format!("{path}.timeout"), a.timeout, false),
+        concurrency: a.concurrency.max(1),
+        host: a.host.clone().filter(|h| !h.is_empty()),
+        port: a.port.filter(|p| *p != 0),
+        http_path: a.http_path.clone(),
+        https_verify_certificate: a.https_verify_certificate,
+        req_headers,
+        healthy_interval: b.seconds(
+            &format!("{path}.healthy.interval"),
+            a.healthy.interval,
+            false,
+        ),
+        healthy_statuses: a.healthy.http_statuses.clone(),
+        successes,
+        unhealthy_interval: b.seconds(
+            &format!("{path}.unhealthy.interval"),
+            a.unhealthy.interval,
+            false,
+        ),
+        unhealthy_statuses: a.unhealthy.http_statuses.clone(),
+        http_failures,
+        tcp_failures,
+        timeouts,
     }
 }
 

@@ -472,9 +472,116 @@ impl Default for HealthFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ChecksFile {
-    #[serde(default)]
-    pub active: Option<IgnoredAny>,
+    pub active: Option<ActiveFile>,
     pub passive: Option<PassiveFile>,
+}
+
+/// APISIX `checks.active` (lua-resty-healthcheck), with APISIX's defaults.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActiveFile {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    #[serde(default = "active_timeout")]
+    pub timeout: f64,
+    #[serde(default = "active_concurrency")]
+    pub concurrency: usize,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    #[serde(default = "active_http_path")]
+    pub http_path: String,
+    #[serde(default = "yes")]
+    pub https_verify_certificate: bool,
+    #[serde(default)]
+    pub req_headers: Vec<String>,
+    #[serde(default)]
+    pub healthy: ActiveHealthyFile,
+    #[serde(default)]
+    pub unhealthy: ActiveUnhealthyFile,
+    // APISIX attributes shardgate does not implement.
+    #[serde(default)]
+    pub http_method: Option<IgnoredAny>,
+    #[serde(default)]
+    pub http_req_body: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActiveHealthyFile {
+    #[serde(default = "active_interval")]
+    pub interval: f64,
+    #[serde(default = "active_healthy_http_statuses")]
+    pub http_statuses: Vec<u16>,
+    #[serde(default = "active_healthy_successes")]
+    pub successes: u32,
+}
+
+impl Default for ActiveHealthyFile {
+    fn default() -> Self {
+        ActiveHealthyFile {
+            interval: active_interval(),
+            http_statuses: active_healthy_http_statuses(),
+            successes: active_healthy_successes(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ActiveUnhealthyFile {
+    #[serde(default = "active_interval")]
+    pub interval: f64,
+    #[serde(default = "active_unhealthy_http_statuses")]
+    pub http_statuses: Vec<u16>,
+    #[serde(default = "active_unhealthy_http_failures")]
+    pub http_failures: u32,
+    #[serde(default = "active_unhealthy_tcp_failures")]
+    pub tcp_failures: u32,
+    #[serde(default = "active_unhealthy_timeouts")]
+    pub timeouts: u32,
+}
+
+impl Default for ActiveUnhealthyFile {
+    fn default() -> Self {
+        ActiveUnhealthyFile {
+            interval: active_interval(),
+            http_statuses: active_unhealthy_http_statuses(),
+            http_failures: active_unhealthy_http_failures(),
+            tcp_failures: active_unhealthy_tcp_failures(),
+            timeouts: active_unhealthy_timeouts(),
+        }
+    }
+}
+
+fn active_timeout() -> f64 {
+    1.0
+}
+fn active_concurrency() -> usize {
+    10
+}
+fn active_http_path() -> String {
+    "/".to_owned()
+}
+fn active_interval() -> f64 {
+    1.0
+}
+fn active_healthy_http_statuses() -> Vec<u16> {
+    vec![200, 302]
+}
+fn active_healthy_successes() -> u32 {
+    2
+}
+fn active_unhealthy_http_statuses() -> Vec<u16> {
+    vec![429, 404, 500, 501, 502, 503, 504, 505]
+}
+fn active_unhealthy_http_failures() -> u32 {
+    5
+}
+fn active_unhealthy_tcp_failures() -> u32 {
+    2
+}
+fn active_unhealthy_timeouts() -> u32 {
+    3
 }
 
 #[derive(Debug, Deserialize)]

@@ -156,6 +156,41 @@ pub struct UpstreamConf {
     /// None: no limit (APISIX `retry_timeout: 0`).
     pub retry_timeout: Option<Duration>,
     pub health: PassiveHealth,
+    /// APISIX `checks.active`: probes run by the control side.
+    pub active: Option<ActiveCheck>,
+}
+
+/// APISIX `checks.active`. A node is marked down after `tcp_failures` failed connects,
+/// `timeouts` timed-out probes or `http_failures` answers in `unhealthy_statuses` in a row, and up
+/// again after `successes` answers in `healthy_statuses` (or connects, for `tcp`) in a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveCheck {
+    pub kind: ActiveKind,
+    pub timeout: Duration,
+    pub concurrency: usize,
+    /// Host header (and TLS name) of the probe; the node's host when absent.
+    pub host: Option<String>,
+    /// Probe this port instead of the node's.
+    pub port: Option<u16>,
+    pub http_path: String,
+    pub https_verify_certificate: bool,
+    /// `Name: value` lines added to the probe request.
+    pub req_headers: Vec<(String, String)>,
+    pub healthy_interval: Duration,
+    pub healthy_statuses: Vec<u16>,
+    pub successes: u32,
+    pub unhealthy_interval: Duration,
+    pub unhealthy_statuses: Vec<u16>,
+    pub http_failures: u32,
+    pub tcp_failures: u32,
+    pub timeouts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveKind {
+    Http,
+    Https,
+    Tcp,
 }
 
 /// How an `https` upstream is verified and authenticated (APISIX `tls` + shardgate's `ca_cert`).
@@ -351,7 +386,7 @@ fn load(
     base_dir: Option<&Path>,
 ) -> Result<Loaded, ConfigError> {
     let text = env::interpolate(text, env).map_err(|problems| ConfigError { problems })?;
-    let mut file = parse(&text)?;
+    let mut file = parse(&text, env)?;
     let unresolved = resolve_secret_refs(&mut file, env);
     match build::build(file, base_dir) {
         Ok(loaded) if unresolved.is_empty() => Ok(loaded),
@@ -400,7 +435,10 @@ fn resolve_secret_refs(
     problems
 }
 
-fn parse(text: &str) -> Result<file::FileConfig, ConfigError> {
+fn parse(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<file::FileConfig, ConfigError> {
     // An empty document (or only comments, like APISIX's `#END`) is an empty config.
     if text
         .lines()
@@ -408,21 +446,109 @@ fn parse(text: &str) -> Result<file::FileConfig, ConfigError> {
     {
         return Ok(file::FileConfig::default());
     }
-    let de = serde_yaml::Deserializer::from_str(text);
+    let de = yaml_serde::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        let message = e.into_inner().to_string();
-        // serde_yaml already prefixes some messages with the same path.
-        let message = match message
-            .strip_prefix(path.as_str())
-            .and_then(|m| m.strip_prefix(": "))
-        {
-            Some(rest) if !path.is_empty() => rest.to_owned(),
-            _ => message,
-        };
-        ConfigError::one(path, message)
+        let first = path_problem("", e);
+        // serde stops at the first type error: look at each route and upstream on its own so
+        // one bad entry does not hide the problems of the others. The first error keeps the
+        // whole-document parser's wording (with its line); the others are from other entries.
+        let entry = top_entry(&first.path).to_owned();
+        let mut problems = vec![first];
+        problems.extend(
+            parse_each(text, env)
+                .into_iter()
+                .filter(|p| top_entry(&p.path) != entry),
+        );
+        ConfigError { problems }
     })
+}
+
+/// The file entry a path is in: `routes[3]`, `upstreams[0]`, `gateway`.
+fn top_entry(path: &str) -> &str {
+    let end = path
+        .find(']')
+        .map(|i| i + 1)
+        .filter(|&i| !path[..i].contains('.'))
+        .or_else(|| path.find('.'))
+        .unwrap_or(path.len());
+    &path[..end]
+}
+
+/// A serde error as a problem at `prefix` + its path.
+fn path_problem(prefix: &str, e: serde_path_to_error::Error<yaml_serde::Error>) -> Problem {
+    let inner = e.path().to_string();
+    let path = match (prefix.is_empty(), inner == ".") {
+        (_, true) => prefix.to_owned(),
+        (true, false) => inner.clone(),
+        (false, false) if inner.starts_with('[') => format!("{prefix}{inner}"),
+        (false, false) => format!("{prefix}.{inner}"),
+    };
+    let message = e.into_inner().to_string();
+    // The YAML deserializer already prefixes some messages with the same path.
+    let message = match message
+        .strip_prefix(inner.as_str())
+        .and_then(|m| m.strip_prefix(": "))
+    {
+        Some(rest) if inner != "." => rest.to_owned(),
+        _ => message,
+    };
+    Problem::new(path, message)
+}
+
+/// Every type error in the file, each route and upstream deserialized on its own (and each
+/// route's `openid-connect` checked). Empty when the text is not even a YAML mapping.
+fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+    let Ok(mut doc) = yaml_serde::from_str::<yaml_serde::Value>(text) else {
+        return Vec::new();
+    };
+    if doc.apply_merge().is_err() {
+        return Vec::new();
+    }
+    let Some(top) = doc.as_mapping_mut() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    for section in ["upstreams", "routes"] {
+        let Some(value) = top.remove(section) else {
+            continue;
+        };
+        let Some(items) = value.as_sequence() else {
+            let one = yaml_serde::Mapping::from_iter([(section.into(), value)]);
+            if let Err(e) = serde_path_to_error::deserialize::<_, file::FileConfig>(
+                yaml_serde::Value::Mapping(one),
+            ) {
+                problems.push(path_problem("", e));
+            }
+            continue;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{section}[{i}]");
+            if section == "upstreams" {
+                if let Err(e) = serde_path_to_error::deserialize::<_, file::UpstreamFile>(item) {
+                    problems.push(path_problem(&at, e));
+                }
+                continue;
+            }
+            match serde_path_to_error::deserialize::<_, file::RouteFile>(item) {
+                Err(e) => problems.push(path_problem(&at, e)),
+                Ok(route) => {
+                    if let Some(mut oidc) = route.plugins.openid_connect {
+                        let path = format!("{at}.plugins.openid-connect");
+                        let mut unresolved = Vec::new();
+                        secret_ref::resolve(&mut oidc, &path, env, &mut unresolved);
+                        let mut errors = OidcConf::from_value(oidc, &path).errors;
+                        errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
+                        problems.extend(unresolved);
+                        problems.extend(errors);
+                    }
+                }
+            }
+        }
+    }
+    if let Err(e) = serde_path_to_error::deserialize::<_, file::FileConfig>(doc) {
+        problems.push(path_problem("", e));
+    }
+    problems
 }
 
 #[cfg(test)]

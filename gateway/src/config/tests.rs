@@ -392,7 +392,7 @@ upstreams:
   - { id: ewma, type: ewma, nodes: { "a:1": 1 } }
   - { id: grpc, scheme: grpc, nodes: { "a:1": 1 } }
   - { id: timeouts, timeout: { connect: 0, read: -1 }, nodes: { "a:1": 1 } }
-  - { id: active, checks: { active: { type: http } }, nodes: { "a:1": 1 } }
+  - { id: active, checks: { active: { type: grpc } }, nodes: { "a:1": 1 } }
   - { id: empty, nodes: {} }
   - { id: consumer, type: chash, hash_on: consumer, key: x, nodes: { "a:1": 1 } }
   - { id: badvar, type: chash, key: http_x, nodes: { "a:1": 1 } }
@@ -410,7 +410,7 @@ upstreams:
         "upstreams[6].scheme: `grpc` is not supported by shardgate",
         "upstreams[7].timeout.connect: must be a number of seconds > 0",
         "upstreams[7].timeout.read: must be a number of seconds > 0",
-        "upstreams[8].checks.active: APISIX attribute `checks.active` is not supported",
+        "upstreams[8].checks.active.type: unknown value `grpc` (http, https, tcp)",
         "upstreams[9].nodes: needs at least one node",
         "upstreams[10].hash_on: APISIX `hash_on: consumer` is not supported",
         "upstreams[11].key: variable `http_x` is not supported",
@@ -1113,6 +1113,102 @@ routes:
 }
 
 #[test]
+fn active_checks_take_apisix_names_and_defaults() {
+    let c = load(
+        r#"
+upstreams:
+  - id: defaults
+    nodes: { "a:1": 1 }
+    checks: { active: {} }
+  - id: full
+    nodes: { "a:1": 1 }
+    checks:
+      active:
+        type: https
+        timeout: 0.5
+        concurrency: 3
+        host: health.example
+        port: 8443
+        http_path: /status
+        https_verify_certificate: false
+        req_headers: ["X-Probe: 1", "User-Agent: probe"]
+        healthy: { interval: 2, http_statuses: [200], successes: 1 }
+        unhealthy: { interval: 3, http_statuses: [500], http_failures: 1, tcp_failures: 1, timeouts: 1 }
+"#,
+    );
+    let d = c.config.upstreams[0].active.as_ref().expect("active");
+    assert_eq!(
+        *d,
+        ActiveCheck {
+            kind: ActiveKind::Http,
+            timeout: Duration::from_secs(1),
+            concurrency: 10,
+            host: None,
+            port: None,
+            http_path: "/".into(),
+            https_verify_certificate: true,
+            req_headers: Vec::new(),
+            healthy_interval: Duration::from_secs(1),
+            healthy_statuses: vec![200, 302],
+            successes: 2,
+            unhealthy_interval: Duration::from_secs(1),
+            unhealthy_statuses: vec![429, 404, 500, 501, 502, 503, 504, 505],
+            http_failures: 5,
+            tcp_failures: 2,
+            timeouts: 3,
+        },
+        "APISIX's checks.active defaults"
+    );
+    let f = c.config.upstreams[1].active.as_ref().expect("active");
+    assert_eq!(f.kind, ActiveKind::Https);
+    assert_eq!(f.port, Some(8443));
+    assert_eq!(f.host.as_deref(), Some("health.example"));
+    assert!(!f.https_verify_certificate);
+    assert_eq!(
+        f.req_headers,
+        [
+            ("X-Probe".into(), "1".into()),
+            ("User-Agent".into(), "probe".into())
+        ]
+    );
+    assert_eq!(f.unhealthy_interval, Duration::from_secs(3));
+    assert_eq!(
+        (f.http_failures, f.tcp_failures, f.timeouts, f.successes),
+        (1, 1, 1, 1)
+    );
+
+    let e = errors(
+        r#"
+upstreams:
+  - id: bad
+    nodes: { "a:1": 1 }
+    checks:
+      active:
+        http_path: "no-slash"
+        concurrency: 0
+        req_headers: ["no colon"]
+        http_method: POST
+        healthy: { successes: 0, http_statuses: [99] }
+        unhealthy: { interval: 0, timeouts: 255 }
+"#,
+    );
+    let want = [
+        "upstreams[0].checks.active.http_path: must be an origin-form path",
+        "upstreams[0].checks.active.concurrency: must be at least 1",
+        "upstreams[0].checks.active.req_headers[0]: must be `Name: value`",
+        "upstreams[0].checks.active.http_method: APISIX attribute `http_method` is not supported",
+        "upstreams[0].checks.active.healthy.successes: must be 1-254",
+        "upstreams[0].checks.active.healthy.http_statuses[0]: must be 200-599",
+        "upstreams[0].checks.active.unhealthy.interval: must be a number of seconds > 0",
+        "upstreams[0].checks.active.unhealthy.timeouts: must be 1-254",
+    ];
+    for w in want {
+        assert!(has(&e, w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+}
+
+#[test]
 fn secret_references_resolve_at_each_load_and_never_show() {
     let yaml = OIDC_ROUTE
         .replace("client_secret: secret", "client_secret: $ENV://OIDC_SECRET")
@@ -1211,5 +1307,60 @@ fn secret_references_resolve_in_services_and_plugin_configs() {
         has(&e, "services[0].plugins.openid-connect.client_secret")
             && has(&e, "plugin_configs[0].plugins.openid-connect.client_secret"),
         "{e:?}"
+    );
+}
+
+/// One bad route (or upstream) does not hide the problems of the others: `validate` lists them
+/// all, each path once.
+#[test]
+fn type_errors_in_several_entries_are_all_reported() {
+    let yaml = r#"
+gateway:
+  limits: { max_headers: many }
+upstreams:
+  - id: a
+    nodes: { "h:1": heavy }
+  - id: b
+    nodes: { "127.0.0.1:1": 1 }
+routes:
+  - id: r1
+    uri: 7
+    priority: high
+    upstream_id: b
+  - id: r2
+    uri: /ok
+    upstream_id: b
+    plugins:
+      openid-connect:
+        client_id: 123
+        client_secret: $ENV://MISSING_SECRET
+        discovery: https://idp.example.com/.well-known/openid-configuration
+        ssl_verify: "yes"
+        session: { secret: "$ENV://MISSING_SESSION" }
+  - id: r3
+    uris: /not-a-list
+    upstream_id: b
+"#;
+    let e = errors(yaml);
+    let paths: Vec<&str> = e.iter().map(|p| p.split(": ").next().unwrap()).collect();
+    for want in [
+        "upstreams[0].nodes.h:1",
+        "routes[0].uri",
+        "routes[1].plugins.openid-connect.client_id",
+        "routes[1].plugins.openid-connect.client_secret",
+        "routes[1].plugins.openid-connect.ssl_verify",
+        "routes[1].plugins.openid-connect.session.secret",
+        "routes[2].uris",
+        "gateway.limits.max_headers",
+    ] {
+        assert_eq!(
+            paths.iter().filter(|p| **p == want).count(),
+            1,
+            "{want} in {e:#?}"
+        );
+    }
+    assert!(
+        e.contains(&"routes[1].plugins.openid-connect.session.secret: secret reference $ENV://MISSING_SESSION: environment variable MISSING_SESSION is not set".to_owned()),
+        "{e:#?}"
     );
 }

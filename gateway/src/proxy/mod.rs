@@ -13,7 +13,7 @@ pub mod forward;
 pub mod io;
 pub mod stream;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use crate::observe::metrics::{RouteStats, ShardMetrics};
 use crate::plugins::openid_connect::RouteAuth;
 use crate::published::Published;
 use crate::upstream::ShardUpstream;
+use crate::upstream::health::{self, HealthSnapshot};
 use crate::upstream::pool::NodePool;
 
 /// A route as one shard runs it.
@@ -47,12 +48,16 @@ pub struct Compiled {
     pub published: Rc<Arc<Published>>,
     pub upstreams: Vec<ShardUpstream>,
     pub routes: Vec<ShardRoute>,
+    /// The active-check snapshot version last copied into `upstreams` (`Local::version`).
+    health_version: Cell<u64>,
 }
 
 /// Everything a shard owns. Never shared with another thread.
 pub struct Shard {
     pub info: ShardInfo,
     published: Local<Published>,
+    /// Active health checks' verdicts, published by the control side.
+    health: Local<HealthSnapshot>,
     compiled: RefCell<Rc<Compiled>>,
     pub metrics: ShardMetrics,
     pub gate: Gate,
@@ -67,6 +72,7 @@ impl Shard {
     pub fn new(
         info: ShardInfo,
         published: Local<Published>,
+        health: Local<HealthSnapshot>,
         shutdown: Shutdown,
         oidc: crate::plugins::openid_connect::ShardOidc,
     ) -> Rc<Shard> {
@@ -84,6 +90,7 @@ impl Shard {
         Rc::new(Shard {
             info,
             published,
+            health,
             compiled: RefCell::new(Rc::new(compiled)),
             metrics,
             gate: Gate::new(),
@@ -100,6 +107,7 @@ impl Shard {
         {
             let c = self.compiled.borrow();
             if c.local_version == version {
+                self.sync_health(&c);
                 return c.clone();
             }
         }
@@ -116,6 +124,7 @@ impl Shard {
             &self.auth_state,
             &self.oidc,
         ));
+        self.sync_health(&compiled);
         *self.compiled.borrow_mut() = compiled.clone();
         tracing::info!(
             shard = self.info.id,
@@ -123,6 +132,18 @@ impl Shard {
             "shard switched to new config"
         );
         compiled
+    }
+}
+
+impl Shard {
+    /// Copies a new active-check verdict into the nodes, between requests: the request path only
+    /// reads its own node flags (one version compare per request when nothing changed).
+    fn sync_health(&self, c: &Compiled) {
+        let v = self.health.version();
+        if c.health_version.get() != v {
+            health::apply(&self.health.load(), c.version, &c.upstreams);
+            c.health_version.set(v);
+        }
     }
 }
 
@@ -172,6 +193,7 @@ fn compile(
         version: snap.version,
         published: snap.clone(),
         upstreams,
+        health_version: Cell::new(u64::MAX),
         routes,
     }
 }

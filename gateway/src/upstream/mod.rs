@@ -2,6 +2,7 @@
 //! balancer. Built from the config snapshot on each shard; pools are inherited across reloads.
 
 pub mod balance;
+pub mod health;
 pub mod pool;
 pub mod tls;
 
@@ -73,11 +74,13 @@ pub struct ShardNode {
     pub server_name: Option<ServerName<'static>>,
     consecutive_failures: Cell<u32>,
     down_until: Cell<Option<Instant>>,
+    /// Held down by the active checks (copied from the control side's `HealthSnapshot`).
+    pub active_down: Cell<bool>,
 }
 
 impl ShardNode {
     fn usable(&self, now: Instant) -> bool {
-        self.down_until.get().is_none_or(|until| now >= until)
+        !self.active_down.get() && self.down_until.get().is_none_or(|until| now >= until)
     }
 }
 
@@ -121,6 +124,8 @@ pub struct UpstreamSpec {
     pub passive: Passive,
     pub pool: PoolLimits,
     pub tls: Option<TlsSpec>,
+    /// `checks.active`, for the control side's checker (shards do not read it).
+    pub active: Option<health::ActiveSpec>,
 }
 
 impl ShardUpstream {
@@ -150,6 +155,7 @@ impl ShardUpstream {
                     }),
                     consecutive_failures: Cell::new(0),
                     down_until: Cell::new(None),
+                    active_down: Cell::new(false),
                 }
             })
             .collect();
@@ -315,6 +321,7 @@ mod tests {
                 max_requests: 1,
             },
             tls: None,
+            active: None,
         }
     }
 
