@@ -57,6 +57,10 @@ pub enum Error {
     HeaderTimeout,
     /// The request body was cut short or was malformed while we streamed it.
     ClientBody(String),
+    /// The request body is larger than `limits.client_max_body_size`.
+    BodyTooLarge,
+    /// The request body stalled (`client_body_timeout`) or trickled below `client_body_min_rate`.
+    BodyTimeout,
     /// No route matches host, path and method.
     RouteNotFound,
     /// Upstream failures; `retryable` is set when nothing reached the upstream, so another node may be tried.
@@ -64,8 +68,10 @@ pub enum Error {
         error: UpstreamError,
         retryable: bool,
     },
-    /// The route's plugin answered for itself (authentication, redirects, ...): the response is ready.
-    Plugin(crate::plugins::PluginResponse),
+    /// A plugin refused the request (401, 403, a login that failed, ...): the response is ready.
+    /// A plugin's successful answer (a redirect, a logout) is a `pipeline::Step::Respond`, never
+    /// this.
+    Plugin(crate::pipeline::Response),
     /// Something only an actor or the IdP can provide is not available yet (discovery not done).
     Unavailable(&'static str),
     /// The shard is shutting down and takes no new requests.
@@ -80,6 +86,8 @@ impl Error {
             | Error::Path(_)
             | Error::HeaderTimeout
             | Error::ClientBody(_)
+            | Error::BodyTooLarge
+            | Error::BodyTimeout
             | Error::RouteNotFound => Side::Downstream,
             Error::Upstream { .. } => Side::Upstream,
             Error::Plugin(_) => Side::Downstream,
@@ -98,6 +106,8 @@ impl Error {
             Error::Path(_) => "bad_path",
             Error::HeaderTimeout => "request_timeout",
             Error::ClientBody(_) => "bad_request_body",
+            Error::BodyTooLarge => "request_body_too_large",
+            Error::BodyTimeout => "request_body_timeout",
             Error::RouteNotFound => "route_not_found",
             Error::Upstream { error, .. } => match error {
                 UpstreamError::ConnectTimeout
@@ -138,6 +148,10 @@ impl fmt::Display for Error {
             Error::Path(e) => write!(f, "refused request path: {e}"),
             Error::HeaderTimeout => f.write_str("request head not received within header_timeout"),
             Error::ClientBody(e) => write!(f, "request body: {e}"),
+            Error::BodyTooLarge => f.write_str("request body larger than client_max_body_size"),
+            Error::BodyTimeout => f.write_str(
+                "request body stalled or slower than client_body_timeout/client_body_min_rate",
+            ),
             Error::RouteNotFound => f.write_str("no route matches"),
             Error::Upstream { error, .. } => error.fmt(f),
             Error::Plugin(r) => write!(f, "{}: {}", r.code, r.reason),
@@ -179,6 +193,9 @@ pub fn respond(err: &Error) -> ErrorResponse {
         Error::Path(_) => json(400, false),
         Error::HeaderTimeout => json(408, true),
         Error::ClientBody(_) => json(400, true),
+        // The rest of the body is not read: the connection cannot carry another request.
+        Error::BodyTooLarge => json(413, true),
+        Error::BodyTimeout => json(408, true),
         Error::RouteNotFound => json(404, false),
         Error::Upstream { error, .. } => match error {
             UpstreamError::ConnectTimeout

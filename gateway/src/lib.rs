@@ -8,7 +8,8 @@
 //! route/      compiled route table: host, uri (exact and prefix), methods, priority
 //! upstream/   balancers, shard-local keep-alive pools, passive health
 //! proxy/      the connection loop and the request pipeline as named phases
-//! plugins/    openid-connect glue between the pipeline and the sans-IO `shardgate-oidc` crate
+//! pipeline/   the Plugin trait and phases, the request context, the plugin registry
+//! plugins/    one folder per plugin (openid_connect/: glue to the sans-IO `shardgate-oidc` crate)
 //! admin/      /healthz /readyz /metrics
 //! observe/    access log and shard-local metrics merged by an actor
 //! error.rs    the gateway error enum and the ONE place an error becomes an HTTP response
@@ -20,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod http1;
 pub mod observe;
+pub mod pipeline;
 pub mod plugins;
 pub mod proxy;
 pub mod published;

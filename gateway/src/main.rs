@@ -85,8 +85,8 @@ fn validate(path: &std::path::Path) -> ExitCode {
             for w in &loaded.warnings {
                 eprintln!("warning: {}: {}", w.path, w.message);
             }
-            let oidc = shardgate_gateway::plugins::openid_connect::OidcShared::new();
-            match shardgate_gateway::published::Published::build(1, loaded.config, &oidc) {
+            let plugins = shardgate_gateway::pipeline::PluginGlobals::new();
+            match shardgate_gateway::published::Published::build(1, loaded.config, &plugins) {
                 Ok(_) => {
                     println!("{}: ok", path.display());
                     ExitCode::SUCCESS

@@ -3,12 +3,11 @@
 //! plugin settings). Built once per load on the control thread; shards never parse or resolve.
 
 use std::net::ToSocketAddrs;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, Balancer, Config, HashVar};
 use crate::http1;
-use crate::plugins::openid_connect::{OidcRoute, OidcShared, prepare};
+use crate::pipeline::{Instance, PluginGlobals};
 use crate::route::RouteTable;
 use crate::upstream::pool::PoolLimits;
 use crate::upstream::{HashOn, NodeSpec, PassHost, Passive, Timeouts, UpstreamSpec, health, tls};
@@ -20,6 +19,9 @@ pub struct ProxyLimits {
     pub http: http1::Limits,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
+    pub client_max_body_size: u64,
+    pub client_body_timeout: Duration,
+    pub client_body_min_rate: u64,
 }
 
 /// A route as shards need it.
@@ -28,7 +30,8 @@ pub struct PublishedRoute {
     pub upstream: usize,
     pub websocket: bool,
     pub keep_identity_headers: bool,
-    pub oidc: Option<Arc<OidcRoute>>,
+    /// The route's plugin instances in execution order (priority, highest first).
+    pub plugins: Vec<Instance>,
 }
 
 pub struct Published {
@@ -47,7 +50,11 @@ pub struct Published {
 impl Published {
     /// Prepares `config` for the shards. Fails (with every problem, one per line) when a node
     /// name does not resolve or a plugin's keys/schema do not load: a reload then changes nothing.
-    pub fn build(version: u64, config: Config, oidc: &OidcShared) -> Result<Published, String> {
+    pub fn build(
+        version: u64,
+        config: Config,
+        plugins: &PluginGlobals,
+    ) -> Result<Published, String> {
         let mut problems = Vec::new();
         let mut upstreams = Vec::with_capacity(config.upstreams.len());
         let mut system_roots = None;
@@ -177,36 +184,29 @@ impl Published {
         }
         let mut routes = Vec::with_capacity(config.routes.len());
         for (i, r) in config.routes.iter().enumerate() {
-            let oidc_route = match &r.plugins.openid_connect {
-                Some(conf) => match prepare::prepare(
-                    conf.clone(),
-                    oidc,
-                    &format!("routes[{i}].plugins.openid-connect"),
-                ) {
-                    Ok(p) => Some(Arc::new(p)),
-                    Err(e) => {
-                        problems.push(e);
-                        None
-                    }
-                },
-                None => None,
-            };
+            let mut instances = Vec::with_capacity(r.plugins.len());
+            for p in r.plugins.by_priority() {
+                match p.build(plugins, &format!("routes[{i}].plugins.{}", p.name())) {
+                    Ok(inst) => instances.push(inst),
+                    Err(e) => problems.push(e),
+                }
+            }
             routes.push(PublishedRoute {
                 id: r.id.clone(),
                 upstream: r.upstream,
                 websocket: r.enable_websocket,
                 keep_identity_headers: r.keep_client_identity_headers,
-                oidc: oidc_route,
+                plugins: instances,
             });
         }
         // Config merges and validates global rules; running them before the route's plugins
         // needs the plugin pipeline, so until then a global plugin is refused, not ignored.
-        if config.global_plugins.openid_connect.is_some() {
-            problems.push(
-                "global_rules: plugin `openid-connect` in a global rule is not run by shardgate \
-                 yet; configure it on routes, services or plugin_configs"
-                    .to_owned(),
-            );
+        if let Some(plugin) = config.global_plugins.iter().next() {
+            problems.push(format!(
+                "global_rules: plugin `{}` in a global rule is not run by shardgate yet; \
+                 configure it on routes, services or plugin_configs",
+                plugin.name()
+            ));
         }
         let tls_key = match &config.gateway.tls {
             Some(t) => match crate::proxy::stream::load_cert_key(&t.cert, &t.key) {
@@ -234,6 +234,9 @@ impl Published {
                 },
                 header_timeout: l.header_timeout,
                 idle_timeout: l.idle_timeout,
+                client_max_body_size: l.client_max_body_size,
+                client_body_timeout: l.client_body_timeout,
+                client_body_min_rate: l.client_body_min_rate,
             },
             access_log: config.gateway.access_log,
             tls_key,

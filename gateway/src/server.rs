@@ -4,7 +4,7 @@
 //! ```text
 //! main thread   signals ──Reload──► ConfigActor (control thread) ──publish──► every shard
 //!               signals ──Terminate──► Shutdown::trigger ──► shards stop accepting, drain, exit
-//! control       ConfigActor, MetricsActor (asks shards), admin listener, OIDC provider actors
+//! control       ConfigActor, MetricsActor (asks shards), admin listener, plugins' actors
 //! shards        listeners (SO_REUSEPORT) ──► proxy::conn::serve
 //! ```
 
@@ -25,7 +25,7 @@ use shardgate_runtime::{bind_reuseport, run_on_current_thread};
 
 use crate::config;
 use crate::observe::metrics::{MetricsSnapshot, render_prometheus};
-use crate::plugins::openid_connect::{OidcControl, OidcShared, ShardOidc};
+use crate::pipeline::{PluginGlobals, ShardPlugins};
 use crate::proxy::stream::{self, ClientStream};
 use crate::proxy::{Shard, conn};
 use crate::published::Published;
@@ -51,21 +51,22 @@ pub struct Control {
     pub shards_up: Arc<AtomicUsize>,
     pub shard_addrs: Arc<Mutex<Vec<Addr<ShardCmd>>>>,
     pub publisher: Arc<Publisher<Published>>,
-    pub oidc: Rc<OidcControl>,
-    oidc_shared: Arc<OidcShared>,
+    /// Every plugin's process-wide state (provider actors, ...).
+    pub plugins: Arc<PluginGlobals>,
     config_path: PathBuf,
     version: RefCell<u64>,
 }
 
 impl Control {
-    /// `/readyz`: config loaded, every shard serving, every provider discovered.
+    /// `/readyz`: config loaded, every shard serving, every plugin ready (providers discovered).
     pub fn readiness(&self) -> (bool, String) {
         let up = self.shards_up.load(Ordering::Acquire);
         let shards_ok = up == self.shard_count;
-        let (oidc_ok, oidc_detail) = self.oidc.readiness();
-        let ready = shards_ok && oidc_ok;
+        let (plugins_ok, plugins_detail) = self.plugins.readiness();
+        let ready = shards_ok && plugins_ok;
+        let sep = if plugins_detail.is_empty() { "" } else { "," };
         let detail = format!(
-            "{{\"ready\":{ready},\"config_version\":{},\"shards_up\":{up},\"shards\":{},\"providers\":{oidc_detail}}}\n",
+            "{{\"ready\":{ready},\"config_version\":{},\"shards_up\":{up},\"shards\":{}{sep}{plugins_detail}}}\n",
             self.publisher.current().version,
             self.shard_count,
         );
@@ -86,7 +87,7 @@ impl Control {
             }
         }
         let mut extra = BTreeMap::new();
-        self.oidc.counters(&mut extra);
+        self.plugins.counters(&mut extra);
         render_prometheus(&snaps, &extra)
     }
 
@@ -101,16 +102,16 @@ impl Control {
                     tracing::warn!(path = %w.path, "{}", w.message);
                 }
                 let version = *self.version.borrow() + 1;
-                match Published::build(version, loaded.config, &self.oidc_shared) {
+                match Published::build(version, loaded.config, &self.plugins) {
                     Ok(p) => {
                         *self.version.borrow_mut() = version;
                         let p = Arc::new(p);
                         self.publisher.publish(p.clone());
-                        self.oidc_shared.retain_used_by(&p);
+                        self.plugins.retain_used_by(&p);
                         tracing::info!(version, "config reloaded and published to every shard");
                     }
                     Err(e) => {
-                        self.oidc_shared.retain_used_by(&self.publisher.current());
+                        self.plugins.retain_used_by(&self.publisher.current());
                         tracing::error!(problems = %e, "config reload rejected; the previous config keeps serving")
                     }
                 }
@@ -165,10 +166,10 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
     let shutdown_timeout = cfg.gateway.shutdown_timeout;
     let max_conns_per_shard = (cfg.gateway.limits.max_connections / shard_count).max(1);
 
-    let oidc_shared = OidcShared::new();
-    let published = match Published::build(1, cfg, &oidc_shared) {
+    let plugins = PluginGlobals::new();
+    let published = match Published::build(1, cfg, &plugins) {
         Ok(p) => {
-            oidc_shared.retain_used_by(&p);
+            plugins.retain_used_by(&p);
             p
         }
         Err(e) => {
@@ -190,7 +191,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         let shard_addrs = shard_addrs.clone();
         let listen = listen.clone();
         let tls = tls.clone();
-        let oidc_shared = oidc_shared.clone();
+        let plugins = plugins.clone();
         ShardSet::spawn(shard_count, driver, true, move |info: ShardInfo| {
             let publisher = publisher.clone();
             let health = health.clone();
@@ -199,9 +200,9 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
             let shard_addrs = shard_addrs.clone();
             let listen = listen.clone();
             let tls = tls.clone();
-            let oidc_shared = oidc_shared.clone();
+            let plugins = plugins.clone();
             async move {
-                let oidc = ShardOidc::new(info.id, oidc_shared);
+                let plugins = ShardPlugins::new(info.id, &plugins);
                 run_shard(
                     info,
                     publisher,
@@ -212,7 +213,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
                     Listen { plain: listen, tls },
                     max_conns_per_shard,
                     shutdown_timeout,
-                    oidc,
+                    plugins,
                 )
                 .await
             }
@@ -236,7 +237,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         let shards_up = shards_up.clone();
         let shard_addrs = shard_addrs.clone();
         let config_path = opts.config_path.clone();
-        let oidc_shared = oidc_shared.clone();
+        let plugins = plugins.clone();
         let health = health.clone();
         let (reload_tx, reload_rx) = flume::unbounded::<()>();
         let signal_shutdown = shutdown.clone();
@@ -261,15 +262,14 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
             .name("control".into())
             .spawn(move || {
                 let res = run_on_current_thread(DriverChoice::Epoll, |_| async move {
-                    let oidc = Rc::new(OidcControl::start(oidc_shared.clone(), shutdown.clone()));
+                    plugins.start(&shutdown);
                     let control = Rc::new(Control {
                         shutdown: shutdown.clone(),
                         shard_count,
                         shards_up,
                         shard_addrs,
                         publisher,
-                        oidc,
-                        oidc_shared,
+                        plugins,
                         config_path,
                         version: RefCell::new(1),
                     });
@@ -361,7 +361,7 @@ async fn run_shard(
     listen: Listen,
     max_conns: usize,
     shutdown_timeout: Duration,
-    oidc: ShardOidc,
+    plugins: ShardPlugins,
 ) {
     let local = publisher.subscribe().attach();
     let shard = Shard::new(
@@ -369,7 +369,7 @@ async fn run_shard(
         local,
         health.subscribe().attach(),
         shutdown.clone(),
-        oidc,
+        plugins,
     );
     shardgate_runtime::clock::shard_clock();
 

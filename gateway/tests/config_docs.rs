@@ -111,6 +111,9 @@ fn every_config_key_is_documented() {
     let mut files = Vec::new();
     rust_files(&root.join("gateway/src"), &mut files);
     rust_files(&root.join("oidc/src"), &mut files);
+    // Plugins that exist only in test and bench builds (they exercise the pipeline) are no user's
+    // config.
+    files.retain(|f| !f.ends_with("gateway/src/pipeline/testing.rs"));
     let mut keys = Vec::new();
     for f in &files {
         let src = std::fs::read_to_string(f).expect("read source");

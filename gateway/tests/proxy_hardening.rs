@@ -4,9 +4,9 @@
 #[macro_use]
 mod support;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::{Conn, Gateway, Upstream, config, dead_node, get};
 
@@ -16,6 +16,8 @@ both_drivers!(
     request_trailers_carry_no_controlled_fields,
     client_forwarding_and_path_override_headers_are_replaced_or_removed,
     access_log_is_one_line_per_request_without_secrets,
+    request_bodies_over_client_max_body_size_get_413,
+    trickled_or_stalled_request_bodies_get_408,
 );
 
 /// RFC 9112 9.6: after a response with `Connection: close`, a pipelined request on the same
@@ -206,4 +208,100 @@ fn access_log_is_one_line_per_request_without_secrets(driver: &str) {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("request rejected") && lines[0].contains("encoded slash"));
     assert!(lines[0].contains("status=400"), "{}", lines[0]);
+}
+
+/// `client_max_body_size` (APISIX's name; 0 = unlimited): Content-Length and chunked bodies.
+fn request_bodies_over_client_max_body_size_get_413(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(
+        &config(
+            &[&up.node()],
+            "limits: { client_max_body_size: 10 }",
+            "",
+            "",
+        ),
+        driver,
+        1,
+    );
+    let cases: [(&[u8], u16); 5] = [
+        (b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789", 200),
+        (b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n0123456789X", 413),
+        // Announced too large, nothing sent yet (with Expect: no 100 Continue first).
+        (b"POST /c HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 99999999\r\n\r\n", 413),
+        (b"POST /d HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n01234\r\n5\r\n56789\r\n0\r\n\r\n", 200),
+        (b"POST /e HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n012345\r\n5\r\n6789X\r\n0\r\n\r\n", 413),
+    ];
+    for (req, want) in cases {
+        let mut c = Conn::open(gw.addr());
+        c.send(req);
+        let r = c.read();
+        assert_eq!(
+            r.status,
+            want,
+            "{}\n{}",
+            String::from_utf8_lossy(req),
+            gw.log()
+        );
+        if want == 413 {
+            assert_eq!(r.json()["error"], "request_body_too_large");
+            assert!(c.closed_within(Duration::from_secs(10)));
+        }
+    }
+    let targets: Vec<String> = up.requests().iter().map(|s| s.target.clone()).collect();
+    assert!(targets.contains(&"/a".to_string()) && targets.contains(&"/d".to_string()));
+    assert!(
+        !targets.iter().any(|t| t == "/b" || t == "/c" || t == "/e"),
+        "{targets:?}"
+    );
+}
+
+/// A body that stalls for `client_body_timeout`, or trickles below `client_body_min_rate` after
+/// that grace, is answered 408 and the connection (and the upstream one) closed.
+fn trickled_or_stalled_request_bodies_get_408(driver: &str) {
+    let up = Upstream::echo();
+    let gw = Gateway::start_on(
+        &config(
+            &[&up.node()],
+            "limits: { client_body_timeout: 1, client_body_min_rate: 1000 }",
+            "",
+            "",
+        ),
+        driver,
+        1,
+    );
+    for head in [
+        &b"POST /trickle HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"[..],
+        &b"POST /trickle HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+    ] {
+        let mut c = Conn::open(gw.addr());
+        c.send(head);
+        let chunked = head.windows(7).any(|w| w == b"chunked");
+        // One byte every 100 ms (well within the 1 s per-read timeout, far below 1000 B/s),
+        // for at most 20 s, from another thread while this one waits for the answer.
+        let mut w = c.writer.try_clone().expect("clone");
+        let trickle = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < end {
+                let piece: &[u8] = if chunked { b"1\r\nx\r\n" } else { b"x" };
+                if w.write_all(piece).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = c.read();
+        assert_eq!(r.status, 408, "{}", gw.log());
+        assert_eq!(r.json()["error"], "request_body_timeout");
+        assert!(c.closed_within(Duration::from_secs(10)));
+        drop(c);
+        trickle.join().ok();
+    }
+    // A stalled body: half sent, then nothing.
+    let mut c = Conn::open(gw.addr());
+    c.send(b"POST /stall HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234");
+    assert_eq!(c.read().status, 408);
+    // An ordinary body is unaffected.
+    let mut c = Conn::open(gw.addr());
+    c.send(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+    assert_eq!(c.read().status, 200);
 }

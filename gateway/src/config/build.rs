@@ -13,9 +13,9 @@ use super::file::{
 };
 use super::{
     ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf,
-    GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, OidcConf, PassHost,
-    PassiveHealth, Pem, Problem, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards, TlsConf,
-    UpstreamConf, UpstreamTimeout, UpstreamTls, merge,
+    GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, PassHost, PassiveHealth,
+    Pem, Problem, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards, TlsConf, UpstreamConf,
+    UpstreamTimeout, UpstreamTls, merge,
 };
 use crate::route::{self, Method, MethodSet};
 
@@ -217,7 +217,8 @@ pub(super) fn build(file: FileConfig, base_dir: Option<&Path>) -> Result<Loaded,
             routes.push((i, conf));
         }
     }
-    redirect_uri_warnings(&mut b, &routes);
+    b.warnings
+        .extend(crate::pipeline::registry::warnings(&routes));
 
     if !b.problems.is_empty() {
         return Err(ConfigError {
@@ -288,6 +289,13 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         idle_timeout: b.seconds("gateway.limits.idle_timeout", l.idle_timeout, false),
         max_connections: l.max_connections,
         max_body_buffer: l.max_body_buffer,
+        client_max_body_size: l.client_max_body_size,
+        client_body_timeout: b.seconds(
+            "gateway.limits.client_body_timeout",
+            l.client_body_timeout,
+            false,
+        ),
+        client_body_min_rate: l.client_body_min_rate,
     };
     GatewayConf {
         listen,
@@ -996,21 +1004,13 @@ fn object_id(
     Some(id)
 }
 
-/// A `plugins` map: names and each plugin's schema checked, configs shared as `Arc`s.
+/// A `plugins:` map (of a route, service, plugin config or global rule) validated by the
+/// registry; `path` names the map (`routes[0].plugins`).
 fn plugins(b: &mut Builder<'_>, path: &str, file: &PluginsFile) -> RoutePlugins {
-    let mut plugins = RoutePlugins::default();
-    for name in &file.unknown {
-        b.error(
-            format!("{path}.{name}"),
-            format!("plugin `{name}` is not supported by shardgate (supported: openid-connect)"),
-        );
-    }
-    if let Some(value) = &file.openid_connect {
-        let loaded = OidcConf::from_value(value.clone(), &format!("{path}.openid-connect"));
-        b.problems.extend(loaded.errors);
-        b.warnings.extend(loaded.warnings);
-        plugins.openid_connect = loaded.conf.map(Arc::new);
-    }
+    let (plugins, mut problems, mut warnings) =
+        crate::pipeline::registry::parse_plugins(&file.0, path);
+    b.problems.append(&mut problems);
+    b.warnings.append(&mut warnings);
     plugins
 }
 
@@ -1117,72 +1117,4 @@ fn route_remote_addrs(b: &mut Builder<'_>, path: &str, r: &RouteFile) -> route::
         }
     }
     route::IpSet::parse(entries.iter().map(|(_, e)| *e)).unwrap_or_default()
-}
-
-/// APISIX's most reported failure is a `redirect_uri` that is also a page users visit: the
-/// plugin treats the visit as the login callback and fails with "no session state found".
-/// The opposite mistake, a callback path no protected route serves, never completes a login.
-fn redirect_uri_warnings(b: &mut Builder<'_>, routes: &[(usize, RouteConf)]) {
-    let protected: Vec<&(usize, RouteConf)> = routes
-        .iter()
-        .filter(|(_, r)| r.enabled && r.plugins.openid_connect.is_some())
-        .collect();
-    for (i, route) in routes {
-        let Some(oidc) = &route.plugins.openid_connect else {
-            continue;
-        };
-        if oidc.bearer_only {
-            continue;
-        }
-        let Some(redirect) = oidc.redirect_uri.as_deref() else {
-            continue;
-        };
-        let Some(callback) = uri_path(redirect) else {
-            continue;
-        };
-        let at = format!("routes[{i}].plugins.openid-connect.redirect_uri");
-        let mut served = false;
-        for (j, other) in &protected {
-            for uri in &other.uris {
-                let (clash, matches) = match uri.strip_suffix('*') {
-                    Some(prefix) => (
-                        callback == prefix || callback == prefix.trim_end_matches('/'),
-                        callback.starts_with(prefix),
-                    ),
-                    None => (callback == uri, callback == uri),
-                };
-                served |= matches;
-                if clash {
-                    b.warn(
-                        at.clone(),
-                        format!(
-                            "path `{callback}` is also the URI `{uri}` of protected route `{}` \
-                             (routes[{j}]): visiting it is treated as the login callback and fails \
-                             with \"no session state found\"; use a dedicated callback path",
-                            other.id
-                        ),
-                    );
-                }
-            }
-        }
-        if !served {
-            b.warn(
-                at,
-                format!(
-                    "path `{callback}` is not matched by any route with openid-connect, so the \
-                     IdP's callback cannot complete the login"
-                ),
-            );
-        }
-    }
-}
-
-/// The path of an absolute URL or of a path-only URI, without query or fragment.
-fn uri_path(uri: &str) -> Option<&str> {
-    let rest = match uri.split_once("://") {
-        Some((_, after)) => &after[after.find('/')?..],
-        None => uri,
-    };
-    let end = rest.find(['?', '#']).unwrap_or(rest.len());
-    Some(&rest[..end])
 }

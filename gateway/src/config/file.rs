@@ -65,6 +65,9 @@ pub(crate) const HEADER_TIMEOUT: f64 = 10.0;
 pub(crate) const IDLE_TIMEOUT: f64 = 60.0;
 pub(crate) const MAX_CONNECTIONS: usize = 20_000;
 pub(crate) const MAX_BODY_BUFFER: usize = 64 * 1024;
+/// nginx's `client_body_timeout`.
+pub(crate) const CLIENT_BODY_TIMEOUT: f64 = 60.0;
+pub(crate) const CLIENT_BODY_MIN_RATE: u64 = 1024;
 pub(crate) const SHUTDOWN_TIMEOUT: f64 = 30.0;
 /// APISIX leaves upstream timeouts to nginx's `proxy_*_timeout`, 60 s each.
 pub(crate) const UPSTREAM_TIMEOUT: f64 = 60.0;
@@ -103,6 +106,12 @@ fn idle_timeout() -> f64 {
 }
 fn max_connections() -> usize {
     MAX_CONNECTIONS
+}
+fn client_body_timeout() -> f64 {
+    CLIENT_BODY_TIMEOUT
+}
+fn client_body_min_rate() -> u64 {
+    CLIENT_BODY_MIN_RATE
 }
 fn max_body_buffer() -> usize {
     MAX_BODY_BUFFER
@@ -262,6 +271,13 @@ pub(crate) struct LimitsFile {
     pub max_connections: usize,
     #[serde(default = "max_body_buffer")]
     pub max_body_buffer: usize,
+    /// APISIX's `client_max_body_size` (bytes; 0 = unlimited).
+    #[serde(default)]
+    pub client_max_body_size: u64,
+    #[serde(default = "client_body_timeout")]
+    pub client_body_timeout: f64,
+    #[serde(default = "client_body_min_rate")]
+    pub client_body_min_rate: u64,
 }
 
 impl Default for LimitsFile {
@@ -273,6 +289,9 @@ impl Default for LimitsFile {
             idle_timeout: IDLE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             max_body_buffer: MAX_BODY_BUFFER,
+            client_max_body_size: 0,
+            client_body_timeout: CLIENT_BODY_TIMEOUT,
+            client_body_min_rate: CLIENT_BODY_MIN_RATE,
         }
     }
 }
@@ -813,14 +832,10 @@ pub(crate) struct GlobalRuleFile {
     pub plugins: Option<PluginsFile>,
 }
 
-/// `plugins`: `openid-connect` is kept as a generic value, read by `OidcConf::from_value` (which
-/// reports every problem in it, not only serde's first); any other name is kept to be named in
-/// an error.
+/// `plugins`: plugin name -> attributes, in file order. The registry (`pipeline::registry`)
+/// validates each against its plugin's schema in build.rs, so every problem names its path.
 #[derive(Debug, Default)]
-pub(crate) struct PluginsFile {
-    pub openid_connect: Option<serde_json::Value>,
-    pub unknown: Vec<String>,
-}
+pub(crate) struct PluginsFile(pub Vec<(String, serde_json::Value)>);
 
 impl<'de> Deserialize<'de> for PluginsFile {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -831,19 +846,15 @@ impl<'de> Deserialize<'de> for PluginsFile {
                 f.write_str("a map of plugin name to plugin configuration")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<PluginsFile, A::Error> {
-                let mut plugins = PluginsFile::default();
+                let mut plugins: Vec<(String, serde_json::Value)> = Vec::new();
                 while let Some(name) = map.next_key::<String>()? {
-                    if name == "openid-connect" {
-                        if plugins.openid_connect.is_some() {
-                            return Err(de::Error::duplicate_field("openid-connect"));
-                        }
-                        plugins.openid_connect = Some(map.next_value()?);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                        plugins.unknown.push(name);
+                    if plugins.iter().any(|(n, _)| *n == name) {
+                        return Err(de::Error::custom(format_args!("duplicate plugin `{name}`")));
                     }
+                    let value = map.next_value()?;
+                    plugins.push((name, value));
                 }
-                Ok(plugins)
+                Ok(PluginsFile(plugins))
             }
         }
         d.deserialize_map(V)

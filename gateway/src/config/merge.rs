@@ -10,26 +10,9 @@
 //!   an error in its log); shardgate refuses that config instead, since a dropped
 //!   authentication plugin would fail open.
 //!
-//! Everything here goes through `names` and `overlay`, the only two functions that know the
-//! shape of [`RoutePlugins`].
+//! The per-name override itself is `RoutePlugins::merged_over` (pipeline/registry.rs).
 
 use super::RoutePlugins;
-
-/// The plugin names configured in `plugins`.
-pub(super) fn names(plugins: &RoutePlugins) -> impl Iterator<Item = &'static str> {
-    plugins
-        .openid_connect
-        .is_some()
-        .then_some("openid-connect")
-        .into_iter()
-}
-
-/// `base` with each plugin configured in `over` replaced by `over`'s config.
-pub(super) fn overlay(base: &mut RoutePlugins, over: &RoutePlugins) {
-    if over.openid_connect.is_some() {
-        base.openid_connect.clone_from(&over.openid_connect);
-    }
-}
 
 /// The effective plugins of a route.
 pub(super) fn route_plugins(
@@ -39,10 +22,9 @@ pub(super) fn route_plugins(
 ) -> RoutePlugins {
     let mut merged = service.cloned().unwrap_or_default();
     if let Some(plugin_config) = plugin_config {
-        overlay(&mut merged, plugin_config);
+        merged = plugin_config.merged_over(&merged);
     }
-    overlay(&mut merged, route);
-    merged
+    route.merged_over(&merged)
 }
 
 /// One set from every global rule, in order; `Err((name, first, second))` when two rules
@@ -54,13 +36,14 @@ pub(super) fn global_plugins(
     let mut owner: Vec<(&'static str, usize)> = Vec::new();
     let mut clashes = Vec::new();
     for (i, rule) in rules.iter().enumerate() {
-        for name in names(rule) {
+        for plugin in rule.iter() {
+            let name = plugin.name();
             match owner.iter().find(|(n, _)| *n == name) {
                 Some(&(_, first)) => clashes.push((name, first, i)),
                 None => owner.push((name, i)),
             }
         }
-        overlay(&mut merged, rule);
+        merged = rule.merged_over(&merged);
     }
     if clashes.is_empty() {
         Ok(merged)

@@ -10,7 +10,8 @@
 //! - `secret_ref.rs` resolves APISIX secret references (`$ENV://NAME`, `$ENV://NAME/field`) in
 //!   plugin attributes, at every load and reload; other secret managers are refused by name.
 //! - `build.rs` does every semantic check, collecting all problems, and compiles the types the
-//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, `Arc`ed plugin configs.
+//!   proxy uses: `Duration`s, parsed addresses, upstream indexes, plugin attributes validated by
+//!   the plugin registry (`pipeline::registry`).
 //!
 //! Loading has no side effects beyond reading the file and checking that TLS files exist.
 
@@ -27,6 +28,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use shardgate_oidc::config::{OidcConf, Problem};
+
+pub use crate::pipeline::{PluginConf, RoutePlugins};
 
 use crate::route::{Expr, IpSet, MethodSet};
 
@@ -138,6 +141,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request body buffered in memory (the rest is streamed).
     pub max_body_buffer: usize,
+    /// Larger request bodies are refused with 413; 0 = unlimited.
+    pub client_max_body_size: u64,
+    /// Longest wait for the next piece of a request body (408 after it).
+    pub client_body_timeout: Duration,
+    /// After `client_body_timeout`, a body must keep arriving at this average rate (bytes per
+    /// second); 0 turns the check off.
+    pub client_body_min_rate: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -355,11 +365,6 @@ pub struct GlobalRuleConf {
     pub plugins: RoutePlugins,
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct RoutePlugins {
-    pub openid_connect: Option<Arc<OidcConf>>,
-}
-
 /// Load and validate a file. Relative TLS paths are resolved against its directory.
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -427,8 +432,8 @@ fn resolve_secret_refs(
         }
     }
     for (at, plugins) in sets {
-        if let Some(value) = plugins.openid_connect.as_mut() {
-            let path = format!("{at}.plugins.openid-connect");
+        for (name, value) in plugins.0.iter_mut() {
+            let path = format!("{at}.plugins.{name}");
             secret_ref::resolve(value, &path, env, &mut problems);
         }
     }
@@ -496,7 +501,7 @@ fn path_problem(prefix: &str, e: serde_path_to_error::Error<yaml_serde::Error>) 
 }
 
 /// Every type error in the file, each route and upstream deserialized on its own (and each
-/// route's `openid-connect` checked). Empty when the text is not even a YAML mapping.
+/// route's plugins checked by the registry). Empty when the text is not even a YAML mapping.
 fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
     let Ok(mut doc) = yaml_serde::from_str::<yaml_serde::Value>(text) else {
         return Vec::new();
@@ -532,15 +537,19 @@ fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> 
             match serde_path_to_error::deserialize::<_, file::RouteFile>(item) {
                 Err(e) => problems.push(path_problem(&at, e)),
                 Ok(route) => {
-                    if let Some(mut oidc) = route.plugins.openid_connect {
-                        let path = format!("{at}.plugins.openid-connect");
-                        let mut unresolved = Vec::new();
-                        secret_ref::resolve(&mut oidc, &path, env, &mut unresolved);
-                        let mut errors = OidcConf::from_value(oidc, &path).errors;
-                        errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
-                        problems.extend(unresolved);
-                        problems.extend(errors);
+                    let mut entries = route.plugins.0;
+                    let mut unresolved = Vec::new();
+                    for (name, value) in entries.iter_mut() {
+                        let path = format!("{at}.plugins.{name}");
+                        secret_ref::resolve(value, &path, env, &mut unresolved);
                     }
+                    let (_, mut errors, _) = crate::pipeline::registry::parse_plugins(
+                        &entries,
+                        &format!("{at}.plugins"),
+                    );
+                    errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
+                    problems.extend(unresolved);
+                    problems.extend(errors);
                 }
             }
         }

@@ -118,7 +118,7 @@ fn upstream_and_route_defaults() {
     assert_eq!(r.priority, 0);
     assert_eq!(r.upstream, 0);
     assert!(r.enabled && !r.enable_websocket);
-    assert!(r.plugins.openid_connect.is_none());
+    assert!(r.plugins.is_empty());
 }
 
 #[test]
@@ -206,8 +206,12 @@ fn shards_must_be_auto_or_positive() {
 
 #[test]
 fn type_errors_name_their_path() {
+    // Plugin attributes are validated with the rest of the file, so the upstream is there: the
+    // type error is the one problem.
     let e = errors(
         r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
 routes:
   - id: r
     uri: /
@@ -699,8 +703,7 @@ routes:
     let loaded = load_str_with_env(yaml, &env).unwrap();
     let oidc = loaded.config.routes[0]
         .plugins
-        .openid_connect
-        .as_ref()
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
         .unwrap();
     assert_eq!(oidc.client_secret.as_ref().unwrap().expose(), "from-env");
     assert_eq!(oidc.session.absolute_timeout, 7200);
@@ -925,8 +928,7 @@ fn oidc_block(indent: &str, client_id: &str) -> String {
 
 fn client_id(plugins: &RoutePlugins) -> Option<&str> {
     plugins
-        .openid_connect
-        .as_ref()
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
         .map(|o| o.client_id.as_str())
 }
 
@@ -1224,8 +1226,7 @@ fn secret_references_resolve_at_each_load_and_never_show() {
     let loaded = load_str_with_env(&yaml, &first).unwrap();
     let oidc = loaded.config.routes[0]
         .plugins
-        .openid_connect
-        .clone()
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
         .unwrap();
     assert_eq!(
         oidc.client_secret.as_ref().unwrap().expose(),
@@ -1245,8 +1246,7 @@ fn secret_references_resolve_at_each_load_and_never_show() {
     let reloaded = load_str_with_env(&yaml, &rotated).unwrap();
     let oidc = reloaded.config.routes[0]
         .plugins
-        .openid_connect
-        .clone()
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
         .unwrap();
     assert_eq!(
         oidc.client_secret.as_ref().unwrap().expose(),
@@ -1296,7 +1296,10 @@ fn secret_references_resolve_in_services_and_plugin_configs() {
     let env = |name: &str| (name == "OIDC_SECRET").then(|| "resolved-secret".to_owned());
     let loaded = load_str_with_env(&yaml, &env).unwrap();
     for route in &loaded.config.routes {
-        let oidc = route.plugins.openid_connect.as_ref().unwrap();
+        let oidc = route
+            .plugins
+            .conf::<crate::plugins::openid_connect::RouteAuth>()
+            .unwrap();
         assert_eq!(
             oidc.client_secret.as_ref().unwrap().expose(),
             "resolved-secret"

@@ -3,9 +3,10 @@
 //! Phases, in order (each a function below):
 //! 1. `read_head`   parse with limits; 408 on header timeout, 400/431/505 on bad input
 //! 2. `route`       host/uri/method -> compiled route; 404
-//! 3. `rewrite`     plugins (openid-connect): strip identity headers, authenticate, or answer (401/302/...)
-//! 4. `forward`     upstream exchange (see forward.rs), body streaming both ways
-//! 5. `log`         one access-log line and the metrics, exactly once per request
+//! 3. plugins       `rewrite`, `access`, `before_proxy` (pipeline::Chain): continue, answer (a
+//!    success such as a login redirect), or fail (an error from the error map)
+//! 4. `forward`     upstream exchange (see forward.rs), body streaming both ways; `header_filter`
+//! 5. `log`         one access-log line, the metrics and the plugins' `log`, once per request
 //!
 //! Responses are written in request order because requests are handled one at a time: pipelined
 //! requests simply wait in the read buffer.
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::error::{self, Error};
 use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
 use crate::observe::redact::redact_target;
-use crate::plugins::Outcome;
+use crate::pipeline::{Ctx, LogInfo, Outcome, RequestScratch, Response, Step};
 use crate::proxy::io::{ReadFail, Timer, read_more, write_all_vec};
 use crate::proxy::stream::ClientStream;
 use crate::proxy::{Compiled, Shard, forward};
@@ -33,6 +34,8 @@ pub struct ClientConn {
     pub head: RequestHead,
     pub resp: ResponseHead,
     pub outcome: Outcome,
+    /// Per-request plugin state (parsed cookies, typed slots), cleared per request.
+    pub scratch: RequestScratch,
     pub peer: SocketAddr,
     /// The client IP as text, computed once per connection for X-Forwarded-For / X-Real-IP.
     pub peer_ip: String,
@@ -107,6 +110,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
         head: RequestHead::new(),
         resp: ResponseHead::new(),
         outcome: Outcome::default(),
+        scratch: RequestScratch::default(),
         peer,
         peer_ip: peer.ip().to_string(),
         local_port: local_port.to_string(),
@@ -264,22 +268,29 @@ async fn handle(
     };
     let route = &compiled.routes[route_idx];
 
-    // Phase 3: rewrite (plugins).
+    // Phase 3: the plugins' request phases.
     c.outcome.clear();
-    if let Some(auth) = &route.auth
-        && let Err(err) = auth.rewrite(shard, c).await
-    {
-        let summary = respond_error(c, &err, method).await;
-        log(
-            shard,
-            compiled,
-            c,
-            Some(route_idx),
-            started,
-            &summary,
-            false,
-        );
-        return finish_early(c, &summary);
+    if !route.plugins.plugins.is_empty() {
+        c.scratch.clear();
+        let mut ctx = Ctx::new(c, &shard.metrics, &route.id);
+        let step = route.plugins.request_phases(&mut ctx).await;
+        let summary = match step {
+            Ok(Step::Continue) => None,
+            Ok(Step::Respond(r)) => Some(respond_plugin(c, &r, method).await),
+            Err(err) => Some(respond_error(c, &err, method).await),
+        };
+        if let Some(summary) = summary {
+            log(
+                shard,
+                compiled,
+                c,
+                Some(route_idx),
+                started,
+                &summary,
+                false,
+            );
+            return finish_early(c, &summary);
+        }
     }
 
     // Phase 4: forward.
@@ -297,29 +308,6 @@ async fn handle(
         c.buf.drain(..consumed.min(c.buf.len()));
     }
     next
-}
-
-/// Makes sure a Content-Length request body (at most `max` bytes) is fully in `c.buf` and returns
-/// a copy, for the few requests the gateway answers itself with a body (back-channel logout).
-pub async fn buffered_body(c: &mut ClientConn, max: usize) -> Result<Vec<u8>, &'static str> {
-    let n = match c.head.framing {
-        BodyFraming::None => return Ok(Vec::new()),
-        BodyFraming::Length(n) => usize::try_from(n).map_err(|_| "request body too large")?,
-        _ => return Err("a chunked body is not accepted here"),
-    };
-    if n > max {
-        return Err("request body too large");
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.buf.len() < c.head.head_len + n {
-        let buf = std::mem::take(&mut c.buf);
-        let (r, buf) = read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(deadline))).await;
-        c.buf = buf;
-        if r.is_err() {
-            return Err("request body not received");
-        }
-    }
-    Ok(c.buf[c.head.head_len..c.head.head_len + n].to_vec())
 }
 
 /// After answering without reading the request body, the body's bytes would be taken for the next
@@ -352,26 +340,78 @@ fn finish_early(c: &mut ClientConn, summary: &Summary) -> Next {
 pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> Summary {
     let r = error::respond(err);
     let close = r.close || !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
+    let (status, bytes_out) = write_response(
+        c,
+        r.status,
+        r.content_type,
+        &r.headers,
+        &r.body,
+        close,
+        method,
+    )
+    .await;
+    Summary {
+        status,
+        bytes_out,
+        upstream_us: None,
+        error: Some(err.clone()),
+        close,
+    }
+}
+
+/// Writes a response a plugin answered with (a success: a redirect, a logout page): not an
+/// error, so it is neither counted in `shardgate_errors_total` nor logged as a rejection.
+pub async fn respond_plugin(c: &mut ClientConn, r: &Response, method: Method) -> Summary {
+    let close = !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
+    let (status, bytes_out) = write_response(
+        c,
+        r.status,
+        r.content_type,
+        &r.headers,
+        &r.body,
+        close,
+        method,
+    )
+    .await;
+    Summary {
+        status,
+        bytes_out,
+        upstream_us: None,
+        error: None,
+        close,
+    }
+}
+
+/// A complete small response the gateway writes itself; the plugins' response headers
+/// (`Set-Cookie`) are added. Returns the status and the bytes written.
+async fn write_response(
+    c: &mut ClientConn,
+    status: u16,
+    content_type: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    close: bool,
+    method: Method,
+) -> (u16, u64) {
     let mut out = std::mem::take(&mut c.out);
     out.clear();
-    let own_cache_control = r
-        .headers
+    let own_cache_control = headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("cache-control"));
     write_simple_head(
         &mut out,
-        r.status,
-        r.content_type,
-        r.body.len(),
+        status,
+        content_type,
+        body.len(),
         close,
         !own_cache_control,
     );
-    for (k, v) in r.headers.iter().chain(c.outcome.response_headers.iter()) {
+    for (k, v) in headers.iter().chain(c.outcome.response_headers.iter()) {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     if method != Method::Head {
-        out.extend_from_slice(&r.body);
+        out.extend_from_slice(body);
     }
     let len = out.len() as u64;
     let (res, out) = write_all_vec(
@@ -381,13 +421,7 @@ pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> S
     )
     .await;
     c.out = out;
-    Summary {
-        status: r.status,
-        bytes_out: if res.is_ok() { len } else { 0 },
-        upstream_us: None,
-        error: Some(err.clone()),
-        close,
-    }
+    (status, if res.is_ok() { len } else { 0 })
 }
 
 pub fn write_simple_head(
@@ -482,8 +516,17 @@ fn log(
     m.record_latency(total_us, s.upstream_us);
     let route_id = match route {
         Some(i) => {
-            compiled.routes[i].stats.record(s.status);
-            &*compiled.routes[i].id
+            let r = &compiled.routes[i];
+            r.stats.record(s.status);
+            r.plugins.log(&LogInfo {
+                status: s.status,
+                bytes_out: s.bytes_out,
+                upstream_us: s.upstream_us,
+                total_us,
+                error: s.error.as_ref(),
+                scratch: &c.scratch,
+            });
+            &*r.id
         }
         None => {
             m.unrouted.record(s.status);

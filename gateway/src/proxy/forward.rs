@@ -16,10 +16,11 @@ use crate::error::{Error, UpstreamError};
 use crate::http1::{
     self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
-use crate::plugins::{HeaderValue, is_identity_header};
+use crate::pipeline::{HeaderValue, ResponseCtx};
+use crate::plugins::is_identity_header;
 use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
-use crate::proxy::{Compiled, Shard};
+use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::upstream::pool::UpConn;
 use crate::upstream::{self, HashOn, PassHost, ShardUpstream};
 
@@ -38,16 +39,7 @@ pub async fn exchange(
     let route = &compiled.routes[route_idx];
     let up = &compiled.upstreams[route.upstream];
     let started = Instant::now();
-    match run(
-        shard,
-        compiled,
-        up,
-        route.websocket,
-        route.keep_identity_headers,
-        c,
-    )
-    .await
-    {
+    match run(shard, compiled, up, route, c).await {
         Ok(done) => {
             let next = if let Some(up) = done.tunnel {
                 Next::Tunnel(up)
@@ -168,10 +160,11 @@ async fn run(
     shard: &Shard,
     compiled: &Rc<Compiled>,
     up: &ShardUpstream,
-    websocket: bool,
-    keep_identity: bool,
+    route: &ShardRoute,
     c: &mut ClientConn,
 ) -> Result<Done, Fail> {
+    let websocket = route.websocket;
+    let keep_identity = route.keep_identity_headers;
     let head_len = c.head.head_len;
     let method = c.head.method;
     let upgrade = websocket && c.head.upgrade;
@@ -184,6 +177,18 @@ async fn run(
         BodyFraming::Chunked | BodyFraming::CloseDelimited => None,
     };
     let replayable = buffered_body.is_some() && method.is_idempotent() && !upgrade;
+    let limits = &compiled.published.limits;
+    if let BodyFraming::Length(n) = c.head.framing
+        && limits.client_max_body_size > 0
+        && n > limits.client_max_body_size
+    {
+        // Refused before an upstream is picked (and before any `100 Continue`).
+        return Err(Fail {
+            error: Error::BodyTooLarge,
+            response_started: false,
+            consumed: None,
+        });
+    }
 
     let mut node_host = build_request_head(compiled, up, c, upgrade, keep_identity);
     // Small buffered bodies ride in the same write as the head.
@@ -287,7 +292,7 @@ async fn run(
                     });
                 }
             }
-            consumed = stream_request_body(c, &mut conn, up.timeouts.send).await?;
+            consumed = stream_request_body(c, &mut conn, up.timeouts.send, limits).await?;
         }
 
         // Response head.
@@ -335,7 +340,7 @@ async fn run(
             }
             return switch_protocols(c, conn, consumed).await;
         }
-        return relay_response(shard, c, conn, node_idx, up, method, consumed).await;
+        return relay_response(shard, c, conn, node_idx, up, route, consumed).await;
     }
 }
 
@@ -583,8 +588,15 @@ async fn stream_request_body(
     c: &mut ClientConn,
     conn: &mut UpConn,
     send_timeout: Duration,
+    limits: &crate::published::ProxyLimits,
 ) -> Result<usize, Fail> {
     let head_len = c.head.head_len;
+    let mut clock = BodyClock {
+        started: Instant::now(),
+        received: 0,
+        per_read: limits.client_body_timeout,
+        min_rate: limits.client_body_min_rate,
+    };
     match c.head.framing {
         BodyFraming::Length(n) => {
             let mut remaining = n;
@@ -606,6 +618,7 @@ async fn stream_request_body(
                     r.map_err(send_fail)?;
                     pos += avail;
                     remaining -= avail as u64;
+                    clock.received += avail as u64;
                 }
                 if remaining == 0 {
                     return Ok(pos);
@@ -615,7 +628,7 @@ async fn stream_request_body(
                 pos = head_len;
                 read_client_body(
                     c,
-                    send_timeout,
+                    clock.deadline(),
                     "client closed before the whole body was received",
                 )
                 .await?;
@@ -626,6 +639,7 @@ async fn stream_request_body(
             let mut pos = head_len;
             let mut wire: Vec<u8> = Vec::with_capacity(BODY_CHUNK + 64);
             let mut saw_trailers = false;
+            let mut data_total: u64 = 0;
             loop {
                 let (n, ev) = dec.decode(&c.buf[pos..]).map_err(|e| Fail {
                     error: Error::Parse(e),
@@ -637,6 +651,16 @@ async fn stream_request_body(
                 match ev {
                     ChunkEvent::Data(span) => {
                         let data = &c.buf[base + span.start as usize..base + span.end as usize];
+                        data_total += data.len() as u64;
+                        if limits.client_max_body_size > 0
+                            && data_total > limits.client_max_body_size
+                        {
+                            return Err(Fail {
+                                error: Error::BodyTooLarge,
+                                response_started: false,
+                                consumed: None,
+                            });
+                        }
                         http1::write_chunk_header(&mut wire, data.len());
                         wire.extend_from_slice(data);
                         wire.extend_from_slice(b"\r\n");
@@ -667,10 +691,15 @@ async fn stream_request_body(
                             wire = flush(conn, &mut c.timer, wire, send_timeout).await?;
                         }
                         // Drop what was decoded, keep the head and any partial chunk line.
+                        clock.received += (pos - head_len) as u64;
                         c.buf.drain(head_len..pos);
                         pos = head_len;
-                        read_client_body(c, send_timeout, "client closed inside a chunked body")
-                            .await?;
+                        read_client_body(
+                            c,
+                            clock.deadline(),
+                            "client closed inside a chunked body",
+                        )
+                        .await?;
                     }
                 }
             }
@@ -731,19 +760,44 @@ fn write_allowed_trailers(
     }
 }
 
+/// When the next piece of a request body must have arrived: within `client_body_timeout` of the
+/// last one, and, with a minimum rate, no later than the time the bytes so far earn at that rate
+/// (after one `client_body_timeout` of grace). A body trickled byte by byte holds an upstream
+/// connection only that long.
+struct BodyClock {
+    started: Instant,
+    received: u64,
+    per_read: Duration,
+    min_rate: u64,
+}
+
+impl BodyClock {
+    fn deadline(&self) -> Instant {
+        let next = Instant::now() + self.per_read;
+        if self.min_rate == 0 {
+            return next;
+        }
+        let earned = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        next.min(self.started + self.per_read + earned)
+    }
+}
+
 /// Appends more request-body bytes from the client to `c.buf`.
-async fn read_client_body(c: &mut ClientConn, timeout: Duration, on_eof: &str) -> Result<(), Fail> {
+async fn read_client_body(c: &mut ClientConn, deadline: Instant, on_eof: &str) -> Result<(), Fail> {
     let buf = std::mem::take(&mut c.buf);
     let (r, buf) = read_more(
         &mut c.stream,
         buf,
         BODY_CHUNK,
-        Some(c.timer.until(Instant::now() + timeout)),
+        Some(c.timer.until(deadline)),
     )
     .await;
     c.buf = buf;
-    r.map(|_| ()).map_err(|_| Fail {
-        error: Error::ClientBody(on_eof.into()),
+    r.map(|_| ()).map_err(|e| Fail {
+        error: match e {
+            ReadFail::Timeout => Error::BodyTimeout,
+            _ => Error::ClientBody(on_eof.into()),
+        },
         response_started: false,
         consumed: None,
     })
@@ -827,10 +881,24 @@ async fn relay_response(
     mut conn: UpConn,
     _node_idx: usize,
     up: &ShardUpstream,
-    method: Method,
+    route: &ShardRoute,
     consumed: usize,
 ) -> Result<Done, Fail> {
     let _ = shard;
+    // header_filter: plugins see the upstream's head and may add response headers.
+    if let Err(error) = route.plugins.header_filter(&mut ResponseCtx {
+        status: c.resp.status,
+        head: &c.resp,
+        buf: &conn.buf,
+        add_headers: &mut c.outcome.response_headers,
+        scratch: &mut c.scratch,
+    }) {
+        return Err(Fail {
+            error,
+            response_started: false,
+            consumed: Some(consumed),
+        });
+    }
     let status = c.resp.status;
     let framing = c.resp.framing;
     let client_11 = c.head.version_minor == 1;
@@ -890,7 +958,6 @@ async fn relay_response(
     let read_timeout = up.timeouts.read;
     let mut bytes_out: u64 = 0;
     let mut upstream_clean = c.resp.keep_alive;
-    let _ = method;
 
     // Body.
     let body_result: Result<(), (Error, bool)> = match framing {

@@ -1,12 +1,14 @@
 //! The data path: one [`Shard`] per core, its listeners, and the per-connection loop.
 //!
 //! ```text
-//! accept ─► conn::serve ─► read_head ─► route ─► rewrite (plugins) ─► forward::exchange ─► log
-//!                ▲                                                        │
+//! accept ─► conn::serve ─► read_head ─► route ─► plugins: rewrite, access, before_proxy
+//!                ▲                                  ─► forward::exchange (header_filter) ─► log
 //!                └──────────────────── keep-alive / pipelining ◄──────────┘
 //! ```
 //! The phases are spelled out in `conn.rs` in that order; `forward.rs` owns everything that talks
-//! to the upstream (node selection, pool, request head, bodies, response relay, upgrades).
+//! to the upstream (node selection, pool, request head, bodies, response relay, upgrades). The
+//! plugins run through `pipeline::Chain`, built here per route and shard from the published
+//! instances.
 
 pub mod conn;
 pub mod forward;
@@ -23,7 +25,8 @@ use shardgate_runtime::shard::ShardInfo;
 use shardgate_runtime::snapshot::Local;
 
 use crate::observe::metrics::{RouteStats, ShardMetrics};
-use crate::plugins::openid_connect::RouteAuth;
+use crate::pipeline::registry::Chain;
+use crate::pipeline::{ShardPlugin, ShardPlugins};
 use crate::published::Published;
 use crate::upstream::ShardUpstream;
 use crate::upstream::health::{self, HealthSnapshot};
@@ -36,7 +39,8 @@ pub struct ShardRoute {
     pub websocket: bool,
     /// `keep_client_identity_headers`: forward client-sent `X-Userinfo` & co. (off by default).
     pub keep_identity_headers: bool,
-    pub auth: Option<Rc<RouteAuth>>,
+    /// Global rules' plugins, then the route's, in execution order.
+    pub plugins: Chain,
     pub stats: Rc<RouteStats>,
 }
 
@@ -63,9 +67,10 @@ pub struct Shard {
     pub gate: Gate,
     /// Shard-local view of the process shutdown: connections await it without shared state.
     pub shutdown: LocalShutdown,
-    /// Per-route auth state (caches) survives reloads when the route's plugin config is unchanged.
-    auth_state: RefCell<HashMap<String, Rc<RouteAuth>>>,
-    pub oidc: crate::plugins::openid_connect::ShardOidc,
+    /// Plugins' shard-local parts (caches) by owner, plugin and fingerprint: they survive reloads
+    /// while the plugin's attributes are unchanged.
+    plugin_state: RefCell<HashMap<String, ShardPlugin>>,
+    pub plugins: ShardPlugins,
 }
 
 impl Shard {
@@ -74,18 +79,18 @@ impl Shard {
         published: Local<Published>,
         health: Local<HealthSnapshot>,
         shutdown: Shutdown,
-        oidc: crate::plugins::openid_connect::ShardOidc,
+        plugins: ShardPlugins,
     ) -> Rc<Shard> {
         let metrics = ShardMetrics::new(info.id);
-        let auth_state = RefCell::new(HashMap::new());
+        let plugin_state = RefCell::new(HashMap::new());
         let snap = published.load();
         let compiled = compile(
             &snap,
             published.version(),
             &HashMap::new(),
             &metrics,
-            &auth_state,
-            &oidc,
+            &plugin_state,
+            &plugins,
         );
         Rc::new(Shard {
             info,
@@ -95,8 +100,8 @@ impl Shard {
             metrics,
             gate: Gate::new(),
             shutdown: shutdown.local(),
-            auth_state,
-            oidc,
+            plugin_state,
+            plugins,
         })
     }
 
@@ -121,8 +126,8 @@ impl Shard {
             version,
             &pools,
             &self.metrics,
-            &self.auth_state,
-            &self.oidc,
+            &self.plugin_state,
+            &self.plugins,
         ));
         self.sync_health(&compiled);
         *self.compiled.borrow_mut() = compiled.clone();
@@ -154,40 +159,45 @@ fn compile(
     local_version: u64,
     pools: &HashMap<String, Rc<NodePool>>,
     metrics: &ShardMetrics,
-    auth_state: &RefCell<HashMap<String, Rc<RouteAuth>>>,
-    oidc: &crate::plugins::openid_connect::ShardOidc,
+    plugin_state: &RefCell<HashMap<String, ShardPlugin>>,
+    plugins: &ShardPlugins,
 ) -> Compiled {
     let upstreams = snap
         .upstreams
         .iter()
         .map(|spec| ShardUpstream::build(spec, pools))
         .collect();
-    let mut old_auth = auth_state.borrow_mut();
-    let mut new_auth = HashMap::new();
+    let mut old_state = plugin_state.borrow_mut();
+    let mut new_state = HashMap::new();
     let routes = snap
         .routes
         .iter()
         .map(|r| {
-            let auth = r.oidc.as_ref().map(|conf| {
-                let key = format!("{}#{}", r.id, conf.fingerprint);
-                let a = match old_auth.get(&key) {
-                    Some(a) => a.clone(),
-                    None => Rc::new(RouteAuth::new(conf.clone(), oidc)),
+            let mut attach = |owner: &str, i: &crate::pipeline::Instance| {
+                let key = format!("{owner}#{}#{}", i.name(), i.fingerprint());
+                let p = match old_state.get(&key) {
+                    Some(p) => p.clone(),
+                    None => i.attach(plugins),
                 };
-                new_auth.insert(key, a.clone());
-                a
-            });
+                new_state.insert(key, p.clone());
+                p
+            };
+            let chain: Vec<ShardPlugin> = r
+                .plugins
+                .iter()
+                .map(|i| attach(&format!("route:{}", r.id), i))
+                .collect();
             ShardRoute {
                 id: Rc::from(r.id.as_str()),
                 upstream: r.upstream,
                 websocket: r.websocket,
                 keep_identity_headers: r.keep_identity_headers,
-                auth,
+                plugins: Chain::new(chain, 0),
                 stats: metrics.route(&r.id),
             }
         })
         .collect();
-    *old_auth = new_auth;
+    *old_state = new_state;
     Compiled {
         local_version,
         version: snap.version,

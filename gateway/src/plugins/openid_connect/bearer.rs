@@ -19,9 +19,8 @@ use super::RouteAuth;
 use super::prepare::TokenCheck;
 use crate::error::Error;
 use crate::http1::Span;
+use crate::pipeline::{Ctx, PhaseResult, Step};
 use crate::plugins::{HeaderValue, PluginResponse};
-use crate::proxy::Shard;
-use crate::proxy::conn::ClientConn;
 
 /// A token that passed every check, with what the upstream headers need.
 #[derive(Debug)]
@@ -46,6 +45,10 @@ pub struct Rejected {
 const NEGATIVE_TTL_MS: u64 = 10_000;
 /// Verified JWTs are re-verified at least this often even when `exp` is far away.
 const MAX_VERIFIED_TTL_SECS: u64 = 3600;
+/// How long the provider actor keeps an introspection answer for asks that arrive just after
+/// it. A shard that gets such an answer caches it for the full TTL, so a revocation can show up
+/// at most this much later than `introspection_interval` says: keep it well below one second.
+const INTROSPECTION_JOIN_GRACE: Duration = Duration::from_millis(500);
 
 enum Fail {
     Reject(Rejected),
@@ -63,7 +66,7 @@ impl From<TokenError> for Fail {
     }
 }
 
-pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Result<(), Error> {
+pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     let conf = &auth.route.conf;
     if !conf.bearer_enabled() {
         return super::session::rewrite(auth, c).await;
@@ -78,11 +81,11 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
         }
         Ok(Some(span)) => span,
     };
-    let Ok(token) = std::str::from_utf8(span.of(&c.buf)) else {
+    let Ok(token) = std::str::from_utf8(span.of(c.buf())) else {
         return Err(reject(auth, &bad_token("token is not ASCII")));
     };
     let now_ms = auth.oidc.now_millis();
-    let m = &shard.metrics;
+    let m = c.metrics();
 
     let introspection = auth.route.check == TokenCheck::Introspection;
     let use_cache = if introspection {
@@ -102,7 +105,7 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
         {
             m.bump("shardgate_oidc_token_cache_total{result=\"hit\"}", 1);
             apply(auth, c, span, &v);
-            return Ok(());
+            return Ok(Step::Continue);
         }
         m.bump("shardgate_oidc_token_cache_total{result=\"miss\"}", 1);
     }
@@ -142,7 +145,7 @@ pub async fn rewrite(auth: &RouteAuth, shard: &Shard, c: &mut ClientConn) -> Res
                     .insert(token.as_bytes(), v.clone(), now_ms + ttl_secs * 1000);
             }
             apply(auth, c, span, &v);
-            Ok(())
+            Ok(Step::Continue)
         }
         Err(Fail::Reject(r)) => {
             m.bump(
@@ -188,10 +191,10 @@ fn current_generation(auth: &RouteAuth) -> u64 {
 ///
 /// More than one `Authorization` header is a 400 too (it is not a list header): only one can be
 /// verified, and an upstream that reads another would trust a credential nobody checked.
-fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
-    let buf = &c.buf;
+fn extract_token(c: &Ctx<'_>) -> Result<Option<Span>, PluginResponse> {
+    let buf = c.buf();
     let mut authorization = c
-        .head
+        .head()
         .headers
         .iter()
         .filter(|h| h.name.of(buf).eq_ignore_ascii_case(b"authorization"));
@@ -223,7 +226,7 @@ fn extract_token(c: &ClientConn) -> Result<Option<Span>, PluginResponse> {
             end: h.value.end,
         }));
     }
-    Ok(c.head
+    Ok(c.head()
         .headers
         .iter()
         .find(|h| h.name.of(buf).eq_ignore_ascii_case(b"x-access-token"))
@@ -241,9 +244,9 @@ fn bad_request(body: &[u8], reason: &'static str) -> PluginResponse {
     }
 }
 
-fn apply(auth: &RouteAuth, c: &mut ClientConn, token: Span, v: &Verified) {
+fn apply(auth: &RouteAuth, c: &mut Ctx<'_>, token: Span, v: &Verified) {
     let conf = &auth.route.conf;
-    let out = &mut c.outcome;
+    let out = c.outcome();
     if conf.set_access_token_header {
         match &v.authorization {
             Some(a) => {
@@ -413,7 +416,7 @@ fn check_schema(auth: &RouteAuth, json: &[u8]) -> Result<(), Fail> {
 
 async fn introspect(
     auth: &RouteAuth,
-    c: &ClientConn,
+    c: &Ctx<'_>,
     token: &str,
     now: u64,
 ) -> Result<(Verified, u64), Fail> {
@@ -453,8 +456,7 @@ async fn introspect(
         .introspection_addon_headers
         .iter()
         .filter_map(|name| {
-            c.head
-                .header(&c.buf, name)
+            c.header(name)
                 .map(|v| (name.clone(), String::from_utf8_lossy(v).into_owned()))
         })
         .collect();
@@ -470,7 +472,11 @@ async fn introspect(
         url: endpoint,
         headers,
         body,
-        grace: None,
+        // A shard whose request arrives just after the shared call answered, but before the
+        // shard that asked first has cached the answer, would otherwise start a second call:
+        // the actor keeps the answer briefly so such late asks join it (one IdP call for N
+        // shards x M concurrent requests). Not when the operator asked for no caching at all.
+        grace: (!conf.introspection_cache_ignore).then_some(INTROSPECTION_JOIN_GRACE),
     };
     let timeout = conf.timeout() + Duration::from_secs(1);
     let resp = match handle

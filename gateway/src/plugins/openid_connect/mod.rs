@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! control thread                         every shard
-//!  OidcControl                             ShardOidc (clock, RNG, provider snapshots)
-//!   ├─ registry: ProviderSpec -> handle      └─ RouteAuth per route (per config version)
+//!  OidcShared (Plugin::Global)             ShardOidc (Plugin::ShardGlobal: clock, RNG, providers)
+//!  OidcControl (its control-side hooks)     └─ RouteAuth per route instance (the Plugin)
+//!   ├─ registry: ProviderSpec -> handle
 //!   ├─ spawns provider actors  ──state──►         verified-token cache, negative cache,
 //!   │    (discovery, JWKS, single-flight)         introspection cache, kid negative cache
 //!   └─ revocation actor ◄──back-channel logout── (the shard that received it)
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use ring::rand::SecureRandom;
 use shardgate_oidc::cache::TtlCache;
+use shardgate_oidc::config::OidcConf;
 use shardgate_oidc::flow::{LogoutSubject, RevocationSet};
 use shardgate_oidc::idp::provider::{
     self, ProviderHandle, ProviderMsg, ProviderSpec, ProviderState,
@@ -33,9 +35,7 @@ use shardgate_runtime::clock::{Clock, CoarseClock};
 use shardgate_runtime::gate::Shutdown;
 use shardgate_runtime::snapshot::{Local, Publisher};
 
-use crate::error::Error;
-use crate::proxy::Shard;
-use crate::proxy::conn::ClientConn;
+use crate::pipeline::{Ctx, PhaseResult, Phases, Plugin, Problem};
 
 pub use prepare::OidcRoute;
 
@@ -117,11 +117,10 @@ impl OidcShared {
     /// removed by a reload, or created by a reload that was then rejected) leaves the registry,
     /// its actor stops, and its /metrics series go. Call after every publish and every rejected
     /// build, with the config being served.
-    pub fn retain_used_by(&self, published: &crate::published::Published) {
-        let used: Vec<(String, ProviderHandle)> = published
-            .routes
+    pub fn retain_used(&self, routes: &[(&str, &OidcRoute)]) {
+        let used: Vec<(String, ProviderHandle)> = routes
             .iter()
-            .filter_map(|r| Some((r.id.clone(), r.oidc.as_ref()?.provider.clone()?)))
+            .filter_map(|(id, r)| Some((id.to_string(), r.provider.clone()?)))
             .collect();
         {
             let mut map = match self.providers.lock() {
@@ -211,6 +210,11 @@ pub struct OidcControl {
 }
 
 impl OidcControl {
+    /// The control-side view of `shared` (readiness, counters) without starting anything.
+    pub fn of(shared: Arc<OidcShared>) -> OidcControl {
+        OidcControl { shared }
+    }
+
     /// Starts the task that spawns provider actors; call on the control thread's runtime.
     pub fn start(shared: Arc<OidcShared>, shutdown: Shutdown) -> OidcControl {
         let revoke_mailbox = match shared.revoke_mailbox.lock() {
@@ -465,14 +469,79 @@ impl RouteAuth {
             route,
         }
     }
+}
 
-    /// The `rewrite` phase.
-    pub async fn rewrite(&self, shard: &Shard, c: &mut ClientConn) -> Result<(), Error> {
-        c.outcome.strip_identity_headers = true;
-        if self.route.conf.hide_credentials {
-            c.outcome.strip_authorization = true;
+/// APISIX's `openid-connect`: one [`RouteAuth`] per route instance per shard.
+impl Plugin for RouteAuth {
+    const NAME: &'static str = "openid-connect";
+    const PRIORITY: i32 = 2599;
+    const PHASES: Phases = Phases::REWRITE;
+    type Conf = OidcConf;
+    type Instance = OidcRoute;
+    type Global = OidcShared;
+    type ShardGlobal = ShardOidc;
+
+    fn parse(
+        value: serde_json::Value,
+        path: &str,
+        warnings: &mut Vec<Problem>,
+    ) -> Result<OidcConf, Vec<Problem>> {
+        let loaded = OidcConf::from_value(value, path);
+        warnings.extend(loaded.warnings);
+        match loaded.conf {
+            Some(conf) if loaded.errors.is_empty() => Ok(conf),
+            _ => Err(loaded.errors),
         }
-        bearer::rewrite(self, shard, c).await
+    }
+
+    fn warnings(routes: &[(usize, crate::config::RouteConf)]) -> Vec<Problem> {
+        prepare::redirect_uri_warnings(routes)
+    }
+
+    fn global() -> Arc<OidcShared> {
+        OidcShared::new()
+    }
+
+    fn shard_global(shard: usize, global: &Arc<OidcShared>) -> ShardOidc {
+        ShardOidc::new(shard, global.clone())
+    }
+
+    fn build(conf: Arc<OidcConf>, global: &OidcShared, path: &str) -> Result<OidcRoute, String> {
+        prepare::prepare(conf, global, path)
+    }
+
+    fn fingerprint(instance: &OidcRoute) -> u64 {
+        instance.fingerprint
+    }
+
+    fn attach(instance: Arc<OidcRoute>, shard: &ShardOidc) -> RouteAuth {
+        RouteAuth::new(instance, shard)
+    }
+
+    fn readiness(global: &Arc<OidcShared>) -> Option<(bool, &'static str, String)> {
+        let (ok, detail) = OidcControl::of(global.clone()).readiness();
+        Some((ok, "providers", detail))
+    }
+
+    fn counters(global: &Arc<OidcShared>, out: &mut BTreeMap<String, u64>) {
+        OidcControl::of(global.clone()).counters(out);
+    }
+
+    fn retain_used(global: &Arc<OidcShared>, used: &[(&str, &OidcRoute)]) {
+        global.retain_used(used);
+    }
+
+    fn start(global: &Arc<OidcShared>, shutdown: &Shutdown) {
+        OidcControl::start(global.clone(), shutdown.clone());
+    }
+
+    async fn rewrite(&self, ctx: &mut Ctx<'_>) -> PhaseResult {
+        let out = ctx.outcome();
+        out.strip_identity_headers = true;
+        if self.route.conf.hide_credentials {
+            out.strip_authorization = true;
+        }
+        bearer::rewrite(self, ctx).await
     }
 }
 

@@ -13,7 +13,9 @@ use shardgate_oidc::idp::provider::{ProviderHandle, ProviderSpec, ProxySpec};
 use shardgate_oidc::jwk::{Key, KeySet};
 use shardgate_oidc::jwt::{Alg, AlgPolicy, AlgSet};
 
-use super::OidcShared;
+use super::{OidcShared, RouteAuth};
+use crate::config::RouteConf;
+use crate::pipeline::Problem;
 
 /// How bearer tokens are checked on a route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,4 +230,74 @@ fn auth_method(m: shardgate_oidc::config::AuthMethod) -> AuthMethod {
         C::ClientSecretJwt => AuthMethod::ClientSecretJwt,
         C::PrivateKeyJwt => AuthMethod::PrivateKeyJwt,
     }
+}
+
+/// APISIX's most reported failure is a `redirect_uri` that is also a page users visit: the
+/// plugin treats the visit as the login callback and fails with "no session state found".
+/// The opposite mistake, a callback path no protected route serves, never completes a login.
+pub fn redirect_uri_warnings(routes: &[(usize, RouteConf)]) -> Vec<Problem> {
+    let mut warnings = Vec::new();
+    let protected: Vec<&(usize, RouteConf)> = routes
+        .iter()
+        .filter(|(_, r)| r.enabled && r.plugins.conf::<RouteAuth>().is_some())
+        .collect();
+    for (i, route) in routes {
+        let Some(oidc) = route.plugins.conf::<RouteAuth>() else {
+            continue;
+        };
+        if oidc.bearer_only {
+            continue;
+        }
+        let Some(redirect) = oidc.redirect_uri.as_deref() else {
+            continue;
+        };
+        let Some(callback) = uri_path(redirect) else {
+            continue;
+        };
+        let at = format!("routes[{i}].plugins.openid-connect.redirect_uri");
+        let mut served = false;
+        for (j, other) in &protected {
+            for uri in &other.uris {
+                let (clash, matches) = match uri.strip_suffix('*') {
+                    Some(prefix) => (
+                        callback == prefix || callback == prefix.trim_end_matches('/'),
+                        callback.starts_with(prefix),
+                    ),
+                    None => (callback == uri, callback == uri),
+                };
+                served |= matches;
+                if clash {
+                    warnings.push(Problem::new(
+                        at.clone(),
+                        format!(
+                            "path `{callback}` is also the URI `{uri}` of protected route `{}` \
+                             (routes[{j}]): visiting it is treated as the login callback and fails \
+                             with \"no session state found\"; use a dedicated callback path",
+                            other.id
+                        ),
+                    ));
+                }
+            }
+        }
+        if !served {
+            warnings.push(Problem::new(
+                at,
+                format!(
+                    "path `{callback}` is not matched by any route with openid-connect, so the \
+                     IdP's callback cannot complete the login"
+                ),
+            ));
+        }
+    }
+    warnings
+}
+
+/// The path of an absolute URL or of a path-only URI, without query or fragment.
+fn uri_path(uri: &str) -> Option<&str> {
+    let rest = match uri.split_once("://") {
+        Some((_, after)) => &after[after.find('/')?..],
+        None => uri,
+    };
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    Some(&rest[..end])
 }

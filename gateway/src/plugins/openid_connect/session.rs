@@ -31,8 +31,8 @@ use shardgate_oidc::session::{
 
 use super::RouteAuth;
 use crate::error::Error;
+use crate::pipeline::{Ctx, PhaseResult, Step};
 use crate::plugins::{HeaderValue, PluginResponse};
-use crate::proxy::conn::ClientConn;
 
 /// Refresh answers are shared with requests still carrying the old cookie for this long.
 const REFRESH_GRACE: Duration = Duration::from_secs(60);
@@ -123,12 +123,8 @@ impl SessionState {
     }
 }
 
-fn cookie_values(c: &ClientConn) -> impl Iterator<Item = &[u8]> {
-    c.head
-        .headers
-        .iter()
-        .filter(|h| h.name.of(&c.buf).eq_ignore_ascii_case(b"cookie"))
-        .map(|h| h.value.of(&c.buf))
+fn cookie_values<'c>(c: &'c Ctx<'_>) -> impl Iterator<Item = &'c [u8]> {
+    c.cookie_headers()
 }
 
 fn conf(auth: &RouteAuth) -> &OidcConf {
@@ -136,18 +132,18 @@ fn conf(auth: &RouteAuth) -> &OidcConf {
 }
 
 /// The session branch of the rewrite phase.
-pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> {
+pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     let Some(s) = &auth.session else {
         return unauthenticated_without_session(auth);
     };
     // Our cookies never reach the upstream.
-    c.outcome.strip_cookie_prefix = Some(auth.cookie_prefix.clone());
+    c.outcome().strip_cookie_prefix = Some(auth.cookie_prefix.clone());
     let now = auth.oidc.now_secs();
     let conf = conf(auth);
     let path = c.route_path();
     let is_logout = path == conf.logout_path.as_bytes();
     let is_backchannel =
-        path == s.backchannel_path.as_bytes() && c.head.method == crate::http1::Method::Post;
+        path == s.backchannel_path.as_bytes() && c.head().method == crate::http1::Method::Post;
     let is_cb = is_callback(conf, path);
     if is_logout {
         return logout(auth, s, c, now).await;
@@ -173,16 +169,16 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     if let Some(open) = hit {
         if still_good(auth, s, &open.data, now) {
             apply_session_headers(c, &open.headers);
-            return Ok(());
+            return Ok(Step::Continue);
         }
         if let Some(cookies) = reusable_reissue(auth, s, &open, now) {
             apply_session_headers(c, &open.headers);
-            c.outcome.response_headers.extend(
+            c.outcome().response_headers.extend(
                 cookies
                     .iter()
                     .map(|v| ("Set-Cookie".to_string(), v.clone())),
             );
-            return Ok(());
+            return Ok(Step::Continue);
         }
     }
     match open_session(auth, s, c, now) {
@@ -206,9 +202,9 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut ClientConn) -> Result<(), Error> 
     }
 }
 
-fn unauthenticated_without_session(auth: &RouteAuth) -> Result<(), Error> {
+fn unauthenticated_without_session(auth: &RouteAuth) -> PhaseResult {
     match conf(auth).unauth_action {
-        UnauthAction::Pass => Ok(()),
+        UnauthAction::Pass => Ok(Step::Continue),
         _ => Err(plain(
             401,
             "unauthorized",
@@ -232,17 +228,17 @@ fn url_path(url: &str) -> &str {
 }
 
 /// The redirect_uri of this request: the configured one, or APISIX's default `<uri>/.apisix/redirect`.
-fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
+fn redirect_uri(conf: &OidcConf, c: &Ctx<'_>) -> String {
     if let Some(u) = &conf.redirect_uri {
         return u.clone();
     }
     let host = c
-        .head
+        .head()
         .host
-        .map(|h| String::from_utf8_lossy(h.of(&c.buf)).into_owned())
+        .map(|h| String::from_utf8_lossy(h.of(c.buf())).into_owned())
         .unwrap_or_default();
-    let scheme = if c.tls { "https" } else { "http" };
-    let path = String::from_utf8_lossy(c.head.path.of(&c.buf)).into_owned();
+    let scheme = if c.tls() { "https" } else { "http" };
+    let path = String::from_utf8_lossy(c.head().path.of(c.buf())).into_owned();
     let path = path
         .strip_suffix(DEFAULT_REDIRECT_SUFFIX)
         .unwrap_or(&path)
@@ -256,7 +252,7 @@ fn redirect_uri(conf: &OidcConf, c: &ClientConn) -> String {
 fn open_session(
     auth: &RouteAuth,
     s: &SessionState,
-    c: &ClientConn,
+    c: &Ctx<'_>,
     now: u64,
 ) -> Result<Option<SessionData>, String> {
     let mut joined = s.scratch.borrow_mut();
@@ -283,11 +279,11 @@ fn open_session(
     Ok(Some(data))
 }
 
-fn clear_session_cookies(s: &SessionState, c: &mut ClientConn) {
+fn clear_session_cookies(s: &SessionState, c: &mut Ctx<'_>) {
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     let mut cookies = Vec::new();
     session::clear_cookie_headers(&s.cookie_name, present, &s.attrs, &mut cookies);
-    c.outcome
+    c.outcome()
         .response_headers
         .extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
 }
@@ -361,13 +357,12 @@ fn token_call(
 async fn unauthenticated(
     auth: &RouteAuth,
     s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     now: u64,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
-    let api_shaped = c.head.header(&c.buf, "x-requested-with").is_some()
-        || c.head
-            .header(&c.buf, "accept")
+    let api_shaped = c.header("x-requested-with").is_some()
+        || c.header("accept")
             .is_some_and(|a| contains(a, b"application/json"));
     let action = if api_shaped {
         conf.api_unauth_action()
@@ -375,7 +370,7 @@ async fn unauthenticated(
         conf.unauth_action
     };
     match action {
-        UnauthAction::Pass => Ok(()),
+        UnauthAction::Pass => Ok(Step::Continue),
         UnauthAction::Deny => Err(plain(
             401,
             "unauthorized",
@@ -397,10 +392,10 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 async fn start_login(
     auth: &RouteAuth,
     s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     now: u64,
     prompt: Option<&str>,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
     let meta = provider_metadata(auth)?;
     let Some(endpoint) = meta.authorization_endpoint.as_deref() else {
@@ -424,7 +419,7 @@ async fn start_login(
         extra: &extra,
         prompt,
     };
-    let original = String::from_utf8_lossy(c.head.target.of(&c.buf)).into_owned();
+    let original = String::from_utf8_lossy(c.head().target.of(c.buf())).into_owned();
     let (url, login) =
         flow::start_login(&params, &original, now, auth.oidc.rng()).map_err(flow_page)?;
     let Some(name) = login.cookie_name(&s.cookie_name) else {
@@ -467,7 +462,7 @@ async fn start_login(
     }
     session::set_cookie_headers(&name, &[value], &s.login_attrs, &mut cookies);
     headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
-    Err(Error::Plugin(PluginResponse {
+    Ok(Step::Respond(PluginResponse {
         status: 302,
         headers,
         content_type: "text/plain",
@@ -477,17 +472,12 @@ async fn start_login(
     }))
 }
 
-async fn callback(
-    auth: &RouteAuth,
-    s: &SessionState,
-    c: &mut ClientConn,
-    now: u64,
-) -> Result<(), Error> {
+async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -> PhaseResult {
     let conf = conf(auth);
     let query = c
-        .head
+        .head()
         .query
-        .map(|q| q.of(&c.buf).to_vec())
+        .map(|q| q.of(c.buf()).to_vec())
         .unwrap_or_default();
     let cb: Callback = flow::parse_callback(&query).map_err(flow_page)?;
     let state = cb.state.clone().unwrap_or_default();
@@ -605,7 +595,7 @@ async fn callback(
         ("Cache-Control".into(), "no-store".into()),
     ];
     headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
-    Err(Error::Plugin(PluginResponse {
+    Ok(Step::Respond(PluginResponse {
         status: 302,
         headers,
         content_type: "text/plain",
@@ -707,10 +697,10 @@ fn id_token_error(e: TokenError) -> Error {
 async fn use_session(
     auth: &RouteAuth,
     s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     mut data: SessionData,
     now: u64,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
     // force_reauthorize: once the access token is due, run the authorization flow again
     // instead of redeeming the refresh token. (Re-running it on every request, fresh session or
@@ -768,7 +758,7 @@ async fn use_session(
         let mut cookies = Vec::new();
         let present = session::present_chunks(cookie_values(c), &s.cookie_name);
         seal_into(s, &data, now, auth, present, &mut cookies)?;
-        c.outcome.response_headers.extend(
+        c.outcome().response_headers.extend(
             cookies
                 .iter()
                 .map(|v| ("Set-Cookie".to_string(), v.clone())),
@@ -803,7 +793,7 @@ async fn use_session(
             .borrow_mut()
             .insert(&key, entry, auth.oidc.now_millis() + OPENED_TTL_MS);
     }
-    Ok(())
+    Ok(Step::Continue)
 }
 
 /// The Set-Cookie values sealed for this very cookie less than `touch_threshold` ago, when the
@@ -912,12 +902,12 @@ fn session_headers(auth: &RouteAuth, data: &SessionData) -> SessionHeaders {
     }
 }
 
-fn apply_session_headers(c: &mut ClientConn, h: &SessionHeaders) {
+fn apply_session_headers(c: &mut Ctx<'_>, h: &SessionHeaders) {
     if h.strip_authorization {
-        c.outcome.strip_authorization = true;
+        c.outcome().strip_authorization = true;
     }
     for (name, value) in &h.headers {
-        c.outcome
+        c.outcome()
             .upstream_headers
             .push((name, HeaderValue::Shared(value.clone())));
     }
@@ -1016,12 +1006,7 @@ async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(
     }
 }
 
-async fn logout(
-    auth: &RouteAuth,
-    s: &SessionState,
-    c: &mut ClientConn,
-    now: u64,
-) -> Result<(), Error> {
+async fn logout(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -> PhaseResult {
     if let Some(why) = cross_site(c) {
         tracing::warn!(reason = %why, "cross-site logout refused; the session stays");
         return Err(plain(
@@ -1078,7 +1063,7 @@ async fn logout(
     match action {
         LogoutAction::RedirectTo(url) => {
             headers.push(("Location".into(), url));
-            Err(Error::Plugin(PluginResponse {
+            Ok(Step::Respond(PluginResponse {
                 status: 302,
                 headers,
                 content_type: "text/plain",
@@ -1087,7 +1072,7 @@ async fn logout(
                 reason: "logout".into(),
             }))
         }
-        LogoutAction::LoggedOutPage => Err(Error::Plugin(PluginResponse {
+        LogoutAction::LoggedOutPage => Ok(Step::Respond(PluginResponse {
             status: 200,
             headers,
             content_type: "text/html; charset=utf-8",
@@ -1103,14 +1088,14 @@ async fn logout(
 /// `Sec-Fetch-Site` (`cross-site` is refused; `same-origin`, `same-site` and `none`, a typed URL or
 /// bookmark, pass) and in `Origin` (which must name this request's own host). A request with neither
 /// (a plain link click in an older browser, curl) passes, as a user clicking "log out" must.
-fn cross_site(c: &ClientConn) -> Option<String> {
-    for site in c.head.header_values(&c.buf, "sec-fetch-site") {
+fn cross_site(c: &Ctx<'_>) -> Option<String> {
+    for site in c.head().header_values(c.buf(), "sec-fetch-site") {
         if site.trim_ascii().eq_ignore_ascii_case(b"cross-site") {
             return Some("Sec-Fetch-Site: cross-site".into());
         }
     }
-    let host = c.head.host.map(|h| h.of(&c.buf)).unwrap_or_default();
-    for origin in c.head.header_values(&c.buf, "origin") {
+    let host = c.head().host.map(|h| h.of(c.buf())).unwrap_or_default();
+    for origin in c.head().header_values(c.buf(), "origin") {
         let origin = origin.trim_ascii();
         // `scheme://host[:port]`; the scheme is not compared because TLS may end in front of us.
         let authority = origin
@@ -1132,13 +1117,15 @@ fn cross_site(c: &ClientConn) -> Option<String> {
 async fn backchannel_logout(
     auth: &RouteAuth,
     _s: &SessionState,
-    c: &mut ClientConn,
+    c: &mut Ctx<'_>,
     now: u64,
-) -> Result<(), Error> {
+) -> PhaseResult {
     let conf = conf(auth);
-    let body = crate::proxy::conn::buffered_body(c, 64 * 1024)
+    let body = c
+        .read_body(64 * 1024)
         .await
-        .map_err(|why| plain(400, "invalid_request", why, Vec::new()))?;
+        .map_err(|why| plain(400, "invalid_request", why, Vec::new()))?
+        .to_vec();
     let token = form_value(&body, "logout_token")
         .ok_or_else(|| plain(400, "invalid_request", "missing logout_token", Vec::new()))?;
     let meta = provider_metadata(auth)?;
@@ -1190,7 +1177,7 @@ async fn backchannel_logout(
         sub = sub.as_deref(),
         "back-channel logout: sessions revoked on every shard"
     );
-    Err(Error::Plugin(PluginResponse {
+    Ok(Step::Respond(PluginResponse {
         status: 200,
         headers: vec![("Cache-Control".into(), "no-store".into())],
         content_type: "text/plain",
@@ -1236,11 +1223,8 @@ fn percent_decode(v: &[u8]) -> String {
 }
 
 /// Attaches any Set-Cookie (cleared broken cookies) already collected to a response.
-fn response_cookies(
-    c: &mut ClientConn,
-    mut headers: Vec<(String, String)>,
-) -> Vec<(String, String)> {
-    headers.append(&mut c.outcome.response_headers);
+fn response_cookies(c: &mut Ctx<'_>, mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers.append(&mut c.outcome().response_headers);
     headers
 }
 

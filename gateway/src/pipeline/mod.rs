@@ -1,0 +1,301 @@
+//! The seam every plugin uses: the [`Plugin`] trait and its phases, the request context
+//! ([`Ctx`]), and the registry that turns a route's `plugins:` map into running instances.
+//!
+//! ```text
+//! config load (control)                 per config version (control)        per shard
+//!  plugins: {name: attrs}  --registry-->  PluginConf (parsed, validated)
+//!                                          --build--> Instance (Arc, Send)  --attach--> the plugin
+//!                                                                                       (shard-local
+//!                                                                                        caches kept
+//!                                                                                        while its
+//!                                                                                        config is
+//!                                                                                        unchanged)
+//! ```
+//! Per request, in APISIX's order (global rules first, then the route's plugins by priority,
+//! highest first): `rewrite`, `access`, `before_proxy`, then the upstream exchange, then
+//! `header_filter` and `body_filter` on the response, and `log` once the response is written.
+//! A phase answers [`Step::Continue`], [`Step::Respond`] (a complete response the gateway writes:
+//! a login redirect, a logout page, a preflight answer) or an [`Error`] that the one error map
+//! (`error.rs`) turns into a status. A success is never an error: it is not counted in
+//! `shardgate_errors_total` nor logged as a rejection.
+//!
+//! Dispatch is static (an enum over the registered plugins, see `registry.rs`) and each plugin
+//! declares the phases it implements ([`Phases`]), so a route pays only for the phases its plugins
+//! use: a plugin without a `body_filter` leaves the response relay untouched.
+
+pub mod ctx;
+pub mod registry;
+#[cfg(any(test, feature = "test-plugins"))]
+pub mod testing;
+
+use std::fmt;
+use std::rc::Rc;
+use std::sync::Arc;
+
+pub use ctx::{Ctx, RequestScratch, Var};
+pub use registry::{Instance, PluginConf, PluginGlobals, RoutePlugins, ShardPlugin, ShardPlugins};
+
+use crate::error::Error;
+use crate::http1::{ResponseHead, Span};
+
+/// A response the gateway writes on a plugin's behalf: a success ([`Step::Respond`]) or, inside
+/// [`Error::Plugin`], a refusal (401, 403, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+    /// Stable short code for metrics and logs (`invalid_token`, `login_redirect`, ...).
+    pub code: &'static str,
+    /// Why, for the log line; never sent to the client unless the body says so on purpose.
+    pub reason: String,
+}
+
+/// What a request phase decided.
+#[derive(Debug)]
+pub enum Step {
+    /// Go on with the next plugin, phase, and eventually the upstream.
+    Continue,
+    /// Answer the client with this response; no upstream is contacted.
+    Respond(Response),
+}
+
+/// A request phase's result: go on, answer, or fail with an error the error map turns into a status.
+pub type PhaseResult = Result<Step, Error>;
+
+/// The phases a plugin implements. The pipeline calls only these, so an unused phase (above all
+/// `body_filter`, which would otherwise touch every response chunk) costs nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Phases(u8);
+
+impl Phases {
+    pub const NONE: Phases = Phases(0);
+    pub const REWRITE: Phases = Phases(1);
+    pub const ACCESS: Phases = Phases(1 << 1);
+    pub const BEFORE_PROXY: Phases = Phases(1 << 2);
+    pub const HEADER_FILTER: Phases = Phases(1 << 3);
+    pub const BODY_FILTER: Phases = Phases(1 << 4);
+    pub const LOG: Phases = Phases(1 << 5);
+    pub const ALL: Phases = Phases(0x3f);
+
+    pub const fn with(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+
+    pub const fn has(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+}
+
+impl std::ops::BitOr for Phases {
+    type Output = Phases;
+    fn bitor(self, rhs: Phases) -> Phases {
+        self.with(rhs)
+    }
+}
+
+/// A header value the gateway writes upstream without copying when it can.
+#[derive(Clone, Debug)]
+pub enum HeaderValue {
+    /// Shared with a shard-local cache entry (e.g. a precomputed `X-Userinfo`).
+    Shared(Rc<str>),
+    Owned(String),
+    /// A slice of the client's request head (e.g. the bearer token itself).
+    Request(Span),
+}
+
+/// What plugins add to the proxied exchange. Reused per connection: cleared, not reallocated.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Headers added to the upstream request (after the identity headers were stripped).
+    pub upstream_headers: Vec<(&'static str, HeaderValue)>,
+    /// Keep the client's `Authorization` header from the upstream (`hide_credentials`).
+    pub strip_authorization: bool,
+    /// Remove cookies whose name starts with this prefix from the upstream `Cookie` header.
+    pub strip_cookie_prefix: Option<Rc<str>>,
+    /// Headers added to the client response (`Set-Cookie` for a refreshed session).
+    pub response_headers: Vec<(String, String)>,
+    /// Strip client-sent identity headers (`X-Access-Token`, `X-ID-Token`, ...) before proxying.
+    pub strip_identity_headers: bool,
+}
+
+impl Outcome {
+    pub fn clear(&mut self) {
+        self.upstream_headers.clear();
+        self.strip_authorization = false;
+        self.strip_cookie_prefix = None;
+        self.response_headers.clear();
+        self.strip_identity_headers = false;
+    }
+}
+
+/// The identity headers a client must never be able to set: they carry identity the gateway vouches for.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-access-token",
+    "x-id-token",
+    "x-userinfo",
+    "x-refresh-token",
+    "x-raw-id-token",
+];
+
+/// Whether `name` is one of [`IDENTITY_HEADERS`], ignoring case and counting `_` as `-`: CGI/WSGI
+/// style servers map both to the same variable, so `X_Userinfo` would pass as `X-Userinfo`.
+pub fn is_identity_header(name: &[u8]) -> bool {
+    IDENTITY_HEADERS.iter().any(|i| {
+        i.len() == name.len()
+            && i.bytes().zip(name).all(|(a, &b)| {
+                let b = if b == b'_' {
+                    b'-'
+                } else {
+                    b.to_ascii_lowercase()
+                };
+                a == b
+            })
+    })
+}
+
+/// The upstream's response head as `header_filter` sees it: read the status and headers, add
+/// headers to the response the client gets.
+pub struct ResponseCtx<'a> {
+    pub status: u16,
+    pub head: &'a ResponseHead,
+    /// The bytes `head`'s spans index.
+    pub buf: &'a [u8],
+    /// Added to the client response after the upstream's own headers.
+    pub add_headers: &'a mut Vec<(String, String)>,
+    /// What earlier phases left for later ones.
+    pub scratch: &'a mut RequestScratch,
+}
+
+impl ResponseCtx<'_> {
+    /// The first value of the upstream's header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(self.buf, name)
+    }
+}
+
+/// One piece of a response body as `body_filter` sees it. A filter may rewrite `data` in place
+/// (its length may change: the gateway then frames the response as chunked).
+pub struct BodyChunk<'a> {
+    pub data: &'a mut Vec<u8>,
+    /// True on the last call for this response (`data` may be empty).
+    pub last: bool,
+}
+
+/// What `log` sees about the finished request.
+pub struct LogInfo<'a> {
+    pub status: u16,
+    pub bytes_out: u64,
+    pub upstream_us: Option<u64>,
+    pub total_us: u64,
+    /// The error the request ended with, if any.
+    pub error: Option<&'a Error>,
+    pub scratch: &'a RequestScratch,
+}
+
+/// A problem in a plugin's configuration, with its path (`routes[0].plugins.<name>.<attr>`).
+pub type Problem = shardgate_oidc::config::Problem;
+
+/// A plugin: APISIX's name, priority and schema, how it is built once per config version, its
+/// shard-local part, and its phases. Every phase has a default that does nothing; [`Plugin::PHASES`]
+/// lists the ones the plugin implements (the pipeline calls no other).
+///
+/// `Self` is the shard-local part (it may hold `Rc`/`RefCell` caches): one per instance per shard,
+/// kept across config reloads while the instance's [`Plugin::fingerprint`] is unchanged.
+#[allow(async_fn_in_trait)] // shards are single-threaded: no Send bound wanted on phase futures
+pub trait Plugin: Sized + 'static {
+    /// APISIX's plugin name (`openid-connect`).
+    const NAME: &'static str;
+    /// APISIX's priority: higher runs first within a phase.
+    const PRIORITY: i32;
+    /// The phases implemented below.
+    const PHASES: Phases;
+
+    /// The validated attributes.
+    type Conf: fmt::Debug + Send + Sync + 'static;
+    /// Built once per config version from `Conf` on the control side and shared by every shard.
+    type Instance: Send + Sync + 'static;
+    /// Process-wide state (actors, registries), created once with the registry.
+    type Global: Send + Sync + 'static;
+    /// Per-shard state shared by all of this plugin's instances on a shard.
+    type ShardGlobal: 'static;
+
+    /// Parses and validates the attributes (YAML or JSON, as a generic value); errors and
+    /// `warnings` name their path under `path`.
+    fn parse(
+        value: serde_json::Value,
+        path: &str,
+        warnings: &mut Vec<Problem>,
+    ) -> Result<Self::Conf, Vec<Problem>>;
+    /// Cross-object checks over a whole config (warnings only), e.g. a callback path no route serves.
+    /// `routes` are `(position in the file, route)`; find this plugin's config with
+    /// `route.plugins.conf::<Self>()`.
+    fn warnings(_routes: &[(usize, crate::config::RouteConf)]) -> Vec<Problem> {
+        Vec::new()
+    }
+    fn global() -> Arc<Self::Global>;
+    fn shard_global(shard: usize, global: &Arc<Self::Global>) -> Self::ShardGlobal;
+    /// Prepares an instance (keys parsed, schemas compiled). An error names `path`.
+    fn build(
+        conf: Arc<Self::Conf>,
+        global: &Self::Global,
+        path: &str,
+    ) -> Result<Self::Instance, String>;
+    /// Equal across versions when the shard-local state (caches) may be kept.
+    fn fingerprint(instance: &Self::Instance) -> u64;
+    /// The shard-local part of an instance.
+    fn attach(instance: Arc<Self::Instance>, shard: &Self::ShardGlobal) -> Self;
+    /// Readiness for `/readyz`: `(ready, JSON key, JSON value)`; None when the plugin has nothing
+    /// to say.
+    fn readiness(_global: &Arc<Self::Global>) -> Option<(bool, &'static str, String)> {
+        None
+    }
+    /// Counters for `/metrics` (`name{labels}` -> value).
+    fn counters(_global: &Arc<Self::Global>, _out: &mut std::collections::BTreeMap<String, u64>) {}
+    /// After every publish (and every rejected build, with the config being served): the
+    /// instances that config uses, with their route ids, so process-wide state no route uses any
+    /// more (an IdP's actor) can go.
+    fn retain_used(_global: &Arc<Self::Global>, _used: &[(&str, &Self::Instance)]) {}
+    /// Starts control-side tasks (on the control thread's runtime).
+    fn start(_global: &Arc<Self::Global>, _shutdown: &shardgate_runtime::gate::Shutdown) {}
+
+    async fn rewrite(&self, _ctx: &mut Ctx<'_>) -> PhaseResult {
+        Ok(Step::Continue)
+    }
+    async fn access(&self, _ctx: &mut Ctx<'_>) -> PhaseResult {
+        Ok(Step::Continue)
+    }
+    async fn before_proxy(&self, _ctx: &mut Ctx<'_>) -> PhaseResult {
+        Ok(Step::Continue)
+    }
+    /// The upstream's response head, before it is written to the client.
+    fn header_filter(&self, _resp: &mut ResponseCtx<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+    /// Each piece of the response body, in order, before it is written to the client.
+    fn body_filter(&self, _chunk: &mut BodyChunk<'_>, _scratch: &mut RequestScratch) {}
+    /// Once per request, after the response was written (or failed).
+    fn log(&self, _info: &LogInfo<'_>) {}
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::is_identity_header;
+
+    #[test]
+    fn identity_header_names_match_any_case_and_underscores() {
+        for n in [
+            "X-Userinfo",
+            "x_userinfo",
+            "X_ID_TOKEN",
+            "x-Access_Token",
+            "X-Raw-Id-Token",
+        ] {
+            assert!(is_identity_header(n.as_bytes()), "{n}");
+        }
+        for n in ["X-Userinfo2", "Authorization", "X-Id", "x-id_tokens"] {
+            assert!(!is_identity_header(n.as_bytes()), "{n}");
+        }
+    }
+}
