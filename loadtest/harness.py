@@ -25,6 +25,8 @@ import time
 import urllib.error
 import urllib.request
 
+import chart  # loadtest/chart.py: the SVG written beside each report
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -641,6 +643,11 @@ class Run:
         one = args.mode in ("percore", "callgrind")
         self.workers = 1 if one else os.cpu_count() or 2
         self.wrk_threads = 1 if one else 2
+        self.started = time.monotonic()
+        self.plan_units = 0.0
+        self.done_units = 0.0
+        self.passes_done = 0
+        self.passes_total = 0
 
     # -- fixtures
 
@@ -807,7 +814,8 @@ class Run:
         other_core = max(0.0, ((s1 - s0) - ours) / CLK_TCK / wall)
         return {
             "rps": r["requests"] / (r["duration_us"] / 1e6),
-            "p50": r["p50"], "p90": r["p90"], "p99": r["p99"], "p999": r["p999"],
+            "p50": r["p50"], "p75": r.get("p75", 0), "p90": r["p90"], "p95": r.get("p95", 0), "p99": r["p99"],
+            "p999": r["p999"], "p9999": r.get("p9999", 0),
             "cpu_us": (p1 - p0) / CLK_TCK * 1e6 / requests,
             "requests": r["requests"], "errors": errors, "status_errors": r["status"],
             "other_core": other_core, "ir": ir / requests,
@@ -817,7 +825,27 @@ class Run:
             "segs": (g1 - g0) / requests,
         }
 
+    def progress(self, sc, peer, pass_no):
+        """One line per pass: where the run is, and a time estimate from the passes so far."""
+        elapsed = time.monotonic() - self.started
+        left = max(self.plan_units - self.done_units, 0.0)
+        if self.done_units > 0:
+            eta = elapsed / self.done_units * left
+        else:
+            eta = left * (self.args.duration + 2)
+        log("progress: %s %s pass %d of %d (%d of %d in the run), %s elapsed, about %s left" % (
+            sc.name, peer.name, pass_no, self.args.passes, self.passes_done + 1, self.passes_total,
+            clock(elapsed), clock(eta)))
+
     def measure(self, sc, peer, pass_no):
+        self.progress(sc, peer, pass_no)
+        try:
+            self._measure(sc, peer, pass_no)
+        finally:
+            self.done_units += 1
+            self.passes_done += 1
+
+    def _measure(self, sc, peer, pass_no):
         for attempt in range(1, MAX_ATTEMPTS + 1):
             m = self.one_pass(sc, peer, self.args.duration)
             # Instruction counts do not depend on what else the machine runs.
@@ -860,9 +888,12 @@ class Run:
         if peer.proc is not None and peer.proc.poll() is not None:
             peer.status = "failed: exited during the run (exit %s)" % peer.proc.returncode
 
+    def selected_peers(self, sc):
+        return [n for n in sc.peers if (not self.args.peers or n in self.args.peers)
+                and not (self.callgrind and n == "direct")]  # no proxy to count
+
     def run_scenario(self, sc):
-        peers = [Peer(n) for n in sc.peers if (not self.args.peers or n in self.args.peers)
-                 and not (self.callgrind and n == "direct")]  # no proxy to count
+        peers = [Peer(n) for n in self.selected_peers(sc)]
         if sc.skip_reason:
             return peers, sc.skip_reason
         if sc.needs_idp:
@@ -881,6 +912,7 @@ class Run:
             for peer in live:
                 if self.args.warmup > 0:
                     self.guarded(peer, self.one_pass, sc, peer, self.args.warmup)
+                    self.done_units += (self.args.warmup + 1) / float(self.args.duration + 1)
             for pass_no in range(1, self.args.passes + 1):
                 # Rotate the order so slow drift (thermal, other tenants) does not favour a peer.
                 shift = (pass_no - 1) % max(len(live), 1)
@@ -897,7 +929,8 @@ class Run:
 
     def write_csv(self):
         path = os.path.join(self.resdir, self.stamp + ".csv")
-        cols = ["scenario", "peer", "pass_no", "attempt", "kept", "rps", "p50", "p90", "p99", "p999", "cpu_us",
+        cols = ["scenario", "peer", "pass_no", "attempt", "kept", "rps", "p50", "p75", "p90", "p95", "p99", "p999",
+                "p9999", "cpu_us",
                 "requests", "errors", "status_errors", "other_core", "ir", "cpu0_busy", "cpu1_busy", "sleeps",
                 "ipi0", "ipi1", "segs"]
         with open(path, "w", newline="") as f:
@@ -906,6 +939,16 @@ class Run:
             for row in self.rows:
                 w.writerow({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
         return path
+
+
+def clock(seconds):
+    """12s, 3m05s, 1h02m."""
+    s = int(seconds)
+    if s < 60:
+        return "%ds" % s
+    if s < 3600:
+        return "%dm%02ds" % divmod(s, 60)
+    return "%dh%02dm" % (s // 3600, s % 3600 // 60)
 
 
 def median(values):
@@ -1073,6 +1116,12 @@ def main():
     results = []
     try:
         scenarios = build_scenarios([s.strip() for s in args.scenarios.split(",") if s.strip()], run)
+        # The plan, for the progress lines: every measured pass of every peer that will run (a
+        # warm-up counts as its share of a pass).
+        run.plan_units = sum(
+            len(run.selected_peers(sc)) * (args.passes + (args.warmup + 1) / float(args.duration + 1))
+            for sc in scenarios if not sc.skip_reason)
+        run.passes_total = sum(len(run.selected_peers(sc)) * args.passes for sc in scenarios if not sc.skip_reason)
         run.start_upstream()
         for sc in scenarios:
             log("scenario %s: %s" % (sc.name, sc.title))
@@ -1117,8 +1166,13 @@ def main():
     with open(md, "w") as f:
         f.write(text)
     csv_path = run.write_csv()
+    svg_path = None
+    if not run.callgrind:
+        svg_path = chart.write_svg(csv_path, os.path.join(run.resdir, run.stamp + ".svg"),
+                                   "shardgate load test %s (%s, commit %s)" % (run.stamp, args.mode, git_rev()))
     print(text)
-    log("wrote %s and %s (configs and logs in %s/)" % (rel(md), rel(csv_path), rel(run.workdir)))
+    log("wrote %s, %s%s (configs and logs in %s/)" % (
+        rel(md), rel(csv_path), " and " + rel(svg_path) if svg_path else "", rel(run.workdir)))
     return 0
 
 

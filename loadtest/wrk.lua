@@ -1,7 +1,8 @@
 -- wrk script for loadtest/harness.py.
 --
 -- Always: done() prints one machine-readable line with p99.9 (wrk --latency stops at p99):
---   SGRESULT requests=N duration_us=N p50=US p90=US p99=US p999=US connect=N read=N write=N status=N timeout=N
+--   SGRESULT requests=N duration_us=N p50=US p75=US p90=US p95=US p99=US p999=US p9999=US connect=N ...
+--   (the percentiles feed the report and the chart's latency plot)
 -- With SG_HEADER_FILE set: every request carries header SG_HEADER_NAME (default Authorization)
 -- with value SG_HEADER_PREFIX .. <next line of the file>, rotating through the lines
 -- (S2: 1000 distinct bearer tokens; S3: session cookies). Without it no request() is defined,
@@ -38,8 +39,9 @@ end
 done = function(summary, latency, _requests)
   local e = summary.errors
   io.write(string.format(
-    "SGRESULT requests=%d duration_us=%d p50=%d p90=%d p99=%d p999=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
+    "SGRESULT requests=%d duration_us=%d p50=%d p75=%d p90=%d p95=%d p99=%d p999=%d p9999=%d connect=%d read=%d write=%d status=%d timeout=%d\n",
     summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
+    latency:percentile(50), latency:percentile(75), latency:percentile(90), latency:percentile(95),
+    latency:percentile(99), latency:percentile(99.9), latency:percentile(99.99),
     e.connect, e.read, e.write, e.status, e.timeout))
 end

@@ -73,6 +73,9 @@ step "script syntax" shell_syntax
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy -D warnings" cargo clippy --workspace --all-targets --quiet -- -D warnings
 step "cargo test" cargo test --workspace
+# The cargo-fuzz targets replayed on stable (seeds, regressions, 20k seeded mutations): an
+# instrumented cargo-fuzz build does not fit CI's time (gateway/fuzz/README.md).
+step "fuzz targets, stable replay" env SHARDGATE_FUZZ_ITERS=20000 cargo test --quiet -p shardgate-gateway --test fuzz_replay
 step "test IdP selftest" node --test scripts/idp/
 if has_node_tests scripts/browser; then
 	step "build gateway binary for the browser test" cargo build --quiet -p shardgate-gateway --bins

@@ -92,13 +92,13 @@ fn validate(path: &std::path::Path) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("{e}");
+                    eprintln!("{}", config::report(path, &e.to_string()));
                     ExitCode::from(2)
                 }
             }
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", config::report(path, &e.to_string()));
             ExitCode::from(2)
         }
     }

@@ -170,7 +170,10 @@ impl Published {
                 },
                 retries: u.retries,
                 passive: Passive {
-                    failures: u.health.tcp_failures,
+                    tcp_failures: u.health.tcp_failures,
+                    timeouts: u.health.timeouts,
+                    http_failures: u.health.http_failures,
+                    http_statuses: u.health.http_statuses.clone().into_boxed_slice(),
                     cooldown: u.health.cool_down,
                 },
                 pool: PoolLimits {

@@ -142,7 +142,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
     let loaded = match config::load_file(&opts.config_path) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", config::report(&opts.config_path, &e.to_string()));
             return 2;
         }
     };
@@ -173,7 +173,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
             p
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("{}", config::report(&opts.config_path, &e.to_string()));
             return 2;
         }
     };

@@ -16,6 +16,7 @@ use support::{Gateway, Seen, Upstream, dead_node, get};
 both_drivers!(
     backup_nodes_serve_only_when_every_primary_is_unavailable,
     active_checks_take_a_node_out_and_back_while_traffic_flows,
+    passive_checks_count_the_configured_failure_statuses,
 );
 
 fn backup_nodes_serve_only_when_every_primary_is_unavailable(driver: &str) {
@@ -205,6 +206,57 @@ routes:
         statuses.iter().all(|s| *s == 200),
         "0 failed requests: {:?}",
         statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    gw.assert_no_panic();
+}
+
+/// `checks.passive.unhealthy.http_statuses`/`http_failures`: a node answering 500 is skipped after
+/// two such answers in a row (for `health.cool_down`).
+fn passive_checks_count_the_configured_failure_statuses(driver: &str) {
+    let good = Upstream::tagged("good");
+    let bad = Upstream::with_handler(Arc::new(|_: &Seen, s: &mut TcpStream| {
+        s.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\nX-Upstream: bad\r\nContent-Length: 0\r\n\r\n",
+        )
+        .is_ok()
+    }));
+    let yaml = format!(
+        r#"
+gateway:
+  listen: ["127.0.0.1:{{port}}"]
+upstreams:
+  - id: app
+    nodes: {{ "{g}": 1, "{b}": 1 }}
+    health: {{ cool_down: 60 }}
+    checks:
+      passive:
+        unhealthy: {{ http_statuses: [500], http_failures: 2 }}
+routes:
+  - id: r
+    uri: /*
+    upstream_id: app
+"#,
+        g = good.node(),
+        b = bad.node()
+    );
+    // One shard: passive counts are per shard.
+    let gw = Gateway::start_on(&yaml, driver, 1);
+    let statuses: Vec<u16> = (0..20)
+        .map(|i| get(gw.addr(), &format!("/p/{i}"), &[]).status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        2,
+        "two 500s in a row take the node out: {statuses:?}"
+    );
+    assert_eq!(bad.requests().len(), 2);
+    assert!(
+        gw.wait_log(
+            "node answered failure statuses repeatedly",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.log()
     );
     gw.assert_no_panic();
 }

@@ -440,15 +440,7 @@ impl SessionCodec {
         cookie_name: &str,
         rng: &dyn SecureRandom,
     ) -> Result<String, SessionError> {
-        let key = self.keys.primary()?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rng.fill(&mut nonce)
-            .map_err(|_| SessionError::Crypto("random nonce"))?;
-
-        let mut buf = Vec::with_capacity(HEADER_LEN + 1 + payload.len() + TAG_LEN);
-        buf.push(FORMAT_VERSION);
-        buf.extend_from_slice(&key.id);
-        buf.extend_from_slice(&nonce);
+        let (key, nonce, mut buf) = self.start_seal(1 + payload.len(), rng)?;
         buf.push(0);
         if payload.len() > self.compression_threshold {
             let mut enc = flate2::write::DeflateEncoder::new(buf, flate2::Compression::default());
@@ -465,7 +457,50 @@ impl SessionCodec {
         } else {
             buf.extend_from_slice(payload);
         }
+        self.finish_seal(key, nonce, buf, cookie_name)
+    }
 
+    /// Seals `plaintext` as it is given: its first byte is the flags byte, the rest the payload
+    /// (raw-deflated when flag bit 0 is set). For harnesses only (the fuzz targets): it reaches what
+    /// runs after authentication (inflate, JSON, expiry) with bytes that [`SessionCodec::seal`]
+    /// would never produce. Holding the codec already means holding the key, so this grants nothing.
+    #[doc(hidden)]
+    pub fn seal_plaintext(
+        &self,
+        plaintext: &[u8],
+        cookie_name: &str,
+        rng: &dyn SecureRandom,
+    ) -> Result<String, SessionError> {
+        let (key, nonce, mut buf) = self.start_seal(plaintext.len(), rng)?;
+        buf.extend_from_slice(plaintext);
+        self.finish_seal(key, nonce, buf, cookie_name)
+    }
+
+    /// The primary key, a fresh nonce and `version | key_id | nonce` with room for `plain_len` more.
+    fn start_seal(
+        &self,
+        plain_len: usize,
+        rng: &dyn SecureRandom,
+    ) -> Result<(&SealKey, [u8; NONCE_LEN], Vec<u8>), SessionError> {
+        let key = self.keys.primary()?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rng.fill(&mut nonce)
+            .map_err(|_| SessionError::Crypto("random nonce"))?;
+        let mut buf = Vec::with_capacity(HEADER_LEN + plain_len + TAG_LEN);
+        buf.push(FORMAT_VERSION);
+        buf.extend_from_slice(&key.id);
+        buf.extend_from_slice(&nonce);
+        Ok((key, nonce, buf))
+    }
+
+    /// Encrypts `buf[HEADER_LEN..]` in place and base64url-encodes the whole value.
+    fn finish_seal(
+        &self,
+        key: &SealKey,
+        nonce: [u8; NONCE_LEN],
+        mut buf: Vec<u8>,
+        cookie_name: &str,
+    ) -> Result<String, SessionError> {
         let mut aad = Vec::with_capacity(self.binding.len() + cookie_name.len() + 1 + KEY_ID_LEN);
         aad.extend_from_slice(&self.binding);
         aad.extend_from_slice(cookie_name.as_bytes());

@@ -7,6 +7,9 @@
 //   IDP_PORT              listen port on 127.0.0.1; 0 (default) picks a free one. Issuer is
 //                         http://127.0.0.1:<port>. When listening, exactly one line
 //                         `READY http://127.0.0.1:<port>` goes to stdout; every log goes to stderr.
+//   IDP_HOST              listen address instead of 127.0.0.1 (the demo's --bind).
+//   IDP_ISSUER            issuer URL instead of http://127.0.0.1:<port>, when clients reach the IdP
+//                         by another name (the demo's --public-url); READY then prints it.
 //   IDP_KEYS              path to a private JWKS ({"keys":[...]}, see genkeys.mjs). Default: a fresh
 //                         RS256 and a fresh ES256 key, in memory only (they change on every start).
 //   IDP_AT_ALG            signing alg of JWT access tokens: RS256 (default) or ES256.
@@ -341,7 +344,7 @@ function listen(port) {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.once('error', reject);
-    server.listen(port, '127.0.0.1', () => resolve(server));
+    server.listen(port, process.env.IDP_HOST || '127.0.0.1', () => resolve(server));
   });
 }
 
@@ -349,7 +352,8 @@ async function main() {
   // The issuer has to contain the real port, so bind first and build the provider after.
   const server = await listen(cfg.port);
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+  // IDP_ISSUER: the URL browsers and the gateway reach this server by (the demo's --public-url).
+  const issuer = process.env.IDP_ISSUER || `http://127.0.0.1:${port}`;
   const provider = new Provider(issuer, configuration);
   registerPasswordGrant(provider);
   revokeOnlyTheAccessToken(provider);

@@ -6,8 +6,13 @@
 Every request gets 200. The body is JSON (method, path as received and decoded_path, query, headers (an object keyed by lower-case
 name) and header_list (pairs, as received), body length and its first 64 KiB, and the
 decoded identity headers: X-Userinfo and X-ID-Token are base64 JSON, X-Access-Token is kept raw),
-or, when Accept names text/html, a page "You are <name>" with the claims, the headers and a
-"Log out" link to /logout. HTTP/1.1 keep-alive, one thread per connection, stdlib only.
+or, when Accept names text/html, a page "You are <name>" with the decoded claims, when the tokens
+and the session expire, links to log out, reload and /metrics, and the headers; /signed-out is a
+"You are signed out" page (the demo's post-logout landing page). HTTP/1.1 keep-alive, one thread per
+connection, stdlib only.
+
+    --metrics-url URL            linked from the page (the gateway's admin /metrics)
+    --session-timeouts "k=v ..."  the gateway's session timeouts, shown on the page
 Prints "READY http://HOST:PORT" on stdout once listening.
 """
 
@@ -18,6 +23,7 @@ import html
 import json
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -36,6 +42,26 @@ def decode_b64_json(value):
         except (binascii.Error, ValueError, UnicodeDecodeError):
             continue
     return {"undecodable": value}
+
+
+def jwt_claims(token):
+    """The payload of a JWT access token, or None for an opaque token."""
+    if not token or token.count(".") != 2:
+        return None
+    payload = token.split(".")[1]
+    try:
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+
+
+def when(epoch):
+    """`2026-12-03 14:05:00 UTC (in 3m20s)` for a claim like exp."""
+    if not isinstance(epoch, (int, float)):
+        return "-"
+    left = int(epoch - time.time())
+    rel = ("in %dm%02ds" % divmod(left, 60)) if left >= 0 else ("%dm%02ds ago" % divmod(-left, 60))
+    return "%s (%s)" % (time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch)), rel)
 
 
 def display_name(identity):
@@ -134,23 +160,73 @@ class EchoHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
+    STYLE = (
+        "<style>body{font-family:sans-serif;margin:2em;max-width:60em}td{border-bottom:1px solid #ddd;"
+        "padding:2px 8px;vertical-align:top}code{word-break:break-all}nav a{margin-right:1.5em}</style>"
+    )
+
     def _html(self, report, identity):
-        name = display_name(identity)
         esc = html.escape
+        if report["path"] == "/signed-out":
+            return (
+                "<!doctype html><html><head><meta charset=utf-8><title>Signed out</title>%s</head><body>"
+                "<h1>You are signed out</h1><p>The gateway cleared your session cookie and the identity "
+                "provider ended its session.</p><nav><a href=\"/\">Sign in again</a></nav></body></html>"
+                % self.STYLE
+            )
+        name = display_name(identity)
         who = "You are <b>%s</b>" % esc(name) if name else "No identity was passed by the gateway"
-        claims = {k: v for k, v in identity.items() if v}
+        id_token = identity.get("id_token") if isinstance(identity.get("id_token"), dict) else {}
+        access = jwt_claims(identity.get("access_token"))
+        times = [
+            ("ID token issued", when(id_token.get("iat"))),
+            ("ID token expires", when(id_token.get("exp"))),
+            (
+                "Access token expires",
+                when(access.get("exp")) if access else "opaque token: its expiry is known to the gateway only",
+            ),
+        ]
+        for kv in (self.server.session_timeouts or "").split():
+            k, _, v = kv.partition("=")
+            if v.isdigit():
+                times.append(("Session %s" % k.replace("_", " "), "%s s (%d min)" % (v, int(v) // 60)))
+        time_rows = "".join("<tr><td>%s</td><td>%s</td></tr>" % (esc(k), esc(v)) for k, v in times)
+        links = ['<a href="/logout">Log out</a>', '<a href="">Reload this page</a>']
+        if self.server.metrics_url:
+            links.append('<a href="%s">Metrics</a>' % esc(self.server.metrics_url, quote=True))
+        sections = [("Claims of the ID token (X-ID-Token)", id_token)]
+        if isinstance(identity.get("userinfo"), dict):
+            sections.append(("Userinfo (X-Userinfo)", identity["userinfo"]))
+        if access:
+            sections.append(("Claims of the access token (X-Access-Token)", access))
+        claims = "".join(
+            "<h3>%s</h3><pre>%s</pre>" % (esc(title), esc(json.dumps(c, indent=2, sort_keys=True)))
+            for title, c in sections
+            if c
+        )
         rows = "".join(
             "<tr><td>%s</td><td><code>%s</code></td></tr>" % (esc(k), esc(v)) for k, v in report["header_list"]
         )
         return (
-            "<!doctype html><html><head><meta charset=utf-8><title>shardgate demo upstream</title>"
-            "<style>body{font-family:sans-serif;margin:2em}td{border-bottom:1px solid #ddd;"
-            "padding:2px 8px;vertical-align:top}code{word-break:break-all}</style></head><body>"
-            "<h1>%s</h1><p><a href=\"/logout\">Log out</a></p>"
-            "<h2>Identity</h2><pre>%s</pre>"
+            "<!doctype html><html><head><meta charset=utf-8><title>shardgate demo upstream</title>%s</head><body>"
+            "<h1>%s</h1><nav>%s</nav>"
+            "<p>This page is served by the upstream; everything below is what the gateway told it.</p>"
+            "<h2>Tokens and session</h2><table>%s</table>"
+            "<p>After the access token expires, reload: the gateway refreshes it with the refresh token "
+            "(one refresh per session across all shards) and the times above move.</p>"
+            "<h2>Identity</h2>%s"
             "<h2>Request</h2><p><code>%s %s</code></p>"
             "<h2>Headers</h2><table>%s</table></body></html>"
-            % (who, esc(json.dumps(claims, indent=2)), esc(report["method"]), esc(self.path), rows)
+            % (
+                self.STYLE,
+                who,
+                "".join(links),
+                time_rows,
+                claims or "<p>none</p>",
+                esc(report["method"]),
+                esc(self.path),
+                rows,
+            )
         )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
@@ -161,11 +237,15 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18080)
     parser.add_argument("--quiet", action="store_true", help="no access log on stderr")
+    parser.add_argument("--metrics-url", default="", help="linked from the HTML page")
+    parser.add_argument("--session-timeouts", default="", help='"idling_timeout=900 ..." shown on the page')
     args = parser.parse_args()
 
     ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer((args.host, args.port), EchoHandler)
     server.quiet = args.quiet
+    server.metrics_url = args.metrics_url
+    server.session_timeouts = args.session_timeouts
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     host, port = server.server_address[:2]
     print("READY http://%s:%d" % (host, port), flush=True)

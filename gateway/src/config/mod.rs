@@ -365,6 +365,50 @@ pub struct GlobalRuleConf {
     pub plugins: RoutePlugins,
 }
 
+/// What `validate` and a failed start print: a line naming the file and the count, then the
+/// problems one per line, each starting with its path (`routes[0].uri: ...`).
+pub fn report(file: &Path, problems: &str) -> String {
+    let n = problems.lines().filter(|l| !l.trim().is_empty()).count();
+    format!(
+        "{}: {n} problem{} in the config:\n{problems}",
+        file.display(),
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+/// A hint for serde's "unknown field `x`, expected one of `a`, `b`" when one of the expected
+/// names is a near miss (a typo), e.g. `listn` -> `listen`.
+fn did_you_mean(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (field, rest) = rest.split_once('`')?;
+    let expected = rest
+        .split("expected one of ")
+        .nth(1)
+        .or(rest.split("expected ").nth(1))?;
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|cand| (edit_distance(field, cand), cand))
+        .min()?;
+    (best.0 <= 2 && best.0 < field.len()).then(|| format!("did you mean `{}`?", best.1))
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
 /// Load and validate a file. Relative TLS paths are resolved against its directory.
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -489,13 +533,16 @@ fn path_problem(prefix: &str, e: serde_path_to_error::Error<yaml_serde::Error>) 
         (false, false) => format!("{prefix}.{inner}"),
     };
     let message = e.into_inner().to_string();
-    // The YAML deserializer already prefixes some messages with the same path.
-    let message = match message
-        .strip_prefix(inner.as_str())
-        .and_then(|m| m.strip_prefix(": "))
-    {
-        Some(rest) if inner != "." => rest.to_owned(),
-        _ => message,
+    // The YAML deserializer prefixes some messages with the path, or with the parent's path.
+    let parent = inner.rsplit_once('.').map_or("", |(p, _)| p);
+    let message = [inner.as_str(), parent]
+        .iter()
+        .filter(|p| !p.is_empty() && **p != ".")
+        .find_map(|p| message.strip_prefix(p).and_then(|m| m.strip_prefix(": ")))
+        .map_or(message.clone(), str::to_owned);
+    let message = match did_you_mean(&message) {
+        Some(hint) => format!("{message} ({hint})"),
+        None => message,
     };
     Problem::new(path, message)
 }

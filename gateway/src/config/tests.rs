@@ -245,7 +245,11 @@ routes:
 #[test]
 fn unknown_field_is_a_typo_error_and_apisix_field_is_unsupported() {
     let typo = errors("routes:\n  - id: r\n    uri: /\n    upstream_id: a\n    methds: [GET]\n");
-    assert!(has(&typo, "routes[0]: unknown field `methds`"), "{typo:?}");
+    assert!(
+        has(&typo, "routes[0].methds: unknown field `methds`"),
+        "{typo:?}"
+    );
+    assert!(has(&typo, "(did you mean `methods`?)"), "{typo:?}");
     let e = errors(
         r#"
 consumers: []
@@ -912,7 +916,39 @@ upstreams:
     let e = errors(
         "upstreams:\n  - { id: e, scheme: https, nodes: { \"a:1\": 1 }, tls: { verfy: false } }\n",
     );
-    assert!(has(&e, "upstreams[0].tls: unknown field `verfy`"), "{e:?}");
+    assert!(
+        has(&e, "upstreams[0].tls.verfy: unknown field `verfy`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_typo_in_a_key_gets_a_hint_and_no_repeated_path() {
+    let e = load_str("gateway:\n  listn: [\"127.0.0.1:1\"]\n").expect_err("typo");
+    let text = e.to_string();
+    assert!(
+        text.starts_with("gateway.listn: unknown field `listn`"),
+        "{text}"
+    );
+    assert!(text.contains("(did you mean `listen`?)"), "{text}");
+    // A name far from every expected one gets no guess.
+    let e = load_str("gateway:\n  zzzzzzzz: 1\n").expect_err("unknown");
+    assert!(!e.to_string().contains("did you mean"), "{e}");
+}
+
+#[test]
+fn the_report_names_the_file_and_counts_the_problems() {
+    let text = super::report(
+        std::path::Path::new("/etc/shardgate/config.yaml"),
+        "routes[0].uri: required\nroutes[1].uri: required",
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "/etc/shardgate/config.yaml: 2 problems in the config:"
+    );
+    assert_eq!(lines[1], "routes[0].uri: required");
+    assert_eq!(lines.len(), 3);
 }
 
 /// An `openid-connect` block whose `client_id` tells which object it came from.

@@ -230,15 +230,10 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// `arg_<name>`: the raw (still percent-encoded) value of query parameter `name`.
+    /// `arg_<name>`: the raw (still percent-encoded) value of query parameter `name` (names
+    /// compared case-insensitively, as nginx's `$arg_*`).
     pub fn arg(&self, name: &str) -> Option<&[u8]> {
-        self.query()?.split(|b| *b == b'&').find_map(|kv| {
-            let (k, v) = match kv.iter().position(|b| *b == b'=') {
-                Some(i) => (&kv[..i], &kv[i + 1..]),
-                None => (kv, &b""[..]),
-            };
-            (k == name.as_bytes()).then_some(v)
-        })
+        crate::route::query_arg(self.query()?, name.as_bytes())
     }
 
     /// A request variable; None when the request does not carry it.
@@ -308,6 +303,46 @@ fn trim_span(offset: usize, bytes: &[u8]) -> Span {
         .take_while(|b| b.is_ascii_whitespace())
         .count();
     Span::new(offset + lead, offset + bytes.len() - trail)
+}
+
+/// The variables route `vars` expressions read (`route::VarSource`), with the same meaning as at
+/// routing time (`route::HeadVars`): a plugin evaluating an expression sees what the router saw.
+impl crate::route::VarSource for Ctx<'_> {
+    fn var(&self, name: &str) -> Option<&[u8]> {
+        let c = &*self.conn;
+        let (buf, head) = (&c.buf[..], &c.head);
+        if let Some(arg) = name.strip_prefix("arg_") {
+            return crate::route::query_arg(head.query?.of(buf), arg.as_bytes());
+        }
+        if let Some(field) = name.strip_prefix("http_") {
+            return head
+                .headers
+                .iter()
+                .find(|h| crate::route::var_names_field(field.as_bytes(), h.name.of(buf)))
+                .map(|h| h.value.of(buf));
+        }
+        if let Some(cookie) = name.strip_prefix("cookie_") {
+            return head
+                .header_values(buf, "cookie")
+                .find_map(|v| crate::route::cookie_value(v, cookie.as_bytes()));
+        }
+        match name {
+            "uri" => Some(c.route_path()),
+            "request_uri" => Some(head.target.of(buf)),
+            "args" | "query_string" => head.query.map(|q| q.of(buf)),
+            "host" => head.host.map(|h| strip_port(h.of(buf))),
+            "request_method" => Some(head.method_span.of(buf)),
+            "remote_addr" => Some(c.peer_ip.as_bytes()),
+            "server_port" => Some(c.local_port.as_bytes()),
+            "scheme" => Some(if c.tls { b"https" } else { b"http" }),
+            "server_protocol" => Some(if head.version_minor == 0 {
+                b"HTTP/1.0"
+            } else {
+                b"HTTP/1.1"
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// `host` without a port (`[v6]` keeps its brackets).

@@ -497,3 +497,84 @@ registry! {
     test_header_hi: super::testing::TestHeader<true>,
     test_header_lo: super::testing::TestHeader<false>,
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::published::Published;
+
+    fn plugins(json: &str) -> RoutePlugins {
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json).unwrap();
+        let entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+        let (plugins, errors, _) = parse_plugins(&entries, "routes[0].plugins");
+        assert!(errors.is_empty(), "{errors:?}");
+        plugins
+    }
+
+    #[test]
+    fn a_routes_plugins_run_by_priority_highest_first() {
+        let yaml = r#"
+upstreams: [{ id: app, nodes: { "127.0.0.1:1": 1 } }]
+routes:
+  - id: r
+    uri: /
+    upstream_id: app
+    plugins:
+      test-header-lo: { value: lo }
+      test-noop-2: {}
+      test-header-hi: { value: hi }
+"#;
+        let loaded = crate::config::load_str(yaml).unwrap();
+        let p = Published::build(1, loaded.config, &PluginGlobals::new()).unwrap();
+        let names: Vec<&str> = p.routes[0].plugins.iter().map(|i| i.name()).collect();
+        assert_eq!(names, ["test-header-hi", "test-noop-2", "test-header-lo"]);
+    }
+
+    #[test]
+    fn merging_takes_the_overriding_maps_attributes_whole_per_plugin() {
+        let base = plugins(r#"{"test-header-hi": {"value": "service"}, "test-noop-1": {}}"#);
+        let route = plugins(r#"{"test-header-hi": {"value": "route", "respond": 204}}"#);
+        let merged = route.merged_over(&base);
+        assert_eq!(merged.len(), 2);
+        let hi = merged
+            .conf::<crate::pipeline::testing::TestHeader<true>>()
+            .unwrap();
+        assert_eq!((hi.value.as_str(), hi.respond), ("route", Some(204)));
+        let order: Vec<&str> = merged.by_priority().iter().map(|c| c.name()).collect();
+        assert_eq!(order, ["test-header-hi", "test-noop-1"]);
+    }
+
+    #[test]
+    fn attribute_problems_and_unknown_plugins_name_their_path() {
+        let entries = vec![
+            (
+                "test-header-lo".to_string(),
+                serde_json::json!({ "value": "x", "respond": 99 }),
+            ),
+            (
+                "test-header-hi".to_string(),
+                serde_json::json!({ "value": "x", "colour": "red" }),
+            ),
+            ("key-auth".to_string(), serde_json::json!({})),
+        ];
+        let (plugins, errors, _) = parse_plugins(&entries, "routes[3].plugins");
+        assert!(plugins.is_empty());
+        let paths: Vec<&str> = errors.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "routes[3].plugins.test-header-lo.respond",
+                "routes[3].plugins.test-header-hi.colour",
+                "routes[3].plugins.key-auth",
+            ]
+        );
+        assert!(errors[1].message.contains("colour"), "{errors:?}");
+        assert!(
+            errors[2].message.contains(
+                "plugin `key-auth` is not supported by shardgate (supported: openid-connect)"
+            ),
+            "{errors:?}"
+        );
+    }
+}

@@ -22,7 +22,7 @@ use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reaso
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::upstream::pool::UpConn;
-use crate::upstream::{self, HashOn, PassHost, ShardUpstream};
+use crate::upstream::{self, FailureKind, HashOn, PassHost, ShardUpstream};
 
 const BODY_CHUNK: usize = 64 * 1024;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
@@ -226,7 +226,11 @@ async fn run(
                     (conn, false)
                 }
                 Err(e) => {
-                    if up.report_failure(node_idx, Instant::now()) {
+                    let kind = match e {
+                        UpstreamError::ConnectTimeout => FailureKind::Timeout,
+                        _ => FailureKind::Tcp,
+                    };
+                    if up.report_failure(node_idx, kind, Instant::now()) {
                         tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
                     }
                     if let UpstreamError::Tls(reason) = &e {
@@ -268,7 +272,11 @@ async fn run(
                 stale_retry_used = true;
                 continue;
             }
-            up.report_failure(node_idx, Instant::now());
+            let kind = match e {
+                WriteFail::Timeout => FailureKind::Timeout,
+                WriteFail::Io(_) => FailureKind::Tcp,
+            };
+            up.report_failure(node_idx, kind, Instant::now());
             let err = match e {
                 WriteFail::Timeout => UpstreamError::SendTimeout,
                 WriteFail::Io(e) => UpstreamError::Io(e.to_string()),
@@ -318,16 +326,20 @@ async fn run(
                     stale_retry_used = true;
                     continue;
                 }
-                if matches!(
-                    e,
-                    UpstreamError::ReadTimeout | UpstreamError::ClosedEarly | UpstreamError::Io(_)
-                ) {
-                    up.report_failure(node_idx, Instant::now());
+                let kind = match e {
+                    UpstreamError::ReadTimeout => Some(FailureKind::Timeout),
+                    UpstreamError::ClosedEarly | UpstreamError::Io(_) => Some(FailureKind::Tcp),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    up.report_failure(node_idx, kind, Instant::now());
                 }
                 return Err(Fail::up(e, Some(consumed)));
             }
         }
-        up.report_success(node_idx);
+        if up.report_status(node_idx, c.resp.status, Instant::now()) {
+            tracing::warn!(upstream = %up.id, node = %up.nodes[node_idx].key, status = c.resp.status, "node answered failure statuses repeatedly: cooling down");
+        }
 
         if c.resp.status == 101 {
             if !upgrade {

@@ -54,11 +54,24 @@ pub struct Timeouts {
     pub read: Duration,
 }
 
-/// Passive health: after `failures` consecutive failures a node is skipped for `cooldown`.
-#[derive(Clone, Copy, Debug)]
+/// Passive health (APISIX `checks.passive`, or shardgate's `health`): after `tcp_failures`
+/// connect/I-O failures, `timeouts` timeouts or `http_failures` responses with a status in
+/// `http_statuses`, each counted in a row (0 = not counted), a node is skipped for `cooldown`.
+#[derive(Clone, Debug)]
 pub struct Passive {
-    pub failures: u32,
+    pub tcp_failures: u32,
+    pub timeouts: u32,
+    pub http_failures: u32,
+    pub http_statuses: Box<[u16]>,
     pub cooldown: Duration,
+}
+
+/// What went wrong on an exchange, for the passive counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    Tcp,
+    Timeout,
+    Http,
 }
 
 /// One node on one shard.
@@ -72,7 +85,8 @@ pub struct ShardNode {
     pub priority: i32,
     /// SNI and verified name, for an https upstream.
     pub server_name: Option<ServerName<'static>>,
-    consecutive_failures: Cell<u32>,
+    /// Consecutive failures per `FailureKind`.
+    failures: [Cell<u32>; 3],
     down_until: Cell<Option<Instant>>,
     /// Held down by the active checks (copied from the control side's `HealthSnapshot`).
     pub active_down: Cell<bool>,
@@ -153,7 +167,7 @@ impl ShardUpstream {
                             .clone()
                             .or_else(|| ServerName::try_from(n.host.clone()).ok())
                     }),
-                    consecutive_failures: Cell::new(0),
+                    failures: Default::default(),
                     down_until: Cell::new(None),
                     active_down: Cell::new(false),
                 }
@@ -178,7 +192,7 @@ impl ShardUpstream {
             pass_host: spec.pass_host.clone(),
             timeouts: spec.timeouts,
             retries: spec.retries,
-            passive: spec.passive,
+            passive: spec.passive.clone(),
         }
     }
 
@@ -218,21 +232,41 @@ impl ShardUpstream {
 
     pub fn report_success(&self, node: usize) {
         if let Some(n) = self.nodes.get(node) {
-            n.consecutive_failures.set(0);
+            for f in &n.failures {
+                f.set(0);
+            }
             n.down_until.set(None);
         }
     }
 
+    /// After a response head: a status the passive check counts as a failure, or a success.
+    /// Returns true when the node just entered its cool-down.
+    pub fn report_status(&self, node: usize, status: u16, now: Instant) -> bool {
+        if self.passive.http_failures > 0 && self.passive.http_statuses.contains(&status) {
+            self.report_failure(node, FailureKind::Http, now)
+        } else {
+            self.report_success(node);
+            false
+        }
+    }
+
     /// Counts a failure; returns true when the node just entered its cool-down.
-    pub fn report_failure(&self, node: usize, now: Instant) -> bool {
+    pub fn report_failure(&self, node: usize, kind: FailureKind, now: Instant) -> bool {
         let Some(n) = self.nodes.get(node) else {
             return false;
         };
-        let f = n.consecutive_failures.get().saturating_add(1);
-        n.consecutive_failures.set(f);
-        if self.passive.failures > 0 && f >= self.passive.failures {
+        let (counter, limit) = match kind {
+            FailureKind::Tcp => (&n.failures[0], self.passive.tcp_failures),
+            FailureKind::Timeout => (&n.failures[1], self.passive.timeouts),
+            FailureKind::Http => (&n.failures[2], self.passive.http_failures),
+        };
+        let f = counter.get().saturating_add(1);
+        counter.set(f);
+        if limit > 0 && f >= limit {
             n.down_until.set(Some(now + self.passive.cooldown));
-            n.consecutive_failures.set(0);
+            for f in &n.failures {
+                f.set(0);
+            }
             return true;
         }
         false
@@ -312,7 +346,10 @@ mod tests {
             },
             retries: 2,
             passive: Passive {
-                failures: 1,
+                tcp_failures: 1,
+                timeouts: 1,
+                http_failures: 2,
+                http_statuses: Box::new([500]),
                 cooldown: Duration::from_secs(10),
             },
             pool: PoolLimits {
@@ -336,17 +373,40 @@ mod tests {
         assert_eq!(up.pick(b"", 0b0110, now), Some(0));
         assert_eq!(up.pick(b"", 0b0111, now), Some(3));
         // Down (cooling) nodes count as unavailable.
-        up.report_failure(1, now);
-        up.report_failure(2, now);
+        up.report_failure(1, FailureKind::Tcp, now);
+        up.report_failure(2, FailureKind::Timeout, now);
         assert_eq!(up.pick(b"", 0, now), Some(0));
-        up.report_failure(0, now);
+        up.report_failure(0, FailureKind::Tcp, now);
         assert_eq!(up.pick(b"", 0, now), Some(3));
         // Every node down: the highest priority is still tried rather than failing outright.
-        up.report_failure(3, now);
+        up.report_failure(3, FailureKind::Tcp, now);
         let p = up.pick(b"", 0, now).unwrap();
         assert!(p == 1 || p == 2, "{p}");
         // A node back up takes its level's traffic again.
         up.report_success(0);
         assert_eq!(up.pick(b"", 0, now), Some(0));
+    }
+
+    #[test]
+    fn passive_counts_each_kind_of_failure_in_a_row() {
+        let up = ShardUpstream::build(&spec(&[0, 0]), &HashMap::new());
+        let now = Instant::now();
+        // http_failures: 2 with [500]: any other status in between (a success) resets the count.
+        assert!(!up.report_status(0, 500, now));
+        assert!(!up.report_status(0, 200, now));
+        assert!(!up.report_status(0, 500, now));
+        assert!(!up.report_status(0, 404, now));
+        assert!(!up.report_status(0, 500, now));
+        assert!(
+            up.report_status(0, 500, now),
+            "two counted statuses in a row"
+        );
+        assert!(!up.nodes[0].usable(now));
+        assert!(
+            up.nodes[0].usable(now + Duration::from_secs(10)),
+            "cool-down ends"
+        );
+        // tcp_failures: 1.
+        assert!(up.report_failure(1, FailureKind::Tcp, now));
     }
 }

@@ -497,13 +497,16 @@ impl Client {
     }
 }
 
-enum ParseFail {
+/// Why [`parse_response`] refused the bytes read so far.
+#[derive(Debug)]
+pub enum ParseFail {
     TooLarge,
     Bad(&'static str),
 }
 
-/// Parses a complete response out of `buf`, or `None` when more bytes are needed.
-fn parse_response(
+/// Parses a complete response out of `buf`, or `None` when more bytes are needed. The bool is
+/// whether the connection may be reused. Public for the fuzz targets; [`Client`] is its only caller.
+pub fn parse_response(
     buf: &[u8],
     head_only: bool,
     eof: bool,
