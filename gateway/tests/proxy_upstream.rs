@@ -18,6 +18,7 @@ both_drivers!(
     forwarded_headers_pass_host_and_hop_by_hop_rules,
     pass_host_node_names_the_node_actually_used,
     idempotent_requests_retry_when_a_node_resets_before_answering,
+    stale_pooled_connection_retry_uses_a_fresh_connection,
 );
 
 fn refused_upstream_is_502_and_slow_upstream_is_504(driver: &str) {
@@ -446,5 +447,72 @@ routes:
         .filter(|s| s.method == "POST")
         .count();
     assert_eq!(posts_seen, 4 - bad, "a failed POST is not retried");
+    gw.assert_no_panic();
+}
+
+/// Regression (loadtest/faults.py, early-close under wrk): after a pooled connection turned out
+/// closed, the GET's one retry took the next pooled connection, as stale as the first, and failed
+/// with 502. Here the upstream drops every connection on its second request without answering
+/// (it looks alive while idle); two pooled connections make the retry meet the second one.
+fn stale_pooled_connection_retry_uses_a_fresh_connection(driver: &str) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let per_conn: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let up = {
+        let per_conn = per_conn.clone();
+        Upstream::with_handler(Arc::new(move |seen: &Seen, s: &mut TcpStream| {
+            let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            let n = {
+                let mut m = per_conn.lock().unwrap();
+                let n = m.entry(peer).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if n > 1 {
+                return false;
+            }
+            if seen.target.starts_with("/hold") {
+                // Keeps both first requests in flight together: two upstream connections.
+                thread::sleep(Duration::from_millis(300));
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_ok()
+        }))
+    };
+    let yaml = format!(
+        r#"
+gateway:
+  listen: ["127.0.0.1:{{port}}"]
+upstreams:
+  - id: app
+    nodes: {{ "{up}": 1 }}
+    health: {{ failures: 0 }}
+routes:
+  - id: r
+    uri: /*
+    upstream_id: app
+"#,
+        up = up.node()
+    );
+    let gw = Gateway::start_on(&yaml, driver, 1);
+    let addr = gw.addr();
+    let held: Vec<_> = (0..2)
+        .map(|i| thread::spawn(move || get(addr, &format!("/hold/{i}"), &[]).status))
+        .collect();
+    for h in held {
+        assert_eq!(h.join().unwrap(), 200, "{}", gw.log());
+    }
+    assert_eq!(
+        per_conn.lock().unwrap().len(),
+        2,
+        "two pooled upstream connections"
+    );
+    let r = get(gw.addr(), "/after", &[]);
+    assert_eq!(
+        r.status,
+        200,
+        "the retry must not take another pooled connection: {}",
+        gw.log()
+    );
     gw.assert_no_panic();
 }

@@ -218,7 +218,14 @@ async fn run(
                 &mut node_host,
             );
         }
-        let (mut conn, reused) = match node.pool.checkout(now, &node.key) {
+        // After a stale pooled connection failed, the retry connects afresh: the other idle
+        // connections were returned as early and are as likely to be closed already.
+        let pooled = if stale_retry_used {
+            None
+        } else {
+            node.pool.checkout(now, &node.key)
+        };
+        let (mut conn, reused) = match pooled {
             Some(conn) => (conn, true),
             None => match upstream::connect(up, node, up.timeouts.connect).await {
                 Ok(conn) => {
