@@ -202,6 +202,15 @@ impl Published {
                 plugins: instances,
             });
         }
+        // Config merges and validates global rules; running them before the route's plugins
+        // needs the plugin pipeline, so until then a global plugin is refused, not ignored.
+        if let Some(plugin) = config.global_plugins.iter().next() {
+            problems.push(format!(
+                "global_rules: plugin `{}` in a global rule is not run by shardgate yet; \
+                 configure it on routes, services or plugin_configs",
+                plugin.name()
+            ));
+        }
         let tls_key = match &config.gateway.tls {
             Some(t) => match crate::proxy::stream::load_cert_key(&t.cert, &t.key) {
                 Ok(k) => Some(k),

@@ -8,7 +8,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{Conn, Gateway, Upstream, config, dead_node, get};
+use std::sync::Arc;
+
+use support::{Conn, Gateway, Seen, Upstream, config, dead_node, get};
 
 both_drivers!(
     a_response_that_says_close_ends_the_connection,
@@ -18,6 +20,7 @@ both_drivers!(
     access_log_is_one_line_per_request_without_secrets,
     request_bodies_over_client_max_body_size_get_413,
     trickled_or_stalled_request_bodies_get_408,
+    websocket_tunnels_count_as_connections_and_close_when_idle,
 );
 
 /// RFC 9112 9.6: after a response with `Connection: close`, a pipelined request on the same
@@ -304,4 +307,78 @@ fn trickled_or_stalled_request_bodies_get_408(driver: &str) {
     let mut c = Conn::open(gw.addr());
     c.send(b"POST /ok HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
     assert_eq!(c.read().status, 200);
+}
+
+/// An upgraded connection stays an open connection (gauge and `max_connections`) and is closed
+/// after the upstream's `timeout.read` without a byte either way.
+fn websocket_tunnels_count_as_connections_and_close_when_idle(driver: &str) {
+    let up = Upstream::with_handler(Arc::new(|_: &Seen, s: &mut TcpStream| {
+        let head =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }));
+    let gw = Gateway::start_on(
+        &config(
+            &[&up.node()],
+            "limits: { max_connections: 1 }",
+            "timeout: { connect: 5, send: 5, read: 2 }",
+            "enable_websocket: true",
+        ),
+        driver,
+        1,
+    );
+    let gauge = || {
+        gw.metrics()
+            .lines()
+            .find(|l| l.starts_with("shardgate_open_connections{"))
+            .and_then(|l| l.rsplit(' ').next().map(str::to_string))
+            .unwrap_or_default()
+    };
+    // The start-up probe's connection may still be counted for a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge() != "0" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut ws = Conn::open(gw.addr());
+    ws.send(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(ws.read().status, 101, "{}", gw.log());
+    ws.send(b"ping");
+    let mut back = [0u8; 4];
+    ws.reader.read_exact(&mut back).expect("echo");
+    assert_eq!(&back, b"ping");
+    assert_eq!(gauge(), "1", "the tunnel is an open connection");
+    // max_connections: 1 is held by the tunnel: another client is refused.
+    let mut other = TcpStream::connect(gw.addr()).expect("connect");
+    other.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let _ = other.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = Vec::new();
+    let _ = other.read_to_end(&mut out);
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    // Silence both ways for timeout.read (2 s): both sides are closed.
+    assert!(
+        ws.closed_within(Duration::from_secs(15)),
+        "idle tunnel not closed"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge() != "0" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gauge(), "0");
+    gw.assert_no_panic();
 }

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::{
-    ActiveFile, DriverFile, FileConfig, GatewayFile, PassHostFile, PluginsFile, RouteFile,
-    SchemeFile, ShardsFile, UpstreamFile, UpstreamType,
+    ActiveFile, DriverFile, FileConfig, GatewayFile, Id, PassHostFile, PluginsFile, RouteFile,
+    SchemeFile, ServiceFile, ShardsFile, UpstreamFile, UpstreamType,
 };
 use super::{
-    ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf, HashOn,
-    HashVar, KeepalivePool, Limits, Loaded, Node, PassHost, PassiveHealth, Pem, Problem, RouteConf,
-    RoutePlugins, Scheme, Shards, TlsConf, UpstreamConf, UpstreamTimeout, UpstreamTls,
+    ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf,
+    GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, PassHost, PassiveHealth,
+    Pem, Problem, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards, TlsConf, UpstreamConf,
+    UpstreamTimeout, UpstreamTls, merge,
 };
 use crate::route::{self, Method, MethodSet};
 
@@ -133,6 +134,70 @@ pub(super) fn build(file: FileConfig, base_dir: Option<&Path>) -> Result<Loaded,
         .map(|(id, (_, index))| (id, index))
         .collect();
 
+    let mut services = Vec::with_capacity(file.services.len());
+    let mut service_index = HashMap::new();
+    for (i, s) in file.services.iter().enumerate() {
+        let path = format!("services[{i}]");
+        let Some(id) = object_id(
+            &mut b,
+            &path,
+            s.id.as_ref(),
+            &mut service_index,
+            services.len(),
+        ) else {
+            continue;
+        };
+        services.push(service(&mut b, &path, id, s, &index_of, &mut upstreams));
+    }
+    let mut plugin_configs = Vec::with_capacity(file.plugin_configs.len());
+    let mut plugin_config_index = HashMap::new();
+    for (i, pc) in file.plugin_configs.iter().enumerate() {
+        let path = format!("plugin_configs[{i}]");
+        let Some(_) = object_id(
+            &mut b,
+            &path,
+            pc.id.as_ref(),
+            &mut plugin_config_index,
+            plugin_configs.len(),
+        ) else {
+            continue;
+        };
+        plugin_configs.push(required_plugins(&mut b, &path, pc.plugins.as_ref()));
+    }
+    let mut global_rules = Vec::with_capacity(file.global_rules.len());
+    let mut global_index = HashMap::new();
+    for (i, g) in file.global_rules.iter().enumerate() {
+        let path = format!("global_rules[{i}]");
+        let Some(id) = object_id(&mut b, &path, g.id.as_ref(), &mut global_index, i) else {
+            continue;
+        };
+        let plugins = required_plugins(&mut b, &path, g.plugins.as_ref());
+        global_rules.push((i, GlobalRuleConf { id, plugins }));
+    }
+    let global_plugins = {
+        let sets: Vec<&RoutePlugins> = global_rules.iter().map(|(_, g)| &g.plugins).collect();
+        merge::global_plugins(&sets).unwrap_or_else(|clashes| {
+            for (name, first, second) in clashes {
+                b.error(
+                    format!("global_rules[{}].plugins.{name}", global_rules[second].0),
+                    format!(
+                        "plugin `{name}` is also configured in global_rules[{}]; APISIX drops a \
+                         plugin configured in two global rules, shardgate refuses the config",
+                        global_rules[first].0
+                    ),
+                );
+            }
+            RoutePlugins::default()
+        })
+    };
+    let refs = Refs {
+        upstreams: &index_of,
+        services: &services,
+        service_index: &service_index,
+        plugin_configs: &plugin_configs,
+        plugin_config_index: &plugin_config_index,
+    };
+
     let mut routes = Vec::with_capacity(file.routes.len());
     let mut route_ids: HashMap<String, usize> = HashMap::new();
     for (i, r) in file.routes.iter().enumerate() {
@@ -148,7 +213,7 @@ pub(super) fn build(file: FileConfig, base_dir: Option<&Path>) -> Result<Loaded,
         } else {
             route_ids.insert(id.clone(), i);
         }
-        if let Some(conf) = route(&mut b, &path, id, r, &index_of, &mut upstreams) {
+        if let Some(conf) = route(&mut b, &path, id, r, &refs, &mut upstreams) {
             routes.push((i, conf));
         }
     }
@@ -164,6 +229,9 @@ pub(super) fn build(file: FileConfig, base_dir: Option<&Path>) -> Result<Loaded,
         gateway,
         upstreams,
         routes: routes.into_iter().map(|(_, r)| r).collect(),
+        services,
+        global_rules: global_rules.into_iter().map(|(_, g)| g).collect(),
+        global_plugins,
     };
     Ok(Loaded {
         config,
@@ -705,9 +773,30 @@ fn route(
     path: &str,
     id: String,
     r: &RouteFile,
-    upstream_index: &HashMap<String, usize>,
+    refs: &Refs<'_>,
     upstreams: &mut Vec<UpstreamConf>,
 ) -> Option<RouteConf> {
+    let service = r.service_id.as_ref().and_then(|sid| {
+        let found = refs.service_index.get(&sid.0).copied();
+        if found.is_none() {
+            b.error(
+                format!("{path}.service_id"),
+                format!("service \"{}\" not found in services", sid.0),
+            );
+        }
+        found
+    });
+    let service_conf = service.map(|s| &refs.services[s]);
+    let plugin_config = r.plugin_config_id.as_ref().and_then(|pid| {
+        let found = refs.plugin_config_index.get(&pid.0).copied();
+        if found.is_none() {
+            b.error(
+                format!("{path}.plugin_config_id"),
+                format!("plugin_config \"{}\" not found in plugin_configs", pid.0),
+            );
+        }
+        found
+    });
     b.unsupported(path, &r.unsupported());
     for (name, present) in r.lua() {
         if present {
@@ -756,9 +845,12 @@ fn route(
             .enumerate()
             .map(|(i, h)| (format!("{path}.hosts[{i}]"), h))
             .collect(),
-        (None, None) => Vec::new(),
+        // APISIX: a route without hosts takes its service's.
+        (None, None) => service_conf.map_or_else(Vec::new, |svc| {
+            svc.hosts.iter().map(|h| (String::new(), h)).collect()
+        }),
     };
-    for (at, host) in &hosts {
+    for (at, host) in hosts.iter().filter(|(at, _)| !at.is_empty()) {
         if let Err(message) = route::check_host_pattern(host) {
             b.error(at.clone(), message);
         }
@@ -792,7 +884,7 @@ fn route(
             );
             None
         }
-        (Some(up_id), None) => match upstream_index.get(&up_id.0) {
+        (Some(up_id), None) => match refs.upstreams.get(&up_id.0) {
             Some(&index) => Some(index),
             None => {
                 b.error(
@@ -812,12 +904,35 @@ fn route(
             upstreams.push(conf);
             Some(upstreams.len() - 1)
         }
-        (None, None) => {
-            b.error(path, "needs `upstream_id` or `upstream`");
-            None
-        }
+        (None, None) => match service_conf {
+            Some(svc) => svc.upstream,
+            // A missing service is already reported.
+            None if r.service_id.is_some() => None,
+            None => {
+                b.error(path, "needs `upstream_id` or `upstream`");
+                None
+            }
+        },
     };
-    let plugins = plugins(b, &format!("{path}.plugins"), &r.plugins);
+    if upstream.is_none()
+        && let Some(svc) = service_conf
+        && r.upstream_id.is_none()
+        && r.upstream.is_none()
+    {
+        b.error(
+            path,
+            format!(
+                "needs `upstream_id` or `upstream`: neither the route nor its service `{}` has one",
+                svc.id
+            ),
+        );
+    }
+    let own = plugins(b, &format!("{path}.plugins"), &r.plugins);
+    let plugins = merge::route_plugins(
+        service_conf.map(|s| &s.plugins),
+        plugin_config.map(|p| &refs.plugin_configs[p]),
+        &own,
+    );
     let remote_addrs = route_remote_addrs(b, path, r);
     let vars = r.vars.as_ref().and_then(|v| match route::Expr::compile(v) {
         Ok(expr) => Some(Arc::new(expr)),
@@ -840,13 +955,53 @@ fn route(
         methods,
         priority: r.priority,
         upstream: upstream?,
-        enable_websocket: r.enable_websocket,
+        service,
+        enable_websocket: r
+            .enable_websocket
+            .or(service_conf.and_then(|s| s.enable_websocket))
+            .unwrap_or(false),
         keep_client_identity_headers: r.keep_client_identity_headers,
         enabled,
         remote_addrs,
         vars,
         plugins,
     })
+}
+
+/// The ids of services, plugin_configs and upstreams, for routes to refer to.
+struct Refs<'a> {
+    upstreams: &'a HashMap<String, usize>,
+    services: &'a [ServiceConf],
+    service_index: &'a HashMap<String, usize>,
+    plugin_configs: &'a [RoutePlugins],
+    plugin_config_index: &'a HashMap<String, usize>,
+}
+
+/// A required, unique id; registers `index` under it.
+fn object_id(
+    b: &mut Builder<'_>,
+    path: &str,
+    id: Option<&Id>,
+    ids: &mut HashMap<String, usize>,
+    index: usize,
+) -> Option<String> {
+    let id = match id {
+        Some(id) if !id.0.is_empty() => id.0.clone(),
+        _ => {
+            b.error(format!("{path}.id"), "required");
+            return None;
+        }
+    };
+    if ids.contains_key(&id) {
+        let kind = path.split('[').next().unwrap_or(path);
+        b.error(
+            format!("{path}.id"),
+            format!("duplicate id `{id}` in {kind}"),
+        );
+        return None;
+    }
+    ids.insert(id.clone(), index);
+    Some(id)
 }
 
 /// A `plugins:` map (of a route, service, plugin config or global rule) validated by the
@@ -857,6 +1012,78 @@ fn plugins(b: &mut Builder<'_>, path: &str, file: &PluginsFile) -> RoutePlugins 
     b.problems.append(&mut problems);
     b.warnings.append(&mut warnings);
     plugins
+}
+
+fn required_plugins(b: &mut Builder<'_>, path: &str, file: Option<&PluginsFile>) -> RoutePlugins {
+    match file {
+        Some(file) => plugins(b, &format!("{path}.plugins"), file),
+        None => {
+            b.error(format!("{path}.plugins"), "required");
+            RoutePlugins::default()
+        }
+    }
+}
+
+fn service(
+    b: &mut Builder<'_>,
+    path: &str,
+    id: String,
+    s: &ServiceFile,
+    upstream_index: &HashMap<String, usize>,
+    upstreams: &mut Vec<UpstreamConf>,
+) -> ServiceConf {
+    if s.script.is_some() {
+        b.error(
+            format!("{path}.script"),
+            "APISIX attribute `script` is Lua code, which shardgate cannot run",
+        );
+    }
+    let upstream = match (&s.upstream_id, &s.upstream) {
+        (Some(_), Some(_)) => {
+            b.error(
+                format!("{path}.upstream"),
+                "set `upstream_id` or `upstream`, not both",
+            );
+            None
+        }
+        (Some(up_id), None) => {
+            let found = upstream_index.get(&up_id.0).copied();
+            if found.is_none() {
+                b.error(
+                    format!("{path}.upstream_id"),
+                    format!("upstream \"{}\" not found in upstreams", up_id.0),
+                );
+            }
+            found
+        }
+        (None, Some(inline)) => {
+            let conf = upstream(
+                b,
+                &format!("{path}.upstream"),
+                format!("service:{id}"),
+                inline,
+            );
+            upstreams.push(conf);
+            Some(upstreams.len() - 1)
+        }
+        (None, None) => None,
+    };
+    let hosts = s.hosts.as_deref().unwrap_or_default();
+    if s.hosts.is_some() && hosts.is_empty() {
+        b.error(format!("{path}.hosts"), "needs at least one host");
+    }
+    for (i, host) in hosts.iter().enumerate() {
+        if let Err(message) = route::check_host_pattern(host) {
+            b.error(format!("{path}.hosts[{i}]"), message);
+        }
+    }
+    ServiceConf {
+        id,
+        upstream,
+        hosts: hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        enable_websocket: s.enable_websocket,
+        plugins: plugins(b, &format!("{path}.plugins"), &s.plugins),
+    }
 }
 
 /// `remote_addr` or `remote_addrs`: addresses and CIDRs, IPv4 or IPv6.

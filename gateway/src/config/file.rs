@@ -19,19 +19,19 @@ pub(crate) struct FileConfig {
     pub upstreams: Vec<UpstreamFile>,
     #[serde(default)]
     pub routes: Vec<RouteFile>,
-    // APISIX standalone sections shardgate does not implement.
     #[serde(default)]
-    pub services: Option<IgnoredAny>,
+    pub services: Vec<ServiceFile>,
+    #[serde(default)]
+    pub plugin_configs: Vec<PluginConfigFile>,
+    #[serde(default)]
+    pub global_rules: Vec<GlobalRuleFile>,
+    // APISIX standalone sections shardgate does not implement.
     #[serde(default)]
     pub consumers: Option<IgnoredAny>,
     #[serde(default)]
     pub consumer_groups: Option<IgnoredAny>,
     #[serde(default)]
     pub ssls: Option<IgnoredAny>,
-    #[serde(default)]
-    pub global_rules: Option<IgnoredAny>,
-    #[serde(default)]
-    pub plugin_configs: Option<IgnoredAny>,
     #[serde(default)]
     pub plugin_metadata: Option<IgnoredAny>,
     #[serde(default)]
@@ -43,14 +43,11 @@ pub(crate) struct FileConfig {
 }
 
 impl FileConfig {
-    pub fn unsupported(&self) -> [(&'static str, bool); 10] {
+    pub fn unsupported(&self) -> [(&'static str, bool); 7] {
         [
-            ("services", self.services.is_some()),
             ("consumers", self.consumers.is_some()),
             ("consumer_groups", self.consumer_groups.is_some()),
             ("ssls", self.ssls.is_some()),
-            ("global_rules", self.global_rules.is_some()),
-            ("plugin_configs", self.plugin_configs.is_some()),
             ("plugin_metadata", self.plugin_metadata.is_some()),
             ("stream_routes", self.stream_routes.is_some()),
             ("protos", self.protos.is_some()),
@@ -731,8 +728,8 @@ pub(crate) struct RouteFile {
     pub priority: i64,
     pub upstream_id: Option<Id>,
     pub upstream: Option<UpstreamFile>,
-    #[serde(default)]
-    pub enable_websocket: bool,
+    /// None: the service's, else off.
+    pub enable_websocket: Option<bool>,
     /// shardgate extension (not an APISIX attribute).
     #[serde(default)]
     pub keep_client_identity_headers: bool,
@@ -740,6 +737,8 @@ pub(crate) struct RouteFile {
     pub status: u8,
     #[serde(default)]
     pub plugins: PluginsFile,
+    pub service_id: Option<Id>,
+    pub plugin_config_id: Option<Id>,
     #[serde(default, rename = "create_time")]
     _create_time: Option<IgnoredAny>,
     #[serde(default, rename = "update_time")]
@@ -757,10 +756,6 @@ pub(crate) struct RouteFile {
     #[serde(default)]
     pub script_id: Option<IgnoredAny>,
     #[serde(default)]
-    pub service_id: Option<IgnoredAny>,
-    #[serde(default)]
-    pub plugin_config_id: Option<IgnoredAny>,
-    #[serde(default)]
     pub timeout: Option<IgnoredAny>,
 }
 
@@ -774,13 +769,67 @@ impl RouteFile {
         ]
     }
 
-    pub fn unsupported(&self) -> [(&'static str, bool); 3] {
-        [
-            ("service_id", self.service_id.is_some()),
-            ("plugin_config_id", self.plugin_config_id.is_some()),
-            ("timeout", self.timeout.is_some()),
-        ]
+    pub fn unsupported(&self) -> [(&'static str, bool); 1] {
+        [("timeout", self.timeout.is_some())]
     }
+}
+
+/// APISIX `services`: what routes referring to it by `service_id` share.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServiceFile {
+    pub id: Option<Id>,
+    #[serde(default, rename = "name")]
+    _name: Option<String>,
+    #[serde(default, rename = "desc")]
+    _desc: Option<String>,
+    #[serde(default, rename = "labels")]
+    _labels: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(default, rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    #[serde(default)]
+    pub plugins: PluginsFile,
+    pub upstream: Option<UpstreamFile>,
+    pub upstream_id: Option<Id>,
+    pub enable_websocket: Option<bool>,
+    pub hosts: Option<Vec<String>>,
+    /// Lua code APISIX runs.
+    #[serde(default)]
+    pub script: Option<IgnoredAny>,
+}
+
+/// APISIX `plugin_configs`: a plugin set routes refer to by `plugin_config_id`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PluginConfigFile {
+    pub id: Option<Id>,
+    #[serde(default, rename = "name")]
+    _name: Option<String>,
+    #[serde(default, rename = "desc")]
+    _desc: Option<String>,
+    #[serde(default, rename = "labels")]
+    _labels: Option<BTreeMap<String, String>>,
+    #[serde(default, rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(default, rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    /// Required, as APISIX.
+    pub plugins: Option<PluginsFile>,
+}
+
+/// APISIX `global_rules`: plugins that run for every request, before the route's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GlobalRuleFile {
+    pub id: Option<Id>,
+    #[serde(default, rename = "create_time")]
+    _create_time: Option<IgnoredAny>,
+    #[serde(default, rename = "update_time")]
+    _update_time: Option<IgnoredAny>,
+    /// Required, as APISIX.
+    pub plugins: Option<PluginsFile>,
 }
 
 /// `plugins`: plugin name -> attributes, in file order. The registry (`pipeline::registry`)

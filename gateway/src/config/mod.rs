@@ -18,6 +18,7 @@
 mod build;
 mod env;
 mod file;
+mod merge;
 mod secret_ref;
 
 use std::fmt;
@@ -40,6 +41,12 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConf>,
     /// In file order, disabled routes included (they never match).
     pub routes: Vec<RouteConf>,
+    /// APISIX `services`, in file order.
+    pub services: Vec<ServiceConf>,
+    /// APISIX `global_rules`, in file order.
+    pub global_rules: Vec<GlobalRuleConf>,
+    /// Every global rule's plugins in one set, as APISIX runs them (before the route's).
+    pub global_plugins: RoutePlugins,
 }
 
 /// The loaded configuration plus the warnings worth logging.
@@ -322,8 +329,10 @@ pub struct RouteConf {
     pub hosts: Vec<String>,
     pub methods: MethodSet,
     pub priority: i64,
-    /// Index into `Config::upstreams`.
+    /// Index into `Config::upstreams`: the route's own, else its service's.
     pub upstream: usize,
+    /// Index into `Config::services` (`service_id`).
+    pub service: Option<usize>,
     pub enable_websocket: bool,
     /// shardgate extension: forward client-sent identity headers (`X-Userinfo`, ...) instead of
     /// removing them. Only for upstreams behind another gateway that sets them.
@@ -334,6 +343,25 @@ pub struct RouteConf {
     pub remote_addrs: IpSet,
     /// `vars`, compiled; None: no condition.
     pub vars: Option<Arc<Expr>>,
+    /// The effective set: the service's, overridden per plugin by the plugin_config's,
+    /// overridden by the route's own (see merge.rs).
+    pub plugins: RoutePlugins,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServiceConf {
+    pub id: String,
+    /// Index into `Config::upstreams`.
+    pub upstream: Option<usize>,
+    /// Lowercase; used by routes that set no hosts.
+    pub hosts: Vec<String>,
+    pub enable_websocket: Option<bool>,
+    pub plugins: RoutePlugins,
+}
+
+#[derive(Debug, Clone)]
+pub struct GlobalRuleConf {
+    pub id: String,
     pub plugins: RoutePlugins,
 }
 
@@ -430,9 +458,26 @@ fn resolve_secret_refs(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
+    let mut sets: Vec<(String, &mut file::PluginsFile)> = Vec::new();
     for (i, route) in file.routes.iter_mut().enumerate() {
-        for (name, value) in route.plugins.0.iter_mut() {
-            let path = format!("routes[{i}].plugins.{name}");
+        sets.push((format!("routes[{i}]"), &mut route.plugins));
+    }
+    for (i, service) in file.services.iter_mut().enumerate() {
+        sets.push((format!("services[{i}]"), &mut service.plugins));
+    }
+    for (i, pc) in file.plugin_configs.iter_mut().enumerate() {
+        if let Some(plugins) = pc.plugins.as_mut() {
+            sets.push((format!("plugin_configs[{i}]"), plugins));
+        }
+    }
+    for (i, rule) in file.global_rules.iter_mut().enumerate() {
+        if let Some(plugins) = rule.plugins.as_mut() {
+            sets.push((format!("global_rules[{i}]"), plugins));
+        }
+    }
+    for (at, plugins) in sets {
+        for (name, value) in plugins.0.iter_mut() {
+            let path = format!("{at}.plugins.{name}");
             secret_ref::resolve(value, &path, env, &mut problems);
         }
     }

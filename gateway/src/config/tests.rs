@@ -272,7 +272,7 @@ routes:
         "consumers: APISIX attribute `consumers`",
         "upstreams[0].tls.client_cert_id: APISIX attribute `client_cert_id` is not supported by shardgate",
         "upstreams[0].discovery_type: APISIX attribute `discovery_type`",
-        "routes[0].service_id: APISIX attribute",
+        "routes[0].service_id: service \"1\" not found in services",
         "routes[0].timeout: APISIX attribute",
         "routes[0].filter_func: APISIX attribute `filter_func` is Lua code",
     ] {
@@ -951,6 +951,205 @@ fn the_report_names_the_file_and_counts_the_problems() {
     assert_eq!(lines.len(), 3);
 }
 
+/// An `openid-connect` block whose `client_id` tells which object it came from.
+fn oidc_block(indent: &str, client_id: &str) -> String {
+    format!(
+        "{indent}openid-connect:\n\
+         {indent}  client_id: {client_id}\n\
+         {indent}  client_secret: secret\n\
+         {indent}  bearer_only: true\n\
+         {indent}  discovery: http://127.0.0.1:9000/.well-known/openid-configuration\n"
+    )
+}
+
+fn client_id(plugins: &RoutePlugins) -> Option<&str> {
+    plugins
+        .conf::<crate::plugins::openid_connect::RouteAuth>()
+        .map(|o| o.client_id.as_str())
+}
+
+#[test]
+fn plugins_merge_route_over_plugin_config_over_service() {
+    let p = "      ";
+    let r = "    ";
+    let yaml = format!(
+        r#"
+upstreams:
+  - {{ id: app, nodes: {{ "127.0.0.1:1": 1 }} }}
+services:
+  - id: svc
+    upstream_id: app
+    plugins:
+{svc}plugin_configs:
+  - id: pc
+    plugins:
+{pc}  - id: empty
+    plugins: {{}}
+routes:
+  - {{ id: all-three, uri: /a, service_id: svc, plugin_config_id: pc, plugins: {{ openid-connect: {{ client_id: route, client_secret: s, bearer_only: true, discovery: "http://127.0.0.1:9000/.well-known/openid-configuration" }} }} }}
+  - {{ id: svc-pc, uri: /b, service_id: svc, plugin_config_id: pc }}
+  - {{ id: svc-only, uri: /c, service_id: svc }}
+  - {{ id: svc-empty-pc, uri: /d, service_id: svc, plugin_config_id: empty }}
+  - {{ id: pc-only, uri: /e, upstream_id: app, plugin_config_id: pc }}
+  - {{ id: none, uri: /f, upstream_id: app }}
+  - id: route-over-service
+    uri: /g
+    service_id: svc
+    plugins:
+{route}"#,
+        svc = oidc_block(p, "service"),
+        pc = oidc_block(p, "plugin_config"),
+        route = oidc_block(&format!("{r}  "), "route"),
+    );
+    let c = load(&yaml).config;
+    let got: Vec<Option<&str>> = c.routes.iter().map(|r| client_id(&r.plugins)).collect();
+    assert_eq!(
+        got,
+        [
+            Some("route"),
+            Some("plugin_config"),
+            Some("service"),
+            Some("service"),
+            Some("plugin_config"),
+            None,
+            Some("route"),
+        ]
+    );
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(client_id(&c.services[0].plugins), Some("service"));
+    assert_eq!(c.routes[0].service, Some(0));
+    assert_eq!(c.routes[5].service, None);
+    assert_eq!(client_id(&c.global_plugins), None);
+}
+
+#[test]
+fn global_rules_form_one_set_and_a_plugin_in_two_rules_is_refused() {
+    let p = "      ";
+    let yaml = format!(
+        r#"
+upstreams:
+  - {{ id: app, nodes: {{ "127.0.0.1:1": 1 }} }}
+global_rules:
+  - id: 1
+    plugins:
+{g}  - id: 2
+    plugins: {{}}
+routes:
+  - {{ id: r, uri: /a, upstream_id: app }}
+"#,
+        g = oidc_block(p, "global"),
+    );
+    let c = load(&yaml).config;
+    assert_eq!(client_id(&c.global_plugins), Some("global"));
+    assert_eq!(c.global_rules.len(), 2);
+    assert_eq!(c.global_rules[0].id, "1");
+    assert_eq!(client_id(&c.global_rules[1].plugins), None);
+    // The route keeps its own (empty) set: global rules run in addition, not merged in.
+    assert_eq!(client_id(&c.routes[0].plugins), None);
+
+    let twice = yaml.replace(
+        "  - id: 2\n    plugins: {}\n",
+        &format!("  - id: 2\n    plugins:\n{}", oidc_block(p, "again")),
+    );
+    let e = errors(&twice);
+    assert_eq!(
+        e,
+        [
+            "global_rules[1].plugins.openid-connect: plugin `openid-connect` is also configured in \
+             global_rules[0]; APISIX drops a plugin configured in two global rules, shardgate \
+             refuses the config"
+        ]
+    );
+}
+
+#[test]
+fn services_give_routes_their_upstream_hosts_and_websocket() {
+    let c = load(
+        r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+  - { id: other, nodes: { "127.0.0.1:2": 1 } }
+services:
+  - id: svc
+    name: shop
+    desc: the shop
+    labels: { team: a }
+    upstream_id: app
+    hosts: [Shop.Example.com, "*.shop.example.com"]
+    enable_websocket: true
+  - id: inline
+    upstream: { nodes: { "127.0.0.1:3": 1 } }
+routes:
+  - { id: inherit, uri: /a, service_id: svc }
+  - { id: own, uri: /b, service_id: svc, upstream_id: other, hosts: [own.example.com], enable_websocket: false }
+  - { id: inline, uri: /c, service_id: inline }
+"#,
+    )
+    .config;
+    let [inherit, own, inline] = &c.routes[..] else {
+        panic!("three routes");
+    };
+    assert_eq!(c.upstreams[inherit.upstream].id, "app");
+    assert_eq!(inherit.hosts, ["shop.example.com", "*.shop.example.com"]);
+    assert!(inherit.enable_websocket);
+    assert_eq!(c.upstreams[own.upstream].id, "other");
+    assert_eq!(own.hosts, ["own.example.com"]);
+    assert!(!own.enable_websocket);
+    assert_eq!(c.upstreams[inline.upstream].id, "service:inline");
+    assert!(inline.hosts.is_empty() && !inline.enable_websocket);
+    // The inherited hosts route requests.
+    let table = crate::route::RouteTable::build(&c.routes);
+    assert_eq!(
+        table.find(Some(b"a.shop.example.com"), b"/a", b"GET"),
+        Some(0)
+    );
+    assert_eq!(table.find(Some(b"other.example.com"), b"/a", b"GET"), None);
+}
+
+#[test]
+fn dangling_references_and_missing_ids_name_both_paths() {
+    let e = errors(
+        r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+services:
+  - { id: svc, upstream_id: nope }
+  - { id: bare }
+  - { upstream_id: app }
+  - { id: svc, upstream_id: app }
+  - { id: lua, upstream_id: app, script: "local x = 1 -- lua" }
+plugin_configs:
+  - { id: pc }
+  - { id: pc2, plugins: {}, }
+  - { id: pc2, plugins: {} }
+global_rules:
+  - { plugins: {} }
+routes:
+  - { id: r0, uri: /a, service_id: svc1 }
+  - { id: r1, uri: /b, upstream_id: app, plugin_config_id: pc9 }
+  - { id: r2, uri: /c, service_id: bare }
+  - { id: r3, uri: /d, upstream_id: app, plugins: { key-auth: {} } }
+"#,
+    );
+    let want = [
+        "services[0].upstream_id: upstream \"nope\" not found in upstreams",
+        "services[2].id: required",
+        "services[3].id: duplicate id `svc` in services",
+        "services[4].script: APISIX attribute `script` is Lua code, which shardgate cannot run",
+        "plugin_configs[0].plugins: required",
+        "plugin_configs[2].id: duplicate id `pc2` in plugin_configs",
+        "global_rules[0].id: required",
+        "routes[0].service_id: service \"svc1\" not found in services",
+        "routes[1].plugin_config_id: plugin_config \"pc9\" not found in plugin_configs",
+        "routes[2]: needs `upstream_id` or `upstream`: neither the route nor its service `bare` has one",
+        "routes[3].plugins.key-auth: plugin `key-auth` is not supported by shardgate",
+    ];
+    for w in want {
+        assert!(has(&e, w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+}
+
 #[test]
 fn active_checks_take_apisix_names_and_defaults() {
     let c = load(
@@ -1110,6 +1309,43 @@ fn secret_references_resolve_at_each_load_and_never_show() {
         [
             "routes[0].plugins.openid-connect.client_secret: secret manager \"vault\" is not supported by shardgate (use an $ENV:// reference)"
         ]
+    );
+}
+
+#[test]
+fn secret_references_resolve_in_services_and_plugin_configs() {
+    let block = |indent: &str| {
+        format!(
+            "{indent}openid-connect:\n{indent}  client_id: c\n{indent}  client_secret: $ENV://OIDC_SECRET\n\
+             {indent}  bearer_only: true\n\
+             {indent}  discovery: http://127.0.0.1:9000/.well-known/openid-configuration\n"
+        )
+    };
+    let yaml = format!(
+        "upstreams:\n  - {{ id: app, nodes: {{ \"127.0.0.1:1\": 1 }} }}\n\
+         services:\n  - id: s\n    upstream_id: app\n    plugins:\n{}\
+         plugin_configs:\n  - id: p\n    plugins:\n{}\
+         routes:\n  - {{ id: a, uri: /a, service_id: s }}\n  - {{ id: b, uri: /b, upstream_id: app, plugin_config_id: p }}\n",
+        block("      "),
+        block("      ")
+    );
+    let env = |name: &str| (name == "OIDC_SECRET").then(|| "resolved-secret".to_owned());
+    let loaded = load_str_with_env(&yaml, &env).unwrap();
+    for route in &loaded.config.routes {
+        let oidc = route
+            .plugins
+            .conf::<crate::plugins::openid_connect::RouteAuth>()
+            .unwrap();
+        assert_eq!(
+            oidc.client_secret.as_ref().unwrap().expose(),
+            "resolved-secret"
+        );
+    }
+    let e = errors(&yaml);
+    assert!(
+        has(&e, "services[0].plugins.openid-connect.client_secret")
+            && has(&e, "plugin_configs[0].plugins.openid-connect.client_secret"),
+        "{e:?}"
     );
 }
 

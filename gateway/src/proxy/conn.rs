@@ -80,8 +80,9 @@ fn normalize_path(c: &mut ClientConn) -> Result<(), http1::path::PathError> {
 pub enum Next {
     KeepAlive,
     Close,
-    /// The upstream answered 101: the connection becomes a byte tunnel to it.
-    Tunnel(crate::upstream::pool::UpConn),
+    /// The upstream answered 101: the connection becomes a byte tunnel to it, closed after the
+    /// given time without a byte either way (the upstream's `timeout.read`).
+    Tunnel(crate::upstream::pool::UpConn, Duration),
 }
 
 /// What the access log and metrics need about one request.
@@ -135,13 +136,11 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
                 match next {
                     Next::KeepAlive if !shard.shutdown.is_triggered() => {}
                     Next::KeepAlive | Next::Close => break,
-                    Next::Tunnel(up) => {
-                        shard
-                            .metrics
-                            .open_connections
-                            .set(shard.metrics.open_connections.get() - 1);
-                        forward::tunnel(c.stream, up).await;
-                        return;
+                    // Still an open connection (the gauge, `max_connections`) and still in the
+                    // gate, so shutdown closes it when the drain time ends.
+                    Next::Tunnel(up, idle) => {
+                        forward::tunnel(c.stream, up, idle).await;
+                        break;
                     }
                 }
             }

@@ -41,8 +41,8 @@ pub async fn exchange(
     let started = Instant::now();
     match run(shard, compiled, up, route, c).await {
         Ok(done) => {
-            let next = if let Some(up) = done.tunnel {
-                Next::Tunnel(up)
+            let next = if let Some(conn) = done.tunnel {
+                Next::Tunnel(conn, up.timeouts.read)
             } else if done.client_close || !c.head.keep_alive {
                 Next::Close
             } else {
@@ -53,7 +53,7 @@ pub async fn exchange(
                 bytes_out: done.bytes_out,
                 upstream_us: Some(started.elapsed().as_micros() as u64),
                 error: done.error,
-                close: matches!(next, Next::Close | Next::Tunnel(_)),
+                close: matches!(next, Next::Close | Next::Tunnel(..)),
             };
             (summary, next, done.consumed)
         }
@@ -1316,45 +1316,83 @@ async fn switch_protocols(
     })
 }
 
-/// Copies bytes both ways until either side closes; both connections end with it.
-pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn) {
+/// Copies bytes both ways until either side closes, or until `idle` passes without a byte in
+/// either direction (APISIX's upstream `timeout.read` for upgraded connections); both
+/// connections end with it.
+pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn, idle: Duration) {
     use crate::proxy::stream::ClientStream;
     use crate::upstream::tls::UpStream;
     use monoio::io::Splitable;
     match (client, upstream.stream) {
         (ClientStream::Plain(c), UpStream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
         (ClientStream::Tls(c), UpStream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = ((*c).into_split(), u.into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
         (ClientStream::Plain(c), UpStream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), (*u).into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
         (ClientStream::Tls(c), UpStream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = ((*c).into_split(), (*u).into_split());
-            copy_both(cr, cw, ur, uw).await;
+            copy_both(cr, cw, ur, uw, idle).await;
         }
     }
 }
 
-async fn copy_both<CR, CW, UR, UW>(mut cr: CR, mut cw: CW, mut ur: UR, mut uw: UW)
+/// Moves bytes from `r` to `w`, stamping `last` at every read, until EOF or an error.
+async fn copy_stamped<R, W>(r: &mut R, w: &mut W, last: &std::cell::Cell<Instant>)
+where
+    R: monoio::io::AsyncReadRent,
+    W: monoio::io::AsyncWriteRent,
+{
+    let mut buf = Vec::with_capacity(16 * 1024);
+    loop {
+        buf.clear();
+        let (res, b) = r.read(buf).await;
+        buf = b;
+        match res {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        last.set(Instant::now());
+        let (res, b) = w.write_all(buf).await;
+        buf = b;
+        if res.is_err() {
+            break;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn copy_both<CR, CW, UR, UW>(mut cr: CR, mut cw: CW, mut ur: UR, mut uw: UW, idle: Duration)
 where
     CR: monoio::io::AsyncReadRent,
     CW: monoio::io::AsyncWriteRent,
     UR: monoio::io::AsyncReadRent,
     UW: monoio::io::AsyncWriteRent,
 {
-    let a = async {
-        let _ = monoio::io::copy(&mut cr, &mut uw).await;
-        let _ = uw.shutdown().await;
+    let last = std::cell::Cell::new(Instant::now());
+    let both = async {
+        monoio::join!(
+            copy_stamped(&mut cr, &mut uw, &last),
+            copy_stamped(&mut ur, &mut cw, &last)
+        );
     };
-    let b = async {
-        let _ = monoio::io::copy(&mut ur, &mut cw).await;
-        let _ = cw.shutdown().await;
+    let watch = async {
+        loop {
+            let due = last.get() + idle;
+            if Instant::now() >= due {
+                return;
+            }
+            monoio::time::sleep_until(due.into()).await;
+        }
     };
-    monoio::join!(a, b);
+    monoio::select! {
+        _ = both => {},
+        _ = watch => {},
+    }
 }

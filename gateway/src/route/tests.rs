@@ -17,6 +17,7 @@ fn route(uris: &[&str], hosts: &[&str], methods: &[Method], priority: i64) -> Ro
         methods: set,
         priority,
         upstream: 0,
+        service: None,
         enable_websocket: false,
         keep_client_identity_headers: false,
         enabled: true,
