@@ -17,6 +17,7 @@ both_drivers!(
     idempotent_requests_retry_and_dead_nodes_cool_down,
     forwarded_headers_pass_host_and_hop_by_hop_rules,
     pass_host_node_names_the_node_actually_used,
+    idempotent_requests_retry_when_a_node_resets_before_answering,
 );
 
 fn refused_upstream_is_502_and_slow_upstream_is_504(driver: &str) {
@@ -396,4 +397,54 @@ routes:
             );
         }
     }
+}
+
+/// Regression (loadtest/faults.py): a node that accepted the request and then closed without a
+/// response head failed the GET with 502; nginx (`proxy_next_upstream error`) and APISIX retry it
+/// on another node. A POST is still never retried.
+fn idempotent_requests_retry_when_a_node_resets_before_answering(driver: &str) {
+    let live = Upstream::echo();
+    let resetter = Upstream::with_handler(Arc::new(|_: &Seen, _: &mut TcpStream| false));
+    let yaml = format!(
+        r#"
+gateway:
+  listen: ["127.0.0.1:{{port}}"]
+upstreams:
+  - id: app
+    nodes: {{ "{live}": 1, "{resetter}": 1 }}
+    retries: 1
+    health: {{ failures: 0 }}
+routes:
+  - id: r
+    uri: /*
+    upstream_id: app
+"#,
+        live = live.node(),
+        resetter = resetter.node()
+    );
+    let gw = Gateway::start_on(&yaml, driver, 1);
+    for i in 0..8 {
+        let r = get(gw.addr(), &format!("/get/{i}"), &[]);
+        assert_eq!(r.status, 200, "GET {i}: {}", gw.log());
+    }
+    assert!(
+        resetter.requests().len() >= 2,
+        "round robin sent GETs to the resetting node"
+    );
+    let statuses: Vec<u16> = (0..4)
+        .map(|i| request(gw.addr(), "POST", &format!("/post/{i}"), &[], b"payload").status)
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 502),
+        "{statuses:?}"
+    );
+    let bad = statuses.iter().filter(|s| **s == 502).count();
+    assert!(bad >= 1, "a POST met the resetting node: {statuses:?}");
+    let posts_seen = live
+        .requests()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .count();
+    assert_eq!(posts_seen, 4 - bad, "a failed POST is not retried");
+    gw.assert_no_panic();
 }

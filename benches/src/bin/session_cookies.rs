@@ -5,7 +5,8 @@
 //! token with a random (incompressible) signature, a refresh token, ID token claims and userinfo:
 //! about 2 KiB sealed and deflated, as after a real login. `last_seen` is set one
 //! hour ahead so a multi-minute run measures the steady session path and never the once-a-minute
-//! cookie re-issue (which a real browser would pick up, and wrk would not).
+//! cookie re-issue (which a real browser would pick up, and wrk would not). Each is bound to
+//! discovery `ISSUER/.well-known/openid-configuration` and client_id `gateway`, as the S3 route is.
 
 use base64::Engine as _;
 use shardgate_oidc::session::{
@@ -26,7 +27,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let codec = SessionCodec::new(keys, SessionTimeouts::default());
+    // Sessions are bound to the route's discovery URL and client_id: those of the S3 route
+    // (loadtest/harness.py, loadtest/soak.py) at this issuer.
+    let discovery = format!("{}/.well-known/openid-configuration", args[4]);
+    let codec =
+        SessionCodec::new(keys, SessionTimeouts::default()).with_binding(&discovery, "gateway");
     let rng = SystemRandom::new();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

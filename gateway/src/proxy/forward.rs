@@ -334,6 +334,15 @@ async fn run(
                 if let Some(kind) = kind {
                     up.report_failure(node_idx, kind, Instant::now());
                 }
+                // As nginx's `proxy_next_upstream error timeout` (APISIX's retries): a replayable
+                // request whose node failed before any response byte goes to another node.
+                if kind.is_some() && replayable && nothing_received && attempts < up.retries {
+                    attempts += 1;
+                    if node_idx < 64 {
+                        tried |= 1 << node_idx;
+                    }
+                    continue;
+                }
                 return Err(Fail::up(e, Some(consumed)));
             }
         }
