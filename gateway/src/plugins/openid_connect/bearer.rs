@@ -475,8 +475,11 @@ async fn introspect(
         // A shard whose request arrives just after the shared call answered, but before the
         // shard that asked first has cached the answer, would otherwise start a second call:
         // the actor keeps the answer briefly so such late asks join it (one IdP call for N
-        // shards x M concurrent requests). Not when the operator asked for no caching at all.
-        grace: (!conf.introspection_cache_ignore).then_some(INTROSPECTION_JOIN_GRACE),
+        // shards x M concurrent requests). The actor keeps any 200 answer, "not active" ones
+        // too, so not when the operator asked for no caching at all, nor when refusals must
+        // reach the IdP every time (`introspection_enable_negative_cache: false`).
+        grace: (!conf.introspection_cache_ignore && conf.introspection_enable_negative_cache)
+            .then_some(INTROSPECTION_JOIN_GRACE),
     };
     let timeout = conf.timeout() + Duration::from_secs(1);
     let resp = match handle
