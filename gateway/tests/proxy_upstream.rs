@@ -463,7 +463,7 @@ fn stale_pooled_connection_retry_uses_a_fresh_connection(driver: &str) {
         Upstream::with_handler(Arc::new(move |seen: &Seen, s: &mut TcpStream| {
             let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let n = {
-                let mut m = per_conn.lock().unwrap();
+                let mut m = per_conn.lock().expect("upstream map");
                 let n = m.entry(peer).or_insert(0);
                 *n += 1;
                 *n
@@ -500,10 +500,10 @@ routes:
         .map(|i| thread::spawn(move || get(addr, &format!("/hold/{i}"), &[]).status))
         .collect();
     for h in held {
-        assert_eq!(h.join().unwrap(), 200, "{}", gw.log());
+        assert_eq!(h.join().expect("client thread"), 200, "{}", gw.log());
     }
     assert_eq!(
-        per_conn.lock().unwrap().len(),
+        per_conn.lock().expect("upstream map").len(),
         2,
         "two pooled upstream connections"
     );
