@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::http1::{BodyFraming, RequestHead, Span};
 use crate::observe::metrics::ShardMetrics;
 use crate::proxy::conn::ClientConn;
+use crate::proxy::forward::strip_port;
 use crate::proxy::io::read_more;
 
 use super::Outcome;
@@ -342,19 +343,5 @@ impl crate::route::VarSource for Ctx<'_> {
             }),
             _ => None,
         }
-    }
-}
-
-/// `host` without a port (`[v6]` keeps its brackets).
-fn strip_port(host: &[u8]) -> &[u8] {
-    if host.first() == Some(&b'[') {
-        return match host.iter().position(|b| *b == b']') {
-            Some(i) => &host[..=i],
-            None => host,
-        };
-    }
-    match host.iter().rposition(|b| *b == b':') {
-        Some(i) => &host[..i],
-        None => host,
     }
 }

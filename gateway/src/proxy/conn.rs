@@ -338,79 +338,66 @@ fn finish_early(c: &mut ClientConn, summary: &Summary) -> Next {
 /// Writes the response for `err` (the one mapping in `error::respond`).
 pub async fn respond_error(c: &mut ClientConn, err: &Error, method: Method) -> Summary {
     let r = error::respond(err);
-    let close = r.close || !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
-    let (status, bytes_out) = write_response(
-        c,
-        r.status,
-        r.content_type,
-        &r.headers,
-        &r.body,
-        close,
-        method,
-    )
-    .await;
-    Summary {
-        status,
-        bytes_out,
-        upstream_us: None,
-        error: Some(err.clone()),
-        close,
-    }
+    let answer = Answer {
+        status: r.status,
+        content_type: r.content_type,
+        headers: &r.headers,
+        body: &r.body,
+    };
+    write_answer(c, answer, r.close, method, Some(err.clone())).await
 }
 
 /// Writes a response a plugin answered with (a success: a redirect, a logout page): not an
 /// error, so it is neither counted in `shardgate_errors_total` nor logged as a rejection.
 pub async fn respond_plugin(c: &mut ClientConn, r: &Response, method: Method) -> Summary {
-    let close = !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
-    let (status, bytes_out) = write_response(
-        c,
-        r.status,
-        r.content_type,
-        &r.headers,
-        &r.body,
-        close,
-        method,
-    )
-    .await;
-    Summary {
-        status,
-        bytes_out,
-        upstream_us: None,
-        error: None,
-        close,
-    }
+    let answer = Answer {
+        status: r.status,
+        content_type: r.content_type,
+        headers: &r.headers,
+        body: &r.body,
+    };
+    write_answer(c, answer, false, method, None).await
 }
 
-/// A complete small response the gateway writes itself; the plugins' response headers
-/// (`Set-Cookie`) are added. Returns the status and the bytes written.
-async fn write_response(
-    c: &mut ClientConn,
+/// A complete small response the gateway writes itself (the error map's or a plugin's).
+struct Answer<'a> {
     status: u16,
-    content_type: &str,
-    headers: &[(String, String)],
-    body: &[u8],
+    content_type: &'a str,
+    headers: &'a [(String, String)],
+    body: &'a [u8],
+}
+
+/// Writes `a` with the plugins' response headers (`Set-Cookie`) added. The connection closes
+/// when asked to, when the client did not keep it alive, or when an unread request body would
+/// otherwise be taken for the next request.
+async fn write_answer(
+    c: &mut ClientConn,
+    a: Answer<'_>,
     close: bool,
     method: Method,
-) -> (u16, u64) {
+    error: Option<Error>,
+) -> Summary {
+    let close = close || !c.head.keep_alive || !matches!(c.head.framing, BodyFraming::None);
     let mut out = std::mem::take(&mut c.out);
     out.clear();
-    let own_cache_control = headers
+    let own_cache_control = a
+        .headers
         .iter()
         .any(|(k, _)| k.eq_ignore_ascii_case("cache-control"));
     write_simple_head(
         &mut out,
-        status,
-        content_type,
-        body.len(),
+        a.status,
+        a.content_type,
+        a.body.len(),
         close,
         !own_cache_control,
     );
-    for (k, v) in headers.iter().chain(c.outcome.response_headers.iter()) {
+    for (k, v) in a.headers.iter().chain(c.outcome.response_headers.iter()) {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     if method != Method::Head {
-        out.extend_from_slice(body);
+        out.extend_from_slice(a.body);
     }
     let len = out.len() as u64;
     let (res, out) = write_all_vec(
@@ -420,7 +407,13 @@ async fn write_response(
     )
     .await;
     c.out = out;
-    (status, if res.is_ok() { len } else { 0 })
+    Summary {
+        status: a.status,
+        bytes_out: if res.is_ok() { len } else { 0 },
+        upstream_us: None,
+        error,
+        close,
+    }
 }
 
 pub fn write_simple_head(

@@ -572,7 +572,8 @@ fn is_path_or_forwarding_override(name: &[u8]) -> bool {
     .any(|n| n.eq_ignore_ascii_case(name))
 }
 
-fn strip_port(host: &[u8]) -> &[u8] {
+/// `host` without a port (`[v6]` keeps its brackets).
+pub(crate) fn strip_port(host: &[u8]) -> &[u8] {
     if host.first() == Some(&b'[') {
         return match host.iter().position(|b| *b == b']') {
             Some(i) => &host[..=i],

@@ -612,7 +612,8 @@ fn dechunk(mut input: &[u8], max_body: usize) -> Result<Option<(Vec<u8>, usize)>
                 }
             }
         }
-        if body.len() + size > max_body {
+        // Compared without adding: a size near usize::MAX (`ffffffffffffffff`) would overflow.
+        if size > max_body.saturating_sub(body.len()) {
             return Err(ParseFail::TooLarge);
         }
         if input.len() < size + 2 {
@@ -720,6 +721,22 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chunk_size_near_usize_max_is_too_large_not_an_overflow() {
+        for size in ["ffffffffffffffff", "fffffffffffffffe", "7fffffffffffffff"] {
+            let input = format!("{size}\r\nabc\r\n0\r\n\r\n");
+            assert!(
+                matches!(dechunk(input.as_bytes(), 1024), Err(ParseFail::TooLarge)),
+                "{size}"
+            );
+        }
+        // After a first chunk, the remaining budget is what counts.
+        let input = b"3\r\nabc\r\nfffffffffffffffd\r\nx\r\n0\r\n\r\n";
+        assert!(matches!(dechunk(input, 1024), Err(ParseFail::TooLarge)));
+        let ok = dechunk(b"3\r\nabc\r\n0\r\n\r\n", 3).ok().flatten();
+        assert_eq!(ok.map(|(b, _)| b), Some(b"abc".to_vec()));
+    }
 
     #[test]
     fn ca_file_is_loaded_and_a_bad_one_is_named() {
