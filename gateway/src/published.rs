@@ -38,6 +38,9 @@ pub struct Published {
     pub version: u64,
     pub table: RouteTable,
     pub routes: Vec<PublishedRoute>,
+    /// The global rules' plugin instances in execution order: every routed request runs them
+    /// before its route's plugins (APISIX's `run_global_rules`).
+    pub global_plugins: Vec<Instance>,
     pub upstreams: Vec<UpstreamSpec>,
     pub limits: ProxyLimits,
     pub access_log: bool,
@@ -202,14 +205,13 @@ impl Published {
                 plugins: instances,
             });
         }
-        // Config merges and validates global rules; running them before the route's plugins
-        // needs the plugin pipeline, so until then a global plugin is refused, not ignored.
-        if let Some(plugin) = config.global_plugins.iter().next() {
-            problems.push(format!(
-                "global_rules: plugin `{}` in a global rule is not run by shardgate yet; \
-                 configure it on routes, services or plugin_configs",
-                plugin.name()
-            ));
+        // Config merged the global rules into one set (a plugin in two rules is refused there).
+        let mut global_plugins = Vec::with_capacity(config.global_plugins.len());
+        for p in config.global_plugins.by_priority() {
+            match p.build(plugins, &format!("global_rules.plugins.{}", p.name())) {
+                Ok(inst) => global_plugins.push(inst),
+                Err(e) => problems.push(e),
+            }
         }
         let tls_key = match &config.gateway.tls {
             Some(t) => match crate::proxy::stream::load_cert_key(&t.cert, &t.key) {
@@ -229,6 +231,7 @@ impl Published {
             version,
             table: RouteTable::build(&config.routes),
             routes,
+            global_plugins,
             upstreams,
             limits: ProxyLimits {
                 http: http1::Limits {

@@ -1,6 +1,6 @@
-//! APISIX's `services` and `plugin_configs` through the real binary: a route takes its
-//! service's upstream and hosts, and the plugins of its service and plugin_config (checked with
-//! `openid-connect` against the real test IdP: no token is a 401 only where the plugin applies).
+//! APISIX's `services`, `plugin_configs` and `global_rules` through the real binary: a route takes
+//! its service's upstream and hosts, the plugins of its service and plugin_config, and the global
+//! rules' plugins before its own (checked with `openid-connect` against the real test IdP).
 #![allow(clippy::unwrap_used)]
 
 mod support;
@@ -67,37 +67,87 @@ services:
     assert_eq!(up.requests().len(), 3);
 }
 
-/// Global rules are validated and merged, but running them needs the plugin pipeline: until it
-/// exists a plugin in a global rule is refused by `validate` (and so at start and reload), never
-/// silently skipped.
+/// A plugin in a global rule runs for every routed request before the route's plugins, as
+/// APISIX's global rules do: `openid-connect` in a global rule puts routes that carry no plugin of
+/// their own behind the real IdP (no token 401, a JWT from the IdP 200), and the route's own
+/// instance still applies after it on a route that has one.
 #[test]
-fn a_plugin_in_a_global_rule_is_refused_until_global_rules_run() {
-    let dir = std::env::temp_dir().join(format!("shardgate-global-rules-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let validate = |yaml: &str| {
-        let path = dir.join("config.yaml");
-        std::fs::write(&path, yaml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
-            .args(["validate", "-c"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
-    };
-    let base = "upstreams:\n  - { id: app, nodes: { \"127.0.0.1:1\": 1 } }\n\
-                routes:\n  - { id: r, uri: /a, upstream_id: app }\nglobal_rules:\n";
-    let (code, text) = validate(&format!("{base}  - {{ id: 1, plugins: {{}} }}\n"));
-    assert_eq!(code, Some(0), "{text}");
-    let (code, text) = validate(&format!(
-        "{base}  - id: 1\n    plugins:\n      openid-connect: {{ client_id: c, client_secret: s, \
-         bearer_only: true, discovery: \"http://127.0.0.1:1/.well-known/openid-configuration\" }}\n"
-    ));
-    assert_eq!(code, Some(2), "{text}");
-    assert!(
-        text.contains("global_rules: plugin `openid-connect` in a global rule is not run"),
-        "{text}"
+fn a_plugin_in_a_global_rule_runs_on_every_route() {
+    let idp = Idp::start(&[]);
+    let up = Upstream::echo();
+    let yaml = format!(
+        r#"
+gateway:
+  listen: ["127.0.0.1:{{port}}"]
+  admin: {{ listen: "127.0.0.1:{{admin}}" }}
+  shards: 2
+upstreams:
+  - id: app
+    nodes: {{ "{node}": 1 }}
+routes:
+  - {{ id: a, uri: /a/*, upstream_id: app }}
+  - {{ id: b, uri: /b/*, upstream_id: app }}
+  - id: scoped
+    uri: /scoped/*
+    upstream_id: app
+    plugins:
+      openid-connect:
+        client_id: gateway
+        bearer_only: true
+        use_jwks: true
+        discovery: {discovery}
+        required_scopes: [admin]
+global_rules:
+  - id: 1
+    plugins:
+      openid-connect:
+        client_id: gateway
+        bearer_only: true
+        use_jwks: true
+        discovery: {discovery}
+"#,
+        node = up.node(),
+        discovery = idp.discovery()
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let gw = Gateway::start(&yaml, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while get(gw.admin_addr(), "/readyz", &[]).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not ready\n{}",
+            gw.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for path in ["/a/x", "/b/x", "/scoped/x"] {
+        let r = get(gw.addr(), path, &[]);
+        assert_eq!(
+            r.status,
+            401,
+            "{path} without a token: {}\n{}",
+            r.text(),
+            gw.log()
+        );
+    }
+    assert!(
+        up.requests().is_empty(),
+        "an unauthenticated request reached the upstream"
+    );
+    let token = idp.client_credentials("m2m", "read", Some("urn:shardgate:api"));
+    let auth = format!("Bearer {token}");
+    for path in ["/a/x", "/b/x"] {
+        let r = get(gw.addr(), path, &[("Authorization", &auth)]);
+        assert_eq!(
+            r.status,
+            200,
+            "{path} with a token: {}\n{}",
+            r.text(),
+            gw.log()
+        );
+    }
+    // The global rule lets the token through; the route's own instance then wants a scope the
+    // token lacks.
+    let r = get(gw.addr(), "/scoped/x", &[("Authorization", &auth)]);
+    assert_eq!(r.status, 403, "{}\n{}", r.text(), gw.log());
+    assert_eq!(up.requests().len(), 2);
 }

@@ -340,15 +340,17 @@ macro_rules! registry {
             /// uses; call after every publish and every rejected build.
             pub fn retain_used_by(&self, published: &crate::published::Published) {
                 $(
-                    let used: Vec<(&str, &<$ty as Plugin>::Instance)> = published
+                    let global = published.global_plugins.iter().map(|i| ("global_rules", i));
+                    let routes = published
                         .routes
                         .iter()
-                        .flat_map(|r| {
-                            r.plugins.iter().filter_map(move |i| match i {
-                                Instance::$field(x) => Some((r.id.as_str(), &**x)),
-                                #[allow(unreachable_patterns)]
-                                _ => None,
-                            })
+                        .flat_map(|r| r.plugins.iter().map(move |i| (r.id.as_str(), i)));
+                    let used: Vec<(&str, &<$ty as Plugin>::Instance)> = global
+                        .chain(routes)
+                        .filter_map(|(owner, i)| match i {
+                            Instance::$field(x) => Some((owner, &**x)),
+                            #[allow(unreachable_patterns)]
+                            _ => None,
                         })
                         .collect();
                     <$ty as Plugin>::retain_used(&self.$field, &used);

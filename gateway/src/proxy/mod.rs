@@ -173,26 +173,31 @@ fn compile(
         .routes
         .iter()
         .map(|r| {
+            // A global rule's instance is attached once per shard and shared by every route's
+            // chain, so its shard-local state (caches) is one, not one per route.
             let mut attach = |owner: &str, i: &crate::pipeline::Instance| {
                 let key = format!("{owner}#{}#{}", i.name(), i.fingerprint());
-                let p = match old_state.get(&key) {
+                let p = match new_state.get(&key).or_else(|| old_state.get(&key)) {
                     Some(p) => p.clone(),
                     None => i.attach(plugins),
                 };
                 new_state.insert(key, p.clone());
                 p
             };
-            let chain: Vec<ShardPlugin> = r
-                .plugins
-                .iter()
-                .map(|i| attach(&format!("route:{}", r.id), i))
-                .collect();
+            let mut chain: Vec<ShardPlugin> =
+                Vec::with_capacity(snap.global_plugins.len() + r.plugins.len());
+            chain.extend(snap.global_plugins.iter().map(|i| attach("global", i)));
+            chain.extend(
+                r.plugins
+                    .iter()
+                    .map(|i| attach(&format!("route:{}", r.id), i)),
+            );
             ShardRoute {
                 id: Rc::from(r.id.as_str()),
                 upstream: r.upstream,
                 websocket: r.websocket,
                 keep_identity_headers: r.keep_identity_headers,
-                plugins: Chain::new(chain, 0),
+                plugins: Chain::new(chain, snap.global_plugins.len()),
                 stats: metrics.route(&r.id),
             }
         })
