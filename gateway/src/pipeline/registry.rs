@@ -487,12 +487,16 @@ macro_rules! registry {
 #[cfg(not(any(test, feature = "test-plugins")))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    limit_count: crate::plugins::limit::count::LimitCount,
+    limit_req: crate::plugins::limit::req::LimitReq,
 }
 
 // Test and bench builds add plugins that only exist to exercise the pipeline (`testing.rs`).
 #[cfg(any(test, feature = "test-plugins"))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    limit_count: crate::plugins::limit::count::LimitCount,
+    limit_req: crate::plugins::limit::req::LimitReq,
     noop_1: super::testing::Noop<1>,
     noop_2: super::testing::Noop<2>,
     noop_3: super::testing::Noop<3>,
