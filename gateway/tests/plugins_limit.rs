@@ -109,7 +109,11 @@ fn hammer(gw: &Gateway, conns: usize, per_conn: usize, headers: &str) -> (usize,
 fn limit_count_is_exact_across_four_shards() {
     let up = Upstream::echo();
     // A window of an hour cannot roll during the test.
-    let gw = gateway(&up, "  limit-count:\n    count: 1000\n    time_window: 3600", 4);
+    let gw = gateway(
+        &up,
+        "  limit-count:\n    count: 1000\n    time_window: 3600",
+        4,
+    );
     let (ok, limited, other) = hammer(&gw, 50, 200, "");
     assert_eq!((ok, limited, other), (1000, 9000, 0));
     assert_eq!(up.requests().len(), 1000);
@@ -188,7 +192,10 @@ fn redis_policies_and_unsupported_attributes_are_refused_by_name() {
         ),
     ] {
         let yaml = config(&[&up.node()], "", "", &format!("plugins:\n{plugin}"));
-        let path = support::scratch_file("limit.yaml", &yaml.replace("{port}", "1").replace("{admin}", "2"));
+        let path = support::scratch_file(
+            "limit.yaml",
+            &yaml.replace("{port}", "1").replace("{admin}", "2"),
+        );
         let out = support::shardgate(&["validate", "-c", path.to_str().unwrap()]);
         let text = format!(
             "{}{}",

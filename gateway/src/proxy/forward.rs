@@ -18,7 +18,9 @@ use crate::http1::{
 };
 use crate::pipeline::{HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
-use crate::proxy::conn::{push_number_header, ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
+use crate::proxy::conn::{
+    ClientConn, Next, Summary, push_header, push_number_header, push_u64, reason, respond_error,
+};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::upstream::pool::UpConn;

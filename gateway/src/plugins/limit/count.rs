@@ -101,7 +101,10 @@ fn positive(v: Option<serde_json::Value>, name: &str, path: &str, p: &mut Vec<Pr
         Some(serde_json::Value::Number(n)) => match n.as_u64() {
             Some(n) if n > 0 => n,
             _ => {
-                p.push(Problem::new(at, format!("must be an integer > 0 (got {n})")));
+                p.push(Problem::new(
+                    at,
+                    format!("must be an integer > 0 (got {n})"),
+                ));
                 0
             }
         },
@@ -171,7 +174,10 @@ pub fn parse_conf(
             format!("must be one of fixed, sliding (got `{other}`)"),
         )),
     }
-    if !matches!(raw.key_type.as_str(), "var" | "var_combination" | "constant") {
+    if !matches!(
+        raw.key_type.as_str(),
+        "var" | "var_combination" | "constant"
+    ) {
         problems.push(Problem::new(
             format!("{path}.key_type"),
             format!(
@@ -449,35 +455,105 @@ mod tests {
                    "allow_degradation": true}),
         ];
         for v in ok {
-            assert!(parse(v.clone()).is_ok(), "{v}: {:?}", parse(v.clone()).err());
+            assert!(
+                parse(v.clone()).is_ok(),
+                "{v}: {:?}",
+                parse(v.clone()).err()
+            );
         }
         let c = parse(json!({"count": 2, "time_window": 60})).unwrap();
         assert_eq!(c.rejected_code, 503);
         assert!(c.show_limit_quota_header);
         assert_eq!(c.key, Key::Var(Some(crate::pipeline::Var::RemoteAddr)));
         let bad = [
-            (json!({"count": 0, "time_window": 60}), "limit-count.count", "integer > 0"),
-            (json!({"count": -1, "time_window": 60}), "limit-count.count", "integer > 0"),
-            (json!({"count": 1.5, "time_window": 60}), "limit-count.count", "integer > 0"),
+            (
+                json!({"count": 0, "time_window": 60}),
+                "limit-count.count",
+                "integer > 0",
+            ),
+            (
+                json!({"count": -1, "time_window": 60}),
+                "limit-count.count",
+                "integer > 0",
+            ),
+            (
+                json!({"count": 1.5, "time_window": 60}),
+                "limit-count.count",
+                "integer > 0",
+            ),
             (json!({"count": 2}), "limit-count", "time_window"),
-            (json!({"count": 2, "time_window": "$arg_w"}), "limit-count.time_window", "variable"),
-            (json!({"count": 2, "time_window": 60, "rejected_code": 600}), "limit-count.rejected_code", "200 to 599"),
-            (json!({"count": 2, "time_window": 60, "rejected_code": 199}), "limit-count.rejected_code", "200 to 599"),
-            (json!({"count": 2, "time_window": 60, "rejected_msg": ""}), "limit-count.rejected_msg", "empty"),
-            (json!({"count": 2, "time_window": 60, "key_type": "header"}), "limit-count.key_type", "var, var_combination, constant"),
-            (json!({"count": 2, "time_window": 60, "policy": "redis", "redis_host": "127.0.0.1"}), "limit-count.policy", "`redis` is not supported"),
-            (json!({"count": 2, "time_window": 60, "policy": "redis-cluster"}), "limit-count.policy", "`redis-cluster` is not supported"),
-            (json!({"count": 2, "time_window": 60, "policy": "memcached"}), "limit-count.policy", "must be one of"),
-            (json!({"count": 2, "time_window": 60, "window_type": "sliding"}), "limit-count.window_type", "sliding"),
-            (json!({"rules": [{"count": 1, "time_window": 1, "key": "$remote_addr"}]}), "limit-count.rules", "not supported"),
-            (json!({"count": 2, "time_window": 60, "colour": "red"}), "limit-count.colour", "unknown field"),
-            (json!({"count": 2, "time_window": 60, "show_limit_quota_header": "yes"}), "limit-count.show_limit_quota_header", "boolean"),
-            (json!({"count": 2, "time_window": 3_000_000}), "limit-count.time_window", "at most"),
+            (
+                json!({"count": 2, "time_window": "$arg_w"}),
+                "limit-count.time_window",
+                "variable",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "rejected_code": 600}),
+                "limit-count.rejected_code",
+                "200 to 599",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "rejected_code": 199}),
+                "limit-count.rejected_code",
+                "200 to 599",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "rejected_msg": ""}),
+                "limit-count.rejected_msg",
+                "empty",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "key_type": "header"}),
+                "limit-count.key_type",
+                "var, var_combination, constant",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "policy": "redis", "redis_host": "127.0.0.1"}),
+                "limit-count.policy",
+                "`redis` is not supported",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "policy": "redis-cluster"}),
+                "limit-count.policy",
+                "`redis-cluster` is not supported",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "policy": "memcached"}),
+                "limit-count.policy",
+                "must be one of",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "window_type": "sliding"}),
+                "limit-count.window_type",
+                "sliding",
+            ),
+            (
+                json!({"rules": [{"count": 1, "time_window": 1, "key": "$remote_addr"}]}),
+                "limit-count.rules",
+                "not supported",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "colour": "red"}),
+                "limit-count.colour",
+                "unknown field",
+            ),
+            (
+                json!({"count": 2, "time_window": 60, "show_limit_quota_header": "yes"}),
+                "limit-count.show_limit_quota_header",
+                "boolean",
+            ),
+            (
+                json!({"count": 2, "time_window": 3_000_000}),
+                "limit-count.time_window",
+                "at most",
+            ),
         ];
         for (v, path, msg) in bad {
             let errs = parse(v.clone()).expect_err(&v.to_string());
             assert!(
-                errs.iter().any(|e| e.path == format!("routes[0].plugins.{path}") && e.message.contains(msg)),
+                errs.iter()
+                    .any(|e| e.path == format!("routes[0].plugins.{path}")
+                        && e.message.contains(msg)),
                 "{v}: {errs:?}"
             );
         }
@@ -493,7 +569,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.key, Key::Var(None));
-        assert!(w[0].path == "p.key" && w[0].message.contains("remote_addr"), "{w:?}");
+        assert!(
+            w[0].path == "p.key" && w[0].message.contains("remote_addr"),
+            "{w:?}"
+        );
     }
 
     #[test]

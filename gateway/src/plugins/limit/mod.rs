@@ -333,7 +333,9 @@ pub fn rejected(
 ) -> crate::error::Error {
     let body = match msg {
         Some(m) => {
-            let mut b = serde_json::json!({ "error_msg": m }).to_string().into_bytes();
+            let mut b = serde_json::json!({ "error_msg": m })
+                .to_string()
+                .into_bytes();
             b.push(b'\n');
             b
         }

@@ -160,7 +160,12 @@ fn expired(s: u64, now: u32, p: &Params) -> bool {
 }
 
 /// One request at `now` against a bucket: the new state and, when it passes, the delay in ms.
-pub fn decide(state: u64, now: u32, rate_milli: u64, burst_milli: u64) -> (Option<u64>, Option<u64>) {
+pub fn decide(
+    state: u64,
+    now: u32,
+    rate_milli: u64,
+    burst_milli: u64,
+) -> (Option<u64>, Option<u64>) {
     let (last, low) = ((state >> 32) as u32, state as u32);
     let excess = if low & PRESENT == 0 {
         0
@@ -221,16 +226,18 @@ impl Plugin for LimitReq {
         path: &str,
     ) -> Result<LimitReqInstance, String> {
         let fingerprint = super::conf_hash(&*conf);
-        let table = global.tables.get_or_make(format!("{path}:{fingerprint}"), || {
-            Table::new(
-                0,
-                expired,
-                Params {
-                    a: conf.rate_milli,
-                    b: conf.burst_milli,
-                },
-            )
-        });
+        let table = global
+            .tables
+            .get_or_make(format!("{path}:{fingerprint}"), || {
+                Table::new(
+                    0,
+                    expired,
+                    Params {
+                        a: conf.rate_milli,
+                        b: conf.burst_milli,
+                    },
+                )
+            });
         Ok(LimitReqInstance {
             conf,
             table,
@@ -295,26 +302,75 @@ mod tests {
                    "allow_degradation": true}),
             json!({"rate": 4, "burst": 2, "key": "$remote_addr $arg_id", "key_type": "var_combination"}),
         ] {
-            assert!(parse(v.clone()).is_ok(), "{v}: {:?}", parse(v.clone()).err());
+            assert!(
+                parse(v.clone()).is_ok(),
+                "{v}: {:?}",
+                parse(v.clone()).err()
+            );
         }
         let c = parse(json!({"rate": 1, "burst": 0, "key": "remote_addr"})).unwrap();
-        assert_eq!((c.rejected_code, c.nodelay, c.rate_milli), (503, false, 1000));
+        assert_eq!(
+            (c.rejected_code, c.nodelay, c.rate_milli),
+            (503, false, 1000)
+        );
         for (v, path, msg) in [
-            (json!({"rate": 0, "burst": 0, "key": "remote_addr"}), "limit-req.rate", "> 0"),
-            (json!({"rate": -1, "burst": 0, "key": "remote_addr"}), "limit-req.rate", "> 0"),
-            (json!({"rate": 1, "burst": -1, "key": "remote_addr"}), "limit-req.burst", ">= 0"),
-            (json!({"rate": 1, "key": "remote_addr"}), "limit-req", "missing `burst`"),
+            (
+                json!({"rate": 0, "burst": 0, "key": "remote_addr"}),
+                "limit-req.rate",
+                "> 0",
+            ),
+            (
+                json!({"rate": -1, "burst": 0, "key": "remote_addr"}),
+                "limit-req.rate",
+                "> 0",
+            ),
+            (
+                json!({"rate": 1, "burst": -1, "key": "remote_addr"}),
+                "limit-req.burst",
+                ">= 0",
+            ),
+            (
+                json!({"rate": 1, "key": "remote_addr"}),
+                "limit-req",
+                "missing `burst`",
+            ),
             (json!({"rate": 1, "burst": 1}), "limit-req", "missing `key`"),
-            (json!({"rate": "1", "burst": 1, "key": "remote_addr"}), "limit-req.rate", "invalid type"),
-            (json!({"rate": 1, "burst": 1, "key": "remote_addr", "key_type": "constant"}), "limit-req.key_type", "var, var_combination"),
-            (json!({"rate": 1, "burst": 1, "key": "remote_addr", "rejected_code": 100}), "limit-req.rejected_code", "200 to 599"),
-            (json!({"rate": 1, "burst": 1, "key": "remote_addr", "policy": "redis"}), "limit-req.policy", "`redis` is not supported"),
-            (json!({"rate": 1, "burst": 1, "key": "remote_addr", "rejected_msg": ""}), "limit-req.rejected_msg", "empty"),
-            (json!({"rate": 1, "burst": 1, "key": "remote_addr", "delay": 1}), "limit-req.delay", "unknown field"),
+            (
+                json!({"rate": "1", "burst": 1, "key": "remote_addr"}),
+                "limit-req.rate",
+                "invalid type",
+            ),
+            (
+                json!({"rate": 1, "burst": 1, "key": "remote_addr", "key_type": "constant"}),
+                "limit-req.key_type",
+                "var, var_combination",
+            ),
+            (
+                json!({"rate": 1, "burst": 1, "key": "remote_addr", "rejected_code": 100}),
+                "limit-req.rejected_code",
+                "200 to 599",
+            ),
+            (
+                json!({"rate": 1, "burst": 1, "key": "remote_addr", "policy": "redis"}),
+                "limit-req.policy",
+                "`redis` is not supported",
+            ),
+            (
+                json!({"rate": 1, "burst": 1, "key": "remote_addr", "rejected_msg": ""}),
+                "limit-req.rejected_msg",
+                "empty",
+            ),
+            (
+                json!({"rate": 1, "burst": 1, "key": "remote_addr", "delay": 1}),
+                "limit-req.delay",
+                "unknown field",
+            ),
         ] {
             let errs = parse(v.clone()).expect_err(&v.to_string());
             assert!(
-                errs.iter().any(|e| e.path == format!("routes[0].plugins.{path}") && e.message.contains(msg)),
+                errs.iter()
+                    .any(|e| e.path == format!("routes[0].plugins.{path}")
+                        && e.message.contains(msg)),
                 "{v}: {errs:?}"
             );
         }
