@@ -70,20 +70,22 @@ impl Cell {
     }
 
     /// Applies `f` atomically: `f(state)` gives the new state and the decision, or None to leave
-    /// the state as is (with the decision). Err when the cell was retired.
-    pub fn update<T>(&self, mut f: impl FnMut(u64) -> (Option<u64>, T)) -> Result<T, ()> {
+    /// the state as is (with the decision). None when the cell was retired.
+    pub fn update<T>(&self, mut f: impl FnMut(u64) -> (Option<u64>, T)) -> Option<T> {
         let mut cur = self.state.load(Ordering::Acquire);
         loop {
             if cur == DEAD {
-                return Err(());
+                return None;
             }
             let (next, out) = f(cur);
-            let Some(next) = next else { return Ok(out) };
+            let Some(next) = next else {
+                return Some(out);
+            };
             match self
                 .state
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(out),
+                Ok(_) => return Some(out),
                 Err(actual) => cur = actual,
             }
         }
@@ -208,9 +210,9 @@ impl ShardTable {
                 }
             };
             match cell.update(&mut f) {
-                Ok(out) => return out,
+                Some(out) => return out,
                 // Retired by a sweep: the shared map has a new cell (or will create one).
-                Err(()) => {
+                None => {
                     local.remove(key);
                 }
             }

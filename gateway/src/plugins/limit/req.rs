@@ -87,7 +87,7 @@ pub fn parse_conf(
         return Err(problems);
     }
     let raw: Raw = crate::pipeline::registry::deserialize(value, path)?;
-    if !(raw.rate > 0.0) || !raw.rate.is_finite() {
+    if raw.rate.is_nan() || raw.rate <= 0.0 || raw.rate.is_infinite() {
         problems.push(Problem::new(
             format!("{path}.rate"),
             format!("must be a number > 0 (got {})", raw.rate),
@@ -98,7 +98,7 @@ pub fn parse_conf(
             "must be at least 0.001 in shardgate (the bucket counts thousandths)",
         ));
     }
-    if !(raw.burst >= 0.0) || !raw.burst.is_finite() {
+    if raw.burst.is_nan() || raw.burst < 0.0 || raw.burst.is_infinite() {
         problems.push(Problem::new(
             format!("{path}.burst"),
             format!("must be a number >= 0 (got {})", raw.burst),
