@@ -487,6 +487,7 @@ macro_rules! registry {
 #[cfg(not(any(test, feature = "test-plugins")))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    cors: crate::plugins::cors::CorsPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
 }
@@ -495,6 +496,7 @@ registry! {
 #[cfg(any(test, feature = "test-plugins"))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    cors: crate::plugins::cors::CorsPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
     noop_1: super::testing::Noop<1>,
