@@ -368,7 +368,7 @@ impl Watch {
     /// The next batch of changes; Ok(None) when nothing arrived within a short read timeout
     /// (the caller checks its shutdown flag and calls again). Err when the stream ended, failed or
     /// was cancelled (a compacted start revision is [`EtcdError::Compacted`]).
-    pub fn next(&mut self) -> Result<Option<WatchBatch>, EtcdError> {
+    pub fn next_batch(&mut self) -> Result<Option<WatchBatch>, EtcdError> {
         loop {
             if let Some(batch) = self.parse_one()? {
                 return Ok(Some(batch));

@@ -141,15 +141,13 @@ fn objects_in_the_file_are_refused_with_the_etcd_provider() {
     .err()
     .expect("refused");
     assert_eq!(e.problems[0].path, "routes");
-    let e = crate::config::load_str(&text)
-        .err()
-        .expect("refused at load too");
+    let e = crate::config::load_str(&text).expect_err("refused at load too");
     assert!(e.to_string().contains("come from etcd"), "{e}");
 }
 
 #[test]
 fn a_gateway_problem_refuses_everything() {
     let text = "gateway:\n  config_provider: etcd\n  etcd: { host: [\"https://x:1\"] }\n";
-    let e = crate::config::load_str(text).err().expect("refused");
+    let e = crate::config::load_str(text).expect_err("refused");
     assert!(e.to_string().contains("gateway.etcd.host[0]"), "{e}");
 }

@@ -114,7 +114,7 @@ pub fn run(
         };
         let mut up = false;
         while !shutdown.is_triggered() {
-            match watch.next() {
+            match watch.next_batch() {
                 Ok(batch) => {
                     if !up {
                         // The first answer (or a quiet read) on a new watch: etcd is back.
