@@ -6,6 +6,8 @@
 // clock directly (clippy.toml's disallowed-methods guards the product code only).
 #![allow(clippy::disallowed_methods)]
 
+pub mod etcd;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
