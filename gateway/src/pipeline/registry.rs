@@ -487,12 +487,14 @@ macro_rules! registry {
 #[cfg(not(any(test, feature = "test-plugins")))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    cors: crate::plugins::cors::CorsPlugin,
 }
 
 // Test and bench builds add plugins that only exist to exercise the pipeline (`testing.rs`).
 #[cfg(any(test, feature = "test-plugins"))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    cors: crate::plugins::cors::CorsPlugin,
     noop_1: super::testing::Noop<1>,
     noop_2: super::testing::Noop<2>,
     noop_3: super::testing::Noop<3>,
@@ -574,7 +576,7 @@ routes:
         assert!(errors[1].message.contains("colour"), "{errors:?}");
         assert!(
             errors[2].message.contains(
-                "plugin `key-auth` is not supported by shardgate (supported: openid-connect)"
+                "plugin `key-auth` is not supported by shardgate (supported: openid-connect, cors)"
             ),
             "{errors:?}"
         );

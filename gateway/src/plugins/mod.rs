@@ -3,7 +3,9 @@
 //!
 //! - `openid_connect/`: APISIX's `openid-connect` (priority 2599, `rewrite` phase): bearer tokens,
 //!   browser sessions, login, logout, back-channel logout.
+//! - `cors.rs`: APISIX's `cors` (priority 4000, `rewrite`): CORS headers, preflights answered.
 
+pub mod cors;
 pub mod openid_connect;
 
 pub use crate::pipeline::{
