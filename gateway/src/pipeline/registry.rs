@@ -488,6 +488,8 @@ macro_rules! registry {
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     cors: crate::plugins::cors::CorsPlugin,
+    ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
+    redirect: crate::plugins::redirect::RedirectPlugin,
 }
 
 // Test and bench builds add plugins that only exist to exercise the pipeline (`testing.rs`).
@@ -495,6 +497,8 @@ registry! {
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     cors: crate::plugins::cors::CorsPlugin,
+    ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
+    redirect: crate::plugins::redirect::RedirectPlugin,
     noop_1: super::testing::Noop<1>,
     noop_2: super::testing::Noop<2>,
     noop_3: super::testing::Noop<3>,
@@ -576,7 +580,7 @@ routes:
         assert!(errors[1].message.contains("colour"), "{errors:?}");
         assert!(
             errors[2].message.contains(
-                "plugin `key-auth` is not supported by shardgate (supported: openid-connect, cors)"
+                "plugin `key-auth` is not supported by shardgate (supported: openid-connect, cors, ip-restriction, redirect)"
             ),
             "{errors:?}"
         );
