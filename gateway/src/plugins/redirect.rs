@@ -303,7 +303,7 @@ fn push_pct(b: u8, out: &mut Vec<u8>) {
 fn header_safe(bytes: &[u8]) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     for &b in bytes {
-        if b < 0x20 || b >= 0x7f {
+        if !(0x20..0x7f).contains(&b) {
             push_pct(b, &mut out);
         } else {
             out.push(b);
