@@ -118,6 +118,9 @@ pub struct Outcome {
     pub response_headers: Vec<(String, String)>,
     /// Strip client-sent identity headers (`X-Access-Token`, `X-ID-Token`, ...) before proxying.
     pub strip_identity_headers: bool,
+    /// Headers added to the client response whose value is a number (`X-RateLimit-Remaining`),
+    /// written as digits into the head: no `String` per request.
+    pub response_numbers: Vec<(&'static str, u64)>,
 }
 
 impl Outcome {
@@ -127,6 +130,7 @@ impl Outcome {
         self.strip_cookie_prefix = None;
         self.response_headers.clear();
         self.strip_identity_headers = false;
+        self.response_numbers.clear();
     }
 }
 

@@ -6,11 +6,15 @@
 //! - `cors.rs`: APISIX's `cors` (priority 4000, `rewrite`): CORS headers, preflights answered.
 //! - `ip_restriction.rs`: APISIX's `ip-restriction` (priority 3000, `access`).
 //! - `redirect.rs`: APISIX's `redirect` (priority 900, `rewrite`).
+//! - `limit/`: `limit-count` (1002) and `limit-req` (1001), `access` phase, exact per process.
+//! - `vars.rs`: APISIX's `$var` templates, shared by the plugins that take them.
 
 pub mod cors;
 pub mod ip_restriction;
+pub mod limit;
 pub mod openid_connect;
 pub mod redirect;
+pub mod vars;
 
 pub use crate::pipeline::{
     HeaderValue, IDENTITY_HEADERS, Outcome, Response as PluginResponse, is_identity_header,
