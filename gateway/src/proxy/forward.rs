@@ -198,6 +198,27 @@ async fn run(
             consumed: None,
         });
     }
+    if c.head.framing == BodyFraming::Chunked {
+        // The body bytes that came with the head are checked before an upstream is picked: a
+        // framing error in them is refused without the upstream seeing even the head. (Later
+        // ones abort a streamed body before its last chunk, so the upstream never sees a complete
+        // request either.)
+        let received = http1::scan_received(&c.buf[head_len..], MAX_TRAILER_BYTES);
+        let error = match received {
+            Err(e) => Some(Error::Parse(e)),
+            Ok(n) if limits.client_max_body_size > 0 && n > limits.client_max_body_size => {
+                Some(Error::BodyTooLarge)
+            }
+            Ok(_) => None,
+        };
+        if let Some(error) = error {
+            return Err(Fail {
+                error,
+                response_started: false,
+                consumed: None,
+            });
+        }
+    }
 
     let mut node_host = build_request_head(compiled, up, c, upgrade, keep_identity);
     // Small buffered bodies ride in the same write as the head.
