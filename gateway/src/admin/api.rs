@@ -11,10 +11,11 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::config::etcd::client::{Client, EtcdError};
+use crate::config::etcd::client::{Client, EtcdError, Kv};
 use crate::config::etcd::{self, KINDS, Objects};
 use crate::config::{AdminKey, EtcdConf};
 use crate::http1::Method;
+use crate::pipeline::registry;
 use crate::published::Published;
 use crate::server::Control;
 
@@ -39,6 +40,8 @@ pub struct Request<'a> {
     pub method: Method,
     /// After `/apisix/admin/`.
     pub path: &'a str,
+    /// After `?`, undecoded (empty without one).
+    pub query: &'a str,
     pub api_key: Option<&'a str>,
     pub body: &'a [u8],
 }
@@ -156,6 +159,163 @@ fn users_of(prefix: &str, objects: &Objects, kind: &str, id: &str) -> Vec<String
     users
 }
 
+/// APISIX's id syntax: 1-64 of letters, digits, `-`, `.`, `_`.
+fn valid_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+fn percent_decode(v: &str) -> String {
+    let v = v.as_bytes();
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        match v[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 3 <= v.len() => {
+                match std::str::from_utf8(&v[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `a=1&b=2` -> decoded pairs (a later repeat wins, as APISIX takes the last value).
+fn query_args(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(kv), String::new()),
+        })
+        .collect()
+}
+
+fn arg<'a>(args: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    args.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `{key, value, createdIndex, modifiedIndex}`, APISIX v3's shape of one stored object.
+fn item(kv: &Kv) -> Option<Value> {
+    let value = serde_json::from_str::<Value>(&kv.value).ok()?;
+    Some(json!({
+        "key": kv.key,
+        "value": value,
+        "createdIndex": kv.create_revision,
+        "modifiedIndex": kv.mod_revision,
+    }))
+}
+
+/// APISIX's list query: `name`, `label`, `uri` and `filter` (`service_id`, `upstream_id` on routes)
+/// narrow the list and `total` counts what is left; `page`/`page_size` then cut a page of it, in
+/// creation order.
+fn list(kind: &str, mut items: Vec<(i64, Value)>, args: &[(String, String)]) -> Answer {
+    let regex = |name: &str| -> Result<Option<regex::Regex>, Answer> {
+        match arg(args, name) {
+            None | Some("") => Ok(None),
+            Some(p) => regex::Regex::new(p)
+                .map(Some)
+                .map_err(|e| error(400, format!("invalid {name} pattern: {e}"))),
+        }
+    };
+    let name = match regex("name") {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    let uri = match regex("uri") {
+        Ok(r) => r,
+        Err(a) => return a,
+    };
+    let label = arg(args, "label").filter(|l| !l.is_empty());
+    let filters: Vec<(String, String)> = arg(args, "filter").map(query_args).unwrap_or_default();
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    items.retain(|(_, item)| {
+        let v = &item["value"];
+        if let Some(re) = &name
+            && !v["name"].as_str().is_some_and(|n| re.is_match(n))
+        {
+            return false;
+        }
+        if let Some(l) = label
+            && !v["labels"].as_object().is_some_and(|m| m.contains_key(l))
+        {
+            return false;
+        }
+        if let Some(re) = &uri {
+            let one = v["uri"].as_str().is_some_and(|u| re.is_match(u));
+            let many = v["uris"]
+                .as_array()
+                .is_some_and(|us| us.iter().filter_map(Value::as_str).any(|u| re.is_match(u)));
+            if !one && !many {
+                return false;
+            }
+        }
+        filters.iter().all(|(k, want)| {
+            // Fields APISIX does not filter on are ignored, as APISIX does (with a warning).
+            if kind != "routes" || !matches!(k.as_str(), "service_id" | "upstream_id") {
+                return true;
+            }
+            text(&v[k.as_str()]).is_some_and(|have| &have == want)
+        })
+    });
+    let total = items.len();
+    let page = arg(args, "page").and_then(|p| p.parse::<usize>().ok());
+    let page_size = arg(args, "page_size").and_then(|p| p.parse::<usize>().ok());
+    if let (Some(page), Some(size)) = (page, page_size) {
+        if !(10..=500).contains(&size) {
+            return error(400, "page_size must be between 10 and 500");
+        }
+        items.sort_by_key(|(created, _)| *created);
+        let from = (page.max(1) - 1).saturating_mul(size);
+        items = items.into_iter().skip(from).take(size).collect();
+    }
+    let list: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
+    answer(200, &json!({ "total": total, "list": list }))
+}
+
+/// `/apisix/admin/plugins/list`, `/apisix/admin/plugins/{name}`, `/apisix/admin/schema/...`.
+fn plugins(path: &str) -> Answer {
+    if path == "plugins/list" {
+        return answer(200, &json!(registry::list()));
+    }
+    let name = path
+        .strip_prefix("schema/plugins/")
+        .or_else(|| path.strip_prefix("plugins/"));
+    match name {
+        Some(name) if registry::def(name).is_none() || name.starts_with("test-") => {
+            error(404, format!("plugin not found: {name}"))
+        }
+        // Attributes are checked by each plugin's code (the same code a file goes through), not
+        // by a JSON Schema: there is none to hand out, and an invented one would disagree with
+        // what a PUT accepts.
+        _ => error(
+            501,
+            "shardgate publishes no JSON Schema: PUT the object and its error_msg names every problem by path",
+        ),
+    }
+}
+
 pub async fn handle(control: &Control, keys: &[AdminKey], req: Request<'_>) -> Answer {
     let admin = match authorize(keys, &req) {
         Ok(a) => a,
@@ -165,15 +325,31 @@ pub async fn handle(control: &Control, keys: &[AdminKey], req: Request<'_>) -> A
         return error(401, "invalid method for the viewer role");
     }
     let path = req.path.trim_end_matches('/');
-    let (kind, id) = match path.split_once('/') {
-        Some((k, i)) => (k, Some(i)),
-        None => (path, None),
-    };
+    let args = query_args(req.query);
+    if path == "plugins/list" || path.starts_with("plugins/") || path.starts_with("schema/") {
+        if req.method != Method::Get {
+            return error(405, "method not allowed");
+        }
+        return plugins(path);
+    }
+    let mut parts = path.splitn(3, '/');
+    let kind = parts.next().unwrap_or("");
+    let id = parts.next();
+    let sub = parts.next();
+    if kind == "ssls" {
+        return error(
+            404,
+            "ssls are not supported by shardgate: its TLS listener serves the one certificate of gateway.tls (cert, key), not certificates chosen by SNI from ssls objects",
+        );
+    }
     if !KINDS.contains(&kind) {
         return error(404, format!("unsupported resource type: {kind}"));
     }
-    if id.is_some_and(|i| i.is_empty() || i.contains('/')) {
-        return error(400, "invalid id");
+    if id.is_some_and(|i| !valid_id(i)) {
+        return error(400, "invalid id: 1 to 64 of letters, digits, `-`, `.`, `_`");
+    }
+    if sub.is_some() && req.method != Method::Patch {
+        return error(404, "a sub path is only for PATCH");
     }
     let Some(etcd_side) = &control.etcd else {
         return read_file(control, req.method, kind, id);
@@ -183,35 +359,40 @@ pub async fn handle(control: &Control, keys: &[AdminKey], req: Request<'_>) -> A
     match (req.method, id) {
         (Method::Get, None) => {
             let dir = format!("{prefix}/{kind}/");
-            match on_etcd(&conf, move |c| c.range(&dir)).await {
-                Ok((_, kvs)) => {
-                    let list: Vec<Value> = kvs
-                        .into_iter()
-                        .filter_map(|(key, value)| {
-                            let v = serde_json::from_str::<Value>(&value).ok()?;
-                            Some(json!({ "key": key, "value": v }))
-                        })
+            match on_etcd(&conf, move |c| c.range_kvs(&dir)).await {
+                Ok(kvs) => {
+                    let items = kvs
+                        .iter()
+                        .filter_map(|kv| Some((kv.create_revision, item(kv)?)))
                         .collect();
-                    answer(200, &json!({ "total": list.len(), "list": list }))
+                    list(kind, items, &args)
                 }
                 Err(e) => error(503, e),
             }
         }
         (Method::Get, Some(id)) => {
             let key = format!("{prefix}/{kind}/{id}");
-            let k = key.clone();
-            match on_etcd(&conf, move |c| c.get(&k)).await {
-                Ok(Some(value)) => {
-                    let v = serde_json::from_str::<Value>(&value).unwrap_or(Value::String(value));
-                    answer(200, &json!({ "key": key, "value": v }))
-                }
+            match on_etcd(&conf, move |c| c.get_kv(&key)).await {
+                Ok(Some(kv)) => match item(&kv) {
+                    Some(v) => answer(200, &v),
+                    None => error(500, format!("{}: the stored value is not JSON", kv.key)),
+                },
                 Ok(None) => error(404, "Key not found"),
                 Err(e) => error(503, e),
             }
         }
         (Method::Delete, Some(id)) => {
-            let users = users_of(&prefix, &etcd_side.objects(), kind, id);
-            if let Some(first) = users.first() {
+            // APISIX's `?force=true` deletes even what is in use (any other value does not).
+            let force = arg(&args, "force") == Some("true");
+            // What etcd holds now, not what this gateway's watch has seen yet: a route written a
+            // moment ago through another gateway counts.
+            let dir = format!("{prefix}/");
+            let objects: Objects = match on_etcd(&conf, move |c| c.range(&dir)).await {
+                Ok((_, kvs)) => kvs.into_iter().collect(),
+                Err(e) => return error(503, e),
+            };
+            let users = users_of(&prefix, &objects, kind, id);
+            if let Some(first) = users.first().filter(|_| !force) {
                 return error(
                     400,
                     format!(
@@ -229,29 +410,52 @@ pub async fn handle(control: &Control, keys: &[AdminKey], req: Request<'_>) -> A
             }
         }
         (Method::Put | Method::Post | Method::Patch, _) => {
-            write(control, &conf, &prefix, req.method, kind, id, req.body).await
+            let ttl = match arg(&args, "ttl").map(str::parse::<u64>) {
+                None => None,
+                Some(Ok(t)) if t > 0 => Some(t),
+                Some(_) => return error(400, "ttl must be a positive number of seconds"),
+            };
+            let target = Target { kind, id, sub, ttl };
+            write(control, &conf, &prefix, req.method, target, req.body).await
         }
         (Method::Delete, None) => error(400, "an id is required to delete"),
         _ => error(405, "method not allowed"),
     }
 }
 
-/// PUT (create or replace), POST (create with a new id), PATCH (merge into the stored value).
+/// What a write addresses: `kind/id[/sub/path]` and APISIX's `?ttl=`.
+struct Target<'a> {
+    kind: &'a str,
+    id: Option<&'a str>,
+    /// PATCH `/routes/1/upstream/nodes`: the attribute replaced whole.
+    sub: Option<&'a str>,
+    ttl: Option<u64>,
+}
+
+/// PUT (create or replace), POST (create with a new id), PATCH (merge into the stored value, or
+/// replace the attribute at a sub path).
 async fn write(
     control: &Control,
     conf: &EtcdConf,
     prefix: &str,
     method: Method,
-    kind: &str,
-    id: Option<&str>,
+    target: Target<'_>,
     body: &[u8],
 ) -> Answer {
-    let mut value: Value = match serde_json::from_slice(body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => return error(400, "invalid configuration: the body must be a JSON object"),
+    let Target { kind, id, sub, ttl } = target;
+    let body: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
         Err(e) => return error(400, format!("invalid request body: {e}")),
     };
+    let mut value = match (body, sub) {
+        (v @ Value::Object(_), None) => v,
+        (_, None) => {
+            return error(400, "invalid configuration: the body must be a JSON object");
+        }
+        (v, Some(_)) => v,
+    };
     let body_id = match &value["id"] {
+        _ if sub.is_some() => None,
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Null => None,
@@ -278,6 +482,9 @@ async fn write(
         (_, None, Some(body_id)) => body_id,
         (_, None, None) => return error(400, "missing id"),
     };
+    if !valid_id(&id) {
+        return error(400, "invalid id: 1 to 64 of letters, digits, `-`, `.`, `_`");
+    }
     let key = format!("{prefix}/{kind}/{id}");
     let existing = {
         let k = key.clone();
@@ -290,7 +497,29 @@ async fn write(
         let Some(mut stored) = existing.clone() else {
             return error(404, "Key not found");
         };
-        merge_patch(&mut stored, &value);
+        match sub {
+            None => merge_patch(&mut stored, &value),
+            Some(sub) => {
+                let mut at = &mut stored;
+                let names: Vec<&str> = sub.split('/').collect();
+                for (i, name) in names.iter().enumerate() {
+                    if name.is_empty() {
+                        return error(400, format!("invalid sub path: {sub}"));
+                    }
+                    let Value::Object(o) = at else {
+                        return error(
+                            400,
+                            format!(
+                                "invalid sub path: {} is not an object",
+                                names[..i].join("/")
+                            ),
+                        );
+                    };
+                    at = o.entry((*name).to_owned()).or_insert(Value::Null);
+                }
+                *at = value;
+            }
+        }
         value = stored;
     }
     let now = now_secs();
@@ -334,7 +563,7 @@ async fn write(
         }
     }
     let (k, t) = (key.clone(), text);
-    match on_etcd(conf, move |c| c.put(&k, &t)).await {
+    match on_etcd(conf, move |c| c.put_ttl(&k, &t, ttl)).await {
         Ok(_) => answer(
             if existing.is_some() { 200 } else { 201 },
             &json!({ "key": key, "value": value }),

@@ -151,9 +151,15 @@ async fn admin_api(
     let api_key = head
         .header(&buf, "x-api-key")
         .and_then(|v| std::str::from_utf8(v).ok());
+    let query = head
+        .query
+        .map(|q| q.of(&buf))
+        .and_then(|q| std::str::from_utf8(q).ok())
+        .unwrap_or("");
     let req = api::Request {
         method: head.method,
         path,
+        query,
         api_key,
         body: &buf[start..start + len],
     };

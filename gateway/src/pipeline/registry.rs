@@ -132,11 +132,16 @@ pub fn def(name: &str) -> Option<&'static PluginDef> {
 /// Names of every registered plugin, for error messages (the pipeline's own test plugins, in test
 /// and bench builds only, are not advertised).
 pub fn names() -> String {
+    list().join(", ")
+}
+
+/// Every registered plugin's name, as the Admin API's `/plugins/list` gives them (the pipeline's
+/// test plugins left out).
+pub fn list() -> Vec<&'static str> {
     DEFS.iter()
         .map(|d| d.name)
         .filter(|n| !n.starts_with("test-"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
 /// Parses a `plugins:` map (`entries` in file order) at `path` (`routes[0].plugins`) into the
