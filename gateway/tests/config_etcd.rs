@@ -305,7 +305,7 @@ fn validate_etcd_reports_every_invalid_object_by_key() {
 fn a_cluster_member_killed_mid_watch_changes_nothing_for_traffic() {
     let mut cluster = support::etcd::EtcdCluster::start();
     let up = Upstream::echo();
-    cluster.live().put("/apisix/routes/1", &route("/one", &up));
+    cluster.put("/apisix/routes/1", &route("/one", &up));
     let hosts = cluster
         .endpoints()
         .iter()
@@ -335,14 +335,14 @@ gateway:
         assert_eq!(status(&gw, "/one"), 200);
     }
     // Written through a surviving member: the watch moves to another member and sees it.
-    cluster.live().put("/apisix/routes/2", &route("/two", &up));
+    cluster.put("/apisix/routes/2", &route("/two", &up));
     eventually("a change after the kill arrives", &gw, || {
         status(&gw, "/two") == 200
     });
     eventually("etcd reported up again", &gw, || {
         readyz(&gw)["etcd"]["connected"] == true
     });
-    cluster.live().delete("/apisix/routes/1");
+    cluster.delete("/apisix/routes/1");
     eventually("a delete after the kill arrives", &gw, || {
         status(&gw, "/one") == 404
     });
@@ -350,9 +350,7 @@ gateway:
     // The killed member rejoins; a second member killed still leaves a quorum of two.
     cluster.restart(0);
     cluster.kill(1);
-    cluster
-        .live()
-        .put("/apisix/routes/3", &route("/three", &up));
+    cluster.put("/apisix/routes/3", &route("/three", &up));
     eventually("a change after the second kill arrives", &gw, || {
         status(&gw, "/three") == 200
     });

@@ -255,6 +255,36 @@ impl EtcdCluster {
         self.members[i].kill();
     }
 
+    /// Writes through the live members, again while a new leader is being elected after a kill
+    /// (bounded): the write must land, however long the election takes on a loaded host.
+    pub fn put(&self, key: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut last = String::new();
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                let out = m.ctl(&["put", key, value]);
+                if out.status.success() {
+                    return;
+                }
+                last = String::from_utf8_lossy(&out.stderr).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcdctl put {key} failed on every live member for 60 s: {last}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn delete(&self, key: &str) {
+        let m = self.live();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !m.ctl(&["del", key]).status.success() {
+            assert!(Instant::now() < deadline, "etcdctl del {key} kept failing");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Starts member `i` again; it rejoins with its data dir.
     pub fn restart(&mut self, i: usize) {
         self.members[i].spawn();
