@@ -497,6 +497,7 @@ registry! {
     redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
+    proxy_rewrite: crate::plugins::proxy_rewrite::ProxyRewrite,
 }
 
 // Test and bench builds add plugins that only exist to exercise the pipeline (`testing.rs`).
@@ -508,6 +509,7 @@ registry! {
     redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
+    proxy_rewrite: crate::plugins::proxy_rewrite::ProxyRewrite,
     noop_1: super::testing::Noop<1>,
     noop_2: super::testing::Noop<2>,
     noop_3: super::testing::Noop<3>,
