@@ -490,6 +490,8 @@ registry! {
     cors: crate::plugins::cors::CorsPlugin,
     ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
     redirect: crate::plugins::redirect::RedirectPlugin,
+    request_id: crate::plugins::request_id::RequestIdPlugin,
+    real_ip: crate::plugins::real_ip::RealIpPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
 }
@@ -501,6 +503,8 @@ registry! {
     cors: crate::plugins::cors::CorsPlugin,
     ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
     redirect: crate::plugins::redirect::RedirectPlugin,
+    request_id: crate::plugins::request_id::RequestIdPlugin,
+    real_ip: crate::plugins::real_ip::RealIpPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
     noop_1: super::testing::Noop<1>,
