@@ -128,6 +128,18 @@ pub struct Outcome {
     pub real_ip: Option<std::net::IpAddr>,
     /// `real_ip` as text, written into a buffer the connection keeps.
     pub real_ip_text: String,
+    /// The upstream request target (origin-form, path encoded, with the query) when a plugin
+    /// rewrote it (`proxy-rewrite`); reused per connection.
+    pub upstream_target: Vec<u8>,
+    pub target_rewritten: bool,
+    /// The upstream method when a plugin changed it.
+    pub upstream_method: Option<&'static str>,
+    /// The upstream `Host` when a plugin set it (over the upstream's `pass_host`).
+    pub upstream_host: Option<Rc<str>>,
+    /// Lower-case names of request headers not sent upstream (the client's and the plugins').
+    pub drop_headers: Vec<Rc<str>>,
+    /// Headers added upstream whose names come from the config.
+    pub named_headers: Vec<(Rc<str>, HeaderValue)>,
 }
 
 impl Outcome {
@@ -141,6 +153,11 @@ impl Outcome {
         self.request_id.clear();
         self.real_ip = None;
         self.real_ip_text.clear();
+        self.target_rewritten = false;
+        self.upstream_method = None;
+        self.upstream_host = None;
+        self.drop_headers.clear();
+        self.named_headers.clear();
     }
 
     /// Makes `ip` the request's `remote_addr` (`real-ip`).
