@@ -12,7 +12,7 @@ use super::file::{
     ProviderFile, RouteFile, SchemeFile, ServiceFile, ShardsFile, UpstreamFile, UpstreamType,
 };
 use super::{
-    ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, EtcdConf,
+    ActiveCheck, ActiveKind, AdminConf, AdminKey, Balancer, Config, ConfigError, Driver, EtcdConf,
     GatewayConf, GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, PassHost,
     PassiveHealth, Pem, Problem, Provider, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards,
     TlsConf, UpstreamConf, UpstreamTimeout, UpstreamTls, merge,
@@ -256,7 +256,10 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         .admin
         .as_ref()
         .and_then(|admin| match admin.listen.parse() {
-            Ok(listen) => Some(AdminConf { listen }),
+            Ok(listen) => Some(AdminConf {
+                listen,
+                keys: admin_keys(b, &admin.admin_key),
+            }),
             Err(_) => {
                 b.error(
                     "gateway.admin.listen",
@@ -313,7 +316,67 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         shutdown_timeout: b.seconds("gateway.shutdown_timeout", g.shutdown_timeout, true),
         access_log: g.access_log,
         provider: provider(b, g),
+        trusted_addresses: trusted_addresses(b, g),
     }
+}
+
+/// `gateway.trusted_addresses`: addresses and CIDRs, at least one.
+fn trusted_addresses(b: &mut Builder<'_>, g: &GatewayFile) -> Option<route::IpSet> {
+    let list = g.trusted_addresses.as_ref()?;
+    if list.is_empty() {
+        b.error("gateway.trusted_addresses", "needs at least one address");
+        return None;
+    }
+    let mut ok = true;
+    for (i, entry) in list.iter().enumerate() {
+        if route::IpSet::parse([entry.as_str()]).is_err() {
+            b.error(
+                format!("gateway.trusted_addresses[{i}]"),
+                format!("invalid ip address: `{entry}` is not an IPv4/IPv6 address or CIDR"),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| route::IpSet::parse(list.iter().map(String::as_str)).unwrap_or_default())
+}
+
+/// `gateway.admin.admin_key`: names unique, keys non-empty, `$ENV://NAME` read from the
+/// environment (APISIX's secret reference).
+fn admin_keys(b: &mut Builder<'_>, keys: &[super::file::AdminKeyFile]) -> Vec<AdminKey> {
+    let mut out: Vec<AdminKey> = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let path = format!("gateway.admin.admin_key[{i}]");
+        let key = match k.key.strip_prefix("$ENV://") {
+            Some(var) => match std::env::var(var) {
+                Ok(v) => v,
+                Err(_) => {
+                    b.error(
+                        format!("{path}.key"),
+                        format!("environment variable `{var}` is not set"),
+                    );
+                    continue;
+                }
+            },
+            None => k.key.clone(),
+        };
+        if key.is_empty() {
+            b.error(format!("{path}.key"), "must not be empty");
+            continue;
+        }
+        if out.iter().any(|o| o.name == k.name) {
+            b.error(
+                format!("{path}.name"),
+                format!("duplicate name `{}`", k.name),
+            );
+            continue;
+        }
+        out.push(AdminKey {
+            name: k.name.clone(),
+            key,
+            admin: k.role == super::file::AdminRoleFile::Admin,
+        });
+    }
+    out
 }
 
 fn provider(b: &mut Builder<'_>, g: &GatewayFile) -> Provider {

@@ -181,6 +181,9 @@ pub(crate) struct GatewayFile {
     pub config_provider: ProviderFile,
     /// APISIX's `deployment.etcd`, for `config_provider: etcd`.
     pub etcd: Option<EtcdFile>,
+    /// APISIX's `apisix.trusted_addresses`: the proxies whose `X-Forwarded-*` and `Forwarded`
+    /// headers are believed.
+    pub trusted_addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -236,6 +239,7 @@ impl Default for GatewayFile {
             access_log: true,
             config_provider: ProviderFile::File,
             etcd: None,
+            trusted_addresses: None,
         }
     }
 }
@@ -253,6 +257,26 @@ pub(crate) struct TlsFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminFile {
     pub listen: String,
+    /// APISIX's `deployment.admin.admin_key`: the Admin API is served when it is set.
+    #[serde(default)]
+    pub admin_key: Vec<AdminKeyFile>,
+}
+
+/// One Admin API key (APISIX's names).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminKeyFile {
+    pub name: String,
+    /// The secret, or `$ENV://NAME`.
+    pub key: String,
+    pub role: AdminRoleFile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AdminRoleFile {
+    Admin,
+    Viewer,
 }
 
 /// `shards: auto` or a count.

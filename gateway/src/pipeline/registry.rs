@@ -132,11 +132,16 @@ pub fn def(name: &str) -> Option<&'static PluginDef> {
 /// Names of every registered plugin, for error messages (the pipeline's own test plugins, in test
 /// and bench builds only, are not advertised).
 pub fn names() -> String {
+    list().join(", ")
+}
+
+/// Every registered plugin's name, as the Admin API's `/plugins/list` gives them (the pipeline's
+/// test plugins left out).
+pub fn list() -> Vec<&'static str> {
     DEFS.iter()
         .map(|d| d.name)
         .filter(|n| !n.starts_with("test-"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
 /// Parses a `plugins:` map (`entries` in file order) at `path` (`routes[0].plugins`) into the
@@ -490,6 +495,8 @@ registry! {
     cors: crate::plugins::cors::CorsPlugin,
     ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
     redirect: crate::plugins::redirect::RedirectPlugin,
+    request_id: crate::plugins::request_id::RequestIdPlugin,
+    real_ip: crate::plugins::real_ip::RealIpPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
     proxy_rewrite: crate::plugins::proxy_rewrite::ProxyRewrite,
@@ -502,6 +509,8 @@ registry! {
     cors: crate::plugins::cors::CorsPlugin,
     ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
     redirect: crate::plugins::redirect::RedirectPlugin,
+    request_id: crate::plugins::request_id::RequestIdPlugin,
+    real_ip: crate::plugins::real_ip::RealIpPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
     proxy_rewrite: crate::plugins::proxy_rewrite::ProxyRewrite,
