@@ -978,10 +978,7 @@ impl OidcConf {
             }
         }
         if let Some(dpop) = self.dpop.as_ref().filter(|d| d.enabled) {
-            out.push(Problem::new(
-                format!("{path}.dpop.enabled"),
-                "DPoP (`dpop`) is not supported by shardgate yet",
-            ));
+            let before = out.len();
             for (name, present) in [
                 ("private_key", dpop.private_key.is_some()),
                 ("public_jwk", dpop.public_jwk.is_some()),
@@ -1031,6 +1028,30 @@ impl OidcConf {
                             want_crv.map(|c| format!(" {c}")).unwrap_or_default()
                         ),
                     ));
+                }
+                // APISIX: the proof is signed with the private key and advertises the JWK, so
+                // both must be halves of one pair (else the IdP gets proofs it cannot verify).
+                if out.len() == before
+                    && let Some(pem) = &dpop.private_key
+                {
+                    match crate::dpop::private_key_jwk(pem.expose()) {
+                        Err(e) => out.push(Problem::new(format!("{path}.dpop.private_key"), e)),
+                        Ok(derived) => {
+                            let mismatch = std::iter::once(&"kty")
+                                .chain(members.iter())
+                                .find(|m| derived.get(**m) != jwk.get(**m));
+                            if let Some(m) = mismatch {
+                                let got =
+                                    derived.get(*m).and_then(|v| v.as_str()).unwrap_or("absent");
+                                out.push(Problem::new(
+                                    format!("{path}.dpop.public_jwk"),
+                                    format!(
+                                        "is not the public key of dpop.private_key: {m} is {got:?}"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
                 }
             }
         }
