@@ -586,6 +586,12 @@ impl TokenResponse {
     /// Parses a token endpoint answer: an OAuth error body (any status) becomes
     /// [`FlowError::TokenEndpoint`], another non-2xx [`FlowError::TokenEndpointHttp`].
     pub fn parse(status: u16, body: &[u8]) -> Result<TokenResponse, FlowError> {
+        Self::parse_with(status, body, false)
+    }
+
+    /// [`TokenResponse::parse`] for a client that sent a DPoP proof: `token_type` may then be
+    /// `DPoP` (RFC 9449 5) as well as `Bearer` (an IdP without DPoP support ignores the proof).
+    pub fn parse_with(status: u16, body: &[u8], dpop: bool) -> Result<TokenResponse, FlowError> {
         if let Ok(e) = serde_json::from_slice::<OAuthErrorBody>(body) {
             return Err(FlowError::TokenEndpoint {
                 status,
@@ -603,12 +609,20 @@ impl TokenResponse {
         }
         if let Some(tt) = &t.token_type
             && !tt.eq_ignore_ascii_case("bearer")
+            && !(dpop && tt.eq_ignore_ascii_case("dpop"))
         {
             return Err(FlowError::TokenResponse(format!(
                 "token_type {tt:?} is not Bearer"
             )));
         }
         Ok(t)
+    }
+
+    /// Whether the IdP bound the access token to our DPoP key.
+    pub fn is_dpop(&self) -> bool {
+        self.token_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("dpop"))
     }
 
     /// Stores these tokens in `session` at `now`. A refresh response without a new refresh token

@@ -354,6 +354,68 @@ fn token_call(
     })
 }
 
+/// An IdP call with a DPoP proof when the route has `dpop.enabled` (RFC 9449 5, 7): `build`
+/// makes the call (again for the retry, so a client assertion's `jti` is not replayed), the
+/// proof is added for its method and URL (with `ath` for `access_token`), and an answer asking
+/// for a server nonce (`use_dpop_nonce` with `DPoP-Nonce`) is retried once with that nonce.
+/// Without a DPoP key it is a plain [`idp_call`].
+async fn dpop_idp_call(
+    auth: &RouteAuth,
+    now: u64,
+    access_token: Option<&str>,
+    build: impl Fn() -> Result<SharedCall, Error>,
+) -> Result<Arc<Response>, Error> {
+    let Some(signer) = auth.route.dpop_signer.clone() else {
+        return idp_call(auth, build()?).await;
+    };
+    let with_proof = |nonce: Option<&str>| -> Result<SharedCall, Error> {
+        let mut call = build()?;
+        let proof = signer
+            .proof(
+                call.method,
+                &call.url,
+                now,
+                &auth.oidc.random_id(),
+                nonce,
+                access_token,
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sign a DPoP proof");
+                Error::Unavailable("DPoP proof signing failed")
+            })?;
+        call.headers.push(("DPoP".into(), proof));
+        if nonce.is_some() {
+            // Not the same call as the first (which the IdP refused): do not join it.
+            call.key.push_str("\ndpop-nonce");
+        }
+        Ok(call)
+    };
+    let resp = idp_call(auth, with_proof(None)?).await?;
+    match dpop_nonce_challenge(&resp) {
+        Some(nonce) => {
+            tracing::debug!("the IdP wants a DPoP nonce; retrying once with it");
+            idp_call(auth, with_proof(Some(&nonce))?).await
+        }
+        None => Ok(resp),
+    }
+}
+
+/// The nonce an IdP asks for: `DPoP-Nonce` with a 400 `use_dpop_nonce` error (token endpoint,
+/// RFC 9449 8) or a 401 whose `WWW-Authenticate` says `use_dpop_nonce` (UserInfo, RFC 9449 9).
+fn dpop_nonce_challenge(resp: &Response) -> Option<String> {
+    let nonce = resp.header("dpop-nonce")?;
+    let asks = match resp.status {
+        400 => serde_json::from_slice::<serde_json::Value>(&resp.body)
+            .ok()
+            .is_some_and(|v| v.get("error").and_then(|e| e.as_str()) == Some("use_dpop_nonce")),
+        401 => resp
+            .header("www-authenticate")
+            .is_some_and(|w| w.contains("use_dpop_nonce")),
+        _ => false,
+    };
+    asks.then(|| nonce.to_string())
+}
+
 async fn unauthenticated(
     auth: &RouteAuth,
     s: &SessionState,
@@ -507,16 +569,24 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64)
         return Err(Error::Unavailable("the IdP advertises no token_endpoint"));
     };
     let form = flow::token_request_form(&code, &login.redirect_uri, login.code_verifier.as_deref());
-    let call = token_call(
-        auth,
-        token_endpoint,
-        format!("code\n{code}"),
-        form,
-        None,
-        now,
-    )?;
-    let resp = idp_call(auth, call).await?;
-    let tokens = TokenResponse::parse(resp.status, &resp.body).map_err(flow_page)?;
+    let resp = dpop_idp_call(auth, now, None, || {
+        token_call(
+            auth,
+            token_endpoint,
+            format!("code\n{code}"),
+            form.clone(),
+            None,
+            now,
+        )
+    })
+    .await?;
+    let dpop = auth.route.dpop_signer.is_some();
+    let tokens = TokenResponse::parse_with(resp.status, &resp.body, dpop).map_err(flow_page)?;
+    if dpop && !tokens.is_dpop() {
+        tracing::warn!(
+            "dpop.enabled but the IdP issued bearer tokens (token_type is not DPoP): they are not sender-constrained"
+        );
+    }
 
     let mut data = SessionData::new(now);
     data.iss = Some(meta.issuer.clone());
@@ -545,18 +615,31 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64)
             !tokens.access_token.is_empty(),
         )
     {
-        let call = SharedCall {
-            key: format!("userinfo\n{}", tokens.access_token),
-            method: "GET",
-            url: ep.to_string(),
-            headers: vec![(
-                "Authorization".into(),
-                format!("Bearer {}", tokens.access_token),
-            )],
-            body: Vec::new(),
-            grace: None,
+        // A DPoP-bound token goes as `Authorization: DPoP` with a proof carrying `ath`.
+        let bound = dpop && tokens.is_dpop();
+        let scheme = if bound { "DPoP" } else { "Bearer" };
+        let build = || {
+            Ok(SharedCall {
+                key: format!("userinfo\n{}", tokens.access_token),
+                method: "GET",
+                url: ep.to_string(),
+                headers: vec![(
+                    "Authorization".into(),
+                    format!("{scheme} {}", tokens.access_token),
+                )],
+                body: Vec::new(),
+                grace: None,
+            })
         };
-        match idp_call(auth, call).await {
+        let answer = if bound {
+            dpop_idp_call(auth, now, Some(&tokens.access_token), build).await
+        } else {
+            match build() {
+                Ok(call) => idp_call(auth, call).await,
+                Err(e) => Err(e),
+            }
+        };
+        match answer {
             Ok(r) if r.status == 200 => {
                 let user: Option<Box<RawValue>> = serde_json::from_slice(&r.body).ok();
                 // lua-resty-openidc keeps userinfo only when it is about the same subject.
@@ -963,19 +1046,22 @@ async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(
         return Err(RefreshFail::Fatal("no refresh token".into()));
     };
     let form = flow::refresh_request_form(&rt, Some(&conf.scope));
-    let call = token_call(
-        auth,
-        &endpoint,
-        format!("refresh\n{rt}"),
-        form,
-        Some(REFRESH_GRACE),
-        now,
-    )
+    // With DPoP the refresh carries a proof by the same key, so the new tokens are bound to it
+    // too (and a public client's refresh token, bound at issue, is usable at all).
+    let resp = dpop_idp_call(auth, now, None, || {
+        token_call(
+            auth,
+            &endpoint,
+            format!("refresh\n{rt}"),
+            form.clone(),
+            Some(REFRESH_GRACE),
+            now,
+        )
+    })
+    .await
     .map_err(|e| RefreshFail::Transient(e.to_string()))?;
-    let resp = idp_call(auth, call)
-        .await
-        .map_err(|e| RefreshFail::Transient(e.to_string()))?;
-    match TokenResponse::parse(resp.status, &resp.body) {
+    let dpop = auth.route.dpop_signer.is_some();
+    match TokenResponse::parse_with(resp.status, &resp.body, dpop) {
         Ok(tokens) => {
             if let Some(raw) = &tokens.id_token {
                 // A refreshed ID token must still be ours and signed; the nonce is not repeated.
