@@ -320,7 +320,7 @@ pub struct OidcConf {
     /// Accepted only when not enabled.
     #[serde(default)]
     pub par: Option<ParConf>,
-    /// Accepted only when not enabled.
+    /// RFC 9449 DPoP as a client (proofs for the token, refresh and UserInfo calls).
     #[serde(default)]
     pub dpop: Option<DpopConf>,
     /// shardgate: DPoP-bound access tokens on bearer routes (resource-server side of RFC 9449).
@@ -476,8 +476,7 @@ pub struct ParConf {
     pub endpoint_auth_method: Option<AuthMethod>,
 }
 
-/// RFC 9449 DPoP as a client, with APISIX's schema. Not implemented yet: the object is checked
-/// as APISIX checks it, and `enabled: true` is refused by name.
+/// RFC 9449 DPoP as a client, with APISIX's schema and key checks (see `check_par_dpop`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpopConf {
@@ -948,7 +947,7 @@ impl OidcConf {
     }
 
     /// APISIX's `par`/`dpop` rules. Their checks apply while disabled too, as in APISIX; turning
-    /// either on is refused by name until shardgate implements it.
+    /// `par` on is refused by name until shardgate implements it.
     fn check_par_dpop(&self, path: &str, out: &mut Vec<Problem>) {
         if let Some(par) = self.par.as_ref().filter(|p| p.enabled) {
             out.push(Problem::new(
