@@ -488,6 +488,8 @@ macro_rules! registry {
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     cors: crate::plugins::cors::CorsPlugin,
+    ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
+    redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
 }
@@ -497,6 +499,8 @@ registry! {
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     cors: crate::plugins::cors::CorsPlugin,
+    ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
+    redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
     noop_1: super::testing::Noop<1>,

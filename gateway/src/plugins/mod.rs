@@ -4,12 +4,16 @@
 //! - `openid_connect/`: APISIX's `openid-connect` (priority 2599, `rewrite` phase): bearer tokens,
 //!   browser sessions, login, logout, back-channel logout.
 //! - `cors.rs`: APISIX's `cors` (priority 4000, `rewrite`): CORS headers, preflights answered.
+//! - `ip_restriction.rs`: APISIX's `ip-restriction` (priority 3000, `access`).
+//! - `redirect.rs`: APISIX's `redirect` (priority 900, `rewrite`).
 //! - `limit/`: `limit-count` (1002) and `limit-req` (1001), `access` phase, exact per process.
 //! - `vars.rs`: APISIX's `$var` templates, shared by the plugins that take them.
 
 pub mod cors;
+pub mod ip_restriction;
 pub mod limit;
 pub mod openid_connect;
+pub mod redirect;
 pub mod vars;
 
 pub use crate::pipeline::{
