@@ -172,6 +172,7 @@ impl Published {
                     read: u.timeout.read,
                 },
                 retries: u.retries,
+                retry_timeout: u.retry_timeout,
                 passive: Passive {
                     tcp_failures: u.health.tcp_failures,
                     timeouts: u.health.timeouts,

@@ -230,6 +230,17 @@ async fn run(
     let mut tried: u64 = 0;
     let mut attempts = 0u32;
     let mut stale_retry_used = false;
+    // APISIX `retry_timeout`: a retry due after this instant is not made (the request gets 502).
+    // It bounds when the last retry may start, not each attempt's own timeouts.
+    let retry_deadline = up.retry_timeout.map(|t| monotonic_now() + t);
+    let retry_too_late = |attempts: u32, last: UpstreamError| -> Option<UpstreamError> {
+        retry_deadline
+            .is_some_and(|d| monotonic_now() > d)
+            .then(|| UpstreamError::RetryTimeout {
+                retries: attempts,
+                last: Box::new(last),
+            })
+    };
     loop {
         let now = monotonic_now();
         let key = match &up.hash_on {
@@ -277,12 +288,18 @@ async fn run(
                     } else {
                         tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
                     }
+                    let mut e = e;
                     if attempts < up.retries && method.is_idempotent() {
-                        attempts += 1;
-                        if node_idx < 64 {
-                            tried |= 1 << node_idx;
+                        match retry_too_late(attempts, e) {
+                            Some(late) => e = late,
+                            None => {
+                                attempts += 1;
+                                if node_idx < 64 {
+                                    tried |= 1 << node_idx;
+                                }
+                                continue;
+                            }
                         }
-                        continue;
                     }
                     return Err(Fail {
                         error: Error::Upstream {
@@ -374,12 +391,18 @@ async fn run(
                 }
                 // As nginx's `proxy_next_upstream error timeout` (APISIX's retries): a replayable
                 // request whose node failed before any response byte goes to another node.
+                let mut e = e;
                 if kind.is_some() && replayable && nothing_received && attempts < up.retries {
-                    attempts += 1;
-                    if node_idx < 64 {
-                        tried |= 1 << node_idx;
+                    match retry_too_late(attempts, e) {
+                        Some(late) => e = late,
+                        None => {
+                            attempts += 1;
+                            if node_idx < 64 {
+                                tried |= 1 << node_idx;
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
                 return Err(Fail::up(e, Some(consumed)));
             }

@@ -113,6 +113,8 @@ pub struct ShardUpstream {
     pub pass_host: PassHost,
     pub timeouts: Timeouts,
     pub retries: u32,
+    /// APISIX `retry_timeout`: no retry starts once this long has passed since the first attempt.
+    pub retry_timeout: Option<Duration>,
     pub passive: Passive,
 }
 
@@ -137,6 +139,7 @@ pub struct UpstreamSpec {
     pub pass_host: PassHost,
     pub timeouts: Timeouts,
     pub retries: u32,
+    pub retry_timeout: Option<Duration>,
     pub passive: Passive,
     pub pool: PoolLimits,
     pub tls: Option<TlsSpec>,
@@ -194,6 +197,7 @@ impl ShardUpstream {
             pass_host: spec.pass_host.clone(),
             timeouts: spec.timeouts,
             retries: spec.retries,
+            retry_timeout: spec.retry_timeout,
             passive: spec.passive.clone(),
         }
     }
@@ -347,6 +351,7 @@ mod tests {
                 read: Duration::from_secs(1),
             },
             retries: 2,
+            retry_timeout: None,
             passive: Passive {
                 tcp_failures: 1,
                 timeouts: 1,
