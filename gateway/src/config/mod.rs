@@ -100,6 +100,8 @@ pub struct GatewayConf {
     pub access_log: bool,
     /// Where the APISIX objects come from.
     pub provider: Provider,
+    /// `gateway.trusted_addresses` (APISIX's `apisix.trusted_addresses`); None: not configured.
+    pub trusted_addresses: Option<crate::route::IpSet>,
 }
 
 /// `gateway.config_provider`.
