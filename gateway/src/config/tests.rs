@@ -1409,3 +1409,52 @@ routes:
         "{e:#?}"
     );
 }
+
+#[test]
+fn gateway_trusted_addresses_load_and_bad_entries_name_their_path() {
+    let c = load(
+        r#"
+gateway:
+  trusted_addresses: ["10.0.0.0/8", "::1"]
+upstreams:
+  - id: app
+    nodes: { "127.0.0.1:18080": 1 }
+routes:
+  - id: a
+    uri: /x
+    upstream_id: app
+"#,
+    )
+    .config;
+    let set = c.gateway.trusted_addresses.as_ref().unwrap();
+    assert!(set.contains("10.1.2.3".parse().unwrap()));
+    assert!(set.contains("::1".parse().unwrap()));
+    assert!(!set.contains("11.0.0.1".parse().unwrap()));
+    assert!(
+        load(
+            "upstreams:\n  - id: app\n    nodes: { \"127.0.0.1:18080\": 1 }\n\
+         routes:\n  - id: a\n    uri: /x\n    upstream_id: app\n"
+        )
+        .config
+        .gateway
+        .trusted_addresses
+        .is_none()
+    );
+
+    for (list, needle) in [
+        (
+            "[\"10.0.0.0/8\", \"10.0.0.0/33\"]",
+            "gateway.trusted_addresses[1]: invalid ip address: `10.0.0.0/33`",
+        ),
+        (
+            "[]",
+            "gateway.trusted_addresses: needs at least one address",
+        ),
+    ] {
+        let e = errors(&format!(
+            "gateway:\n  trusted_addresses: {list}\nupstreams:\n  - id: app\n    nodes: {{ \"127.0.0.1:18080\": 1 }}\n\
+             routes:\n  - id: a\n    uri: /x\n    upstream_id: app\n"
+        ));
+        assert!(has(&e, needle), "missing {needle:?} in {e:?}");
+    }
+}
