@@ -1355,6 +1355,31 @@ fn secret_references_resolve_in_services_and_plugin_configs() {
     );
 }
 
+/// A resolved value that a plugin then refuses is quoted by its reference, never by its value,
+/// in the whole-file parse and in the per-entry one `validate` runs after a type error.
+#[test]
+fn problems_in_resolved_values_never_show_the_value() {
+    let yaml = r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+routes:
+  - id: r
+    uri: /r
+    upstream_id: app
+    plugins:
+      redirect: { regex_uri: ["$ENV://REDIRECT_RE", "/x"] }
+"#;
+    let env = |name: &str| (name == "REDIRECT_RE").then(|| "(unclosed-secret-regex".to_owned());
+    for yaml in [yaml.to_owned(), format!("{yaml}  - {{ id: t, uri: 7 }}\n")] {
+        let e = load_str_with_env(&yaml, &env).unwrap_err().to_string();
+        assert!(!e.contains("unclosed-secret-regex"), "{e}");
+        assert!(
+            e.contains("routes[0].plugins.redirect.regex_uri[0]: invalid regex_uri (<value of $ENV://REDIRECT_RE>, /x)"),
+            "{e}"
+        );
+    }
+}
+
 /// One bad route (or upstream) does not hide the problems of the others: `validate` lists them
 /// all, each path once.
 #[test]
