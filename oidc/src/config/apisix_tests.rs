@@ -525,6 +525,39 @@ fn short_rsa_public_key_is_a_warning() {
     assert!(l.errors.is_empty() && l.warnings.iter().all(|w| w.path != "p.public_key"));
 }
 
+/// APISIX's schema leaves the endpoint auth methods free strings, and lua-resty-openidc ignores
+/// one it does not implement: accepted with a warning, the default in its place.
+#[test]
+fn unknown_endpoint_auth_methods_are_a_warning() {
+    for path in [
+        "token_endpoint_auth_method",
+        "introspection_endpoint_auth_method",
+    ] {
+        let l = load(with(path, json!("tls_client_auth")));
+        assert!(l.errors.is_empty(), "{path}: {:?}", l.errors);
+        let w: Vec<String> = l
+            .warnings
+            .iter()
+            .filter(|w| w.path == format!("p.{path}"))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(w.len(), 1, "{path}: {:?}", l.warnings);
+        assert!(w[0].contains("\"tls_client_auth\" is not a client authentication method"));
+        let conf = l.conf.unwrap();
+        assert_eq!(
+            conf.token_endpoint_auth_method.as_str(),
+            "client_secret_basic"
+        );
+        assert_eq!(
+            conf.introspection_endpoint_auth_method.as_str(),
+            "client_secret_basic"
+        );
+        refuses(path, &[json!(7), json!(true)]);
+    }
+    // The PAR object is closed with an enum in APISIX too: still refused.
+    refuses("par.endpoint_auth_method", &[json!("tls_client_auth")]);
+}
+
 #[test]
 fn yaml_nulls_are_absent() {
     accepts("client_secret_missing_is_fine", &[]);
