@@ -649,6 +649,33 @@ fn a_session_failing_claim_schema_gets_401_with_the_bearer_challenge() {
     e.gw.assert_no_panic();
 }
 
+#[test]
+fn a_login_with_an_es512_id_token_from_the_real_idp() {
+    // The IdP signs this client's ID tokens ES512 with a P-521 key (RustCrypto's p521 verifies).
+    let mut e = start(
+        &[("IDP_ES512", "1")],
+        &[
+            ("client_id", "gateway-es512"),
+            ("client_secret", "gateway-es512-secret"),
+            ("set_raw_id_token_header", "true"),
+        ],
+    );
+    e.login("/");
+    let r = e.browse("/");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), e.gw.log());
+    let seen = e.last_seen();
+    assert_identity(&seen, "alice");
+    let raw = seen.header("x-raw-id-token").expect("X-Raw-ID-Token");
+    let head: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(raw.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(head["alg"], "ES512", "{head}");
+    e.gw.assert_no_panic();
+}
+
 /// The failing callback of a login in flight (`state` from its authorization URL).
 fn failing_callback(e: &Env, state: &str, error: &str) -> String {
     format!(
