@@ -12,7 +12,8 @@
 //                         by another name (the demo's --public-url); READY then prints it.
 //   IDP_KEYS              path to a private JWKS ({"keys":[...]}, see genkeys.mjs). Default: a fresh
 //                         RS256 and a fresh ES256 key, in memory only (they change on every start).
-//   IDP_AT_ALG            signing alg of JWT access tokens: RS256 (default) or ES256.
+//   IDP_AT_ALG            signing alg of JWT access tokens: RS256 (default), ES256, or ES512
+//                         (with IDP_ES512=1).
 //   IDP_REDIRECT_URIS     comma list of redirect_uris for `gateway` and `spa`
 //                         (default http://127.0.0.1:9080/callback).
 //   IDP_POST_LOGOUT_URIS  comma list of post_logout_redirect_uris (default http://127.0.0.1:9080/).
@@ -84,8 +85,8 @@ const cfg = {
   dpopNonce: process.env.IDP_DPOP_NONCE === '1',
   es512: process.env.IDP_ES512 === '1',
 };
-if (cfg.atAlg !== 'RS256' && cfg.atAlg !== 'ES256') {
-  throw new Error(`IDP_AT_ALG must be RS256 or ES256, got ${cfg.atAlg}`);
+if (!['RS256', 'ES256', ...(cfg.es512 ? ['ES512'] : [])].includes(cfg.atAlg)) {
+  throw new Error(`IDP_AT_ALG must be RS256 or ES256 (or ES512 with IDP_ES512=1), got ${cfg.atAlg}`);
 }
 
 function loadKeys() {
