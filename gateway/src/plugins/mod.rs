@@ -3,8 +3,11 @@
 //!
 //! - `openid_connect/`: APISIX's `openid-connect` (priority 2599, `rewrite` phase): bearer tokens,
 //!   browser sessions, login, logout, back-channel logout.
+//! - `response_rewrite/`: APISIX's `response-rewrite` (priority 899, `header_filter` and
+//!   `body_filter`): status, response headers, body replacement and regex filters.
 
 pub mod openid_connect;
+pub mod response_rewrite;
 
 pub use crate::pipeline::{
     HeaderValue, IDENTITY_HEADERS, Outcome, Response as PluginResponse, is_identity_header,
