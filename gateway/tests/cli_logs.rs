@@ -68,6 +68,8 @@ fn json_logs_are_one_object_per_line_with_access_fields() {
     assert_eq!(access["method"], "GET", "{access}");
     assert!(access["total_ms"].is_number(), "{access}");
     assert!(access["upstream_ms"].is_number(), "{access}");
+    // The node that answered, as the upstream's `nodes` key names it.
+    assert_eq!(access["upstream"], up.node().as_str(), "{access}");
     assert!(
         access["peer"]
             .as_str()

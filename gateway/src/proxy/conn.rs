@@ -49,6 +49,9 @@ pub struct ClientConn {
     /// (`path_rewritten`); scratch reused across requests.
     pub path: Vec<u8>,
     pub path_rewritten: bool,
+    /// The upstream node the current request's last attempt went to (index into the route's
+    /// upstream), for the access log; reset per request.
+    pub node: Option<usize>,
 }
 
 impl ClientConn {
@@ -66,6 +69,7 @@ impl ClientConn {
 /// are not paths and route as they are.
 fn normalize_path(c: &mut ClientConn) -> Result<(), http1::path::PathError> {
     c.path_rewritten = false;
+    c.node = None;
     let raw = c.head.path_bytes(&c.buf);
     if raw.first() != Some(&b'/') {
         return Ok(());
@@ -120,6 +124,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
         timer: Timer::on_shard(),
         path: Vec::new(),
         path_rewritten: false,
+        node: None,
     };
     loop {
         let compiled = shard.current();
@@ -506,9 +511,18 @@ fn log(
     let m = &shard.metrics;
     m.requests.set(m.requests.get() + 1);
     m.record_latency(total_us, s.upstream_us);
+    let mut upstream_node = "";
     let route_id = match route {
         Some(i) => {
             let r = &compiled.routes[i];
+            if let Some(n) = c.node
+                && let Some(node) = compiled
+                    .upstreams
+                    .get(r.upstream)
+                    .and_then(|u| u.nodes.get(n))
+            {
+                upstream_node = &node.key;
+            }
             r.stats.record(s.status);
             r.plugins.log(&LogInfo {
                 status: s.status,
@@ -562,6 +576,7 @@ fn log(
                 upstream_ms = s.upstream_us.map(|u| u as f64 / 1000.0),
                 total_ms = total_us as f64 / 1000.0,
                 route = route_id,
+                upstream = upstream_node,
                 shard = shard.info.id,
                 peer = %c.peer,
                 reason,

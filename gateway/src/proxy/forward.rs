@@ -212,6 +212,7 @@ async fn run(
             return Err(Fail::up(UpstreamError::NoHealthyNode, None));
         };
         let node = &up.nodes[node_idx];
+        c.node = Some(node_idx);
         if let Some(range) = node_host.clone() {
             set_node_host(
                 &mut c.out,
