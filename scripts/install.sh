@@ -5,7 +5,8 @@
 #   scripts/install.sh            everything (load tests too: nginx-light, haproxy, wrk)
 #   scripts/install.sh --demo     only what `scripts/demo.sh` needs (node, the IdP's npm deps, curl, openssl, python3)
 #   scripts/install.sh --test     only what `scripts/test.sh` needs (the demo's, plus chromium for the browser
-#                                 test, prometheus for the metrics test, systemd-analyze for the unit)
+#                                 test, prometheus for the metrics test, systemd-analyze for the unit,
+#                                 etcd-server and etcd-client for the etcd provider's tests)
 #   scripts/install.sh --callgrind everything, plus valgrind (`loadtest/run.sh --mode callgrind`)
 #
 # Env: SG_SKIP_APT=1 skips system packages (then missing tools are only reported).
@@ -34,6 +35,8 @@ declare -A PKG_FOR=(
 if [ "$profile" != demo ]; then
 	# promtool and prometheus: the metrics test checks /metrics with them.
 	PKG_FOR+=([chromium]=chromium [chromedriver]=chromium-driver [promtool]=prometheus [systemd-analyze]=systemd)
+	# etcd and etcdctl: the etcd config provider's tests start their own member on loopback.
+	PKG_FOR+=([etcd]=etcd-server [etcdctl]=etcd-client)
 fi
 if [ "$profile" = all ] || [ "$profile" = callgrind ]; then
 	PKG_FOR+=([nginx]=nginx-light [haproxy]=haproxy [wrk]=wrk [taskset]=util-linux)
@@ -64,7 +67,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 		fi
 		rm -f "$log"
 		# Debian starts these services on install; our runs start their own instances.
-		for svc in nginx haproxy prometheus; do
+		for svc in nginx haproxy prometheus etcd; do
 			if [[ " ${missing[*]} " == *" ${svc}"* ]] && command -v systemctl >/dev/null 2>&1; then
 				sg_as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
 			fi

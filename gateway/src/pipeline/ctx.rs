@@ -138,6 +138,14 @@ impl<'a> Ctx<'a> {
         &mut self.conn.outcome
     }
 
+    /// The request head, its bytes and the outcome at once: a plugin that derives response or
+    /// upstream headers from request headers writes them without copying the request's values
+    /// first.
+    pub fn head_and_outcome(&mut self) -> (&RequestHead, &[u8], &mut Outcome) {
+        let c = &mut *self.conn;
+        (&c.head, &c.buf, &mut c.outcome)
+    }
+
     /// What earlier phases of this request left (typed slots).
     pub fn scratch(&mut self) -> &mut RequestScratch {
         &mut self.conn.scratch

@@ -488,6 +488,7 @@ macro_rules! registry {
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     response_rewrite: crate::plugins::response_rewrite::ResponseRewrite,
+    cors: crate::plugins::cors::CorsPlugin,
 }
 
 // Test and bench builds add plugins that only exist to exercise the pipeline (`testing.rs`).
@@ -495,6 +496,7 @@ registry! {
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     response_rewrite: crate::plugins::response_rewrite::ResponseRewrite,
+    cors: crate::plugins::cors::CorsPlugin,
     noop_1: super::testing::Noop<1>,
     noop_2: super::testing::Noop<2>,
     noop_3: super::testing::Noop<3>,
@@ -578,7 +580,8 @@ routes:
             errors[2]
                 .message
                 .contains("plugin `key-auth` is not supported by shardgate (supported: ")
-                && errors[2].message.contains("openid-connect"),
+                && errors[2].message.contains("openid-connect")
+                && errors[2].message.contains("cors"),
             "{errors:?}"
         );
     }

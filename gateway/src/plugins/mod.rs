@@ -5,7 +5,9 @@
 //!   browser sessions, login, logout, back-channel logout.
 //! - `response_rewrite/`: APISIX's `response-rewrite` (priority 899, `header_filter` and
 //!   `body_filter`): status, response headers, body replacement and regex filters.
+//! - `cors.rs`: APISIX's `cors` (priority 4000, `rewrite`): CORS headers, preflights answered.
 
+pub mod cors;
 pub mod openid_connect;
 pub mod response_rewrite;
 

@@ -3,6 +3,8 @@
 //! Everything binds 127.0.0.1 only; every wait is bounded.
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

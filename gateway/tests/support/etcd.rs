@@ -1,0 +1,172 @@
+//! A real etcd member (Debian's `etcd-server`) on loopback, on free ports, with a temporary data
+//! dir; driven with Debian's `etcdctl` (`etcd-client`). Both come from `scripts/install.sh`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{free_port, scratch_dir};
+
+pub struct Etcd {
+    child: Option<Child>,
+    pub client_port: u16,
+    peer_port: u16,
+    dir: PathBuf,
+}
+
+fn need(binary: &str, version_arg: &str, package: &str) {
+    let found = Command::new(binary)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "`{binary}` is not installed: run scripts/install.sh --test (Debian package {package})"
+    );
+}
+
+impl Etcd {
+    /// Starts one member and waits until it answers (bounded).
+    pub fn start() -> Etcd {
+        need("etcd", "--version", "etcd-server");
+        need("etcdctl", "version", "etcd-client");
+        let mut e = Etcd {
+            child: None,
+            client_port: free_port(),
+            peer_port: free_port(),
+            dir: scratch_dir("etcd"),
+        };
+        e.spawn();
+        e
+    }
+
+    fn spawn(&mut self) {
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("etcd log");
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn etcd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("etcd exited early ({status}):\n{}", self.log());
+            }
+            if self.ctl(&["endpoint", "health"]).status.success() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("etcd did not become healthy within 20 s:\n{}", self.log());
+    }
+
+    /// `http://127.0.0.1:PORT`, for `gateway.etcd.host`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+
+    /// Runs `etcdctl` against this member.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg("--dial-timeout=2s")
+            .arg("--command-timeout=5s")
+            .args(args)
+            .output()
+            .expect("run etcdctl")
+    }
+
+    fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn put(&self, key: &str, value: &str) {
+        self.ctl_ok(&["put", key, value]);
+    }
+
+    pub fn delete(&self, key: &str) {
+        self.ctl_ok(&["del", key]);
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = self.ctl_ok(&["get", key, "--print-value-only"]);
+        let v = out.trim_end_matches('\n');
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+
+    /// The store's current revision.
+    pub fn revision(&self) -> i64 {
+        let out = self.ctl_ok(&[
+            "get",
+            "/",
+            "--prefix",
+            "--keys-only",
+            "--limit=1",
+            "-w",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("etcdctl json");
+        v["header"]["revision"].as_i64().expect("revision")
+    }
+
+    /// Compacts history up to the current revision.
+    pub fn compact(&self) -> i64 {
+        let rev = self.revision();
+        self.ctl_ok(&["compact", &rev.to_string(), "--physical"]);
+        rev
+    }
+
+    /// Kills the member (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the member again on the same ports and data dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        if !thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
