@@ -108,6 +108,8 @@ pub struct Ctx<'a> {
     conn: &'a mut ClientConn,
     metrics: &'a ShardMetrics,
     route_id: &'a str,
+    /// The route table and the match, for the route's URI parameters (`/:name`).
+    params: Option<(&'a crate::route::RouteTable, crate::route::Match)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -120,7 +122,25 @@ impl<'a> Ctx<'a> {
             conn,
             metrics,
             route_id,
+            params: None,
         }
+    }
+
+    /// The match the route table made, so plugins can read the route's URI parameters.
+    pub(crate) fn with_params(
+        mut self,
+        table: &'a crate::route::RouteTable,
+        m: crate::route::Match,
+    ) -> Self {
+        self.params = Some((table, m));
+        self
+    }
+
+    /// The value of the matched route's URI parameter `name` (`/:name`, `/*name`), a range of
+    /// the normal-form path the route matched.
+    pub fn param(&self, name: &str) -> Option<&[u8]> {
+        let (table, m) = self.params.as_ref()?;
+        m.param(table, self.conn.route_path(), name)
     }
 
     /// The parsed request head; its spans index [`Ctx::buf`].

@@ -120,6 +120,9 @@ pub struct Outcome {
     pub strip_identity_headers: bool,
     /// Upstream response headers not relayed to the client (`header_filter`'s removals).
     pub response_remove: Vec<Rc<str>>,
+    /// Headers added to the client response whose value is a number (`X-RateLimit-Remaining`),
+    /// written as digits into the head: no `String` per request.
+    pub response_numbers: Vec<(&'static str, u64)>,
 }
 
 impl Outcome {
@@ -130,6 +133,7 @@ impl Outcome {
         self.response_headers.clear();
         self.strip_identity_headers = false;
         self.response_remove.clear();
+        self.response_numbers.clear();
     }
 }
 

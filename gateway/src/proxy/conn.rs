@@ -264,19 +264,21 @@ async fn handle(
         tls: c.tls,
     };
     let matched = compiled.published.table.find_match(&req, &vars);
-    let Some(route_idx) = matched.map(|m| m.route) else {
+    let Some(m) = matched else {
         let err = Error::RouteNotFound;
         let summary = respond_error(c, &err, method).await;
         log(shard, compiled, c, None, started, &summary, false);
         return finish_early(c, &summary);
     };
+    let route_idx = m.route;
     let route = &compiled.routes[route_idx];
 
     // Phase 3: the plugins' request phases.
     c.outcome.clear();
     if !route.plugins.plugins.is_empty() {
         c.scratch.clear();
-        let mut ctx = Ctx::new(c, &shard.metrics, &route.id);
+        let mut ctx =
+            Ctx::new(c, &shard.metrics, &route.id).with_params(&compiled.published.table, m);
         let step = route.plugins.request_phases(&mut ctx).await;
         let summary = match step {
             Ok(Step::Continue) => None,
@@ -400,6 +402,9 @@ async fn write_answer(
     for (k, v) in a.headers.iter().chain(c.outcome.response_headers.iter()) {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
+    for (k, n) in &c.outcome.response_numbers {
+        push_number_header(&mut out, k, *n);
+    }
     out.extend_from_slice(b"\r\n");
     if method != Method::Head {
         out.extend_from_slice(a.body);
@@ -454,6 +459,14 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Decimal formatting without `fmt` machinery (hot path).
+/// `name: <digits>\r\n`.
+pub fn push_number_header(out: &mut Vec<u8>, name: &str, n: u64) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    push_u64(out, n);
+    out.extend_from_slice(b"\r\n");
+}
+
 pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut tmp = [0u8; 20];
     let mut i = tmp.len();

@@ -19,7 +19,9 @@ use crate::http1::{
 use crate::pipeline::registry::Chain;
 use crate::pipeline::{BodyChunk, HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
-use crate::proxy::conn::{ClientConn, Next, Summary, push_header, push_u64, reason, respond_error};
+use crate::proxy::conn::{
+    ClientConn, Next, Summary, push_header, push_number_header, push_u64, reason, respond_error,
+};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::route::HeadVars;
@@ -999,6 +1001,9 @@ async fn relay_response(
     }
     for (k, v) in &c.outcome.response_headers {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
+    }
+    for (k, n) in &c.outcome.response_numbers {
+        push_number_header(&mut out, k, *n);
     }
     match framing {
         BodyFraming::Length(n) if !reframe => {
