@@ -112,6 +112,24 @@ pub enum UnauthAction {
     Pass,
 }
 
+/// shardgate: what bearer routes do with DPoP-bound access tokens (RFC 9449).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DpopBoundTokens {
+    /// Every token must be DPoP-bound and come with a valid proof; plain bearer tokens are refused.
+    Required,
+    /// A token bound to a key (`cnf.jkt` in the JWT or `cnf` in the introspection answer) needs a
+    /// valid proof; unbound tokens are plain bearer tokens as before.
+    #[default]
+    Optional,
+    /// `cnf` is ignored: bound tokens are accepted as plain bearer tokens (pre-DPoP behaviour).
+    Off,
+}
+
+fn dpop_proof_max_age() -> u64 {
+    60
+}
+
 /// `client_jwt_assertion_alg`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub enum AssertionAlg {
@@ -305,6 +323,16 @@ pub struct OidcConf {
     /// Accepted only when not enabled.
     #[serde(default)]
     pub dpop: Option<DpopConf>,
+    /// shardgate: DPoP-bound access tokens on bearer routes (resource-server side of RFC 9449).
+    #[serde(default)]
+    pub dpop_bound_tokens: DpopBoundTokens,
+    /// shardgate: a proof's `iat` must be within this many seconds of now (either side); its
+    /// `jti` is remembered as long.
+    #[serde(default = "dpop_proof_max_age")]
+    pub dpop_proof_max_age: u64,
+    /// shardgate: proofs must carry a nonce the gateway issued (`DPoP-Nonce`, RFC 9449 section 9).
+    #[serde(default)]
+    pub dpop_nonce: bool,
     #[serde(default = "yes")]
     pub set_access_token_header: bool,
     #[serde(default)]

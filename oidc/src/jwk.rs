@@ -164,6 +164,11 @@ impl Key {
         self
     }
 
+    /// One public JWK (RFC 7517), as a DPoP proof's `jwk` header carries it.
+    pub fn from_jwk(value: serde_json::Value) -> Result<Key, &'static str> {
+        key_from_jwk(value, JwksOptions::default())
+    }
+
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
     }

@@ -574,6 +574,24 @@ pub fn sign(
     }
     header.push('}');
 
+    sign_with_header(alg, &header, claims_json, key)
+}
+
+/// Produces a compact JWS with a caller-built protected header (DPoP proofs carry `typ`
+/// `dpop+jwt` and the public `jwk`). `header_json` must name `alg` itself.
+pub fn sign_with_header(
+    alg: Alg,
+    header_json: &str,
+    claims_json: &[u8],
+    key: &SigningKey,
+) -> Result<String, SignError> {
+    if alg == Alg::None {
+        return Err(SignError::UnsupportedAlg(alg));
+    }
+    if !key.supports(alg) {
+        return Err(SignError::AlgKeyMismatch(alg));
+    }
+    let header = header_json;
     let mut out = String::with_capacity((header.len() + claims_json.len()) * 4 / 3 + 700);
     URL_SAFE_NO_PAD.encode_string(header.as_bytes(), &mut out);
     out.push('.');

@@ -6,6 +6,7 @@
 //! ```text
 //! config        APISIX `openid-connect` attributes, names and defaults (serde)
 //! discovery     provider metadata (.well-known/openid-configuration)
+//! dpop          RFC 9449 proofs: signing as a client, checking as a resource server, jti replay, nonces
 //! jwk           JWK sets: RSA (n/e, x5c), EC P-256/P-384, OKP Ed25519, symmetric keys
 //! jwt           compact JWS: split, decode, verify (alg allow-list, no `none`, no alg confusion), sign
 //! claims        exp/nbf/iat, issuer, audience, scopes (`scope` and `scp`)
@@ -22,6 +23,7 @@ pub mod claims;
 pub mod client_auth;
 pub mod config;
 pub mod discovery;
+pub mod dpop;
 pub mod flow;
 pub mod idp;
 pub mod introspect;

@@ -24,6 +24,8 @@
 //   IDP_RT_TTL            lifetime of refresh tokens, seconds (default 86400).
 //   IDP_AUTO_CONSENT      1: skip the consent page (the login is then the only interaction); default 0.
 //   IDP_LOG               1: log every request (method, path, status) to stderr; default 0.
+//   IDP_DPOP_NONCE        1: the token and userinfo endpoints require a DPoP server nonce
+//                         (use_dpop_nonce + DPoP-Nonce, RFC 9449 section 8); default 0.
 //
 // Clients (id / secret): see README.md next to this file for what each one is for.
 // Test hooks: GET /__stats -> {"paths":{"/token":n,...},"total":n}; POST /__stats/reset.
@@ -31,6 +33,7 @@
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { generateJwk } from './genkeys.mjs';
 
 // Imported dynamically so a checkout without node_modules fails with the fix, not a module trace.
@@ -76,6 +79,7 @@ const cfg = {
   rtTtl: envInt('IDP_RT_TTL', 86400),
   autoConsent: process.env.IDP_AUTO_CONSENT === '1',
   logRequests: process.env.IDP_LOG === '1',
+  dpopNonce: process.env.IDP_DPOP_NONCE === '1',
 };
 if (cfg.atAlg !== 'RS256' && cfg.atAlg !== 'ES256') {
   throw new Error(`IDP_AT_ALG must be RS256 or ES256, got ${cfg.atAlg}`);
@@ -189,7 +193,20 @@ const configuration = {
     Session: 14 * 24 * 3600,
     Grant: 14 * 24 * 3600,
   },
+  // DPoP proofs with the algorithms APISIX's `dpop.signing_alg` offers, besides the defaults.
+  enabledJWA: {
+    dPoPSigningAlgValues: ['ES256', 'RS256', 'PS256', 'Ed25519', 'EdDSA'],
+  },
   features: {
+    // RFC 9449: a token request with a DPoP proof gets DPoP-bound tokens (JWT `cnf.jkt`,
+    // introspection `cnf`), and userinfo then wants `Authorization: DPoP` with a proof.
+    dPoP: {
+      enabled: true,
+      ...(cfg.dpopNonce ? {
+        nonceSecret: randomBytes(32),
+        requireNonce: () => true,
+      } : {}),
+    },
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     introspection: {

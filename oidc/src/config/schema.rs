@@ -105,6 +105,12 @@ pub(crate) static ROOT: Obj = Obj {
         ("use_pkce", Ty::Bool),
         ("par", Ty::Obj(&PAR)),
         ("dpop", Ty::Obj(&DPOP)),
+        (
+            "dpop_bound_tokens",
+            Ty::Enum(&["required", "optional", "off"]),
+        ),
+        ("dpop_proof_max_age", Ty::IntMin(1)),
+        ("dpop_nonce", Ty::Bool),
         ("set_access_token_header", Ty::Bool),
         ("access_token_in_authorization_header", Ty::Bool),
         ("set_id_token_header", Ty::Bool),

@@ -16,11 +16,13 @@ use shardgate_oidc::jwk::KeySet;
 use shardgate_oidc::jwt::{Jwt, TokenError, verify_signature};
 
 use super::RouteAuth;
+use super::dpop::{self, Scheme};
 use super::prepare::TokenCheck;
 use crate::error::Error;
 use crate::http1::Span;
 use crate::pipeline::{Ctx, PhaseResult, Step};
 use crate::plugins::{HeaderValue, PluginResponse};
+use shardgate_oidc::config::DpopBoundTokens;
 
 /// A token that passed every check, with what the upstream headers need.
 #[derive(Debug)]
@@ -31,6 +33,8 @@ pub struct Verified {
     pub authorization: Option<Rc<str>>,
     /// Provider key generation the signature was checked with (0: static key / introspection).
     pub generation: u64,
+    /// `cnf.jkt`: the token is DPoP-bound to this key thumbprint (RFC 9449 6).
+    pub jkt: Option<Rc<str>>,
 }
 
 /// A token that failed, remembered briefly so a replayed bad token costs a lookup, not a verify.
@@ -71,7 +75,8 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     if !conf.bearer_enabled() {
         return super::session::rewrite(auth, c).await;
     }
-    let span = match extract_token(c) {
+    let accept_dpop = conf.dpop_bound_tokens != DpopBoundTokens::Off;
+    let (span, scheme) = match extract_token(c, accept_dpop) {
         Err(resp) => return Err(Error::Plugin(resp)),
         Ok(None) => {
             if conf.bearer_only {
@@ -79,7 +84,7 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
             }
             return super::session::rewrite(auth, c).await;
         }
-        Ok(Some(span)) => span,
+        Ok(Some(found)) => found,
     };
     let Ok(token) = std::str::from_utf8(span.of(c.buf())) else {
         return Err(reject(auth, &bad_token("token is not ASCII")));
@@ -104,6 +109,7 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
             && (v.generation == 0 || v.generation == current_generation(auth))
         {
             m.bump("shardgate_oidc_token_cache_total{result=\"hit\"}", 1);
+            dpop::check(auth, c, token, scheme, v.jkt.as_deref(), now_ms / 1000)?;
             apply(auth, c, span, &v);
             return Ok(Step::Continue);
         }
@@ -144,6 +150,8 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
                     .borrow_mut()
                     .insert(token.as_bytes(), v.clone(), now_ms + ttl_secs * 1000);
             }
+            // The token is good (and cached as such); a bad proof refuses this request only.
+            dpop::check(auth, c, token, scheme, v.jkt.as_deref(), now)?;
             apply(auth, c, span, &v);
             Ok(Step::Continue)
         }
@@ -186,12 +194,13 @@ fn current_generation(auth: &RouteAuth) -> u64 {
     }
 }
 
-/// `Authorization: Bearer <token>` (case-insensitive scheme), else `X-Access-Token`, as APISIX.
+/// `Authorization: Bearer <token>` (case-insensitive scheme), else `X-Access-Token`, as APISIX;
+/// `Authorization: DPoP <token>` too unless `dpop_bound_tokens: off` (RFC 9449 7.1).
 /// A header without a space is a 400; another scheme means "no token".
 ///
 /// More than one `Authorization` header is a 400 too (it is not a list header): only one can be
 /// verified, and an upstream that reads another would trust a credential nobody checked.
-fn extract_token(c: &Ctx<'_>) -> Result<Option<Span>, PluginResponse> {
+fn extract_token(c: &Ctx<'_>, accept_dpop: bool) -> Result<Option<(Span, Scheme)>, PluginResponse> {
     let buf = c.buf();
     let mut authorization = c
         .head()
@@ -212,25 +221,32 @@ fn extract_token(c: &Ctx<'_>) -> Result<Option<Span>, PluginResponse> {
                 "invalid Authorization header format",
             ));
         };
-        if !v[..sp].eq_ignore_ascii_case(b"bearer") {
+        let scheme = if v[..sp].eq_ignore_ascii_case(b"bearer") {
+            Scheme::Bearer
+        } else if accept_dpop && v[..sp].eq_ignore_ascii_case(b"dpop") {
+            Scheme::Dpop
+        } else {
             return Ok(None);
-        }
+        };
         let rest = &v[sp + 1..];
         let skip = rest.iter().take_while(|b| **b == b' ').count();
         let start = h.value.start + (sp + 1 + skip) as u32;
         if start >= h.value.end {
             return Ok(None);
         }
-        return Ok(Some(Span {
-            start,
-            end: h.value.end,
-        }));
+        return Ok(Some((
+            Span {
+                start,
+                end: h.value.end,
+            },
+            scheme,
+        )));
     }
     Ok(c.head()
         .headers
         .iter()
         .find(|h| h.name.of(buf).eq_ignore_ascii_case(b"x-access-token"))
-        .map(|h| h.value))
+        .map(|h| (h.value, Scheme::Bearer)))
 }
 
 fn bad_request(body: &[u8], reason: &'static str) -> PluginResponse {
@@ -265,6 +281,23 @@ fn apply(auth: &RouteAuth, c: &mut Ctx<'_>, token: Span, v: &Verified) {
     }
 }
 
+/// `cnf.jkt` of a JWT payload or an introspection answer (RFC 9449 6.1, 6.2).
+fn bound_jkt(json: &[u8]) -> Option<Rc<str>> {
+    #[derive(serde::Deserialize)]
+    struct Cnf {
+        jkt: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WithCnf {
+        cnf: Option<Cnf>,
+    }
+    serde_json::from_slice::<WithCnf>(json)
+        .ok()
+        .and_then(|w| w.cnf)
+        .and_then(|c| c.jkt)
+        .map(Rc::from)
+}
+
 fn verified(auth: &RouteAuth, token: &str, payload: &[u8], generation: u64) -> Verified {
     let conf = &auth.route.conf;
     Verified {
@@ -274,6 +307,11 @@ fn verified(auth: &RouteAuth, token: &str, payload: &[u8], generation: u64) -> V
         authorization: (conf.set_access_token_header && conf.access_token_in_authorization_header)
             .then(|| Rc::from(format!("Bearer {token}"))),
         generation,
+        jkt: if conf.dpop_bound_tokens == DpopBoundTokens::Off {
+            None
+        } else {
+            bound_jkt(payload)
+        },
     }
 }
 

@@ -14,6 +14,7 @@
 //! compiled, client authentication loaded); the request path only looks things up.
 
 pub mod bearer;
+pub mod dpop;
 pub mod prepare;
 pub mod session;
 
@@ -53,6 +54,9 @@ pub struct OidcShared {
     revoke_mailbox: Mutex<Option<Mailbox<RevokeMsg>>>,
     spawn_tx: flume::Sender<(ProviderHandle, Mailbox<ProviderMsg>, Shutdown)>,
     spawn_rx: flume::Receiver<(ProviderHandle, Mailbox<ProviderMsg>, Shutdown)>,
+    /// DPoP `jti` replay set and nonce key: one per process, so every shard sees every proof
+    /// and accepts every shard's nonces, and a reload does not forget proofs still in their window.
+    dpop_guard: Arc<dpop::DpopGuard>,
 }
 
 impl OidcShared {
@@ -67,7 +71,12 @@ impl OidcShared {
             revoke_mailbox: Mutex::new(Some(revoke_mailbox)),
             spawn_tx,
             spawn_rx,
+            dpop_guard: Arc::new(dpop::DpopGuard::new()),
         })
+    }
+
+    pub fn dpop_guard(&self) -> Arc<dpop::DpopGuard> {
+        self.dpop_guard.clone()
     }
 
     /// Hands a verified back-channel logout to the revocation actor and waits until the set that

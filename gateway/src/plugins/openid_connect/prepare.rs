@@ -44,6 +44,10 @@ pub struct OidcRoute {
     pub token_auth: PreparedClientAuth,
     /// `WWW-Authenticate: Bearer realm="<realm>"` prefix, built once.
     pub challenge: String,
+    /// Process-wide DPoP replay set and nonce key (resource-server side).
+    pub dpop_guard: Arc<super::dpop::DpopGuard>,
+    /// The gateway's own DPoP key as a client (`dpop.enabled`).
+    pub dpop_signer: Option<Arc<shardgate_oidc::dpop::DpopSigner>>,
 }
 
 impl std::fmt::Debug for OidcRoute {
@@ -170,7 +174,11 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
         "Bearer realm=\"{}\"",
         conf.realm.replace(['"', '\\', '\r', '\n'], "")
     );
+    let dpop_signer = super::dpop::client_signer(&conf, path)?;
+    let dpop_guard = shared.dpop_guard();
     Ok(OidcRoute {
+        dpop_guard,
+        dpop_signer,
         conf,
         fingerprint,
         provider,
@@ -195,6 +203,7 @@ fn fingerprint(conf: &OidcConf) -> u64 {
         conf.session.secret.as_ref(),
         conf.symmetric_key.as_ref(),
         conf.client_rsa_private_key.as_ref(),
+        conf.dpop.as_ref().and_then(|d| d.private_key.as_ref()),
     ];
     for s in secrets {
         s.map(|s| s.expose()).hash(&mut h);
