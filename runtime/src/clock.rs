@@ -9,6 +9,9 @@
 //! load, not a syscall. Outside a shard, `shard_clock()` returns a *live* clock that reads the
 //! system clock on every call, so control threads and plain tests are never handed stale time.
 
+// The one module allowed to read the system clock (clippy.toml's disallowed-methods).
+#![allow(clippy::disallowed_methods)]
+
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -195,6 +198,48 @@ pub fn shard_clock() -> CoarseClock {
     SHARD_CLOCK
         .with(|c| c.borrow().clone())
         .unwrap_or_else(CoarseClock::live)
+}
+
+/// Monotonic "now" for deadlines, timer wake-ups and idle marks. It reads the system's monotonic
+/// clock (a vDSO call, no syscall) rather than the shard's cached instant on purpose: monoio's
+/// timers fire on the real clock, and a "sleep until `due`, then check `now >= due`" loop fed a
+/// cached instant up to a tick behind would find nothing due, sleep until a deadline already past,
+/// wake at once and spin without ever yielding to the ticker that would refresh the cache.
+/// Cached time (token `exp`, cache TTLs) is read through [`shard_clock()`].
+pub fn monotonic_now() -> Instant {
+    Instant::now()
+}
+
+/// Measures a duration precisely (latency figures in microseconds), where a coarse clock's 10 ms
+/// steps would erase the figure. Reads the system's monotonic clock (a vDSO call, no syscall)
+/// when started and when read; nothing else should measure time.
+#[derive(Clone, Copy, Debug)]
+pub struct Stopwatch {
+    started: Instant,
+}
+
+impl Stopwatch {
+    /// Starts measuring now.
+    pub fn start() -> Self {
+        Stopwatch {
+            started: Instant::now(),
+        }
+    }
+
+    /// When it was started (for a deadline counted from the same moment).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Time since [`start`](Self::start).
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Time since [`start`](Self::start) in whole microseconds, saturating.
+    pub fn elapsed_micros(&self) -> u64 {
+        u64::try_from(self.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
 }
 
 /// Installs a ticking clock as this thread's shard clock until the guard drops. Called by the

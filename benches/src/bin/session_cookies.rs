@@ -7,6 +7,9 @@
 //! hour ahead so a multi-minute run measures the steady session path and never the once-a-minute
 //! cookie re-issue (which a real browser would pick up, and wrk would not). Each is bound to
 //! discovery `ISSUER/.well-known/openid-configuration` and client_id `gateway`, as the S3 route is.
+// Benchmarks time real processes and wait on them with wall-clock deadlines: they read the
+// system clock directly (clippy.toml's disallowed-methods guards the product code only).
+#![allow(clippy::disallowed_methods)]
 
 use base64::Engine as _;
 use shardgate_oidc::session::{

@@ -3,7 +3,9 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shardgate_runtime::clock::monotonic_now;
 
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::{TcpListener, TcpStream};
@@ -40,7 +42,7 @@ async fn handle(mut stream: TcpStream, control: Rc<Control>) {
     };
     let mut head = RequestHead::new();
     let mut buf = Vec::with_capacity(2048);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = monotonic_now() + Duration::from_secs(10);
     let mut timer = Timer::on_shard();
     loop {
         match http1::parse_request(&buf, &limits, &mut head) {

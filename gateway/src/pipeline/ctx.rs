@@ -4,7 +4,9 @@
 
 use std::any::Any;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shardgate_runtime::clock::monotonic_now;
 
 use crate::http1::{BodyFraming, RequestHead, Span};
 use crate::observe::metrics::ShardMetrics;
@@ -310,7 +312,7 @@ impl<'a> Ctx<'a> {
         if n > max {
             return Err("request body too large");
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = monotonic_now() + Duration::from_secs(10);
         while c.buf.len() < c.head.head_len + n {
             let buf = std::mem::take(&mut c.buf);
             let (r, buf) =

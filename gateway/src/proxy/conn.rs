@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use shardgate_runtime::clock::{Stopwatch, monotonic_now};
+
 use crate::error::{self, Error};
 use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
 use crate::observe::redact::redact_target;
@@ -151,7 +153,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
             }
             Err(HeadFail::Closed) => break,
             Err(HeadFail::Bad(err)) => {
-                let started = Instant::now();
+                let started = Stopwatch::start();
                 let summary = respond_error(&mut c, &err, Method::Get).await;
                 log(&shard, &compiled, &c, None, started, &summary, true);
                 break;
@@ -176,15 +178,17 @@ async fn read_head(
     shard: &Shard,
     compiled: &Compiled,
     c: &mut ClientConn,
-) -> Result<Instant, HeadFail> {
+) -> Result<Stopwatch, HeadFail> {
     let limits = &compiled.published.limits;
+    // Started at the first byte of the request: the access log's latency and the header deadline.
+    let mut first_byte: Option<Stopwatch> = None;
     let mut header_deadline: Option<Instant> = None;
     loop {
         if !c.buf.is_empty() {
-            let started =
-                *header_deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+            let started = *first_byte.get_or_insert_with(Stopwatch::start);
+            header_deadline.get_or_insert_with(|| started.started() + limits.header_timeout);
             match http1::parse_request(&c.buf, &limits.http, &mut c.head) {
-                Ok(Parsed::Complete) => return Ok(started - limits.header_timeout),
+                Ok(Parsed::Complete) => return Ok(started),
                 Ok(Parsed::Partial) => {}
                 Err(e) => return Err(HeadFail::Bad(Error::Parse(e))),
             }
@@ -201,7 +205,7 @@ async fn read_head(
                 } else {
                     limits.idle_timeout
                 };
-                let deadline = Instant::now() + wait;
+                let deadline = monotonic_now() + wait;
                 let read = read_more(&mut c.stream, buf, 8 * 1024, Some(c.timer.until(deadline)));
                 monoio::select! {
                     r = read => r,
@@ -233,7 +237,7 @@ async fn handle(
     shard: &Shard,
     compiled: &Rc<Compiled>,
     c: &mut ClientConn,
-    started: Instant,
+    started: Stopwatch,
 ) -> Next {
     let method = c.head.method;
     // Phase 2: route, on the normal form of the path (http1::path): the upstream decodes and
@@ -413,7 +417,7 @@ async fn write_answer(
     let (res, out) = write_all_vec(
         &mut c.stream,
         out,
-        Some(c.timer.until(Instant::now() + Duration::from_secs(30))),
+        Some(c.timer.until(monotonic_now() + Duration::from_secs(30))),
     )
     .await;
     c.out = out;
@@ -516,11 +520,11 @@ fn log(
     compiled: &Compiled,
     c: &ClientConn,
     route: Option<usize>,
-    started: Instant,
+    started: Stopwatch,
     s: &Summary,
     bad_head: bool,
 ) {
-    let total_us = started.elapsed().as_micros() as u64;
+    let total_us = started.elapsed_micros();
     let m = &shard.metrics;
     m.requests.set(m.requests.get() + 1);
     m.record_latency(total_us, s.upstream_us);

@@ -10,6 +10,8 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use shardgate_runtime::clock::{Stopwatch, monotonic_now};
+
 use monoio::io::AsyncWriteRentExt;
 
 use crate::error::{Error, UpstreamError};
@@ -42,7 +44,7 @@ pub async fn exchange(
 ) -> (Summary, Next, usize) {
     let route = &compiled.routes[route_idx];
     let up = &compiled.upstreams[route.upstream];
-    let started = Instant::now();
+    let started = Stopwatch::start();
     match run(shard, compiled, up, route, c).await {
         Ok(done) => {
             let next = if let Some(conn) = done.tunnel {
@@ -55,7 +57,7 @@ pub async fn exchange(
             let summary = Summary {
                 status: done.status,
                 bytes_out: done.bytes_out,
-                upstream_us: Some(started.elapsed().as_micros() as u64),
+                upstream_us: Some(started.elapsed_micros()),
                 error: done.error,
                 close: matches!(next, Next::Close | Next::Tunnel(..)),
             };
@@ -78,7 +80,7 @@ pub async fn exchange(
                 return (summary, Next::Close, 0);
             }
             let mut summary = respond_error(c, &error, c.head.method).await;
-            summary.upstream_us = Some(started.elapsed().as_micros() as u64);
+            summary.upstream_us = Some(started.elapsed_micros());
             // The request body may be half read: only a fully consumed request keeps the connection.
             // A response that said `Connection: close` ends the connection even when the request
             // was consumed (RFC 9112 9.6).
@@ -205,7 +207,7 @@ async fn run(
     let mut attempts = 0u32;
     let mut stale_retry_used = false;
     loop {
-        let now = Instant::now();
+        let now = monotonic_now();
         let key = match &up.hash_on {
             Some(on) => hash_key(c, on),
             None => b"",
@@ -242,7 +244,7 @@ async fn run(
                         UpstreamError::ConnectTimeout => FailureKind::Timeout,
                         _ => FailureKind::Tcp,
                     };
-                    if up.report_failure(node_idx, kind, Instant::now()) {
+                    if up.report_failure(node_idx, kind, monotonic_now()) {
                         tracing::warn!(upstream = %up.id, node = %node.key, "node failed repeatedly: cooling down");
                     }
                     if let UpstreamError::Tls(reason) = &e {
@@ -273,7 +275,7 @@ async fn run(
 
         // Send the head (+ buffered body).
         let out = std::mem::take(&mut c.out);
-        let send_deadline = Instant::now() + up.timeouts.send;
+        let send_deadline = monotonic_now() + up.timeouts.send;
         let (res, out) =
             write_all_vec(&mut conn.stream, out, Some(c.timer.until(send_deadline))).await;
         c.out = out;
@@ -288,7 +290,7 @@ async fn run(
                 WriteFail::Timeout => FailureKind::Timeout,
                 WriteFail::Io(_) => FailureKind::Tcp,
             };
-            up.report_failure(node_idx, kind, Instant::now());
+            up.report_failure(node_idx, kind, monotonic_now());
             let err = match e {
                 WriteFail::Timeout => UpstreamError::SendTimeout,
                 WriteFail::Io(e) => UpstreamError::Io(e.to_string()),
@@ -316,7 +318,7 @@ async fn run(
         }
 
         // Response head.
-        let read_deadline = Instant::now() + up.timeouts.read;
+        let read_deadline = monotonic_now() + up.timeouts.read;
         match read_response_head(
             c,
             &mut conn,
@@ -344,7 +346,7 @@ async fn run(
                     _ => None,
                 };
                 if let Some(kind) = kind {
-                    up.report_failure(node_idx, kind, Instant::now());
+                    up.report_failure(node_idx, kind, monotonic_now());
                 }
                 // As nginx's `proxy_next_upstream error timeout` (APISIX's retries): a replayable
                 // request whose node failed before any response byte goes to another node.
@@ -358,7 +360,7 @@ async fn run(
                 return Err(Fail::up(e, Some(consumed)));
             }
         }
-        if up.report_status(node_idx, c.resp.status, Instant::now()) {
+        if up.report_status(node_idx, c.resp.status, monotonic_now()) {
             tracing::warn!(upstream = %up.id, node = %up.nodes[node_idx].key, status = c.resp.status, "node answered failure statuses repeatedly: cooling down");
         }
 
@@ -626,7 +628,7 @@ async fn stream_request_body(
 ) -> Result<usize, Fail> {
     let head_len = c.head.head_len;
     let mut clock = BodyClock {
-        started: Instant::now(),
+        started: monotonic_now(),
         received: 0,
         per_read: limits.client_body_timeout,
         min_rate: limits.client_body_min_rate,
@@ -645,7 +647,7 @@ async fn stream_request_body(
                         buf,
                         pos,
                         pos + avail,
-                        Some(c.timer.until(Instant::now() + send_timeout)),
+                        Some(c.timer.until(monotonic_now() + send_timeout)),
                     )
                     .await;
                     c.buf = buf;
@@ -807,7 +809,7 @@ struct BodyClock {
 
 impl BodyClock {
     fn deadline(&self) -> Instant {
-        let next = Instant::now() + self.per_read;
+        let next = monotonic_now() + self.per_read;
         if self.min_rate == 0 {
             return next;
         }
@@ -851,7 +853,7 @@ async fn flush(
     wire: Vec<u8>,
     timeout: Duration,
 ) -> Result<Vec<u8>, Fail> {
-    let deadline = Some(timer.until(Instant::now() + timeout));
+    let deadline = Some(timer.until(monotonic_now() + timeout));
     let (r, mut wire) = write_all_vec(&mut conn.stream, wire, deadline).await;
     r.map_err(send_fail)?;
     wire.clear();
@@ -1060,7 +1062,7 @@ async fn relay_response(
             let (r, o) = write_all_vec(
                 &mut c.stream,
                 out,
-                Some(c.timer.until(Instant::now() + write_timeout)),
+                Some(c.timer.until(monotonic_now() + write_timeout)),
             )
             .await;
             bytes_out += o.len() as u64;
@@ -1076,7 +1078,7 @@ async fn relay_response(
             let (r, o) = write_all_vec(
                 &mut c.stream,
                 out,
-                Some(c.timer.until(Instant::now() + write_timeout)),
+                Some(c.timer.until(monotonic_now() + write_timeout)),
             )
             .await;
             bytes_out += o.len() as u64;
@@ -1088,7 +1090,7 @@ async fn relay_response(
                     &mut conn.stream,
                     buf,
                     BODY_CHUNK,
-                    Some(c.timer.until(Instant::now() + read_timeout)),
+                    Some(c.timer.until(monotonic_now() + read_timeout)),
                 )
                 .await;
                 conn.buf = buf;
@@ -1113,7 +1115,7 @@ async fn relay_response(
                     buf,
                     0,
                     take,
-                    Some(c.timer.until(Instant::now() + write_timeout)),
+                    Some(c.timer.until(monotonic_now() + write_timeout)),
                 )
                 .await;
                 buf.drain(..take);
@@ -1174,7 +1176,7 @@ async fn relay_response(
             .iter()
             .position(|n| Rc::ptr_eq(&n.pool, &up.nodes[_node_idx].pool));
         if let Some(i) = node {
-            up.nodes[i].pool.checkin(conn, Instant::now());
+            up.nodes[i].pool.checkin(conn, monotonic_now());
         }
     }
     Ok(Done {
@@ -1405,7 +1407,7 @@ async fn relay_chunked(
                 let (r, o) = write_all_vec(
                     &mut c.stream,
                     out,
-                    Some(c.timer.until(Instant::now() + write_timeout)),
+                    Some(c.timer.until(monotonic_now() + write_timeout)),
                 )
                 .await;
                 *bytes_out += o.len() as u64;
@@ -1418,7 +1420,7 @@ async fn relay_chunked(
                     let (r, mut o) = write_all_vec(
                         &mut c.stream,
                         out,
-                        Some(c.timer.until(Instant::now() + write_timeout)),
+                        Some(c.timer.until(monotonic_now() + write_timeout)),
                     )
                     .await;
                     *bytes_out += o.len() as u64;
@@ -1431,7 +1433,7 @@ async fn relay_chunked(
                     &mut conn.stream,
                     buf,
                     BODY_CHUNK,
-                    Some(c.timer.until(Instant::now() + read_timeout)),
+                    Some(c.timer.until(monotonic_now() + read_timeout)),
                 )
                 .await;
                 conn.buf = buf;
@@ -1473,7 +1475,7 @@ async fn relay_until_eof(
             let (r, mut o) = write_all_vec(
                 &mut c.stream,
                 out,
-                Some(c.timer.until(Instant::now() + write_timeout)),
+                Some(c.timer.until(monotonic_now() + write_timeout)),
             )
             .await;
             *bytes_out += o.len() as u64;
@@ -1486,7 +1488,7 @@ async fn relay_until_eof(
             &mut conn.stream,
             buf,
             BODY_CHUNK,
-            Some(c.timer.until(Instant::now() + read_timeout)),
+            Some(c.timer.until(monotonic_now() + read_timeout)),
         )
         .await;
         conn.buf = buf;
@@ -1498,7 +1500,7 @@ async fn relay_until_eof(
                     let (r, o) = write_all_vec(
                         &mut c.stream,
                         out,
-                        Some(c.timer.until(Instant::now() + write_timeout)),
+                        Some(c.timer.until(monotonic_now() + write_timeout)),
                     )
                     .await;
                     *bytes_out += o.len() as u64;
@@ -1606,7 +1608,7 @@ where
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        last.set(Instant::now());
+        last.set(monotonic_now());
         let (res, b) = w.write_all(buf).await;
         buf = b;
         if res.is_err() {
@@ -1623,7 +1625,7 @@ where
     UR: monoio::io::AsyncReadRent,
     UW: monoio::io::AsyncWriteRent,
 {
-    let last = std::cell::Cell::new(Instant::now());
+    let last = std::cell::Cell::new(monotonic_now());
     let both = async {
         monoio::join!(
             copy_stamped(&mut cr, &mut uw, &last),
@@ -1633,7 +1635,7 @@ where
     let watch = async {
         loop {
             let due = last.get() + idle;
-            if Instant::now() >= due {
+            if monotonic_now() >= due {
                 return;
             }
             monoio::time::sleep_until(due.into()).await;

@@ -156,7 +156,9 @@ pub fn spare(buf: &mut Vec<u8>) -> usize {
 #[cfg(test)]
 mod tests {
     use std::future::pending;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
+
+    use shardgate_runtime::clock::{Stopwatch, monotonic_now};
 
     use super::Timer;
 
@@ -171,9 +173,9 @@ mod tests {
     /// Runs a step that never finishes with a deadline `ms` from now; asserts it timed out and
     /// returns how long that took.
     async fn time_out_after(t: &mut Timer, ms: u64) -> Duration {
-        let start = Instant::now();
+        let start = Stopwatch::start();
         let r = t
-            .until(start + Duration::from_millis(ms))
+            .until(start.started() + Duration::from_millis(ms))
             .run(pending::<()>())
             .await;
         assert_eq!(r, None);
@@ -193,7 +195,7 @@ mod tests {
         on_runtime(async {
             let mut t = Timer::on_shard();
             let r = t
-                .until(Instant::now() + Duration::from_secs(5))
+                .until(monotonic_now() + Duration::from_secs(5))
                 .run(async { 7 })
                 .await;
             assert_eq!(r, Some(7));
@@ -204,7 +206,7 @@ mod tests {
     fn an_earlier_deadline_after_a_later_one_still_fires() {
         on_runtime(async {
             let mut t = Timer::on_shard();
-            let far = Instant::now() + Duration::from_secs(30);
+            let far = monotonic_now() + Duration::from_secs(30);
             assert_eq!(t.until(far).run(async {}).await, Some(()));
             let took = time_out_after(&mut t, 40).await;
             assert!(took < Duration::from_secs(10), "fired at the old deadline");
@@ -216,7 +218,7 @@ mod tests {
         on_runtime(async {
             let mut t = Timer::on_shard();
             // Registers the wheel entry at +30 ms, then completes well before it.
-            let first = Instant::now() + Duration::from_millis(30);
+            let first = monotonic_now() + Duration::from_millis(30);
             assert_eq!(t.until(first).run(async {}).await, Some(()));
             // Extends the expiry in place; the entry coming due at +30 ms must be re-filed.
             assert!(time_out_after(&mut t, 150).await >= Duration::from_millis(140));
@@ -233,7 +235,7 @@ mod tests {
             // Expired while idle, then armed for a step that finishes in time.
             monoio::time::sleep(Duration::from_millis(30)).await;
             let r = t
-                .until(Instant::now() + Duration::from_secs(5))
+                .until(monotonic_now() + Duration::from_secs(5))
                 .run(async { 1 })
                 .await;
             assert_eq!(r, Some(1));

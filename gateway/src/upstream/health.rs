@@ -20,6 +20,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardgate_runtime::clock::monotonic_now;
+
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use rustls::ClientConfig;
@@ -161,7 +163,7 @@ pub async fn run(
             (targets, shape) = plan(&published, &targets);
             publish(&out, version, &shape, &targets);
         }
-        let now = Instant::now();
+        let now = monotonic_now();
         for t in &targets {
             let due = t.state.next_due.get() <= now;
             if due && !t.state.probing.get() && t.inflight.get() < t.spec.check.concurrency {
@@ -184,7 +186,7 @@ pub async fn run(
                     } else {
                         c.unhealthy_interval
                     };
-                    t.state.next_due.set(Instant::now() + interval);
+                    t.state.next_due.set(monotonic_now() + interval);
                     t.state.probing.set(false);
                     t.inflight.set(t.inflight.get().saturating_sub(1));
                 });
@@ -216,7 +218,7 @@ fn plan(published: &Published, old: &[Rc<Target>]) -> (Vec<Rc<Target>>, Vec<usiz
             t.state.clone(),
         );
     }
-    let now = Instant::now();
+    let now = monotonic_now();
     let mut targets = Vec::new();
     let mut shape = Vec::with_capacity(published.upstreams.len());
     for (ui, u) in published.upstreams.iter().enumerate() {
@@ -403,7 +405,7 @@ mod tests {
     #[test]
     fn thresholds_count_consecutive_outcomes_of_one_kind() {
         let c = check();
-        let s = NodeState::new(Instant::now());
+        let s = NodeState::new(monotonic_now());
         assert!(!s.record(&c, &Outcome::HttpFailure(500)));
         assert!(!s.record(&c, &Outcome::HttpFailure(500)));
         // A success in between starts the count again.

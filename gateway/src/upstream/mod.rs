@@ -12,6 +12,8 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use shardgate_runtime::clock::monotonic_now;
+
 use std::os::fd::AsRawFd;
 
 use monoio::net::TcpStream;
@@ -283,7 +285,7 @@ pub async fn connect(
     node: &ShardNode,
     timeout: Duration,
 ) -> Result<UpConn, UpstreamError> {
-    let deadline = Instant::now() + timeout;
+    let deadline = monotonic_now() + timeout;
     let stream = match monoio::time::timeout(timeout, TcpStream::connect_addr(node.addr)).await {
         Err(_) => return Err(UpstreamError::ConnectTimeout),
         Ok(Err(e)) => return Err(UpstreamError::ConnectFailed(e.to_string())),
@@ -295,7 +297,7 @@ pub async fn connect(
     let stream = match (&up.tls, &node.server_name) {
         (None, _) => UpStream::Plain(stream),
         (Some(connector), Some(name)) => {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.saturating_duration_since(monotonic_now());
             match monoio::time::timeout(left, connector.connect(name.clone(), stream)).await {
                 Err(_) => return Err(UpstreamError::ConnectTimeout),
                 Ok(Err(e)) => return Err(UpstreamError::Tls(tls::describe(e))),
@@ -314,7 +316,7 @@ pub async fn connect(
         fd,
         buf: Vec::with_capacity(16 * 1024),
         requests: 0,
-        idle_since: Instant::now(),
+        idle_since: monotonic_now(),
     })
 }
 
@@ -365,7 +367,7 @@ mod tests {
     #[test]
     fn lower_priorities_only_when_every_higher_node_is_tried_or_down() {
         let up = ShardUpstream::build(&spec(&[0, 10, 10, -1]), &HashMap::new());
-        let now = Instant::now();
+        let now = monotonic_now();
         let picks: Vec<usize> = (0..6).map(|_| up.pick(b"", 0, now).unwrap()).collect();
         assert!(picks.iter().all(|i| *i == 1 || *i == 2), "{picks:?}");
         assert!(picks.contains(&1) && picks.contains(&2), "{picks:?}");
@@ -390,7 +392,7 @@ mod tests {
     #[test]
     fn passive_counts_each_kind_of_failure_in_a_row() {
         let up = ShardUpstream::build(&spec(&[0, 0]), &HashMap::new());
-        let now = Instant::now();
+        let now = monotonic_now();
         // http_failures: 2 with [500]: any other status in between (a success) resets the count.
         assert!(!up.report_status(0, 500, now));
         assert!(!up.report_status(0, 200, now));

@@ -12,6 +12,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardgate_runtime::clock::monotonic_now;
+
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -245,7 +247,7 @@ impl Client {
         body: Option<&[u8]>,
     ) -> Result<Response, IdpError> {
         let url = Url::parse(url)?;
-        let deadline = Instant::now() + self.cfg.timeout;
+        let deadline = monotonic_now() + self.cfg.timeout;
         match monoio::time::timeout_at(
             deadline.into(),
             self.request_inner(method, &url, headers, body),
@@ -354,7 +356,7 @@ impl Client {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(key)?;
         while let Some(i) = list.pop() {
-            if i.since.elapsed() < IDLE_KEEP {
+            if monotonic_now().saturating_duration_since(i.since) < IDLE_KEEP {
                 return Some(i.conn);
             }
         }
@@ -367,7 +369,7 @@ impl Client {
         if list.len() < 8 {
             list.push(Idle {
                 conn,
-                since: Instant::now(),
+                since: monotonic_now(),
             });
         }
     }

@@ -15,6 +15,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shardgate_runtime::clock::monotonic_now;
+
 use shardgate_runtime::actor::{Addr, Mailbox, Reply, mailbox};
 use shardgate_runtime::gate::Shutdown;
 use shardgate_runtime::snapshot::Publisher;
@@ -222,7 +224,7 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
             return;
         }
     };
-    let now = Instant::now();
+    let now = monotonic_now();
     let actor = Rc::new(RefCell::new(Actor {
         handle,
         client: Rc::new(client),
@@ -276,8 +278,8 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
             ProviderMsg::Refresh => {
                 {
                     let mut a = actor.borrow_mut();
-                    a.next_discovery = Instant::now();
-                    a.next_jwks = Instant::now();
+                    a.next_discovery = monotonic_now();
+                    a.next_jwks = monotonic_now();
                 }
                 let actor = actor.clone();
                 monoio::spawn(async move { maintain(&actor, false).await });
@@ -285,7 +287,7 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
             ProviderMsg::UnknownKid { kid, reply } => {
                 let start_fetch = {
                     let mut a = actor.borrow_mut();
-                    let now = Instant::now();
+                    let now = monotonic_now();
                     a.negative_kids
                         .retain(|_, t| now.duration_since(*t) < NEGATIVE_KID_TTL);
                     if a.keys.as_ref().is_some_and(|k| k.contains_kid(&kid)) {
@@ -323,7 +325,7 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                         let mut a = actor.borrow_mut();
                         a.forced_pending = false;
                         let waiters = std::mem::take(&mut a.kid_waiters);
-                        let now = Instant::now();
+                        let now = monotonic_now();
                         for (kid, reply) in waiters {
                             let found = a.keys.as_ref().is_some_and(|k| k.contains_kid(&kid));
                             if found {
@@ -341,7 +343,7 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
             ProviderMsg::Shared { call, reply } => {
                 {
                     let mut recent = recent.borrow_mut();
-                    let now = Instant::now();
+                    let now = monotonic_now();
                     recent.retain(|_, (until, _)| *until > now);
                     if let Some((_, resp)) = recent.get(&call.key) {
                         inc(&actor.borrow().handle.counters.shared_coalesced);
@@ -382,7 +384,7 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
                         {
                             recent
                                 .borrow_mut()
-                                .insert(call.key.clone(), (Instant::now() + grace, resp.clone()));
+                                .insert(call.key.clone(), (monotonic_now() + grace, resp.clone()));
                         }
                         let waiters = inflight.borrow_mut().remove(&call.key).unwrap_or_default();
                         for w in waiters {
@@ -398,7 +400,7 @@ pub async fn run(handle: ProviderHandle, mailbox: Mailbox<ProviderMsg>, shutdown
 /// Refreshes discovery and/or JWKS when due (or now when `force_jwks`). Returns whether the JWKS
 /// fetch (when attempted) succeeded.
 async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
-    let now = Instant::now();
+    let now = monotonic_now();
     let (due_discovery, due_jwks, url) = {
         let a = actor.borrow();
         let dd = a.metadata.is_none() || now >= a.next_discovery;
@@ -444,7 +446,7 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
                     tracing::info!(issuer = %m.issuer, "OIDC discovery loaded");
                 }
                 a.metadata = Some(m);
-                a.next_discovery = Instant::now() + a.handle.spec.discovery_expires_in;
+                a.next_discovery = monotonic_now() + a.handle.spec.discovery_expires_in;
                 a.backoff = Duration::from_millis(500);
                 if a.last_error.take().is_some() {
                     changed = true;
@@ -453,7 +455,7 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
             Err(e) => {
                 inc(&a.handle.counters.discovery_err);
                 tracing::warn!(discovery = %url, error = %e, retry_in_seconds = a.backoff.as_secs_f64(), "OIDC discovery failed; keeping the last good metadata");
-                a.next_discovery = Instant::now() + a.backoff;
+                a.next_discovery = monotonic_now() + a.backoff;
                 a.backoff = (a.backoff * 2).min(MAX_BACKOFF);
                 a.last_error = Some(e);
                 changed = true;
@@ -510,12 +512,12 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
                             Some(s) => Duration::from_secs(s).min(a.handle.spec.jwk_expires_in),
                             None => a.handle.spec.jwk_expires_in,
                         };
-                        a.next_jwks = Instant::now() + ttl.max(MIN_JWKS_TTL);
+                        a.next_jwks = monotonic_now() + ttl.max(MIN_JWKS_TTL);
                     }
                     Err(e) => {
                         inc(&a.handle.counters.jwks_err);
                         tracing::warn!(jwks = %uri, error = %e, "JWKS fetch failed; the last good keys keep serving");
-                        a.next_jwks = Instant::now() + a.backoff;
+                        a.next_jwks = monotonic_now() + a.backoff;
                         a.backoff = (a.backoff * 2).min(MAX_BACKOFF);
                         a.last_error = Some(e);
                         changed = true;

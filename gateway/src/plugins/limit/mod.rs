@@ -45,7 +45,7 @@ pub const DEAD: u64 = u64::MAX;
 /// coarse clock: no syscall, 10 ms resolution.
 pub fn now_ms() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
+    let epoch = *EPOCH.get_or_init(shardgate_runtime::clock::monotonic_now);
     let now = shardgate_runtime::clock::shard_clock().monotonic();
     now.saturating_duration_since(epoch).as_millis() as u32
 }

@@ -131,12 +131,12 @@ pub async fn rewrite(auth: &RouteAuth, c: &mut Ctx<'_>) -> PhaseResult {
     let now = now_ms / 1000;
     let result = if introspection {
         // Every call here reaches the IdP (or joins a call in flight): cache hits returned above.
-        let started = std::time::Instant::now();
+        let started = shardgate_runtime::clock::Stopwatch::start();
         let r = introspect(auth, c, token, now).await;
         m.bump("shardgate_oidc_introspection_calls_total", 1);
         m.bump(
             "shardgate_oidc_introspection_duration_microseconds_total",
-            started.elapsed().as_micros() as u64,
+            started.elapsed_micros(),
         );
         r
     } else {
