@@ -1281,7 +1281,7 @@ impl BodySource {
                 &mut conn.stream,
                 buf,
                 BODY_CHUNK,
-                Some(timer.until(Instant::now() + read_timeout)),
+                Some(timer.until(monotonic_now() + read_timeout)),
             )
             .await;
             conn.buf = buf;
@@ -1339,7 +1339,7 @@ async fn relay_filtered(
             let (r, mut o) = write_all_vec(
                 &mut c.stream,
                 out,
-                Some(c.timer.until(Instant::now() + write_timeout)),
+                Some(c.timer.until(monotonic_now() + write_timeout)),
             )
             .await;
             *bytes_out += o.len() as u64;
