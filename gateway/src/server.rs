@@ -24,6 +24,9 @@ use shardgate_runtime::snapshot::Publisher;
 use shardgate_runtime::{bind_reuseport, run_on_current_thread};
 
 use crate::config;
+use crate::config::etcd::client::Change;
+use crate::config::etcd::watch::{EtcdStatus, Event};
+use crate::config::etcd::{Objects, Skipped};
 use crate::observe::metrics::{MetricsSnapshot, render_prometheus};
 use crate::pipeline::{PluginGlobals, ShardPlugins};
 use crate::proxy::stream::{self, ClientStream};
@@ -55,18 +58,86 @@ pub struct Control {
     pub plugins: Arc<PluginGlobals>,
     config_path: PathBuf,
     version: RefCell<u64>,
+    /// Set with `gateway.config_provider: etcd`.
+    pub etcd: Option<EtcdSide>,
+}
+
+/// The control side of the etcd provider: what etcd holds now, and how it went.
+pub struct EtcdSide {
+    pub prefix: String,
+    pub status: Arc<EtcdStatus>,
+    objects: RefCell<Objects>,
+    /// The skipped objects of the last publish, so each is logged once, not at every change.
+    skipped: RefCell<Vec<Skipped>>,
+}
+
+impl EtcdSide {
+    pub fn new(prefix: String, status: Arc<EtcdStatus>) -> EtcdSide {
+        EtcdSide {
+            prefix,
+            status,
+            objects: RefCell::new(Objects::new()),
+            skipped: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Applies one event from the etcd thread; returns its revision.
+    fn apply(&self, event: Event) -> i64 {
+        let mut objects = self.objects.borrow_mut();
+        match event {
+            Event::Full {
+                revision,
+                objects: all,
+            } => {
+                *objects = all.into_iter().collect();
+                revision
+            }
+            Event::Changes { revision, changes } => {
+                for c in changes {
+                    match c {
+                        Change::Put { key, value } => {
+                            objects.insert(key, value);
+                        }
+                        Change::Delete { key } => {
+                            objects.remove(&key);
+                        }
+                    }
+                }
+                revision
+            }
+        }
+    }
 }
 
 impl Control {
-    /// `/readyz`: config loaded, every shard serving, every plugin ready (providers discovered).
+    /// `/readyz`: config loaded, every shard serving, every plugin ready (providers discovered),
+    /// and with the etcd provider, etcd's objects published once. etcd lost later does not make
+    /// the gateway unready (it keeps serving the last good config, as APISIX does): the detail
+    /// says so.
     pub fn readiness(&self) -> (bool, String) {
         let up = self.shards_up.load(Ordering::Acquire);
         let shards_ok = up == self.shard_count;
         let (plugins_ok, plugins_detail) = self.plugins.readiness();
-        let ready = shards_ok && plugins_ok;
+        let (etcd_ok, etcd_detail) = match &self.etcd {
+            None => (true, String::new()),
+            Some(e) => {
+                let s = e.status.get();
+                let error = s.error.as_deref().map_or("null".to_owned(), |m| {
+                    serde_json::to_string(m).unwrap_or_else(|_| "\"?\"".to_owned())
+                });
+                (
+                    s.synced,
+                    format!(
+                        ",\"etcd\":{{\"synced\":{},\"connected\":{},\"revision\":{},\"skipped_objects\":{},\"error\":{error}}}",
+                        s.synced, s.connected, s.revision, s.skipped
+                    ),
+                )
+            }
+        };
+        let ready = shards_ok && plugins_ok && etcd_ok;
         let sep = if plugins_detail.is_empty() { "" } else { "," };
         let detail = format!(
-            "{{\"ready\":{ready},\"config_version\":{},\"shards_up\":{up},\"shards\":{}{sep}{plugins_detail}}}\n",
+            "{{\"ready\":{ready},\"config_version\":{},\"shards_up\":{up},\"shards\":{}{sep}{plugins_detail}{etcd_detail}}}\n",
             self.publisher.current().version,
             self.shard_count,
         );
@@ -88,11 +159,121 @@ impl Control {
         }
         let mut extra = BTreeMap::new();
         self.plugins.counters(&mut extra);
-        render_prometheus(&snaps, &extra)
+        let mut out = render_prometheus(&snaps, &extra);
+        if let Some(e) = &self.etcd {
+            let s = e.status.get();
+            let full = e.status.full_reads.load(Ordering::Relaxed);
+            let compactions = e.status.compactions.load(Ordering::Relaxed);
+            for (name, kind, help, value) in [
+                (
+                    "shardgate_etcd_connected",
+                    "gauge",
+                    "1 while the etcd watch is up; 0 while etcd is unreachable (the last good config keeps serving).",
+                    u64::from(s.connected),
+                ),
+                (
+                    "shardgate_etcd_revision",
+                    "gauge",
+                    "The etcd revision of the config being served.",
+                    u64::try_from(s.revision).unwrap_or(0),
+                ),
+                (
+                    "shardgate_etcd_skipped_objects",
+                    "gauge",
+                    "etcd objects left out of the config being served because they are invalid.",
+                    s.skipped as u64,
+                ),
+                (
+                    "shardgate_etcd_full_reads_total",
+                    "counter",
+                    "Full reads of the etcd prefix (start, reconnects, compactions).",
+                    full,
+                ),
+                (
+                    "shardgate_etcd_compactions_total",
+                    "counter",
+                    "Watches restarted because their revision was compacted.",
+                    compactions,
+                ),
+            ] {
+                use std::fmt::Write as _;
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            }
+        }
+        out
+    }
+
+    /// Publishes `config` as the next version; Err (nothing published) when it does not build.
+    fn publish(&self, config: config::Config) -> Result<u64, String> {
+        let version = *self.version.borrow() + 1;
+        let p = Arc::new(Published::build(version, config, &self.plugins)?);
+        *self.version.borrow_mut() = version;
+        self.publisher.publish(p.clone());
+        self.plugins.retain_used_by(&p);
+        Ok(version)
+    }
+
+    /// The etcd provider: the file's `gateway` section with etcd's objects, validated and
+    /// published; invalid objects are left out and logged by key once.
+    fn publish_etcd(&self, revision: i64) {
+        let Some(etcd) = &self.etcd else {
+            return;
+        };
+        let objects = etcd.objects.borrow();
+        let result =
+            config::etcd::assemble_file(&self.config_path, &etcd.prefix, &objects, &mut |c| {
+                self.publish(c)
+            });
+        match result {
+            Ok(a) => {
+                for w in &a.warnings {
+                    tracing::warn!(path = %w.path, "{}", w.message);
+                }
+                let mut before = etcd.skipped.borrow_mut();
+                for s in &a.skipped {
+                    if !before.contains(s) {
+                        tracing::error!(key = %s.key, problems = %s.problems.join("; "), "etcd object skipped; the rest of the config is served");
+                    }
+                }
+                etcd.status.update(|st| {
+                    st.synced = true;
+                    st.revision = revision;
+                    st.skipped = a.skipped.len();
+                    if st.connected {
+                        st.error = None;
+                    }
+                });
+                tracing::info!(
+                    version = a.value,
+                    revision,
+                    objects = objects.len(),
+                    skipped = a.skipped.len(),
+                    "etcd config published to every shard"
+                );
+                *before = a.skipped;
+            }
+            Err(e) => {
+                self.plugins.retain_used_by(&self.publisher.current());
+                let problems = e.to_string();
+                tracing::error!(revision, problems = %problems, "etcd config rejected; the previous config keeps serving");
+                etcd.status.update(|st| {
+                    st.error = Some(format!("config rejected: {}", problems.replace('\n', "; ")))
+                });
+            }
+        }
     }
 
     /// The config actor's job on SIGHUP: load, validate, publish; a bad file changes nothing.
     fn reload(&self) {
+        if let Some(e) = &self.etcd {
+            // The file holds only `gateway`; the objects are etcd's.
+            let revision = e.status.get().revision;
+            self.publish_etcd(revision);
+            return;
+        }
         match config::load_file(&self.config_path) {
             Err(e) => {
                 tracing::error!(path = %self.config_path.display(), problems = %e, "config reload rejected; the previous config keeps serving");
@@ -160,6 +341,10 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         config::Driver::Uring => DriverChoice::Uring,
         config::Driver::Epoll => DriverChoice::Epoll,
     });
+    let etcd_conf = match &cfg.gateway.provider {
+        config::Provider::Etcd(e) => Some(e.clone()),
+        config::Provider::File => None,
+    };
     let listen = cfg.gateway.listen.clone();
     let tls = cfg.gateway.tls.clone();
     let admin = cfg.gateway.admin.as_ref().map(|a| a.listen);
@@ -241,6 +426,21 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         let health = health.clone();
         let (reload_tx, reload_rx) = flume::unbounded::<()>();
         let signal_shutdown = shutdown.clone();
+        // The etcd provider's thread: blocking HTTP to etcd, events to the config actor.
+        let (etcd_tx, etcd_rx) = flume::unbounded::<Event>();
+        let etcd = etcd_conf.map(|conf| {
+            let status = Arc::new(EtcdStatus::default());
+            let side = EtcdSide::new(conf.prefix.clone(), status.clone());
+            let shutdown = shutdown.clone();
+            let tx = etcd_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name("etcd".into())
+                .spawn(move || config::etcd::watch::run(conf, tx, status, shutdown));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start the etcd thread");
+            }
+            side
+        });
         std::thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
@@ -272,7 +472,10 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
                         plugins,
                         config_path,
                         version: RefCell::new(1),
+                        etcd,
                     });
+                    // Kept so the file provider's (empty) etcd channel never reports closed.
+                    let _etcd_tx = etcd_tx;
                     monoio::spawn(crate::upstream::health::run(
                         control.publisher.clone(),
                         health,
@@ -287,14 +490,29 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
                         });
                     }
                     loop {
-                        let r = monoio::select! {
-                            r = reload_rx.recv_async() => r,
+                        let event = monoio::select! {
+                            r = reload_rx.recv_async() => match r {
+                                Ok(()) => None,
+                                Err(_) => break,
+                            },
+                            e = etcd_rx.recv_async() => match e {
+                                Ok(e) => Some(e),
+                                Err(_) => break,
+                            },
                             _ = control.shutdown.wait() => break,
                         };
-                        if r.is_err() {
-                            break;
+                        match (event, &control.etcd) {
+                            (Some(first), Some(side)) => {
+                                // A burst of changes is applied as one publish.
+                                let mut revision = side.apply(first);
+                                while let Ok(more) = etcd_rx.try_recv() {
+                                    revision = side.apply(more);
+                                }
+                                control.publish_etcd(revision);
+                            }
+                            (Some(_), None) => {}
+                            (None, _) => control.reload(),
                         }
-                        control.reload();
                     }
                 });
                 if let Err(e) = res {

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::file::{
-    ActiveFile, DriverFile, FileConfig, GatewayFile, Id, PassHostFile, PluginsFile, RouteFile,
-    SchemeFile, ServiceFile, ShardsFile, UpstreamFile, UpstreamType,
+    ActiveFile, DriverFile, EtcdFile, FileConfig, GatewayFile, Id, PassHostFile, PluginsFile,
+    ProviderFile, RouteFile, SchemeFile, ServiceFile, ShardsFile, UpstreamFile, UpstreamType,
 };
 use super::{
-    ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, GatewayConf,
-    GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, PassHost, PassiveHealth,
-    Pem, Problem, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards, TlsConf, UpstreamConf,
-    UpstreamTimeout, UpstreamTls, merge,
+    ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, EtcdConf,
+    GatewayConf, GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, PassHost,
+    PassiveHealth, Pem, Problem, Provider, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards,
+    TlsConf, UpstreamConf, UpstreamTimeout, UpstreamTls, merge,
 };
 use crate::route::{self, Method, MethodSet};
 
@@ -106,6 +106,12 @@ pub(super) fn build(file: FileConfig, base_dir: Option<&Path>) -> Result<Loaded,
     };
     b.unsupported("", &file.unsupported());
     let gateway = gateway(&mut b, &file.gateway);
+    if file.gateway.etcd.is_some() && file.gateway.config_provider == ProviderFile::File {
+        b.warn(
+            "gateway.etcd",
+            "ignored: gateway.config_provider is `file` (set it to `etcd` to read objects from etcd)",
+        );
+    }
 
     let mut upstreams = Vec::with_capacity(file.upstreams.len() + file.routes.len());
     // id -> (position in the file, index in `upstreams`).
@@ -306,6 +312,84 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         limits,
         shutdown_timeout: b.seconds("gateway.shutdown_timeout", g.shutdown_timeout, true),
         access_log: g.access_log,
+        provider: provider(b, g),
+    }
+}
+
+fn provider(b: &mut Builder<'_>, g: &GatewayFile) -> Provider {
+    match g.config_provider {
+        ProviderFile::File => Provider::File,
+        ProviderFile::Etcd => {
+            let default = EtcdFile {
+                host: vec![super::file::ETCD_HOST.to_owned()],
+                prefix: super::file::ETCD_PREFIX.to_owned(),
+                timeout: super::file::ETCD_TIMEOUT,
+                user: None,
+                password: None,
+                tls: None,
+            };
+            let e = g.etcd.as_ref().unwrap_or(&default);
+            b.unsupported("gateway.etcd", &[("tls", e.tls.is_some())]);
+            if e.host.is_empty() {
+                b.error("gateway.etcd.host", "needs at least one etcd member");
+            }
+            let mut hosts = Vec::with_capacity(e.host.len());
+            for (i, h) in e.host.iter().enumerate() {
+                let path = format!("gateway.etcd.host[{i}]");
+                if h.starts_with("https://") {
+                    b.error(
+                        path,
+                        format!(
+                            "`{h}`: etcd over TLS is not supported by shardgate yet (use http://)"
+                        ),
+                    );
+                    continue;
+                }
+                let rest = h.strip_prefix("http://").unwrap_or(h).trim_end_matches('/');
+                match parse_host_port(rest, 2379) {
+                    Some((host, port)) if !rest.contains('/') => {
+                        let host = if host.contains(':') {
+                            format!("[{host}]")
+                        } else {
+                            host
+                        };
+                        hosts.push(format!("{host}:{port}"));
+                    }
+                    _ => b.error(
+                        path,
+                        format!("`{h}` is not an etcd address (http://host:port)"),
+                    ),
+                }
+            }
+            let prefix = e.prefix.trim_end_matches('/').to_owned();
+            if !prefix.starts_with('/') {
+                b.error(
+                    "gateway.etcd.prefix",
+                    format!(
+                        "`{}` must start with `/` (APISIX's default is /apisix)",
+                        e.prefix
+                    ),
+                );
+            }
+            let auth = match (&e.user, &e.password) {
+                (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                (None, None) => None,
+                (Some(_), None) => {
+                    b.error("gateway.etcd.password", "required with `user`");
+                    None
+                }
+                (None, Some(_)) => {
+                    b.error("gateway.etcd.user", "required with `password`");
+                    None
+                }
+            };
+            Provider::Etcd(EtcdConf {
+                hosts,
+                prefix,
+                timeout: b.seconds("gateway.etcd.timeout", e.timeout, false),
+                auth,
+            })
+        }
     }
 }
 

@@ -176,6 +176,51 @@ pub(crate) struct GatewayFile {
     pub shutdown_timeout: f64,
     #[serde(default = "yes")]
     pub access_log: bool,
+    /// Where routes, upstreams, services, plugin_configs and global_rules come from.
+    #[serde(default)]
+    pub config_provider: ProviderFile,
+    /// APISIX's `deployment.etcd`, for `config_provider: etcd`.
+    pub etcd: Option<EtcdFile>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ProviderFile {
+    #[default]
+    File,
+    Etcd,
+}
+
+pub(crate) const ETCD_HOST: &str = "http://127.0.0.1:2379";
+pub(crate) const ETCD_PREFIX: &str = "/apisix";
+/// APISIX's `deployment.etcd.timeout` default, seconds.
+pub(crate) const ETCD_TIMEOUT: f64 = 30.0;
+
+fn etcd_host() -> Vec<String> {
+    vec![ETCD_HOST.to_owned()]
+}
+fn etcd_prefix() -> String {
+    ETCD_PREFIX.to_owned()
+}
+fn etcd_timeout() -> f64 {
+    ETCD_TIMEOUT
+}
+
+/// APISIX `deployment.etcd`, same names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EtcdFile {
+    #[serde(default = "etcd_host")]
+    pub host: Vec<String>,
+    #[serde(default = "etcd_prefix")]
+    pub prefix: String,
+    #[serde(default = "etcd_timeout")]
+    pub timeout: f64,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Parsed to be named in an "unsupported" error: etcd over TLS is not implemented yet.
+    #[serde(default)]
+    pub tls: Option<IgnoredAny>,
 }
 
 impl Default for GatewayFile {
@@ -189,6 +234,8 @@ impl Default for GatewayFile {
             limits: LimitsFile::default(),
             shutdown_timeout: SHUTDOWN_TIMEOUT,
             access_log: true,
+            config_provider: ProviderFile::File,
+            etcd: None,
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod build;
 mod env;
+pub mod etcd;
 mod file;
 mod merge;
 mod secret_ref;
@@ -97,6 +98,30 @@ pub struct GatewayConf {
     /// How long SIGTERM waits for in-flight requests.
     pub shutdown_timeout: Duration,
     pub access_log: bool,
+    /// Where the APISIX objects come from.
+    pub provider: Provider,
+}
+
+/// `gateway.config_provider`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Provider {
+    /// The objects are in this file (APISIX standalone).
+    File,
+    /// The objects are in etcd in APISIX's layout; the file holds only `gateway`.
+    Etcd(EtcdConf),
+}
+
+/// `gateway.etcd` (APISIX `deployment.etcd`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdConf {
+    /// `host:port` of each member, tried in order.
+    pub hosts: Vec<String>,
+    /// Without a trailing `/` (`/apisix`).
+    pub prefix: String,
+    /// Connect and request timeout.
+    pub timeout: Duration,
+    /// etcd authentication (user, password).
+    pub auth: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +461,7 @@ fn load(
 ) -> Result<Loaded, ConfigError> {
     let text = env::interpolate(text, env).map_err(|problems| ConfigError { problems })?;
     let mut file = parse(&text, env)?;
+    etcd::check_file_has_no_objects(&file)?;
     let unresolved = resolve_secret_refs(&mut file, env);
     match build::build(file, base_dir) {
         Ok(loaded) if unresolved.is_empty() => Ok(loaded),

@@ -155,6 +155,19 @@ impl Etcd {
         }
     }
 
+    /// Takes the member off its client port: `f` runs against the same data on another port
+    /// (clients of the usual one see etcd down), then the member comes back on the usual port.
+    pub fn offline(&mut self, f: impl FnOnce(&Etcd)) {
+        self.kill();
+        let usual = self.client_port;
+        self.client_port = free_port();
+        self.spawn();
+        f(self);
+        self.kill();
+        self.client_port = usual;
+        self.spawn();
+    }
+
     /// Starts the member again on the same ports and data dir.
     pub fn restart(&mut self) {
         self.kill();
