@@ -87,7 +87,7 @@ struct Env {
 }
 
 /// Starts the IdP (with `idp_env` added to the redirect and post-logout URIs of the gateway's
-/// port), the upstream and the gateway (`overrides` as in [`oidc_attrs`]).
+/// port), the upstream and the gateway (`overrides` as in [`oidc_attrs`], `{issuer}` replaced).
 fn start(idp_env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Env {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
@@ -99,8 +99,14 @@ fn start(idp_env: &[(&str, &str)], overrides: &[(&str, &str)]) -> Env {
     ];
     env.extend(idp_env.iter().map(|(k, v)| (*k, *v)));
     let idp = Idp::start(&env);
+    // `{issuer}` in an override is the IdP's issuer URL (known only once it listens).
+    let overrides: Vec<(&str, String)> = overrides
+        .iter()
+        .map(|(k, v)| (*k, v.replace("{issuer}", &idp.issuer)))
+        .collect();
+    let overrides: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let up = Upstream::echo();
-    let gw = start_gateway(port, &up, &oidc_attrs(&idp.discovery(), port, overrides));
+    let gw = start_gateway(port, &up, &oidc_attrs(&idp.discovery(), port, &overrides));
     Env {
         idp,
         up,
@@ -351,6 +357,128 @@ fn pkce_login_with_the_public_client_without_secret() {
         ("client_secret", "-"),
         ("use_pkce", "true"),
     ]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pushed Authorization Requests (RFC 9126)
+
+/// The names of an URL's query parameters, in order.
+fn query_names(url: &str) -> Vec<String> {
+    url.split_once('?')
+        .map(|(_, q)| q)
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split('=').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn par_login_pushes_the_request_and_redirects_with_only_client_id_and_request_uri() {
+    // `gateway-par` must push its authorization requests: the IdP refuses a plain one, so a login
+    // that completes can only have gone through PAR.
+    let mut e = start(
+        &[],
+        &[
+            ("client_id", "gateway-par"),
+            ("client_secret", "gateway-par-secret"),
+            ("use_pkce", "true"),
+            ("par", "{ enabled: true }"),
+        ],
+    );
+    let plain = format!(
+        "{}/auth?client_id=gateway-par&response_type=code&scope=openid&state=abcdefgh12345678&redirect_uri={}",
+        e.idp.issuer,
+        support::urlenc(&e.redirect_uri)
+    );
+    let refused = CookieJar::default().get(&plain, &[]);
+    let location = refused.header("location").unwrap_or_default();
+    assert!(
+        location.starts_with(&e.redirect_uri)
+            && query_param(location, "error").as_deref() == Some("invalid_request")
+            && location.contains("Pushed+Authorization+Request+must+be+used"),
+        "{} {location}",
+        refused.status
+    );
+
+    e.idp.reset_stats();
+    let authorize = e.begin_login("/private?x=1");
+    assert_eq!(
+        query_names(&authorize),
+        ["client_id", "request_uri"],
+        "{authorize}"
+    );
+    assert_eq!(
+        query_param(&authorize, "client_id").as_deref(),
+        Some("gateway-par")
+    );
+    assert!(
+        query_param(&authorize, "request_uri")
+            .is_some_and(|u| u.starts_with("urn:ietf:params:oauth:request_uri:")),
+        "{authorize}"
+    );
+    assert_eq!(e.idp.path_count("/request"), 1, "{}", e.idp.stats());
+    let callback = idp_login(&mut e.browser, &authorize, &e.redirect_uri, "alice");
+    let r = e.browser.get(&callback, &[HTML]);
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), e.gw.log());
+    assert_eq!(r.header("location"), Some("/private?x=1"));
+    let r = e.browse("/private");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_identity(&e.last_seen(), "alice");
+    e.gw.assert_no_panic();
+}
+
+#[test]
+fn par_with_an_explicit_endpoint_for_a_public_client() {
+    // The public client authenticates at the PAR endpoint by client_id alone, at `par.endpoint`.
+    let mut e = start(
+        &[],
+        &[
+            ("client_id", "spa"),
+            ("client_secret", "-"),
+            ("use_pkce", "true"),
+            ("par", "{ enabled: true, endpoint: \"{issuer}/request\" }"),
+        ],
+    );
+    let authorize = e.begin_login("/");
+    assert_eq!(
+        query_names(&authorize),
+        ["client_id", "request_uri"],
+        "{authorize}"
+    );
+    assert_eq!(e.idp.path_count("/request"), 1);
+    let callback = idp_login(&mut e.browser, &authorize, &e.redirect_uri, "alice");
+    let r = e.browser.get(&callback, &[HTML]);
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), e.gw.log());
+    let r = e.browse("/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_identity(&e.last_seen(), "alice");
+}
+
+#[test]
+fn a_push_the_idp_refuses_is_a_502_page_naming_its_error() {
+    // `gateway` has no registered keys: the IdP refuses a private_key_jwt assertion. The browser
+    // gets a page naming the IdP's error (a 502: the gateway's call to the IdP failed), never a
+    // 500, and nothing reaches the upstream.
+    let key = std::fs::read_to_string(support::repo_root().join("oidc/testdata/rsa1.pem")).unwrap();
+    let key = serde_json::to_string(&key).unwrap();
+    let e = start(
+        &[],
+        &[
+            ("client_rsa_private_key", &key),
+            (
+                "par",
+                "{ enabled: true, endpoint_auth_method: private_key_jwt }",
+            ),
+        ],
+    );
+    let r = CookieJar::default().get(&e.url("/"), &[HTML]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("invalid_client"), "{}", r.text());
+    assert!(r.header("location").is_none());
+    assert!(e.gw.wait_log("login flow failed", Duration::from_secs(5)));
+    assert!(e.seen().is_empty());
+    e.gw.assert_no_panic();
 }
 
 #[test]

@@ -175,3 +175,101 @@ fn cors_bad_attributes_are_refused_with_their_path() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// ip-restriction
+
+#[test]
+fn ip_restriction_refuses_with_message_and_code_and_lets_listed_clients_through() {
+    let up = Upstream::echo();
+    let yaml = format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n  admin: {{ listen: \"127.0.0.1:{{admin}}\" }}\n\
+         upstreams:\n  - id: app\n    nodes: {{ \"{node}\": 1 }}\n\
+         routes:\n\
+         \x20 - id: allow\n    uri: /allow\n    upstream_id: app\n    plugins:\n      ip-restriction:\n\
+         \x20       whitelist: [\"127.0.0.0/24\", \"::1\"]\n\
+         \x20 - id: deny\n    uri: /deny\n    upstream_id: app\n    plugins:\n      ip-restriction:\n\
+         \x20       blacklist: [\"127.0.0.1\"]\n        message: \"Do you want to do something bad?\"\n\
+         \x20       response_code: 404\n\
+         \x20 - id: other\n    uri: /other\n    upstream_id: app\n    plugins:\n      ip-restriction:\n\
+         \x20       whitelist: [\"10.0.0.0/8\"]\n",
+        node = up.node()
+    );
+    let gw = Gateway::start(&yaml, &["--shards", "1"]);
+    assert_eq!(get(gw.addr(), "/allow", &[]).status, 200);
+    let r = get(gw.addr(), "/deny", &[]);
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"message": "Do you want to do something bad?"})
+    );
+    let r = get(gw.addr(), "/other", &[]);
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"message": "Your IP address is not allowed"})
+    );
+    assert_eq!(up.requests().len(), 1);
+    assert!(
+        gw.wait_log("ip_restricted", Duration::from_secs(5)),
+        "{}",
+        gw.log()
+    );
+    assert!(
+        gw.metrics()
+            .contains("shardgate_errors_total{code=\"ip_restricted\"} 2"),
+        "{}",
+        gw.metrics()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// redirect
+
+#[test]
+fn redirect_templates_regexes_and_http_to_https() {
+    let up = Upstream::echo();
+    let yaml = format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n  admin: {{ listen: \"127.0.0.1:{{admin}}\" }}\n\
+         upstreams:\n  - id: app\n    nodes: {{ \"{node}\": 1 }}\n\
+         routes:\n\
+         \x20 - id: tpl\n    uri: /hello\n    upstream_id: app\n    plugins:\n      redirect:\n\
+         \x20       uri: \"$uri/test/a$${{arg_name}}c\"\n        ret_code: 301\n        append_query_string: true\n\
+         \x20 - id: re\n    uri: /test/*\n    upstream_id: app\n    plugins:\n      redirect:\n\
+         \x20       regex_uri: [\"^/test/(.*)\", \"http://test.com/$${{1}}\"]\n        encode_uri: true\n\
+         \x20 - id: https\n    uri: /secure\n    upstream_id: app\n    plugins:\n      redirect:\n\
+         \x20       http_to_https: true\n",
+        node = up.node()
+    );
+    let gw = Gateway::start(&yaml, &["--shards", "1"]);
+    let r = get(gw.addr(), "/hello?name=json", &[]);
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(r.header("location"), Some("/hello/test/ajsonc?name=json"));
+
+    let r = get(gw.addr(), "/test/with%20space", &[]);
+    assert_eq!(r.status, 302, "{r:?}");
+    assert_eq!(r.header("location"), Some("http://test.com/with%20space"));
+
+    let r = get(gw.addr(), "/secure?a=1", &[("Host", "foo.com")]);
+    assert_eq!(r.status, 301);
+    assert_eq!(r.header("location"), Some("https://foo.com/secure?a=1"));
+    let r = request(
+        gw.addr(),
+        "POST",
+        "/secure",
+        &[("Host", "foo.com:8080")],
+        b"x",
+    );
+    assert_eq!(r.status, 308);
+    assert_eq!(r.header("location"), Some("https://foo.com/secure"));
+    // Already https behind a proxy: proxied.
+    let r = get(gw.addr(), "/secure", &[("X-Forwarded-Proto", "https")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(up.requests().len(), 1);
+    // A redirect is an answer, not an error.
+    assert!(
+        !gw.metrics().contains("code=\"redirect\""),
+        "{}",
+        gw.metrics()
+    );
+}

@@ -317,7 +317,7 @@ pub struct OidcConf {
     pub token_signing_alg_values_expected: Option<String>,
     #[serde(default)]
     pub use_pkce: bool,
-    /// Accepted only when not enabled.
+    /// RFC 9126 Pushed Authorization Requests.
     #[serde(default)]
     pub par: Option<ParConf>,
     /// Accepted only when not enabled.
@@ -465,8 +465,11 @@ pub struct OidcConf {
     meta: Option<IgnoredAny>,
 }
 
-/// RFC 9126 Pushed Authorization Requests, with APISIX's schema. Not implemented yet: the object
-/// is checked as APISIX checks it, and `enabled: true` is refused by name.
+/// RFC 9126 Pushed Authorization Requests, with APISIX's schema: with `enabled`, the authorization
+/// request's parameters are POSTed to `endpoint` (else the discovery document's
+/// `pushed_authorization_request_endpoint`) with the client authentication of
+/// `endpoint_auth_method` (else the token endpoint's), and the browser is sent to the authorization
+/// endpoint with only `client_id` and the `request_uri` the IdP answered.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParConf {
@@ -948,13 +951,18 @@ impl OidcConf {
     }
 
     /// APISIX's `par`/`dpop` rules. Their checks apply while disabled too, as in APISIX; turning
-    /// either on is refused by name until shardgate implements it.
+    /// `dpop` on is refused by name until shardgate implements it.
     fn check_par_dpop(&self, path: &str, out: &mut Vec<Problem>) {
         if let Some(par) = self.par.as_ref().filter(|p| p.enabled) {
-            out.push(Problem::new(
-                format!("{path}.par.enabled"),
-                "Pushed Authorization Requests (`par`) are not supported by shardgate yet",
-            ));
+            // A PAR endpoint that is not a URL cannot work; APISIX fails at login with a 500.
+            if let Some(endpoint) = &par.endpoint
+                && parse_http_url(endpoint).is_none()
+            {
+                out.push(Problem::new(
+                    format!("{path}.par.endpoint"),
+                    "must be an http(s) URL",
+                ));
+            }
             if let Some(method) = par.endpoint_auth_method
                 && !self.bearer_only
             {
@@ -1511,7 +1519,6 @@ mod tests {
         let mut v = minimal();
         v["response_mode"] = json!("form_post");
         v["pass_cookies"] = json!("a b");
-        v["par"] = json!({ "enabled": true });
         v["dpop"] = json!({ "enabled": false, "signing_alg": "ES256" });
         v["session"]["storage"] = json!("redis");
         v["session"]["redis"] = json!({ "host": "127.0.0.1" });
@@ -1521,7 +1528,6 @@ mod tests {
             [
                 "p.response_mode: APISIX attribute `response_mode` is not supported by shardgate",
                 "p.pass_cookies: APISIX attribute `pass_cookies` is not supported by shardgate",
-                "p.par.enabled: Pushed Authorization Requests (`par`) are not supported by shardgate yet",
                 "p.session.storage: `redis` is not supported by shardgate (use `cookie`)",
                 "p.session.redis: APISIX attribute `session.redis` is not supported by shardgate",
             ]

@@ -33,6 +33,9 @@ pub struct ProviderMetadata {
     pub introspection_endpoint: Option<String>,
     pub revocation_endpoint: Option<String>,
     pub end_session_endpoint: Option<String>,
+    /// RFC 9126 section 5: where `par.enabled` pushes the authorization request when
+    /// `par.endpoint` is unset.
+    pub pushed_authorization_request_endpoint: Option<String>,
     pub registration_endpoint: Option<String>,
     pub scopes_supported: Vec<String>,
     pub response_types_supported: Vec<String>,
@@ -96,6 +99,10 @@ impl ProviderMetadata {
             ("introspection_endpoint", &meta.introspection_endpoint),
             ("revocation_endpoint", &meta.revocation_endpoint),
             ("end_session_endpoint", &meta.end_session_endpoint),
+            (
+                "pushed_authorization_request_endpoint",
+                &meta.pushed_authorization_request_endpoint,
+            ),
         ] {
             if let Some(url) = value {
                 check_url(field, url)?;

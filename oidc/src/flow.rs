@@ -58,6 +58,12 @@ pub enum FlowError {
     },
     #[error("token endpoint answered HTTP {status} without an OAuth error body")]
     TokenEndpointHttp { status: u16 },
+    #[error("pushed authorization request endpoint returned error {error:?}{} (HTTP {status})", fmt_description(.description))]
+    ParEndpoint {
+        status: u16,
+        error: String,
+        description: Option<String>,
+    },
     #[error("malformed token response: {0}")]
     TokenResponse(String),
     #[error("ID token rejected: {0}")]
@@ -295,6 +301,23 @@ pub fn start_login(
     now: u64,
     rng: &dyn SecureRandom,
 ) -> Result<(String, LoginState), FlowError> {
+    let (query, login) = authorization_request(params, original_url, now, rng)?;
+    let url = endpoint_with_query(
+        params.authorization_endpoint,
+        query.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    Ok((url, login))
+}
+
+/// The authorization request's parameters (in the order they are sent) and the login state to
+/// seal. [`start_login`] puts them in the authorization URL; with PAR (RFC 9126) they are POSTed
+/// to the PAR endpoint instead (see [`par_form`]).
+pub fn authorization_request(
+    params: &AuthorizeParams<'_>,
+    original_url: &str,
+    now: u64,
+    rng: &dyn SecureRandom,
+) -> Result<(Vec<(String, String)>, LoginState), FlowError> {
     let state = random_b64(rng, 16)?;
     let nonce = if params.use_nonce {
         Some(random_b64(rng, 16)?)
@@ -308,44 +331,33 @@ pub fn start_login(
     };
     let challenge = code_verifier.as_deref().map(pkce_challenge);
 
-    let mut query: Vec<(&str, &str)> = vec![
-        ("response_type", "code"),
-        ("client_id", params.client_id),
-        ("redirect_uri", params.redirect_uri),
-        ("scope", params.scope),
-        ("state", &state),
+    let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+    let mut query: Vec<(String, String)> = vec![
+        pair("response_type", "code"),
+        pair("client_id", params.client_id),
+        pair("redirect_uri", params.redirect_uri),
+        pair("scope", params.scope),
+        pair("state", &state),
     ];
     if let Some(n) = &nonce {
-        query.push(("nonce", n));
+        query.push(pair("nonce", n));
     }
     if let Some(c) = &challenge {
-        query.push(("code_challenge", c));
-        query.push(("code_challenge_method", "S256"));
+        query.push(pair("code_challenge", c));
+        query.push(pair("code_challenge_method", "S256"));
     }
     if let Some(p) = params.prompt {
-        query.push(("prompt", p));
+        query.push(pair("prompt", p));
     }
     for (k, v) in params.extra {
         if PROTECTED_PARAMS.contains(&k.as_str()) {
             continue;
         }
-        match query.iter_mut().find(|(qk, _)| *qk == k) {
-            Some(slot) => slot.1 = v,
-            None => query.push((k, v)),
+        match query.iter_mut().find(|(qk, _)| qk == k) {
+            Some(slot) => slot.1.clone_from(v),
+            None => query.push((k.clone(), v.clone())),
         }
     }
-
-    let endpoint = params.authorization_endpoint;
-    let endpoint = endpoint.split_once('#').map_or(endpoint, |(e, _)| e);
-    let mut url = String::with_capacity(endpoint.len() + 256);
-    url.push_str(endpoint);
-    match endpoint.find('?') {
-        None => url.push('?'),
-        Some(_) if endpoint.ends_with('?') || endpoint.ends_with('&') => {}
-        Some(_) => url.push('&'),
-    }
-    append_form(&mut url, query.iter().copied());
-
     let login = LoginState {
         state,
         nonce,
@@ -354,7 +366,96 @@ pub fn start_login(
         created_at: now,
         redirect_uri: params.redirect_uri.to_owned(),
     };
-    Ok((url, login))
+    Ok((query, login))
+}
+
+/// `endpoint` with `pairs` appended to its query (any fragment dropped).
+fn endpoint_with_query<'a>(
+    endpoint: &str,
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let endpoint = endpoint.split_once('#').map_or(endpoint, |(e, _)| e);
+    let mut url = String::with_capacity(endpoint.len() + 256);
+    url.push_str(endpoint);
+    match endpoint.find('?') {
+        None => url.push('?'),
+        Some(_) if endpoint.ends_with('?') || endpoint.ends_with('&') => {}
+        Some(_) => url.push('&'),
+    }
+    append_form(&mut url, pairs);
+    url
+}
+
+/// RFC 9126 section 2.1: the PAR request body is the authorization request's parameters. The
+/// client authentication added to it next names the client itself (`client_id` in the form for
+/// every method but `client_secret_basic`); the parameter is then left out here so it is not
+/// sent twice (which the IdP must refuse, RFC 6749 section 3.1).
+pub fn par_form(query: &[(String, String)], auth_adds_client_id: bool) -> Vec<(String, String)> {
+    query
+        .iter()
+        .filter(|(k, _)| !(auth_adds_client_id && k == "client_id"))
+        .cloned()
+        .collect()
+}
+
+/// RFC 9126 section 2.4: the authorization request after a successful push carries only
+/// `client_id` and `request_uri`.
+pub fn par_authorize_url(
+    authorization_endpoint: &str,
+    client_id: &str,
+    request_uri: &str,
+) -> String {
+    endpoint_with_query(
+        authorization_endpoint,
+        [("client_id", client_id), ("request_uri", request_uri)].into_iter(),
+    )
+}
+
+/// The PAR endpoint's answer (RFC 9126 section 2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParResponse {
+    pub request_uri: String,
+    pub expires_in: Option<u64>,
+}
+
+impl ParResponse {
+    /// 201 (or 200, which some servers send) with a JSON `request_uri`; an OAuth error body
+    /// (section 2.3) or anything else is a [`FlowError::ParEndpoint`].
+    pub fn parse(status: u16, body: &[u8]) -> Result<ParResponse, FlowError> {
+        #[derive(Deserialize)]
+        struct Ok {
+            request_uri: String,
+            #[serde(default, deserialize_with = "de_opt_u64")]
+            expires_in: Option<u64>,
+        }
+        #[derive(Deserialize)]
+        struct Err {
+            error: String,
+            error_description: Option<String>,
+        }
+        if status == 200 || status == 201 {
+            return match serde_json::from_slice::<Ok>(body) {
+                Ok(ok) if !ok.request_uri.is_empty() => Ok(ParResponse {
+                    request_uri: ok.request_uri,
+                    expires_in: ok.expires_in,
+                }),
+                _ => Err(FlowError::ParEndpoint {
+                    status,
+                    error: "invalid_response".to_owned(),
+                    description: Some("no request_uri in the answer".to_owned()),
+                }),
+            };
+        }
+        let (error, description) = match serde_json::from_slice::<Err>(body) {
+            Ok(e) => (e.error, e.error_description),
+            Err(_) => ("http_error".to_owned(), None),
+        };
+        Err(FlowError::ParEndpoint {
+            status,
+            error,
+            description,
+        })
+    }
 }
 
 /// RFC 7636 S256: base64url(SHA-256(verifier)).

@@ -131,6 +131,13 @@ const clients = [
       : {}),
   },
   { ...webClient, client_id: 'spa', token_endpoint_auth_method: 'none' },
+  // RFC 9126: its authorization requests must be pushed first (a plain /auth is refused).
+  {
+    ...webClient,
+    client_id: 'gateway-par',
+    client_secret: 'gateway-par-secret',
+    require_pushed_authorization_requests: true,
+  },
   ...['m2m', 'm2m-short', 'm2m-other', 'm2m-opaque'].map((id) => ({
     client_id: id,
     client_secret: `${id}-secret`,
@@ -221,6 +228,8 @@ const configuration = {
       allowedPolicy: async (_ctx, client, token) => client.clientId === 'gateway'
         || token.clientId === client.clientId,
     },
+    // RFC 9126 (oidc-provider's default, stated so the fixture does not depend on it).
+    pushedAuthorizationRequests: { enabled: true },
     rpInitiatedLogout: { enabled: true },
     backchannelLogout: { enabled: true },
     userinfo: { enabled: true },

@@ -489,6 +489,8 @@ registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     response_rewrite: crate::plugins::response_rewrite::ResponseRewrite,
     cors: crate::plugins::cors::CorsPlugin,
+    ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
+    redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
 }
@@ -499,6 +501,8 @@ registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
     response_rewrite: crate::plugins::response_rewrite::ResponseRewrite,
     cors: crate::plugins::cors::CorsPlugin,
+    ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
+    redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
     noop_1: super::testing::Noop<1>,

@@ -6,12 +6,16 @@
 //! - `response_rewrite/`: APISIX's `response-rewrite` (priority 899, `header_filter` and
 //!   `body_filter`): status, response headers, body replacement and regex filters.
 //! - `cors.rs`: APISIX's `cors` (priority 4000, `rewrite`): CORS headers, preflights answered.
+//! - `ip_restriction.rs`: APISIX's `ip-restriction` (priority 3000, `access`).
+//! - `redirect.rs`: APISIX's `redirect` (priority 900, `rewrite`).
 //! - `limit/`: `limit-count` (1002) and `limit-req` (1001), `access` phase, exact per process.
 //! - `vars.rs`: APISIX's `$var` templates, shared by the plugins that take them.
 
 pub mod cors;
+pub mod ip_restriction;
 pub mod limit;
 pub mod openid_connect;
+pub mod redirect;
 pub mod response_rewrite;
 pub mod vars;
 

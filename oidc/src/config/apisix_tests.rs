@@ -372,10 +372,20 @@ fn par_and_dpop_objects() {
             "p.dpop.public_jwk: required when dpop.enabled is true",
         ]
     );
-    let e = errors(with("par", json!({ "enabled": true })));
-    assert_eq!(
-        e,
-        ["p.par.enabled: Pushed Authorization Requests (`par`) are not supported by shardgate yet"]
+    // TEST 53c: PAR on without an endpoint (discovery's is used at login).
+    assert!(errors(with("par", json!({ "enabled": true }))).is_empty());
+    // On, an endpoint that is not a URL cannot work (APISIX: a 500 at login).
+    let e = errors(with(
+        "par",
+        json!({ "enabled": true, "endpoint": "example.com/par" }),
+    ));
+    assert_eq!(e, ["p.par.endpoint: must be an http(s) URL"]);
+    assert!(
+        errors(with(
+            "par",
+            json!({ "enabled": false, "endpoint": "example.com/par" })
+        ))
+        .is_empty()
     );
     let e = errors(with(
         "par",
@@ -527,5 +537,38 @@ fn client_assertion_key_must_match_alg_and_curve() {
     assert_eq!(
         conf(rsa, "ES512"),
         ["p.client_jwt_assertion_alg: ES512 does not match the Rsa key in client_rsa_private_key"]
+    );
+}
+
+/// TEST 75: PAR authentication methods that have their credential, and the ones PAR never reaches.
+#[test]
+fn par_auth_methods_with_their_credential() {
+    const RSA_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEA\n-----END PRIVATE KEY-----";
+    let cases = [
+        json!({ "par": { "enabled": true } }),
+        json!({ "par": { "enabled": true, "endpoint_auth_method": "client_secret_post" } }),
+        json!({ "par": { "enabled": true, "endpoint_auth_method": "client_secret_jwt" } }),
+        json!({ "client_rsa_private_key": RSA_KEY,
+                "par": { "enabled": true, "endpoint_auth_method": "private_key_jwt" } }),
+        // bearer_only never runs the authorization code flow, so PAR is unreachable.
+        json!({ "bearer_only": true, "public_key": "-----BEGIN PUBLIC KEY-----\nx\n-----END PUBLIC KEY-----",
+                "par": { "enabled": true, "endpoint_auth_method": "private_key_jwt" } }),
+    ];
+    for extra in cases {
+        let mut v = base();
+        v["use_pkce"] = json!(true);
+        for (k, x) in extra.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let e = errors(v);
+        assert!(e.is_empty(), "{extra}: {e:?}");
+    }
+    // TEST 74: the credential a PAR method needs is missing.
+    let mut v = base();
+    v.as_object_mut().unwrap().remove("client_secret");
+    v["use_pkce"] = json!(true);
+    v["par"] = json!({ "enabled": true, "endpoint_auth_method": "client_secret_jwt" });
+    assert!(
+        errors(v).contains(&"p.par.endpoint_auth_method: client_secret_jwt requires `client_secret` when par.enabled is true".to_owned())
     );
 }

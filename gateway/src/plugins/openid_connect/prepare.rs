@@ -42,6 +42,9 @@ pub struct OidcRoute {
     pub introspection_auth: PreparedClientAuth,
     /// Client authentication at the token endpoint (code exchange, refresh, revocation).
     pub token_auth: PreparedClientAuth,
+    /// Client authentication at the PAR endpoint, when `par.enabled` (and not bearer_only):
+    /// `par.endpoint_auth_method`, else the token endpoint's (as APISIX).
+    pub par_auth: Option<PreparedClientAuth>,
     /// `WWW-Authenticate: Bearer realm="<realm>"` prefix, built once.
     pub challenge: String,
     /// Process-wide DPoP replay set and nonce key (resource-server side).
@@ -137,6 +140,17 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
     let token_auth = token_auth
         .prepare()
         .map_err(|e| format!("{path}: token endpoint client authentication: {e}"))?;
+    let par_auth = match conf.par.as_ref().filter(|p| p.enabled && !conf.bearer_only) {
+        Some(par) => {
+            let method = par.endpoint_auth_method.map_or(token_method, auth_method);
+            Some(
+                client_auth(&conf, method)
+                    .prepare()
+                    .map_err(|e| format!("{path}.par: PAR endpoint client authentication: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let proxy = conf.proxy_opts.as_ref().map(|p| ProxySpec {
         http_proxy: p.http_proxy.clone(),
         https_proxy: p.https_proxy.clone(),
@@ -189,6 +203,7 @@ pub fn prepare(conf: Arc<OidcConf>, shared: &OidcShared, path: &str) -> Result<O
         schema,
         introspection_auth,
         token_auth,
+        par_auth,
         challenge,
     })
 }

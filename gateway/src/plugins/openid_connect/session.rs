@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use shardgate_oidc::cache::TtlCache;
+use shardgate_oidc::client_auth::PreparedClientAuth;
 use shardgate_oidc::config::{OidcConf, SameSite as ConfSameSite, UnauthAction};
 use shardgate_oidc::discovery::ProviderMetadata;
 use shardgate_oidc::flow::{
     self, AuthorizeParams, Callback, ClaimError, FlowError, IdTokenRules, LoginState, LogoutAction,
-    TokenResponse, TokenState,
+    ParResponse, TokenResponse, TokenState,
 };
 use shardgate_oidc::idp::client::Response;
 use shardgate_oidc::idp::provider::{KidLookup, ProviderMsg, SharedCall};
@@ -420,8 +421,20 @@ async fn start_login(
         prompt,
     };
     let original = String::from_utf8_lossy(c.head().target.of(c.buf())).into_owned();
-    let (url, login) =
-        flow::start_login(&params, &original, now, auth.oidc.rng()).map_err(flow_page)?;
+    let (url, login) = match &auth.route.par_auth {
+        None => flow::start_login(&params, &original, now, auth.oidc.rng()).map_err(flow_page)?,
+        Some(par_auth) => {
+            let (query, login) =
+                flow::authorization_request(&params, &original, now, auth.oidc.rng())
+                    .map_err(flow_page)?;
+            let request_uri =
+                push_authorization_request(auth, par_auth, &meta, &query, now).await?;
+            (
+                flow::par_authorize_url(endpoint, &conf.client_id, &request_uri),
+                login,
+            )
+        }
+    };
     let Some(name) = login.cookie_name(&s.cookie_name) else {
         return Err(Error::Unavailable("login state could not be named"));
     };
@@ -470,6 +483,73 @@ async fn start_login(
         code: "login_redirect",
         reason: "no session: redirect to the identity provider".into(),
     }))
+}
+
+/// RFC 9126: POSTs the authorization request's parameters to the PAR endpoint (`par.endpoint`,
+/// else discovery's) and returns the `request_uri` the browser then takes to the authorization
+/// endpoint. Each push is its own call (keyed by the login's unique `state`, never shared).
+async fn push_authorization_request(
+    auth: &RouteAuth,
+    par_auth: &PreparedClientAuth,
+    meta: &ProviderMetadata,
+    query: &[(String, String)],
+    now: u64,
+) -> Result<String, Error> {
+    let conf = conf(auth);
+    let endpoint = conf
+        .par
+        .as_ref()
+        .and_then(|p| p.endpoint.as_deref())
+        .or(meta.pushed_authorization_request_endpoint.as_deref());
+    let Some(endpoint) = endpoint else {
+        tracing::error!(
+            "par.enabled is on, but par.endpoint is unset and the IdP's discovery document has \
+             no pushed_authorization_request_endpoint"
+        );
+        return Err(Error::Unavailable(
+            "the IdP advertises no pushed_authorization_request_endpoint",
+        ));
+    };
+    let state = query
+        .iter()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let adds_client_id =
+        par_auth.method() != shardgate_oidc::client_auth::AuthMethod::ClientSecretBasic;
+    let mut body = shardgate_oidc::client_auth::FormBody::new();
+    for (k, v) in flow::par_form(query, adds_client_id) {
+        body.append(&k, &v);
+    }
+    let mut headers = vec![(
+        "Content-Type".to_string(),
+        "application/x-www-form-urlencoded".to_string(),
+    )];
+    par_auth
+        .apply(
+            endpoint,
+            now,
+            &auth.oidc.random_id(),
+            &mut body,
+            &mut headers,
+        )
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot authenticate to the PAR endpoint");
+            Error::Unavailable("PAR endpoint client authentication failed")
+        })?;
+    let call = SharedCall {
+        key: format!("par\n{state}"),
+        method: "POST",
+        url: endpoint.to_string(),
+        headers,
+        body: body.into_bytes(),
+        grace: None,
+    };
+    let resp = idp_call(auth, call).await?;
+    match ParResponse::parse(resp.status, &resp.body) {
+        Ok(par) => Ok(par.request_uri),
+        Err(e) => Err(flow_page(e)),
+    }
 }
 
 async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64) -> PhaseResult {
@@ -1243,7 +1323,7 @@ fn plain(status: u16, code: &'static str, why: &str, headers: Vec<(String, Strin
 /// A flow failure as a helpful 4xx page (never a 500), with the likely causes spelled out.
 fn flow_page(e: FlowError) -> Error {
     let status = match &e {
-        FlowError::TokenEndpointHttp { .. } => 502,
+        FlowError::TokenEndpointHttp { .. } | FlowError::ParEndpoint { .. } => 502,
         _ => 400,
     };
     let causes = e.likely_causes();
