@@ -48,7 +48,7 @@ pub async fn exchange(
     match run(shard, compiled, up, route, c).await {
         Ok(done) => {
             let next = if let Some(conn) = done.tunnel {
-                Next::Tunnel(conn, up.timeouts.read)
+                Next::Tunnel(conn, route.timeouts.read)
             } else if done.client_close || !c.head.keep_alive {
                 Next::Close
             } else {
@@ -234,7 +234,7 @@ async fn run(
         };
         let (mut conn, reused) = match pooled {
             Some(conn) => (conn, true),
-            None => match upstream::connect(up, node, up.timeouts.connect).await {
+            None => match upstream::connect(up, node, route.timeouts.connect).await {
                 Ok(conn) => {
                     node.pool.opened.set(node.pool.opened.get() + 1);
                     (conn, false)
@@ -275,7 +275,7 @@ async fn run(
 
         // Send the head (+ buffered body).
         let out = std::mem::take(&mut c.out);
-        let send_deadline = monotonic_now() + up.timeouts.send;
+        let send_deadline = monotonic_now() + route.timeouts.send;
         let (res, out) =
             write_all_vec(&mut conn.stream, out, Some(c.timer.until(send_deadline))).await;
         c.out = out;
@@ -314,11 +314,11 @@ async fn run(
                     });
                 }
             }
-            consumed = stream_request_body(c, &mut conn, up.timeouts.send, limits).await?;
+            consumed = stream_request_body(c, &mut conn, route.timeouts.send, limits).await?;
         }
 
         // Response head.
-        let read_deadline = monotonic_now() + up.timeouts.read;
+        let read_deadline = monotonic_now() + route.timeouts.read;
         match read_response_head(
             c,
             &mut conn,
@@ -1024,8 +1024,8 @@ async fn relay_response(
     out.extend_from_slice(b"\r\n");
     conn.buf.drain(..resp_head_len);
 
-    let write_timeout = up.timeouts.send.max(Duration::from_secs(30));
-    let read_timeout = up.timeouts.read;
+    let write_timeout = route.timeouts.send.max(Duration::from_secs(30));
+    let read_timeout = route.timeouts.read;
     let mut bytes_out: u64 = 0;
     let mut upstream_clean = c.resp.keep_alive;
 

@@ -111,7 +111,6 @@ pub struct ShardUpstream {
     levels: Vec<i32>,
     pub hash_on: Option<HashOn>,
     pub pass_host: PassHost,
-    pub timeouts: Timeouts,
     pub retries: u32,
     pub passive: Passive,
 }
@@ -135,7 +134,6 @@ pub struct UpstreamSpec {
     pub nodes: Vec<NodeSpec>,
     pub chash: Option<HashOn>,
     pub pass_host: PassHost,
-    pub timeouts: Timeouts,
     pub retries: u32,
     pub passive: Passive,
     pub pool: PoolLimits,
@@ -192,7 +190,6 @@ impl ShardUpstream {
             levels,
             hash_on: spec.chash.clone(),
             pass_host: spec.pass_host.clone(),
-            timeouts: spec.timeouts,
             retries: spec.retries,
             passive: spec.passive.clone(),
         }
@@ -341,11 +338,6 @@ mod tests {
                 .collect(),
             chash: None,
             pass_host: PassHost::Pass,
-            timeouts: Timeouts {
-                connect: Duration::from_secs(1),
-                send: Duration::from_secs(1),
-                read: Duration::from_secs(1),
-            },
             retries: 2,
             passive: Passive {
                 tcp_failures: 1,
