@@ -317,6 +317,9 @@ pub fn run(opts: RunOptions) -> i32 {
     run_with(opts, Shutdown::new(), signals)
 }
 
+/// How long upgraded tunnels get, once the drain time is over, to shut their sockets down.
+const TUNNEL_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs the gateway until `shutdown` is triggered (by a `Signal::Terminate` on `signals`, or by
 /// the caller). Embedders (benches) pass their own channel instead of the process signals.
 pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<Signal>) -> i32 {
@@ -719,10 +722,18 @@ async fn run_shard(
     shard.gate.close();
     let drained = shard.gate.drained(shutdown_timeout).await;
     if !drained {
+        let in_flight = shard.gate.in_flight();
+        // Upgraded tunnels never end on their own: tell them the drain time is over, and give
+        // them a moment to shut down both of their sockets (a FIN, or a TLS close_notify) rather
+        // than vanish with the runtime. Requests still in flight are abandoned as before.
+        shard.gate.expire();
+        let closed = shard.gate.drained(TUNNEL_CLOSE_GRACE).await;
         tracing::warn!(
             shard = info.id,
-            in_flight = shard.gate.in_flight(),
-            "shutdown_timeout reached with requests in flight"
+            in_flight,
+            still_open = shard.gate.in_flight(),
+            all_closed = closed,
+            "shutdown_timeout reached with requests in flight; tunnels closed at the end of the drain time"
         );
     }
     shards_up.fetch_sub(1, Ordering::AcqRel);

@@ -7,10 +7,10 @@
 #[macro_use]
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use support::{Conn, Gateway, Seen, Upstream, config, get, scratch_file, shardgat
 both_drivers!(
     reload_under_traffic_loses_no_request_and_rejects_bad_files,
     sigterm_drains_in_flight_refuses_new_and_exits_zero,
+    sigterm_closes_websocket_tunnels_after_the_drain_time,
     admin_health_readiness_and_metrics,
 );
 
@@ -187,6 +188,109 @@ fn sigterm_drains_in_flight_refuses_new_and_exits_zero(driver: &str) {
         .expect("exits within shutdown_timeout");
     assert!(status.success(), "exit status {status}");
     assert!(gw.log().contains("shardgate stopped"));
+    gw.assert_no_panic();
+}
+
+/// An upgraded (WebSocket) tunnel is in flight like a request: it keeps working while the gateway
+/// drains, and when `shutdown_timeout` is over both of its sides are closed (the client's and the
+/// upstream's) and the process exits 0.
+fn sigterm_closes_websocket_tunnels_after_the_drain_time(driver: &str) {
+    // A real WebSocket-style upstream: answers the upgrade, echoes, and records when the gateway
+    // closed its side.
+    let upstream_closed = Arc::new(AtomicUsize::new(0));
+    let closed = upstream_closed.clone();
+    let up = Upstream::with_handler(Arc::new(move |_: &Seen, s: &mut TcpStream| {
+        let head =
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        if s.write_all(head.as_bytes()).is_err() {
+            return false;
+        }
+        let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                    return false;
+                }
+                Err(e) => {
+                    // A reset is a close too; a read timeout (60 s) is not.
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) {
+                        closed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    return false;
+                }
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }));
+    // The tunnel's idle timeout (timeout.read) is far beyond the drain time: only shutdown can
+    // end it here.
+    let mut gw = Gateway::start_on(
+        &config(
+            &[&up.node()],
+            "shutdown_timeout: 2",
+            "timeout: { connect: 5, send: 5, read: 120 }",
+            "enable_websocket: true",
+        ),
+        driver,
+        1,
+    );
+    let mut ws = Conn::open(gw.addr());
+    ws.send(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert_eq!(ws.read().status, 101, "{}", gw.log());
+    let echo = |ws: &mut Conn, what: &[u8; 4]| {
+        ws.send(what);
+        let mut back = [0u8; 4];
+        ws.reader.read_exact(&mut back).expect("echo");
+        assert_eq!(&back, what);
+    };
+    echo(&mut ws, b"ping");
+
+    gw.signal("TERM");
+    assert!(gw.wait_log("shutdown requested", Duration::from_secs(5)));
+    // Draining: the tunnel still carries bytes both ways.
+    echo(&mut ws, b"pong");
+    assert_eq!(upstream_closed.load(Ordering::SeqCst), 0);
+
+    // After the drain time both sides are closed: the client sees EOF, the upstream sees EOF.
+    assert!(
+        ws.closed_within(Duration::from_secs(20)),
+        "the client side of the tunnel was not closed: {}",
+        gw.log()
+    );
+    for _ in 0..500 {
+        if upstream_closed.load(Ordering::SeqCst) > 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        upstream_closed.load(Ordering::SeqCst),
+        1,
+        "the upstream side of the tunnel was not closed: {}",
+        gw.log()
+    );
+    let status = gw
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits after shutdown_timeout");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        gw.log()
+            .contains("tunnels closed at the end of the drain time"),
+        "{}",
+        gw.log()
+    );
     gw.assert_no_panic();
 }
 

@@ -145,6 +145,9 @@ struct GateInner {
     closed: Cell<bool>,
     in_flight: Cell<usize>,
     idle: LocalNotify,
+    // Set when the drain time is over: long-lived work (upgraded tunnels) ends itself then.
+    expired: Cell<bool>,
+    expiry: LocalNotify,
 }
 
 impl Gate {
@@ -177,6 +180,25 @@ impl Gate {
 
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight.get()
+    }
+
+    /// Ends the drain time: every [`expired`](Self::expired) waiter wakes. For work that would
+    /// otherwise never end on its own (an upgraded tunnel), so it can close its sockets cleanly
+    /// instead of being dropped when the shard's runtime goes away.
+    pub fn expire(&self) {
+        self.inner.expired.set(true);
+        self.inner.expiry.notify_all();
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.inner.expired.get()
+    }
+
+    /// Completes once [`expire`](Self::expire) was called (immediately if it was).
+    pub async fn expired(&self) {
+        while !self.inner.expired.get() {
+            self.inner.expiry.notified().await;
+        }
     }
 
     /// Waits until no guard is held, up to `timeout`; true if drained. Does not close the gate:

@@ -42,6 +42,32 @@ fn gate_counts_refuses_after_close_and_drains() {
     }
 }
 
+/// `expire` wakes work that would never end on its own (a tunnel), which then leaves the gate.
+#[test]
+fn expire_wakes_long_lived_work() {
+    for driver in DRIVERS {
+        run_on_current_thread(driver, |_| async {
+            let gate = Gate::new();
+            let guard = gate.enter().unwrap();
+            let g = gate.clone();
+            let tunnel = monoio::spawn(async move {
+                let _guard = guard;
+                g.expired().await;
+            });
+            gate.close();
+            assert!(!gate.is_expired());
+            assert!(!gate.drained(Duration::from_millis(20)).await);
+            gate.expire();
+            assert!(gate.is_expired());
+            assert!(gate.drained(LONG).await);
+            tunnel.await;
+            // Already expired: immediate.
+            gate.expired().await;
+        })
+        .unwrap();
+    }
+}
+
 #[test]
 fn shutdown_wakes_a_shard_task_from_another_thread() {
     for driver in DRIVERS {

@@ -258,6 +258,23 @@ impl ChunkedDecoder {
     }
 }
 
+/// Decode, and drop, the part of a chunked body that has already been received: the framing errors
+/// in it are found before anything is sent upstream (a probe that arrives in one segment never
+/// reaches the upstream at all). Returns the data bytes seen, for the body size limit.
+pub fn scan_received(input: &[u8], max_trailer_bytes: usize) -> Result<u64, ParseError> {
+    let mut dec = ChunkedDecoder::new(max_trailer_bytes);
+    let mut pos = 0;
+    let mut data = 0u64;
+    loop {
+        let (n, ev) = dec.decode(&input[pos..])?;
+        pos += n;
+        match ev {
+            ChunkEvent::Data(span) => data += u64::from(span.end - span.start),
+            ChunkEvent::Trailers(_) | ChunkEvent::End | ChunkEvent::NeedMore => return Ok(data),
+        }
+    }
+}
+
 /// `name: value` with a token name and no control characters besides HTAB in the value.
 fn check_trailer_line(line: &[u8]) -> Result<(), ParseError> {
     let Some(colon) = line.iter().position(|&b| b == b':') else {

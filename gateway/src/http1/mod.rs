@@ -21,7 +21,9 @@ mod response;
 #[cfg(test)]
 mod tests;
 
-pub use chunked::{ChunkEvent, ChunkedDecoder, LAST_CHUNK, MAX_CHUNK_LINE, write_chunk_header};
+pub use chunked::{
+    ChunkEvent, ChunkedDecoder, LAST_CHUNK, MAX_CHUNK_LINE, scan_received, write_chunk_header,
+};
 pub use error::ParseError;
 pub use request::{RequestHead, parse_request};
 pub use response::{ResponseHead, parse_response};

@@ -164,7 +164,7 @@ pub fn parse_request(
     head.query = target.query;
 
     let facts = scan_fields(window, &head.headers, &mut head.connection_tokens)?;
-    head.host = host(window, version, &facts, target.authority)?;
+    head.host = host(window, version, &facts, &target)?;
     head.framing = request_framing(version, &facts)?;
     head.keep_alive = fields::persistent(version, &facts);
     head.expect_continue = version >= 1 && facts.expect_continue;
@@ -173,12 +173,13 @@ pub fn parse_request(
 }
 
 /// RFC 9112 3.2: exactly one `Host` (on HTTP/1.1, at least one) with a valid value; an
-/// absolute-form authority takes precedence over it.
+/// absolute-form authority takes precedence over it, and must name the same host and port: a hop
+/// in front that routes or caches on `Host` would otherwise see another site than we route to.
 fn host(
     buf: &[u8],
     version: u8,
     facts: &FieldFacts,
-    authority: Option<Span>,
+    target: &Target,
 ) -> Result<Option<Span>, ParseError> {
     if facts.host_count > 1 {
         return Err(ParseError::Malformed("more than one Host header"));
@@ -191,7 +192,32 @@ fn host(
     {
         return Err(ParseError::Malformed("invalid Host value"));
     }
-    Ok(authority.or(facts.host))
+    if let (Some(a), Some(h), Some(port)) = (target.authority, facts.host, target.default_port)
+        && !same_authority(a.of(buf), h.of(buf), port)
+    {
+        return Err(ParseError::Malformed(
+            "absolute-form authority differs from Host",
+        ));
+    }
+    Ok(target.authority.or(facts.host))
+}
+
+/// Host names compare without case; a missing or empty port is the scheme's default.
+fn same_authority(a: &[u8], b: &[u8], default_port: &[u8]) -> bool {
+    let (ah, ap) = split_host_port(a);
+    let (bh, bp) = split_host_port(b);
+    ah.eq_ignore_ascii_case(bh) && ap.unwrap_or(default_port) == bp.unwrap_or(default_port)
+}
+
+/// `host[:port]` or `[v6][:port]`; an empty port counts as none (RFC 3986 3.2.3).
+fn split_host_port(a: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let host_end = if a.first() == Some(&b'[') {
+        a.iter().position(|&b| b == b']').map_or(a.len(), |i| i + 1)
+    } else {
+        a.iter().position(|&b| b == b':').unwrap_or(a.len())
+    };
+    let port = a[host_end..].strip_prefix(b":").filter(|p| !p.is_empty());
+    (&a[..host_end], port)
 }
 
 /// RFC 9112 6.1 and 6.3, refusing rather than repairing every shape two hops could read
@@ -232,6 +258,8 @@ struct Target {
     path: Span,
     query: Option<Span>,
     authority: Option<Span>,
+    /// The scheme's port for an absolute-form target (which must then agree with `Host`).
+    default_port: Option<&'static [u8]>,
 }
 
 /// RFC 9112 3.2: origin-form, absolute-form (http/https), authority-form (CONNECT only) or
@@ -251,6 +279,7 @@ fn parse_target(buf: &[u8], target: Span, method: Method) -> Result<Target, Pars
                 path: target,
                 query: None,
                 authority: None,
+                default_port: None,
             })
         } else {
             Err(ParseError::Malformed(
@@ -264,15 +293,17 @@ fn parse_target(buf: &[u8], target: Span, method: Method) -> Result<Target, Pars
             path,
             query,
             authority: None,
+            default_port: None,
         });
     }
-    let scheme_len = if starts_with_ignore_case(bytes, b"http://") {
-        7
-    } else if starts_with_ignore_case(bytes, b"https://") {
-        8
-    } else {
-        return Err(ParseError::Malformed("invalid request-target"));
-    };
+    let (scheme_len, default_port): (usize, &'static [u8]) =
+        if starts_with_ignore_case(bytes, b"http://") {
+            (7, b"80")
+        } else if starts_with_ignore_case(bytes, b"https://") {
+            (8, b"443")
+        } else {
+            return Err(ParseError::Malformed("invalid request-target"));
+        };
     let rest = &bytes[scheme_len..];
     let auth_len = rest
         .iter()
@@ -292,6 +323,7 @@ fn parse_target(buf: &[u8], target: Span, method: Method) -> Result<Target, Pars
         path,
         query,
         authority: Some(Span::new(auth_start, auth_start + auth_len)),
+        default_port: Some(default_port),
     })
 }
 
@@ -316,6 +348,7 @@ fn authority_form(bytes: &[u8], base: usize) -> Result<Target, ParseError> {
         path: Span::new(end, end),
         query: None,
         authority: Some(Span::new(base, end)),
+        default_port: None,
     })
 }
 

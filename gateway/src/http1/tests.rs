@@ -154,7 +154,7 @@ Transfer-Encoding: gzip, chunked\r\nExpect: 100-Continue\r\n\r\n5\r\nhello\r\n0\
 const HTTP10_KEEPALIVE: &[u8] = b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n";
 
 const ABSOLUTE_FORM: &[u8] =
-    b"GET http://Example.com:8080/a/b?x=1 HTTP/1.1\r\nHost: ignored.example\r\n\r\n";
+    b"GET http://Example.com:8080/a/b?x=1 HTTP/1.1\r\nHost: example.COM:8080\r\n\r\n";
 
 const OPTIONS_STAR: &[u8] = b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n";
 
@@ -881,6 +881,47 @@ fn absolute_form_with_empty_authority() {
         req_err(b"GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n"),
         ParseError::Malformed("invalid authority in absolute-form target")
     );
+}
+
+#[test]
+fn absolute_form_authority_must_match_host() {
+    for (target, host) in [
+        ("http://a.example/", "b.example"),
+        ("http://a.example/", "a.example.evil"),
+        ("http://a.example:8080/", "a.example"),
+        ("http://a.example/", "a.example:8080"),
+        ("https://a.example/", "a.example:80"),
+        ("http://a.example/", "a.example:443"),
+        ("http://[::1]/", "[::2]"),
+        ("http://[::1]:81/", "[::1]"),
+    ] {
+        let buf = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        assert_eq!(
+            req_err(buf.as_bytes()),
+            ParseError::Malformed("absolute-form authority differs from Host"),
+            "{target} / {host}"
+        );
+    }
+    for (target, host) in [
+        ("http://a.example/", "A.Example"),
+        ("http://a.example:80/", "a.example"),
+        ("http://a.example/", "a.example:80"),
+        ("http://a.example:/", "a.example"),
+        ("https://a.example/", "a.example:443"),
+        ("http://[::1]:80/", "[::1]"),
+    ] {
+        let buf = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let v = parse_req(buf.as_bytes()).unwrap_or_else(|e| panic!("{target} / {host}: {e}"));
+        assert_eq!(
+            v.host,
+            Some(b(
+                &target[target.find("//").unwrap_or(0) + 2..target.len() - 1]
+            ))
+        );
+    }
+    // HTTP/1.0 may leave Host out; the target's authority is then the only one.
+    let v = parse_req(b"GET http://a.example/x HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(v.host, Some(b("a.example")));
 }
 
 #[test]

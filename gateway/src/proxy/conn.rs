@@ -146,7 +146,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
                     // Still an open connection (the gauge, `max_connections`) and still in the
                     // gate, so shutdown closes it when the drain time ends.
                     Next::Tunnel(up, idle) => {
-                        forward::tunnel(c.stream, up, idle).await;
+                        forward::tunnel(c.stream, up, idle, &shard.gate).await;
                         break;
                     }
                 }

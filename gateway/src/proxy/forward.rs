@@ -195,6 +195,27 @@ async fn run(
             consumed: None,
         });
     }
+    if c.head.framing == BodyFraming::Chunked {
+        // The body bytes that came with the head are checked before an upstream is picked: a
+        // framing error in them is refused without the upstream seeing even the head. (Later
+        // ones abort a streamed body before its last chunk, so the upstream never sees a complete
+        // request either.)
+        let received = http1::scan_received(&c.buf[head_len..], MAX_TRAILER_BYTES);
+        let error = match received {
+            Err(e) => Some(Error::Parse(e)),
+            Ok(n) if limits.client_max_body_size > 0 && n > limits.client_max_body_size => {
+                Some(Error::BodyTooLarge)
+            }
+            Ok(_) => None,
+        };
+        if let Some(error) = error {
+            return Err(Fail {
+                error,
+                response_started: false,
+                consumed: None,
+            });
+        }
+    }
 
     let mut node_host = build_request_head(compiled, up, c, upgrade, keep_identity);
     // Small buffered bodies ride in the same write as the head.
@@ -1569,26 +1590,31 @@ async fn switch_protocols(
 /// Copies bytes both ways until either side closes, or until `idle` passes without a byte in
 /// either direction (APISIX's upstream `timeout.read` for upgraded connections); both
 /// connections end with it.
-pub async fn tunnel(client: crate::proxy::stream::ClientStream, upstream: UpConn, idle: Duration) {
+pub async fn tunnel(
+    client: crate::proxy::stream::ClientStream,
+    upstream: UpConn,
+    idle: Duration,
+    gate: &shardgate_runtime::Gate,
+) {
     use crate::proxy::stream::ClientStream;
     use crate::upstream::tls::UpStream;
     use monoio::io::Splitable;
     match (client, upstream.stream) {
         (ClientStream::Plain(c), UpStream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), u.into_split());
-            copy_both(cr, cw, ur, uw, idle).await;
+            copy_both(cr, cw, ur, uw, idle, gate).await;
         }
         (ClientStream::Tls(c), UpStream::Plain(u)) => {
             let ((cr, cw), (ur, uw)) = ((*c).into_split(), u.into_split());
-            copy_both(cr, cw, ur, uw, idle).await;
+            copy_both(cr, cw, ur, uw, idle, gate).await;
         }
         (ClientStream::Plain(c), UpStream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = (c.into_split(), (*u).into_split());
-            copy_both(cr, cw, ur, uw, idle).await;
+            copy_both(cr, cw, ur, uw, idle, gate).await;
         }
         (ClientStream::Tls(c), UpStream::Tls(u)) => {
             let ((cr, cw), (ur, uw)) = ((*c).into_split(), (*u).into_split());
-            copy_both(cr, cw, ur, uw, idle).await;
+            copy_both(cr, cw, ur, uw, idle, gate).await;
         }
     }
 }
@@ -1618,8 +1644,14 @@ where
     let _ = w.shutdown().await;
 }
 
-async fn copy_both<CR, CW, UR, UW>(mut cr: CR, mut cw: CW, mut ur: UR, mut uw: UW, idle: Duration)
-where
+async fn copy_both<CR, CW, UR, UW>(
+    mut cr: CR,
+    mut cw: CW,
+    mut ur: UR,
+    mut uw: UW,
+    idle: Duration,
+    gate: &shardgate_runtime::Gate,
+) where
     CR: monoio::io::AsyncReadRent,
     CW: monoio::io::AsyncWriteRent,
     UR: monoio::io::AsyncReadRent,
@@ -1641,8 +1673,18 @@ where
             monoio::time::sleep_until(due.into()).await;
         }
     };
-    monoio::select! {
-        _ = both => {},
-        _ = watch => {},
+    let ended = monoio::select! {
+        _ = both => false,
+        _ = watch => true,
+        _ = gate.expired() => true,
+    };
+    if ended {
+        // Idle or the drain time is over: shut both sides down (FIN, or TLS close_notify) so
+        // client and upstream see a clean end rather than a reset; bounded, as a peer that does
+        // not read could hold a TLS shutdown's write forever.
+        let close = async {
+            let _ = monoio::join!(cw.shutdown(), uw.shutdown());
+        };
+        let _ = monoio::time::timeout(Duration::from_secs(1), close).await;
     }
 }
