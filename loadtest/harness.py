@@ -479,7 +479,7 @@ def indent_pem(pem, spaces):
     return "\n".join(pad + line for line in pem.strip().splitlines())
 
 
-def shardgate_conf(port, shards, plugin_yaml, tls=False):
+def shardgate_conf(port, shards, plugin_yaml, tls=False, extra_plugins=None):
     admin = port + ADMIN_PORT_OFFSET
     tls_block = ""
     if tls:
@@ -492,7 +492,7 @@ routes:
     upstream_id: up
 """
     if plugin_yaml:
-        routes += "    plugins:\n      openid-connect:\n" + plugin_yaml
+        routes += "    plugins:\n      openid-connect:\n" + plugin_yaml + (extra_plugins or "")
     # Access logs off, as in the nginx and haproxy peers' configs.
     return """\
 gateway:
@@ -510,6 +510,23 @@ upstreams:
 
 # ---------------------------------------------------------------- scenarios
 
+# S6: what rides with openid-connect on a browser-facing API route. The quota is never reached in a
+# run (no request is refused), so every request pays the full pass through each plugin.
+S6_ORIGIN = "http://app.loadtest.invalid"
+S6_PLUGINS = (
+    "      cors:\n"
+    "        allow_origins: \"%s\"\n"
+    "        allow_methods: \"GET,POST\"\n"
+    "        expose_headers: \"X-RateLimit-Remaining\"\n"
+    "      limit-count:\n"
+    "        count: 4000000000\n"
+    "        time_window: 2000000\n"
+    "      proxy-rewrite:\n"
+    "        regex_uri: [\"^/(.*)\", \"/v1/$1\"]\n"
+    "        headers:\n"
+    "          set: { X-Api-Version: v1 }\n" % S6_ORIGIN
+)
+
 
 class Scenario:
     def __init__(self, name, title, peers):
@@ -522,6 +539,7 @@ class Scenario:
         self.header_prefix = ""
         self.check_headers = {}
         self.plugin_yaml = None  # shardgate openid-connect block (indented 8)
+        self.extra_plugins = None  # S6: more plugins on the route (names indented 6)
         self.jwt_pub = None  # haproxy jwt_verify key
         self.userinfo_len = None  # nginx-same-bytes: X-Userinfo length shardgate sends (S1, S2)
         self.tls = False  # S5: clients speak TLS to the proxies (not to `direct`)
@@ -536,12 +554,17 @@ def build_scenarios(names, ctx):
     for name in names:
         if name == "S0":
             sc = Scenario(name, "plain proxy", ["direct", "nginx", "haproxy"] + proxies)
-        elif name in ("S1", "S2", "S5"):
+        elif name in ("S1", "S2", "S5", "S6"):
             title = {"S1": "bearer RS256 JWT, one token", "S2": "bearer RS256 JWT, 1000 tokens rotating",
-                     "S5": "S1 over TLS (keep-alive; nginx and shardgate terminate TLS)"}[name]
+                     "S5": "S1 over TLS (keep-alive; nginx and shardgate terminate TLS)",
+                     "S6": "S1 + cors, limit-count, proxy-rewrite"}[name]
             if name == "S5":
                 sc = Scenario(name, title, ["nginx"] + proxies + ["shardgate-uring-lean"])
                 sc.tls = True
+            elif name == "S6":
+                # nginx stays the reference every table divides by; it proxies without the plugins.
+                sc = Scenario(name, title, ["nginx"] + proxies)
+                sc.extra_plugins = S6_PLUGINS
             else:
                 sc = Scenario(name, title, ["nginx", "haproxy-jwt"] + proxies + ["shardgate-uring-lean", "nginx-same-bytes"])
             tok = ctx.tokens()
@@ -549,10 +572,15 @@ def build_scenarios(names, ctx):
             sc.userinfo_len = userinfo_len(first)
             if name in ("S1", "S5"):
                 sc.wrk_headers = ["Authorization: Bearer " + first]
+            elif name == "S6":
+                # A browser app's request: the Origin makes cors answer with its headers.
+                sc.wrk_headers = ["Authorization: Bearer " + first, "Origin: " + S6_ORIGIN]
             else:
                 sc.header_file = os.path.join(tok, "tokens.txt")
                 sc.header_prefix = "Bearer "
             sc.check_headers = {"Authorization": "Bearer " + first}
+            if name == "S6":
+                sc.check_headers["Origin"] = S6_ORIGIN
             sc.jwt_pub = os.path.join(tok, "pub.pem")
             pem = open(sc.jwt_pub).read()
             # APISIX requires `discovery`; the tokens are checked against `public_key` and an explicit
@@ -607,7 +635,7 @@ def build_scenarios(names, ctx):
                 "        bearer_only: true\n" % IDP_PORT
             )
         else:
-            raise SystemExit("unknown scenario %s (known: S0 S1 S2 S3 S4 S5)" % name)
+            raise SystemExit("unknown scenario %s (known: S0 S1 S2 S3 S4 S5 S6)" % name)
         out.append(sc)
     return out
 
@@ -725,7 +753,7 @@ class Run:
             if peer.name.endswith("-lean") and plugin:
                 plugin += LEAN_YAML
             with open(path, "w") as f:
-                f.write(shardgate_conf(peer.port, self.workers, plugin, sc.tls))
+                f.write(shardgate_conf(peer.port, self.workers, plugin, sc.tls, sc.extra_plugins))
             check = subprocess.run([a.shardgate, "validate", "-c", path], capture_output=True, text=True)
             if check.returncode != 0:
                 first = (check.stderr or check.stdout).strip().splitlines()[:1]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test: shardgate vs nginx/haproxy through one nginx upstream, pinned.
 #
-#   loadtest/run.sh [--scenarios S0,S1,S2,S3,S4,S5] [--passes 3] [--duration 10] [--warmup 2]
+#   loadtest/run.sh [--scenarios S0,S1,S2,S3,S4,S5,S6] [--passes 3] [--duration 10] [--warmup 2]
 #                   [--mode percore|allcores|callgrind] [--peers nginx,shardgate-uring,...] [--no-build]
 #
 # Prints a markdown table and writes loadtest/results/<timestamp>.{md,csv} (configs and logs in

@@ -10,8 +10,10 @@
 //! request every one is a verified-token cache hit; `-- opaque` for an opaque token checked by
 //! introspection, every request after the first an introspection cache hit; `-- session` for a
 //! browser request with a session cookie, every request after the first a session cache hit;
-//! `-- noop3` for the plain request through a route carrying three plugins that do nothing in every
-//! phase, which needs `--features test-plugins`: what the plugin seam itself costs).
+//! `-- plugins` for the `jwt` request from a browser app (with an `Origin`) on a route that also
+//! carries `cors`, `limit-count` and `proxy-rewrite`, the loadtest's S6; `-- noop3` for the plain
+//! request through a route carrying three plugins that do nothing in every phase, which needs
+//! `--features test-plugins`: what the plugin seam itself costs).
 //! `-- requests=N` measures N requests after N*2/5 of warm-up (default 50,000), e.g. to run the
 //! bench under callgrind.
 //!
@@ -203,7 +205,8 @@ fn main() {
     } else {
         DriverChoice::Uring
     };
-    let jwt = std::env::args().any(|a| a == "jwt");
+    let plugins = std::env::args().any(|a| a == "plugins");
+    let jwt = plugins || std::env::args().any(|a| a == "jwt");
     let apisix_pool = std::env::args().any(|a| a == "apisix-pool");
     let pool = if apisix_pool {
         ""
@@ -260,11 +263,21 @@ fn main() {
             .lines()
             .map(|l| format!("          {l}\n"))
             .collect();
-        let plugin = format!(
+        let mut plugin = format!(
             "    plugins:\n      openid-connect:\n        client_id: bench\n        discovery: http://127.0.0.1:{idp_port}/.well-known/openid-configuration\n        bearer_only: true\n        claim_validator: {{ issuer: {{ valid_issuers: [\"https://idp.bench\"] }} }}\n        public_key: |\n{indented}"
         );
+        let mut origin = "";
+        if plugins {
+            // A quota the run never reaches: every request is counted and passes.
+            plugin.push_str(
+                "      cors:\n        allow_origins: \"http://app.bench\"\n        allow_methods: \"GET,POST\"\n        expose_headers: \"X-RateLimit-Remaining\"\n\
+                 \x20     limit-count:\n        count: 4000000000\n        time_window: 2000000\n\
+                 \x20     proxy-rewrite:\n        regex_uri: [\"^/(.*)\", \"/v1/$1\"]\n        headers:\n          set: { X-Api-Version: v1 }\n",
+            );
+            origin = "Origin: http://app.bench\r\n";
+        }
         let req = format!(
-            "GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAuthorization: Bearer {token}\r\n\r\n"
+            "GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\n{origin}Authorization: Bearer {token}\r\n\r\n"
         );
         (plugin, req.into_bytes())
     } else {
@@ -328,7 +341,9 @@ fn main() {
     let shard_allocs = shardgate_benches::shard_allocations() - shard_before;
     println!(
         "driver {driver:?}{}{}: {n} proxied requests; on the shard thread {shard_allocs} heap allocations ({:.4} per request); in the whole process {allocs} ({:.4} per request); {:.1} us/request wall, client and upstream included",
-        if jwt {
+        if plugins {
+            ", RS256 bearer token (cache hits) + cors, limit-count, proxy-rewrite"
+        } else if jwt {
             ", RS256 bearer token (cache hits)"
         } else if opaque {
             ", opaque bearer token (introspection cache hits)"

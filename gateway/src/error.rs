@@ -44,6 +44,12 @@ pub enum UpstreamError {
     BadResponse(ParseError),
     /// An I/O error after the connection was established.
     Io(String),
+    /// A retry was due but `retry_timeout` had passed since the first attempt; the last
+    /// attempt's failure is kept for the log.
+    RetryTimeout {
+        retries: u32,
+        last: Box<UpstreamError>,
+    },
 }
 
 /// Every way a request can fail before or while it is proxied.
@@ -137,6 +143,10 @@ impl fmt::Display for UpstreamError {
             }
             UpstreamError::BadResponse(e) => write!(f, "upstream sent a malformed response: {e}"),
             UpstreamError::Io(e) => write!(f, "upstream i/o: {e}"),
+            UpstreamError::RetryTimeout { retries, last } => write!(
+                f,
+                "upstream retry_timeout reached after {retries} retries; last attempt: {last}"
+            ),
         }
     }
 }
@@ -206,7 +216,9 @@ pub fn respond(err: &Error) -> ErrorResponse {
             | UpstreamError::Tls(_)
             | UpstreamError::ClosedEarly
             | UpstreamError::BadResponse(_)
-            | UpstreamError::Io(_) => json(502, false),
+            | UpstreamError::Io(_)
+            // APISIX answers 502 once `retry_timeout` has passed, whatever the last failure.
+            | UpstreamError::RetryTimeout { .. } => json(502, false),
         },
         Error::Plugin(r) => ErrorResponse {
             status: r.status,

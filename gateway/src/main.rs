@@ -37,7 +37,12 @@ enum Command {
     /// Start the gateway.
     Run,
     /// Load and check a config; print every problem with its path. Exit 0 when valid, 2 otherwise.
-    Validate,
+    Validate {
+        /// With `gateway.config_provider: etcd`: also read the objects under the etcd prefix and
+        /// report every invalid one by its key.
+        #[arg(long)]
+        etcd: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -63,7 +68,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     match cli.command {
-        Some(Command::Validate) => validate(&path),
+        Some(Command::Validate { etcd: false }) => validate(&path),
+        Some(Command::Validate { etcd: true }) => validate_etcd(&path),
         Some(Command::Run) | None => {
             let opts = RunOptions {
                 config_path: path,
@@ -95,6 +101,73 @@ fn validate(path: &std::path::Path) -> ExitCode {
                     eprintln!("{}", config::report(path, &e.to_string()));
                     ExitCode::from(2)
                 }
+            }
+        }
+        Err(e) => {
+            eprintln!("{}", config::report(path, &e.to_string()));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The file's `gateway` section plus every object etcd holds now, checked as the provider would
+/// publish them: each invalid object is printed with its key (exit 2), as the running gateway
+/// would skip it.
+fn validate_etcd(path: &std::path::Path) -> ExitCode {
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{}", config::report(path, &e.to_string()));
+            return ExitCode::from(2);
+        }
+    };
+    let config::Provider::Etcd(conf) = &loaded.config.gateway.provider else {
+        eprintln!(
+            "{}: --etcd needs gateway.config_provider: etcd (and gateway.etcd) in the file",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let mut client =
+        config::etcd::client::Client::new(conf.hosts.clone(), conf.timeout, conf.auth.clone());
+    let (revision, kvs) = match client.range(&format!("{}/", conf.prefix)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let objects: config::etcd::Objects = kvs.into_iter().collect();
+    let plugins = shardgate_gateway::pipeline::PluginGlobals::new();
+    let result = config::etcd::assemble_file(path, &conf.prefix, &objects, &mut |c| {
+        shardgate_gateway::published::Published::build(1, c, &plugins).map(|_| ())
+    });
+    match result {
+        Ok(a) => {
+            for w in &a.warnings {
+                eprintln!("warning: {}: {}", w.path, w.message);
+            }
+            for s in &a.skipped {
+                for p in &s.problems {
+                    eprintln!("{}: {p}", s.key);
+                }
+            }
+            if a.skipped.is_empty() {
+                println!(
+                    "{}: ok ({} keys under {}/ at etcd revision {revision})",
+                    path.display(),
+                    objects.len(),
+                    conf.prefix
+                );
+                ExitCode::SUCCESS
+            } else {
+                eprintln!(
+                    "{} of {} keys under {}/ are invalid (etcd revision {revision}); a gateway skips them",
+                    a.skipped.len(),
+                    objects.len(),
+                    conf.prefix
+                );
+                ExitCode::from(2)
             }
         }
         Err(e) => {

@@ -169,6 +169,7 @@ impl Published {
                     config::PassHost::Rewrite(h) => PassHost::Rewrite(h.clone()),
                 },
                 retries: u.retries,
+                retry_timeout: u.retry_timeout,
                 passive: Passive {
                     tcp_failures: u.health.tcp_failures,
                     timeouts: u.health.timeouts,

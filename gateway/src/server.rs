@@ -56,7 +56,7 @@ pub struct Control {
     pub publisher: Arc<Publisher<Published>>,
     /// Every plugin's process-wide state (provider actors, ...).
     pub plugins: Arc<PluginGlobals>,
-    config_path: PathBuf,
+    pub(crate) config_path: PathBuf,
     version: RefCell<u64>,
     /// Set with `gateway.config_provider: etcd`.
     pub etcd: Option<EtcdSide>,
@@ -64,6 +64,7 @@ pub struct Control {
 
 /// The control side of the etcd provider: what etcd holds now, and how it went.
 pub struct EtcdSide {
+    pub conf: config::EtcdConf,
     pub prefix: String,
     pub status: Arc<EtcdStatus>,
     objects: RefCell<Objects>,
@@ -72,13 +73,19 @@ pub struct EtcdSide {
 }
 
 impl EtcdSide {
-    pub fn new(prefix: String, status: Arc<EtcdStatus>) -> EtcdSide {
+    pub fn new(conf: config::EtcdConf, status: Arc<EtcdStatus>) -> EtcdSide {
         EtcdSide {
-            prefix,
+            prefix: conf.prefix.clone(),
+            conf,
             status,
             objects: RefCell::new(Objects::new()),
             skipped: RefCell::new(Vec::new()),
         }
+    }
+
+    /// What etcd holds, as last delivered by the watch.
+    pub fn objects(&self) -> std::cell::Ref<'_, Objects> {
+        self.objects.borrow()
     }
 
     /// Applies one event from the etcd thread; returns its revision.
@@ -433,7 +440,7 @@ pub fn run_with(opts: RunOptions, shutdown: Shutdown, signals: flume::Receiver<S
         let (etcd_tx, etcd_rx) = flume::unbounded::<Event>();
         let etcd = etcd_conf.map(|conf| {
             let status = Arc::new(EtcdStatus::default());
-            let side = EtcdSide::new(conf.prefix.clone(), status.clone());
+            let side = EtcdSide::new(conf.clone(), status.clone());
             let shutdown = shutdown.clone();
             let tx = etcd_tx.clone();
             let spawned = std::thread::Builder::new()

@@ -237,3 +237,128 @@ gateway:
     });
     assert_eq!(readyz(&gw)["etcd"]["synced"], false);
 }
+
+/// `shardgate validate --etcd -c FILE`: exit status and everything printed.
+fn validate_etcd(yaml: &str) -> (i32, String) {
+    let file = support::scratch_file("etcd.yaml", yaml);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["validate", "--etcd", "-c"])
+        .arg(&file)
+        .output()
+        .expect("run shardgate validate --etcd");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), all)
+}
+
+#[test]
+fn validate_etcd_reports_every_invalid_object_by_key() {
+    let etcd = Etcd::start();
+    let up = Upstream::echo();
+    let yaml = format!(
+        "gateway:\n  config_provider: etcd\n  etcd: {{ host: [\"{}\"], prefix: /apisix, timeout: 3 }}\n",
+        etcd.endpoint()
+    );
+    etcd.put("/apisix/routes/good", &route("/good", &up));
+    let (code, out) = validate_etcd(&yaml);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok"), "{out}");
+
+    etcd.put("/apisix/routes/typo", r#"{"urii":"/typo"}"#);
+    etcd.put(
+        "/apisix/routes/dangling",
+        r#"{"uri":"/d","upstream_id":"missing"}"#,
+    );
+    etcd.put("/apisix/upstreams/notjson", "{nodes");
+    let (code, out) = validate_etcd(&yaml);
+    assert_eq!(code, 2, "{out}");
+    for needle in [
+        "/apisix/routes/typo: ",
+        "urii",
+        "/apisix/routes/dangling: ",
+        "missing",
+        "/apisix/upstreams/notjson: not valid JSON",
+        "3 of 4 keys",
+    ] {
+        assert!(out.contains(needle), "`{needle}` not in:\n{out}");
+    }
+    assert!(!out.contains("/apisix/routes/good"), "{out}");
+
+    // The file must say where etcd is.
+    let (code, out) = validate_etcd("gateway: {}\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("config_provider: etcd"), "{out}");
+
+    // etcd down: said so, not "valid".
+    let port = support::free_port();
+    let (code, out) = validate_etcd(&format!(
+        "gateway:\n  config_provider: etcd\n  etcd: {{ host: [\"http://127.0.0.1:{port}\"], timeout: 1 }}\n"
+    ));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("cannot reach etcd"), "{out}");
+}
+
+#[test]
+fn a_cluster_member_killed_mid_watch_changes_nothing_for_traffic() {
+    let mut cluster = support::etcd::EtcdCluster::start();
+    let up = Upstream::echo();
+    cluster.put("/apisix/routes/1", &route("/one", &up));
+    let hosts = cluster
+        .endpoints()
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = format!(
+        r#"
+gateway:
+  listen: ["127.0.0.1:{{port}}"]
+  admin: {{ listen: "127.0.0.1:{{admin}}" }}
+  config_provider: etcd
+  etcd: {{ host: [{hosts}], timeout: 2 }}
+"#
+    );
+    let gw = Gateway::start(&yaml, &["--shards", "2"]);
+    eventually("serves", &gw, || status(&gw, "/one") == 200);
+    // The watch is on the first member that answered: the first one listed.
+    etcd_watching(&gw);
+    cluster.kill(0);
+    assert!(
+        gw.wait_log("etcd unreachable", Duration::from_secs(20)),
+        "the watch did not notice the member going: {}",
+        gw.log()
+    );
+    for _ in 0..20 {
+        assert_eq!(status(&gw, "/one"), 200);
+    }
+    // Written through a surviving member: the watch moves to another member and sees it.
+    cluster.put("/apisix/routes/2", &route("/two", &up));
+    eventually("a change after the kill arrives", &gw, || {
+        status(&gw, "/two") == 200
+    });
+    eventually("etcd reported up again", &gw, || {
+        readyz(&gw)["etcd"]["connected"] == true
+    });
+    cluster.delete("/apisix/routes/1");
+    eventually("a delete after the kill arrives", &gw, || {
+        status(&gw, "/one") == 404
+    });
+    assert_eq!(readyz(&gw)["ready"], true);
+    // The killed member rejoins; a second member killed still leaves a quorum of two.
+    cluster.restart(0);
+    cluster.kill(1);
+    cluster.put("/apisix/routes/3", &route("/three", &up));
+    eventually("a change after the second kill arrives", &gw, || {
+        status(&gw, "/three") == 200
+    });
+    gw.assert_no_panic();
+}
+
+fn etcd_watching(gw: &Gateway) {
+    eventually("the etcd watch is up", gw, || {
+        readyz(gw)["etcd"]["connected"] == true
+    });
+}

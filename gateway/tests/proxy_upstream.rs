@@ -20,6 +20,7 @@ both_drivers!(
     idempotent_requests_retry_when_a_node_resets_before_answering,
     stale_pooled_connection_retry_uses_a_fresh_connection,
     route_timeout_replaces_the_upstreams,
+    retry_timeout_bounds_when_a_retry_may_start,
 );
 
 fn refused_upstream_is_502_and_slow_upstream_is_504(driver: &str) {
@@ -562,6 +563,85 @@ routes:
         r.status,
         200,
         "the retry must not take another pooled connection: {}",
+        gw.log()
+    );
+    gw.assert_no_panic();
+}
+
+/// APISIX `retry_timeout`: a retry that would start after it has passed since the first attempt is
+/// not made and the request gets 502 with the reason logged. Nodes are in priority order (slow1,
+/// slow2, good), each slow node answering after 3 s against a 0.5 s read timeout.
+fn retry_timeout_bounds_when_a_retry_may_start(driver: &str) {
+    let slow = || {
+        Upstream::with_handler(Arc::new(|_: &Seen, s: &mut TcpStream| {
+            thread::sleep(Duration::from_secs(3));
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+                .is_ok()
+        }))
+    };
+    let (slow1, slow2, good) = (slow(), slow(), Upstream::echo());
+    let node = |u: &Upstream, priority: i32| {
+        format!(
+            "{{ host: 127.0.0.1, port: {}, weight: 1, priority: {priority} }}",
+            u.addr.port()
+        )
+    };
+    let nodes = format!(
+        "[{}, {}, {}]",
+        node(&slow1, 2),
+        node(&slow2, 1),
+        node(&good, 0)
+    );
+    let upstream = |id: &str, extra: &str| {
+        format!(
+            "  - id: {id}\n    nodes: {nodes}\n    retries: 2\n    timeout: {{ connect: 1, send: 1, read: 0.5 }}\n    health: {{ failures: 0 }}\n{extra}"
+        )
+    };
+    let yaml = format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\nupstreams:\n{}{}{}\
+         routes:\n  - {{ id: none, uri: /none, upstream_id: none }}\n  - {{ id: short, uri: /short, upstream_id: short }}\n  - {{ id: mid, uri: /mid, upstream_id: mid }}\n",
+        upstream("none", ""),
+        upstream("short", "    retry_timeout: 0.2\n"),
+        upstream("mid", "    retry_timeout: 0.8\n"),
+    );
+    let gw = Gateway::start_on(&yaml, driver, 1);
+    let seen = || {
+        (
+            slow1.requests().len(),
+            slow2.requests().len(),
+            good.requests().len(),
+        )
+    };
+
+    // No limit: both retries are made and the third node answers.
+    let r = get(gw.addr(), "/none", &[]);
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert_eq!(seen(), (1, 1, 1));
+
+    // The first attempt times out after 0.5 s, past the 0.2 s limit: no retry at all.
+    let r = get(gw.addr(), "/short", &[]);
+    assert_eq!(r.status, 502, "{}", gw.log());
+    assert_eq!(r.json()["error"], "upstream_unavailable");
+    assert_eq!(seen(), (2, 1, 1), "no retry after retry_timeout");
+    assert!(
+        gw.wait_log(
+            "upstream retry_timeout reached after 0 retries; last attempt: upstream read timed out",
+            Duration::from_secs(5)
+        ),
+        "{}",
+        gw.log()
+    );
+
+    // 0.8 s: the first retry starts at 0.5 s, the second would start at 1 s and is not made.
+    let r = get(gw.addr(), "/mid", &[]);
+    assert_eq!(r.status, 502, "{}", gw.log());
+    assert_eq!(seen(), (3, 2, 1), "one retry within retry_timeout");
+    assert!(
+        gw.wait_log(
+            "retry_timeout reached after 1 retries",
+            Duration::from_secs(5)
+        ),
+        "{}",
         gw.log()
     );
     gw.assert_no_panic();

@@ -13,7 +13,7 @@ use super::file::{
     UpstreamTimeoutFile, UpstreamType,
 };
 use super::{
-    ActiveCheck, ActiveKind, AdminConf, Balancer, Config, ConfigError, Driver, EtcdConf,
+    ActiveCheck, ActiveKind, AdminConf, AdminKey, Balancer, Config, ConfigError, Driver, EtcdConf,
     GatewayConf, GlobalRuleConf, HashOn, HashVar, KeepalivePool, Limits, Loaded, Node, PassHost,
     PassiveHealth, Pem, Problem, Provider, RouteConf, RoutePlugins, Scheme, ServiceConf, Shards,
     TlsConf, UpstreamConf, UpstreamTimeout, UpstreamTls, merge,
@@ -257,7 +257,10 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         .admin
         .as_ref()
         .and_then(|admin| match admin.listen.parse() {
-            Ok(listen) => Some(AdminConf { listen }),
+            Ok(listen) => Some(AdminConf {
+                listen,
+                keys: admin_keys(b, &admin.admin_key),
+            }),
             Err(_) => {
                 b.error(
                     "gateway.admin.listen",
@@ -315,6 +318,45 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         access_log: g.access_log,
         provider: provider(b, g),
     }
+}
+
+/// `gateway.admin.admin_key`: names unique, keys non-empty, `$ENV://NAME` read from the
+/// environment (APISIX's secret reference).
+fn admin_keys(b: &mut Builder<'_>, keys: &[super::file::AdminKeyFile]) -> Vec<AdminKey> {
+    let mut out: Vec<AdminKey> = Vec::with_capacity(keys.len());
+    for (i, k) in keys.iter().enumerate() {
+        let path = format!("gateway.admin.admin_key[{i}]");
+        let key = match k.key.strip_prefix("$ENV://") {
+            Some(var) => match std::env::var(var) {
+                Ok(v) => v,
+                Err(_) => {
+                    b.error(
+                        format!("{path}.key"),
+                        format!("environment variable `{var}` is not set"),
+                    );
+                    continue;
+                }
+            },
+            None => k.key.clone(),
+        };
+        if key.is_empty() {
+            b.error(format!("{path}.key"), "must not be empty");
+            continue;
+        }
+        if out.iter().any(|o| o.name == k.name) {
+            b.error(
+                format!("{path}.name"),
+                format!("duplicate name `{}`", k.name),
+            );
+            continue;
+        }
+        out.push(AdminKey {
+            name: k.name.clone(),
+            key,
+            admin: k.role == super::file::AdminRoleFile::Admin,
+        });
+    }
+    out
 }
 
 fn provider(b: &mut Builder<'_>, g: &GatewayFile) -> Provider {

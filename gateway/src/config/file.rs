@@ -253,6 +253,26 @@ pub(crate) struct TlsFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminFile {
     pub listen: String,
+    /// APISIX's `deployment.admin.admin_key`: the Admin API is served when it is set.
+    #[serde(default)]
+    pub admin_key: Vec<AdminKeyFile>,
+}
+
+/// One Admin API key (APISIX's names).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminKeyFile {
+    pub name: String,
+    /// The secret, or `$ENV://NAME`.
+    pub key: String,
+    pub role: AdminRoleFile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AdminRoleFile {
+    Admin,
+    Viewer,
 }
 
 /// `shards: auto` or a count.

@@ -135,6 +135,26 @@ pub struct TlsConf {
 #[derive(Debug, Clone)]
 pub struct AdminConf {
     pub listen: SocketAddr,
+    /// Admin API keys; empty: no Admin API (only /healthz, /readyz, /metrics).
+    pub keys: Vec<AdminKey>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    pub name: String,
+    pub key: String,
+    /// false: `viewer` (GET only).
+    pub admin: bool,
+}
+
+impl fmt::Debug for AdminKey {
+    // The key is a secret: never in a log line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminKey")
+            .field("name", &self.name)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -123,6 +123,18 @@ pub struct Outcome {
     /// Headers added to the client response whose value is a number (`X-RateLimit-Remaining`),
     /// written as digits into the head: no `String` per request.
     pub response_numbers: Vec<(&'static str, u64)>,
+    /// The upstream request target (origin-form, path encoded, with the query) when a plugin
+    /// rewrote it (`proxy-rewrite`); reused per connection.
+    pub upstream_target: Vec<u8>,
+    pub target_rewritten: bool,
+    /// The upstream method when a plugin changed it.
+    pub upstream_method: Option<&'static str>,
+    /// The upstream `Host` when a plugin set it (over the upstream's `pass_host`).
+    pub upstream_host: Option<Rc<str>>,
+    /// Lower-case names of request headers not sent upstream (the client's and the plugins').
+    pub drop_headers: Vec<Rc<str>>,
+    /// Headers added upstream whose names come from the config.
+    pub named_headers: Vec<(Rc<str>, HeaderValue)>,
 }
 
 impl Outcome {
@@ -134,6 +146,11 @@ impl Outcome {
         self.strip_identity_headers = false;
         self.response_remove.clear();
         self.response_numbers.clear();
+        self.target_rewritten = false;
+        self.upstream_method = None;
+        self.upstream_host = None;
+        self.drop_headers.clear();
+        self.named_headers.clear();
     }
 }
 

@@ -132,11 +132,16 @@ pub fn def(name: &str) -> Option<&'static PluginDef> {
 /// Names of every registered plugin, for error messages (the pipeline's own test plugins, in test
 /// and bench builds only, are not advertised).
 pub fn names() -> String {
+    list().join(", ")
+}
+
+/// Every registered plugin's name, as the Admin API's `/plugins/list` gives them (the pipeline's
+/// test plugins left out).
+pub fn list() -> Vec<&'static str> {
     DEFS.iter()
         .map(|d| d.name)
         .filter(|n| !n.starts_with("test-"))
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
 /// Parses a `plugins:` map (`entries` in file order) at `path` (`routes[0].plugins`) into the
@@ -493,6 +498,7 @@ registry! {
     redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
+    proxy_rewrite: crate::plugins::proxy_rewrite::ProxyRewrite,
 }
 
 // Test and bench builds add plugins that only exist to exercise the pipeline (`testing.rs`).
@@ -505,6 +511,7 @@ registry! {
     redirect: crate::plugins::redirect::RedirectPlugin,
     limit_count: crate::plugins::limit::count::LimitCount,
     limit_req: crate::plugins::limit::req::LimitReq,
+    proxy_rewrite: crate::plugins::proxy_rewrite::ProxyRewrite,
     noop_1: super::testing::Noop<1>,
     noop_2: super::testing::Noop<2>,
     noop_3: super::testing::Noop<3>,

@@ -9,12 +9,14 @@
 //! - `ip_restriction.rs`: APISIX's `ip-restriction` (priority 3000, `access`).
 //! - `redirect.rs`: APISIX's `redirect` (priority 900, `rewrite`).
 //! - `limit/`: `limit-count` (1002) and `limit-req` (1001), `access` phase, exact per process.
+//! - `proxy_rewrite.rs`: `proxy-rewrite` (1008, `rewrite`): uri, regex_uri, host, method, headers.
 //! - `vars.rs`: APISIX's `$var` templates, shared by the plugins that take them.
 
 pub mod cors;
 pub mod ip_restriction;
 pub mod limit;
 pub mod openid_connect;
+pub mod proxy_rewrite;
 pub mod redirect;
 pub mod response_rewrite;
 pub mod vars;

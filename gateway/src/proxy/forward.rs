@@ -172,7 +172,12 @@ async fn run(
     let websocket = route.websocket;
     let keep_identity = route.keep_identity_headers;
     let head_len = c.head.head_len;
-    let method = c.head.method;
+    // The method the upstream gets (a plugin may change it; never to or from HEAD) decides
+    // idempotency for retries and how its response is framed.
+    let method = match c.outcome.upstream_method {
+        Some(m) => Method::from_bytes(m.as_bytes()),
+        None => c.head.method,
+    };
     let upgrade = websocket && c.head.upgrade;
     // The whole request is replayable on another connection only when it is already buffered.
     let buffered_body = match c.head.framing {
@@ -227,6 +232,17 @@ async fn run(
     let mut tried: u64 = 0;
     let mut attempts = 0u32;
     let mut stale_retry_used = false;
+    // APISIX `retry_timeout`: a retry due after this instant is not made (the request gets 502).
+    // It bounds when the last retry may start, not each attempt's own timeouts.
+    let retry_deadline = up.retry_timeout.map(|t| monotonic_now() + t);
+    let retry_too_late = |attempts: u32, last: UpstreamError| -> Option<UpstreamError> {
+        retry_deadline
+            .is_some_and(|d| monotonic_now() > d)
+            .then(|| UpstreamError::RetryTimeout {
+                retries: attempts,
+                last: Box::new(last),
+            })
+    };
     loop {
         let now = monotonic_now();
         let key = match &up.hash_on {
@@ -274,12 +290,18 @@ async fn run(
                     } else {
                         tracing::info!(upstream = %up.id, node = %node.key, error = %e, "upstream connect failed");
                     }
+                    let mut e = e;
                     if attempts < up.retries && method.is_idempotent() {
-                        attempts += 1;
-                        if node_idx < 64 {
-                            tried |= 1 << node_idx;
+                        match retry_too_late(attempts, e) {
+                            Some(late) => e = late,
+                            None => {
+                                attempts += 1;
+                                if node_idx < 64 {
+                                    tried |= 1 << node_idx;
+                                }
+                                continue;
+                            }
                         }
-                        continue;
                     }
                     return Err(Fail {
                         error: Error::Upstream {
@@ -371,12 +393,18 @@ async fn run(
                 }
                 // As nginx's `proxy_next_upstream error timeout` (APISIX's retries): a replayable
                 // request whose node failed before any response byte goes to another node.
+                let mut e = e;
                 if kind.is_some() && replayable && nothing_received && attempts < up.retries {
-                    attempts += 1;
-                    if node_idx < 64 {
-                        tried |= 1 << node_idx;
+                    match retry_too_late(attempts, e) {
+                        Some(late) => e = late,
+                        None => {
+                            attempts += 1;
+                            if node_idx < 64 {
+                                tried |= 1 << node_idx;
+                            }
+                            continue;
+                        }
                     }
-                    continue;
                 }
                 return Err(Fail::up(e, Some(consumed)));
             }
@@ -433,13 +461,19 @@ fn build_request_head(
     let out = &mut c.out;
     let mut node_host = None;
     out.clear();
-    out.extend_from_slice(head.method_span.of(buf));
+    match c.outcome.upstream_method {
+        Some(m) => out.extend_from_slice(m.as_bytes()),
+        None => out.extend_from_slice(head.method_span.of(buf)),
+    }
     out.push(b' ');
     // The upstream gets the path that was routed: the raw target when it is already normal, else
     // the normal form re-encoded (http1::path), with the query as received. absolute-form targets
     // are sent on in origin-form.
     let target = head.target.of(buf);
-    if !c.path_rewritten && (target.first() == Some(&b'/') || target == b"*") {
+    if c.outcome.target_rewritten {
+        // A plugin's target (proxy-rewrite): already a normal form, encoded, with its query.
+        out.extend_from_slice(&c.outcome.upstream_target);
+    } else if !c.path_rewritten && (target.first() == Some(&b'/') || target == b"*") {
         out.extend_from_slice(target);
     } else {
         if c.path_rewritten {
@@ -455,6 +489,12 @@ fn build_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     let client_host = head.host.map(|h| h.of(buf)).unwrap_or(b"");
     match &up.pass_host {
+        // A plugin's Host (proxy-rewrite's `host`) wins over `pass_host`, as in APISIX.
+        _ if c.outcome.upstream_host.is_some() => {
+            if let Some(h) = &c.outcome.upstream_host {
+                out.extend_from_slice(h.as_bytes());
+            }
+        }
         PassHost::Pass => out.extend_from_slice(client_host),
         PassHost::Node => {
             // The balancer has not picked yet: the first node's value holds the place, and
@@ -514,6 +554,9 @@ fn build_request_head(
         if strip_identity && is_identity_header(name) {
             continue;
         }
+        if is_dropped(&c.outcome.drop_headers, name) {
+            continue;
+        }
         push_header(out, name, value);
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -555,12 +598,16 @@ fn build_request_head(
     });
     out.extend_from_slice(b"\r\n");
     for (name, value) in &c.outcome.upstream_headers {
-        let v: &[u8] = match value {
-            HeaderValue::Shared(s) => s.as_bytes(),
-            HeaderValue::Owned(s) => s.as_bytes(),
-            HeaderValue::Request(span) => span.of(buf),
-        };
-        push_header(out, name.as_bytes(), v);
+        // A later plugin's `set`/`remove` (proxy-rewrite) replaces an earlier plugin's header.
+        if !c.outcome.drop_headers.is_empty()
+            && is_dropped(&c.outcome.drop_headers, name.as_bytes())
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), header_value(value, buf));
+    }
+    for (name, value) in &c.outcome.named_headers {
+        push_header(out, name.as_bytes(), header_value(value, buf));
     }
     match head.framing {
         BodyFraming::None => {}
@@ -612,6 +659,19 @@ pub(crate) fn strip_port(host: &[u8]) -> &[u8] {
         Some(i) => &host[..i],
         None => host,
     }
+}
+
+fn header_value<'a>(value: &'a HeaderValue, buf: &'a [u8]) -> &'a [u8] {
+    match value {
+        HeaderValue::Shared(s) => s.as_bytes(),
+        HeaderValue::Owned(s) => s.as_bytes(),
+        HeaderValue::Request(span) => span.of(buf),
+    }
+}
+
+/// Whether a plugin asked for header `name` not to go upstream (`drop` holds lower-case names).
+fn is_dropped(drop: &[Rc<str>], name: &[u8]) -> bool {
+    drop.iter().any(|d| d.as_bytes().eq_ignore_ascii_case(name))
 }
 
 fn in_tokens(name: &[u8], tokens: &[http1::Span], buf: &[u8]) -> bool {

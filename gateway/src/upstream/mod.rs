@@ -112,6 +112,8 @@ pub struct ShardUpstream {
     pub hash_on: Option<HashOn>,
     pub pass_host: PassHost,
     pub retries: u32,
+    /// APISIX `retry_timeout`: no retry starts once this long has passed since the first attempt.
+    pub retry_timeout: Option<Duration>,
     pub passive: Passive,
 }
 
@@ -135,6 +137,7 @@ pub struct UpstreamSpec {
     pub chash: Option<HashOn>,
     pub pass_host: PassHost,
     pub retries: u32,
+    pub retry_timeout: Option<Duration>,
     pub passive: Passive,
     pub pool: PoolLimits,
     pub tls: Option<TlsSpec>,
@@ -191,6 +194,7 @@ impl ShardUpstream {
             hash_on: spec.chash.clone(),
             pass_host: spec.pass_host.clone(),
             retries: spec.retries,
+            retry_timeout: spec.retry_timeout,
             passive: spec.passive.clone(),
         }
     }
@@ -339,6 +343,7 @@ mod tests {
             chash: None,
             pass_host: PassHost::Pass,
             retries: 2,
+            retry_timeout: None,
             passive: Passive {
                 tcp_failures: 1,
                 timeouts: 1,

@@ -13,6 +13,9 @@ pub struct Etcd {
     pub client_port: u16,
     peer_port: u16,
     dir: PathBuf,
+    name: String,
+    /// `--initial-cluster`; None: this member alone.
+    cluster: Option<String>,
 }
 
 fn need(binary: &str, version_arg: &str, package: &str) {
@@ -38,12 +41,20 @@ impl Etcd {
             client_port: free_port(),
             peer_port: free_port(),
             dir: scratch_dir("etcd"),
+            name: "test".to_owned(),
+            cluster: None,
         };
         e.spawn();
         e
     }
 
     fn spawn(&mut self) {
+        self.launch();
+        self.wait_healthy();
+    }
+
+    /// Starts the process without waiting: a cluster member answers only once a quorum is up.
+    fn launch(&mut self) {
         let client = format!("http://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
@@ -52,18 +63,27 @@ impl Etcd {
             .open(self.dir.join("etcd.log"))
             .expect("etcd log");
         let child = Command::new("etcd")
-            .arg("--name=test")
+            .arg(format!("--name={}", self.name))
             .arg(format!("--data-dir={}", self.dir.join("data").display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=test={peer}"))
+            .arg(format!(
+                "--initial-cluster={}",
+                self.cluster
+                    .clone()
+                    .unwrap_or_else(|| format!("{}={peer}", self.name))
+            ))
+            .arg("--initial-cluster-token=shardgate-test")
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
             .expect("spawn etcd");
         self.child = Some(child);
+    }
+
+    fn wait_healthy(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(c) = self.child.as_mut()
@@ -181,5 +201,92 @@ impl Drop for Etcd {
         if !thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// A cluster of three members on loopback (Raft quorum: two), for failover.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    pub fn start() -> EtcdCluster {
+        need("etcd", "--version", "etcd-server");
+        need("etcdctl", "version", "etcd-client");
+        let mut members: Vec<Etcd> = (0..3)
+            .map(|i| Etcd {
+                child: None,
+                client_port: free_port(),
+                peer_port: free_port(),
+                dir: scratch_dir("etcd-cluster"),
+                name: format!("m{i}"),
+                cluster: None,
+            })
+            .collect();
+        let initial = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        for m in &mut members {
+            m.cluster = Some(initial.clone());
+            m.launch();
+        }
+        for m in &mut members {
+            m.wait_healthy();
+        }
+        EtcdCluster { members }
+    }
+
+    /// Every member's client URL, for `gateway.etcd.host`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(Etcd::endpoint).collect()
+    }
+
+    /// A member still running, to write through.
+    pub fn live(&self) -> &Etcd {
+        self.members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a live member")
+    }
+
+    pub fn kill(&mut self, i: usize) {
+        self.members[i].kill();
+    }
+
+    /// Writes through the live members, again while a new leader is being elected after a kill
+    /// (bounded): the write must land, however long the election takes on a loaded host.
+    pub fn put(&self, key: &str, value: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut last = String::new();
+            for m in self.members.iter().filter(|m| m.child.is_some()) {
+                let out = m.ctl(&["put", key, value]);
+                if out.status.success() {
+                    return;
+                }
+                last = String::from_utf8_lossy(&out.stderr).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcdctl put {key} failed on every live member for 60 s: {last}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn delete(&self, key: &str) {
+        let m = self.live();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !m.ctl(&["del", key]).status.success() {
+            assert!(Instant::now() < deadline, "etcdctl del {key} kept failing");
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Starts member `i` again; it rejoins with its data dir.
+    pub fn restart(&mut self, i: usize) {
+        self.members[i].spawn();
     }
 }

@@ -59,10 +59,15 @@ impl Gateway {
     /// Starts the gateway with `yaml`, where `{port}` and `{admin}` are replaced by free ports.
     /// `args` are extra CLI arguments (e.g. `["--driver", "epoll", "--shards", "2"]`).
     pub fn start(yaml: &str, args: &[&str]) -> Gateway {
-        Gateway::spawn(free_port(), yaml, args)
+        Gateway::spawn(free_port(), yaml, args, &[])
     }
 
-    fn spawn(port: u16, yaml: &str, args: &[&str]) -> Gateway {
+    /// Like [`Gateway::start`], with extra environment variables for the process.
+    pub fn start_with_env(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Gateway::spawn(free_port(), yaml, args, env)
+    }
+
+    fn spawn(port: u16, yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let admin_port = free_port();
         let dir = scratch_dir("gw");
         let config_path = dir.join("config.yaml");
@@ -78,6 +83,7 @@ impl Gateway {
             .arg(&config_path)
             .args(args)
             .env("SHARDGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -996,7 +1002,7 @@ impl Gateway {
     /// Like [`Gateway::start`], on `port` (from [`free_port`]) instead of a fresh one: for URIs the
     /// IdP must know before the gateway starts (redirect_uri, backchannel_logout_uri).
     pub fn start_with_port(port: u16, yaml: &str, args: &[&str]) -> Gateway {
-        Gateway::spawn(port, yaml, args)
+        Gateway::spawn(port, yaml, args, &[])
     }
 
     /// Waits until `/readyz` answers 200 (discovery and keys loaded for every route).

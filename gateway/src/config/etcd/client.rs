@@ -61,6 +61,31 @@ fn prefix_end(prefix: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// A key with its value and revisions (APISIX's `createdIndex` / `modifiedIndex`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: String,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+}
+
+fn kvs_of(v: &Value) -> Vec<Kv> {
+    v["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .map(|kv| Kv {
+                    key: unb64(&kv["key"]),
+                    value: unb64(&kv["value"]),
+                    create_revision: int(&kv["create_revision"]),
+                    mod_revision: int(&kv["mod_revision"]),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -152,7 +177,12 @@ impl Client {
         let body = if chunked {
             let mut out = Vec::new();
             let mut rest = raw[head_len..].to_vec();
-            dechunk(&mut rest, &mut out, &host)?;
+            if !dechunk(&mut rest, &mut out, &host)? {
+                return Err(EtcdError::Protocol {
+                    host: host.clone(),
+                    message: "the chunked answer was cut short".to_owned(),
+                });
+            }
             out
         } else {
             raw[head_len..].to_vec()
@@ -236,21 +266,47 @@ impl Client {
         Ok((revision, kvs))
     }
 
+    /// Every key under `prefix` with its revisions.
+    pub fn range_kvs(&mut self, prefix: &str) -> Result<Vec<Kv>, EtcdError> {
+        let v = self.call(
+            "/v3/kv/range",
+            &json!({ "key": b64(prefix), "range_end": B64.encode(prefix_end(prefix)) }),
+        )?;
+        Ok(kvs_of(&v))
+    }
+
     /// The value at `key`, if any.
     pub fn get(&mut self, key: &str) -> Result<Option<String>, EtcdError> {
+        Ok(self.get_kv(key)?.map(|kv| kv.value))
+    }
+
+    /// The value at `key` with its revisions, if any.
+    pub fn get_kv(&mut self, key: &str) -> Result<Option<Kv>, EtcdError> {
         let v = self.call("/v3/kv/range", &json!({ "key": b64(key) }))?;
-        Ok(v["kvs"]
-            .as_array()
-            .and_then(|kvs| kvs.first())
-            .map(|kv| unb64(&kv["value"])))
+        Ok(kvs_of(&v).into_iter().next())
     }
 
     /// Writes `value` at `key`; returns the new revision.
     pub fn put(&mut self, key: &str, value: &str) -> Result<i64, EtcdError> {
-        let v = self.call(
-            "/v3/kv/put",
-            &json!({ "key": b64(key), "value": b64(value) }),
-        )?;
+        self.put_ttl(key, value, None)
+    }
+
+    /// Writes `value` at `key`, on a lease of `ttl` seconds when given (etcd deletes the key when
+    /// the lease expires: APISIX's `?ttl=`); returns the new revision.
+    pub fn put_ttl(&mut self, key: &str, value: &str, ttl: Option<u64>) -> Result<i64, EtcdError> {
+        let mut body = json!({ "key": b64(key), "value": b64(value) });
+        if let Some(ttl) = ttl {
+            let lease = self.call("/v3/lease/grant", &json!({ "TTL": ttl.to_string() }))?;
+            let id = int(&lease["ID"]);
+            if id == 0 {
+                return Err(EtcdError::Protocol {
+                    host: self.hosts[self.current].clone(),
+                    message: format!("/v3/lease/grant: no lease id in {lease}"),
+                });
+            }
+            body["lease"] = Value::String(id.to_string());
+        }
+        let v = self.call("/v3/kv/put", &body)?;
         Ok(int(&v["header"]["revision"]))
     }
 
@@ -294,6 +350,7 @@ impl Client {
             body: Vec::new(),
             head_done: false,
             chunked: false,
+            ended: false,
         })
     }
 }
@@ -320,25 +377,25 @@ fn parse_head(raw: &[u8], host: &str) -> Result<Option<(u16, usize, bool)>, Etcd
     }
 }
 
-/// Moves every complete chunk of `raw` to `out`. Err at the last chunk (the stream ended).
-fn dechunk(raw: &mut Vec<u8>, out: &mut Vec<u8>, host: &str) -> Result<(), EtcdError> {
+/// Moves every complete chunk of `raw` to `out`; true once the last chunk (size 0) was seen.
+fn dechunk(raw: &mut Vec<u8>, out: &mut Vec<u8>, host: &str) -> Result<bool, EtcdError> {
     let bad = |m: &str| EtcdError::Protocol {
         host: host.to_owned(),
         message: m.to_owned(),
     };
     loop {
         let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return Ok(());
+            return Ok(false);
         };
         let line = std::str::from_utf8(&raw[..eol]).map_err(|_| bad("bad chunk size"))?;
         let size_hex = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_hex, 16).map_err(|_| bad("bad chunk size"))?;
         if size == 0 {
             raw.clear();
-            return Err(bad("the stream ended"));
+            return Ok(true);
         }
         if raw.len() < eol + 2 + size + 2 {
-            return Ok(());
+            return Ok(false);
         }
         out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
         raw.drain(..eol + 2 + size + 2);
@@ -355,6 +412,8 @@ pub struct Watch {
     body: Vec<u8>,
     head_done: bool,
     chunked: bool,
+    /// The last chunk arrived: etcd ended the watch.
+    ended: bool,
 }
 
 /// What one watch message said.
@@ -372,6 +431,12 @@ impl Watch {
         loop {
             if let Some(batch) = self.parse_one()? {
                 return Ok(Some(batch));
+            }
+            if self.ended {
+                return Err(EtcdError::Protocol {
+                    host: self.host.clone(),
+                    message: "the watch stream ended".to_owned(),
+                });
             }
             let mut buf = [0u8; 16 * 1024];
             match self.stream.read(&mut buf) {
@@ -415,9 +480,11 @@ impl Watch {
             self.head_done = true;
             self.chunked = chunked;
         }
-        if self.chunked {
-            dechunk(&mut self.raw, &mut self.body, &self.host)?;
-        } else {
+        // The last chunk ends the watch: what came before it is still parsed below, and the
+        // next read reports the closed stream.
+        if self.chunked && dechunk(&mut self.raw, &mut self.body, &self.host)? {
+            self.ended = true;
+        } else if !self.chunked {
             self.body.append(&mut self.raw);
         }
         loop {
@@ -510,11 +577,11 @@ mod tests {
     fn chunks_are_joined_and_the_last_one_ends_the_stream() {
         let mut raw = b"5\r\nhello\r\n6\r\n world\r\n3\r\nab".to_vec();
         let mut out = Vec::new();
-        dechunk(&mut raw, &mut out, "h").expect("partial is fine");
+        assert!(!dechunk(&mut raw, &mut out, "h").expect("partial is fine"));
         assert_eq!(out, b"hello world");
         assert_eq!(raw, b"3\r\nab");
         raw.extend_from_slice(b"c\r\n0\r\n\r\n");
-        assert!(dechunk(&mut raw, &mut out, "h").is_err());
+        assert!(dechunk(&mut raw, &mut out, "h").expect("complete"));
         assert_eq!(out, b"hello worldabc");
     }
 }
