@@ -46,6 +46,9 @@ pub struct Published {
     pub upstreams: Vec<UpstreamSpec>,
     pub limits: ProxyLimits,
     pub access_log: bool,
+    /// `gateway.trusted_addresses`: whose forwarding headers are believed (None: nobody's, and
+    /// the client's `X-Forwarded-For` chain is kept, as APISIX without it).
+    pub trusted_addresses: Option<crate::route::IpSet>,
     /// `gateway.tls`'s certificate, read at load and at every reload: shards that see a new one
     /// build a new acceptor, so a renewed certificate is served without a restart.
     pub tls_key: Option<crate::proxy::stream::CertKey>,
@@ -244,6 +247,7 @@ impl Published {
                 client_body_min_rate: l.client_body_min_rate,
             },
             access_log: config.gateway.access_log,
+            trusted_addresses: config.gateway.trusted_addresses.clone(),
             tls_key,
             config,
         })

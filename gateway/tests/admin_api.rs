@@ -256,6 +256,11 @@ routes:
     assert_eq!(r.json()["value"]["uri"], "/a");
     let r = admin(&gw, "GET", "/apisix/admin/upstreams", ADMIN_KEY, "");
     assert_eq!(r.json()["total"], 1);
+    // The list filters apply to the file's objects too.
+    let r = admin(&gw, "GET", "/apisix/admin/routes?uri=^/a$", ADMIN_KEY, "");
+    assert_eq!(r.json()["total"], 1, "{}", r.text());
+    let r = admin(&gw, "GET", "/apisix/admin/routes?uri=/nope", ADMIN_KEY, "");
+    assert_eq!(r.json()["total"], 0, "{}", r.text());
     let r = admin(
         &gw,
         "PUT",

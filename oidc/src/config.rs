@@ -891,6 +891,20 @@ impl OidcConf {
                  scheme and Host header, so it must be registered for every host clients use",
             ));
         }
+        if let Some(pem) = &self.public_key
+            && let Ok(key) = crate::jwk::Key::from_public_pem(pem)
+            && let Some(bits) = key.rsa_bits().filter(|_| key.is_short_rsa())
+        {
+            out.push(Problem::new(
+                at("public_key"),
+                format!(
+                    "is a {bits}-bit RSA key: under {} bits it can be factored by a \
+                     well-resourced attacker, who could then forge tokens; only RS256 and RS512 \
+                     tokens verify with it",
+                    crate::jwk::MIN_RSA_BITS
+                ),
+            ));
+        }
         if !self.ssl_verify {
             out.push(Problem::new(
                 at("ssl_verify"),

@@ -304,6 +304,11 @@ pub fn verify_proof(proof: &str, req: &ProofRequest<'_>) -> Result<CheckedProof,
         return Err(ProofError::KeyMismatch);
     }
     let key = Key::from_jwk(serde_json::Value::Object(jwk)).map_err(ProofError::Jwk)?;
+    // Configured keys under 2048 bits are taken with a warning (APISIX parity); a client's proof
+    // key is its own choice, and binding tokens to a factorable key protects nothing.
+    if key.is_short_rsa() {
+        return Err(ProofError::Jwk("RSA key shorter than 2048 bits"));
+    }
     key.verify(alg, jwt.signing_input().as_bytes(), jwt.signature())
         .map_err(|_| ProofError::Signature)?;
     let claims: ProofClaims = serde_json::from_slice(jwt.payload())

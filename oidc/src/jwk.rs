@@ -199,35 +199,47 @@ impl Key {
         }
     }
 
+    /// Whether this is an RSA key under [`MIN_RSA_BITS`]: accepted (APISIX takes it), but a
+    /// key that short can be factored by a well-resourced attacker, who can then forge tokens.
+    pub fn is_short_rsa(&self) -> bool {
+        self.rsa_bits().is_some_and(|bits| bits < MIN_RSA_BITS)
+    }
+
     /// Whether this key may verify a token signed with `alg`: the material must fit the
     /// algorithm (an RSA key never verifies HS256, whatever bytes are around) and a key
-    /// restricted by its own `alg` only verifies that one.
+    /// restricted by its own `alg` only verifies that one. A short RSA key verifies only the
+    /// algorithms ring has legacy verifiers for.
     pub fn supports(&self, alg: Alg) -> bool {
         if self.alg.is_some_and(|own| own != alg) {
             return false;
         }
         use Alg::*;
-        matches!(
-            (&self.material, alg),
-            (
-                Material::Rsa { .. },
-                RS256 | RS384 | RS512 | PS256 | PS384 | PS512
-            ) | (
-                Material::Ec {
-                    curve: EcCurve::P256,
-                    ..
-                },
-                ES256
-            ) | (
-                Material::Ec {
-                    curve: EcCurve::P384,
-                    ..
-                },
-                ES384
-            ) | (Material::EcP521 { .. }, ES512)
-                | (Material::Ed25519 { .. }, EdDSA)
-                | (Material::Symmetric(_), HS256 | HS384 | HS512)
-        )
+        matches!((&self.material, alg), (Material::Rsa { .. }, RS256 | RS512))
+            || matches!(
+                (&self.material, alg),
+                (
+                    Material::Rsa { bits, .. },
+                    RS384 | PS256 | PS384 | PS512
+                ) if *bits >= MIN_RSA_BITS
+            )
+            || matches!(
+                (&self.material, alg),
+                (
+                    Material::Ec {
+                        curve: EcCurve::P256,
+                        ..
+                    },
+                    ES256
+                ) | (
+                    Material::Ec {
+                        curve: EcCurve::P384,
+                        ..
+                    },
+                    ES384
+                ) | (Material::EcP521 { .. }, ES512)
+                    | (Material::Ed25519 { .. }, EdDSA)
+                    | (Material::Symmetric(_), HS256 | HS384 | HS512)
+            )
     }
 
     /// Checks `signature` over `message`. Callers go through [`crate::jwt::verify_signature`],
@@ -237,6 +249,16 @@ impl Key {
             return Err(TokenError::KeyAlgMismatch);
         }
         let ok = match &self.material {
+            Material::Rsa { der, bits } if *bits < MIN_RSA_BITS => {
+                let params: &'static dyn signature::VerificationAlgorithm = match alg {
+                    Alg::RS256 => &signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY,
+                    Alg::RS512 => &signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY,
+                    _ => return Err(TokenError::KeyAlgMismatch),
+                };
+                signature::UnparsedPublicKey::new(params, &der[..])
+                    .verify(message, sig)
+                    .is_ok()
+            }
             Material::Rsa { der, .. } => {
                 let params: &'static dyn signature::VerificationAlgorithm = match alg {
                     Alg::RS256 => &signature::RSA_PKCS1_2048_8192_SHA256,
@@ -659,7 +681,14 @@ fn material_from_spki(der: &[u8]) -> Result<Material, JwksError> {
     }
 }
 
-/// Checks a DER `RSAPublicKey` and keeps it. Keys under 2048 bits (or over ring's 8192) are
+/// RSA keys at least this long verify every RSA algorithm; shorter ones (down to
+/// [`MIN_LEGACY_RSA_BITS`]) are accepted as APISIX accepts them, but verify RS256 and RS512 only
+/// (ring has legacy verifiers for those two) and are worth a warning: see [`Key::is_short_rsa`].
+pub const MIN_RSA_BITS: usize = 2048;
+/// Below this, no verifier here takes the key: it is refused at load.
+pub const MIN_LEGACY_RSA_BITS: usize = 1024;
+
+/// Checks a DER `RSAPublicKey` and keeps it. Keys under 1024 bits (or over ring's 8192) are
 /// refused here rather than failing every verify later.
 fn rsa_material(der: Vec<u8>) -> Result<Material, JwksError> {
     const BAD: JwksError = JwksError::InvalidKey("malformed RSAPublicKey");
@@ -671,8 +700,8 @@ fn rsa_material(der: Vec<u8>) -> Result<Material, JwksError> {
         return Err(BAD);
     }
     let bits = n.len() * 8 - n[0].leading_zeros() as usize;
-    if bits < 2048 {
-        return Err(JwksError::InvalidKey("RSA key shorter than 2048 bits"));
+    if bits < MIN_LEGACY_RSA_BITS {
+        return Err(JwksError::InvalidKey("RSA key shorter than 1024 bits"));
     }
     if bits > 8192 {
         return Err(JwksError::InvalidKey("RSA key longer than 8192 bits"));

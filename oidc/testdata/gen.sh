@@ -14,6 +14,8 @@ for k in rsa1 rsa2 ec256 ec384 ec521 ed25519 rsa1024; do
   openssl pkey -in $k.pem -pubout -out $k.pub.pem
   openssl pkey -in $k.pem -pubout -outform DER -out $k.pub.der
 done
+# Too short for any verifier: only its public half is kept.
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:512 | openssl pkey -pubout -out rsa512.pub.pem
 openssl rsa -in rsa1.pem -traditional -out rsa1.pkcs1.pem
 openssl rsa -pubin -in rsa1.pub.pem -RSAPublicKey_out -out rsa1.pkcs1.pub.pem
 openssl req -new -x509 -key rsa2.pem -subj /CN=shardgate-test -days 36500 -outform DER -out rsa2.cert.der
@@ -41,3 +43,4 @@ ec521 = dict(kty="EC", kid="ec521", use="sig", crv="P-521", x=b64u(p521[1:67]), 
 json.dump({"keys": [ec521]}, open("jwks_p521.json", "w"), indent=1)
 PY
 python3 es512_jwt.py
+python3 rsa1024_jwt.py

@@ -340,12 +340,62 @@ fn pem_public_keys_verify() {
     }
     let rsa = Key::from_public_pem(&text("rsa1.pub.pem")).unwrap();
     assert_eq!(rsa.rsa_bits(), Some(2048));
-    let err = Key::from_public_pem(&text("rsa1024.pub.pem")).unwrap_err();
+    assert!(!rsa.is_short_rsa());
+    // ring cannot sign with an RSA key under 2048 bits: refused where a key must sign.
+    assert!(SigningKey::from_pem(&text("rsa1024.pem")).is_err());
+}
+
+/// APISIX accepts RSA keys under 2048 bits; so does shardgate (the config gets a warning), and
+/// they verify the algorithms ring has legacy verifiers for: RS256 and RS512, never PS*/RS384.
+#[test]
+fn short_rsa_public_keys_verify_rs256_and_rs512_only() {
+    let key = Key::from_public_pem(&text("rsa1024.pub.pem")).unwrap();
+    assert_eq!(key.rsa_bits(), Some(1024));
+    assert!(key.is_short_rsa());
+    for alg in [Alg::RS256, Alg::RS512] {
+        assert!(key.supports(alg), "{alg:?}");
+    }
+    for alg in [Alg::RS384, Alg::PS256, Alg::PS384, Alg::PS512, Alg::ES256] {
+        assert!(!key.supports(alg), "{alg:?}");
+    }
+    let set = KeySet::from_keys(vec![key]);
+    let tokens = text("rsa1024.jwt");
+    let tokens: Vec<&str> = tokens.lines().collect();
+    // Signed by openssl (testdata/rsa1024_jwt.py): RS256, RS512, PS256.
+    verify(tokens[0], &set, &all_algs()).unwrap();
+    verify(tokens[1], &set, &all_algs()).unwrap();
+    assert!(verify(tokens[2], &set, &all_algs()).is_err());
+    // A tampered payload fails under the legacy verifier too.
+    let (head, rest) = tokens[0].split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let evil = URL_SAFE_NO_PAD.encode(claims().replace("alice", "admin"));
+    assert_eq!(
+        verify(&format!("{head}.{evil}.{sig}"), &set, &all_algs()),
+        Err(TokenError::BadSignature)
+    );
+    // A DPoP proof by such a key is the client's choice of key, not configuration: refused,
+    // though openssl signed it correctly (testdata/rsa1024_jwt.py).
+    let proof = text("rsa1024_dpop.jwt");
+    let req = shardgate_oidc::dpop::ProofRequest {
+        htm: "GET",
+        htu: "https://api.test/r",
+        access_token: "tok",
+        jkt: None,
+        now: NOW,
+        max_age: 60,
+    };
+    assert_eq!(
+        shardgate_oidc::dpop::verify_proof(proof.trim(), &req)
+            .unwrap_err()
+            .to_string(),
+        "DPoP proof jwk rejected: RSA key shorter than 2048 bits"
+    );
+    // Under 1024 bits nothing verifies: still refused.
+    let err = Key::from_public_pem(&text("rsa512.pub.pem")).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid key: RSA key shorter than 2048 bits"
+        "invalid key: RSA key shorter than 1024 bits"
     );
-    assert!(SigningKey::from_pem(&text("rsa1024.pem")).is_err());
 }
 
 #[test]

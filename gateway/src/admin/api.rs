@@ -352,7 +352,7 @@ pub async fn handle(control: &Control, keys: &[AdminKey], req: Request<'_>) -> A
         return error(404, "a sub path is only for PATCH");
     }
     let Some(etcd_side) = &control.etcd else {
-        return read_file(control, req.method, kind, id);
+        return read_file(control, req.method, kind, id, &args);
     };
     let prefix = etcd_side.prefix.clone();
     let conf = etcd_side.conf.clone();
@@ -574,7 +574,13 @@ async fn write(
 
 /// The file provider: GET answers from the file (as written: `${VAR}` references are not
 /// expanded, so secrets do not leak); writes are refused, as APISIX's standalone mode does.
-fn read_file(control: &Control, method: Method, kind: &str, id: Option<&str>) -> Answer {
+fn read_file(
+    control: &Control,
+    method: Method,
+    kind: &str,
+    id: Option<&str>,
+    args: &[(String, String)],
+) -> Answer {
     if method != Method::Get {
         return error(
             405,
@@ -602,14 +608,16 @@ fn read_file(control: &Control, method: Method, kind: &str, id: Option<&str>) ->
         )
     };
     match id {
-        None => {
-            let list: Vec<Value> = items
+        // File order stands in for creation order when paging.
+        None => list(
+            kind,
+            items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| with_key(i, v).1)
-                .collect();
-            answer(200, &json!({ "total": list.len(), "list": list }))
-        }
+                .map(|(i, v)| (i as i64, with_key(i, v).1))
+                .collect(),
+            args,
+        ),
         Some(want) => match items
             .iter()
             .enumerate()
@@ -634,6 +642,18 @@ mod tests {
             &json!({"uri": "/b", "plugins": {"x": {"b": 2}}, "desc": null}),
         );
         assert_eq!(t, json!({"uri": "/b", "plugins": {"x": {"a": 1, "b": 2}}}));
+    }
+
+    #[test]
+    fn query_args_are_decoded_and_the_last_repeat_wins() {
+        let args = query_args("filter=service_id%3D1%26upstream_id%3Du&name=a+b&page=1&page=2&x");
+        assert_eq!(arg(&args, "filter"), Some("service_id=1&upstream_id=u"));
+        assert_eq!(arg(&args, "name"), Some("a b"));
+        assert_eq!(arg(&args, "page"), Some("2"));
+        assert_eq!(arg(&args, "x"), Some(""));
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert!(valid_id("a-B_9.z") && !valid_id("") && !valid_id("a b"));
+        assert!(!valid_id(&"x".repeat(65)));
     }
 
     #[test]

@@ -317,7 +317,28 @@ fn gateway(b: &mut Builder<'_>, g: &GatewayFile) -> GatewayConf {
         shutdown_timeout: b.seconds("gateway.shutdown_timeout", g.shutdown_timeout, true),
         access_log: g.access_log,
         provider: provider(b, g),
+        trusted_addresses: trusted_addresses(b, g),
     }
+}
+
+/// `gateway.trusted_addresses`: addresses and CIDRs, at least one.
+fn trusted_addresses(b: &mut Builder<'_>, g: &GatewayFile) -> Option<route::IpSet> {
+    let list = g.trusted_addresses.as_ref()?;
+    if list.is_empty() {
+        b.error("gateway.trusted_addresses", "needs at least one address");
+        return None;
+    }
+    let mut ok = true;
+    for (i, entry) in list.iter().enumerate() {
+        if route::IpSet::parse([entry.as_str()]).is_err() {
+            b.error(
+                format!("gateway.trusted_addresses[{i}]"),
+                format!("invalid ip address: `{entry}` is not an IPv4/IPv6 address or CIDR"),
+            );
+            ok = false;
+        }
+    }
+    ok.then(|| route::IpSet::parse(list.iter().map(String::as_str)).unwrap_or_default())
 }
 
 /// `gateway.admin.admin_key`: names unique, keys non-empty, `$ENV://NAME` read from the

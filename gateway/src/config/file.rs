@@ -181,6 +181,9 @@ pub(crate) struct GatewayFile {
     pub config_provider: ProviderFile,
     /// APISIX's `deployment.etcd`, for `config_provider: etcd`.
     pub etcd: Option<EtcdFile>,
+    /// APISIX's `apisix.trusted_addresses`: the proxies whose `X-Forwarded-*` and `Forwarded`
+    /// headers are believed.
+    pub trusted_addresses: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -236,6 +239,7 @@ impl Default for GatewayFile {
             access_log: true,
             config_provider: ProviderFile::File,
             etcd: None,
+            trusted_addresses: None,
         }
     }
 }

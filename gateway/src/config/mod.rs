@@ -100,6 +100,8 @@ pub struct GatewayConf {
     pub access_log: bool,
     /// Where the APISIX objects come from.
     pub provider: Provider,
+    /// `gateway.trusted_addresses` (APISIX's `apisix.trusted_addresses`); None: not configured.
+    pub trusted_addresses: Option<crate::route::IpSet>,
 }
 
 /// `gateway.config_provider`.
@@ -485,9 +487,12 @@ fn load(
     let text = env::interpolate(text, env).map_err(|problems| ConfigError { problems })?;
     let mut file = parse(&text, env)?;
     etcd::check_file_has_no_objects(&file)?;
-    let unresolved = resolve_secret_refs(&mut file, env);
+    let (unresolved, resolved) = resolve_secret_refs(&mut file, env);
     match build::build(file, base_dir) {
-        Ok(loaded) if unresolved.is_empty() => Ok(loaded),
+        Ok(mut loaded) if unresolved.is_empty() => {
+            resolved.scrub(&mut loaded.warnings);
+            Ok(loaded)
+        }
         Ok(_) => Err(ConfigError {
             problems: unresolved,
         }),
@@ -495,18 +500,22 @@ fn load(
             // The unresolved reference itself is the problem at its path, not what it fails.
             e.problems
                 .retain(|p| !unresolved.iter().any(|u| u.path == p.path));
+            resolved.scrub(&mut e.problems);
             e.problems.splice(0..0, unresolved);
             Err(e)
         }
     }
 }
 
-/// Resolves `$ENV://` references in every plugin's attributes (see `secret_ref.rs`).
+/// Resolves `$ENV://` references in every plugin's attributes (see `secret_ref.rs`): the
+/// problems of the references that did not resolve, and the ones that did, to scrub later
+/// problems with.
 fn resolve_secret_refs(
     file: &mut file::FileConfig,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Vec<Problem> {
+) -> (Vec<Problem>, secret_ref::Resolved) {
     let mut problems = Vec::new();
+    let mut resolved = secret_ref::Resolved::default();
     let mut sets: Vec<(String, &mut file::PluginsFile)> = Vec::new();
     for (i, route) in file.routes.iter_mut().enumerate() {
         sets.push((format!("routes[{i}]"), &mut route.plugins));
@@ -527,10 +536,10 @@ fn resolve_secret_refs(
     for (at, plugins) in sets {
         for (name, value) in plugins.0.iter_mut() {
             let path = format!("{at}.plugins.{name}");
-            secret_ref::resolve(value, &path, env, &mut problems);
+            secret_ref::resolve(value, &path, env, &mut problems, &mut resolved);
         }
     }
-    problems
+    (problems, resolved)
 }
 
 fn parse(
@@ -635,15 +644,17 @@ fn parse_each(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> 
                 Ok(route) => {
                     let mut entries = route.plugins.0;
                     let mut unresolved = Vec::new();
+                    let mut resolved = secret_ref::Resolved::default();
                     for (name, value) in entries.iter_mut() {
                         let path = format!("{at}.plugins.{name}");
-                        secret_ref::resolve(value, &path, env, &mut unresolved);
+                        secret_ref::resolve(value, &path, env, &mut unresolved, &mut resolved);
                     }
                     let (_, mut errors, _) = crate::pipeline::registry::parse_plugins(
                         &entries,
                         &format!("{at}.plugins"),
                     );
                     errors.retain(|p| !unresolved.iter().any(|u| u.path == p.path));
+                    resolved.scrub(&mut errors);
                     problems.extend(unresolved);
                     problems.extend(errors);
                 }

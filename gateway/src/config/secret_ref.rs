@@ -16,6 +16,32 @@ use super::Problem;
 const ENV_PREFIX: &str = "$ENV://";
 const SECRET_PREFIX: &str = "$secret://";
 
+/// The references resolved in one load: where, which, and to what. Later checks may quote a
+/// value they refuse (a type error echoing the string), so their problems go through
+/// [`Resolved::scrub`] before anything prints them. No `Debug`: it holds the values.
+#[derive(Default)]
+pub(crate) struct Resolved(Vec<(String, String, String)>);
+
+impl Resolved {
+    /// Replaces, in each problem at a resolved path or one of its parents, the resolved value
+    /// with the reference it came from.
+    pub(crate) fn scrub(&self, problems: &mut [Problem]) {
+        for p in problems {
+            for (path, reference, value) in &self.0 {
+                let covers = path == &p.path
+                    || path
+                        .strip_prefix(p.path.as_str())
+                        .is_some_and(|rest| rest.starts_with(['.', '[']));
+                if covers && !value.is_empty() && p.message.contains(value.as_str()) {
+                    p.message = p
+                        .message
+                        .replace(value.as_str(), &format!("<value of {reference}>"));
+                }
+            }
+        }
+    }
+}
+
 /// Replaces every secret reference among the string values under `value` (object members and
 /// array items, at any depth); a reference that cannot be resolved is a problem at its path.
 pub(crate) fn resolve(
@@ -23,6 +49,7 @@ pub(crate) fn resolve(
     path: &str,
     env: &dyn Fn(&str) -> Option<String>,
     problems: &mut Vec<Problem>,
+    resolved: &mut Resolved,
 ) {
     match value {
         Value::String(s) => {
@@ -30,19 +57,22 @@ pub(crate) fn resolve(
                 return;
             }
             match resolve_one(s, env) {
-                Some(Ok(resolved)) => *s = resolved,
+                Some(Ok(value)) => {
+                    let reference = std::mem::replace(s, value.clone());
+                    resolved.0.push((path.to_owned(), reference, value));
+                }
                 Some(Err(message)) => problems.push(Problem::new(path, message)),
                 None => {}
             }
         }
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                resolve(item, &format!("{path}[{i}]"), env, problems);
+                resolve(item, &format!("{path}[{i}]"), env, problems, resolved);
             }
         }
         Value::Object(map) => {
             for (key, item) in map.iter_mut() {
-                resolve(item, &format!("{path}.{key}"), env, problems);
+                resolve(item, &format!("{path}.{key}"), env, problems, resolved);
             }
         }
         _ => {}
@@ -120,7 +150,7 @@ mod tests {
 
     fn run(mut v: Value) -> (Value, Vec<String>) {
         let mut problems = Vec::new();
-        resolve(&mut v, "p", &env, &mut problems);
+        resolve(&mut v, "p", &env, &mut problems, &mut Resolved::default());
         (v, problems.iter().map(ToString::to_string).collect())
     }
 
@@ -162,5 +192,29 @@ mod tests {
             ]
         );
         assert!(e.iter().all(|m| !m.contains("s3cret-value")));
+    }
+
+    #[test]
+    fn problems_in_resolved_values_quote_the_reference_not_the_value() {
+        let mut v = json!({ "a": "$ENV://SECRET", "b": { "c": ["$ENV://JSON/client_secret"] } });
+        let mut resolved = Resolved::default();
+        resolve(&mut v, "p", &env, &mut Vec::new(), &mut resolved);
+        let mut problems = vec![
+            Problem::new("p.a", "invalid value \"s3cret-value\""),
+            Problem::new("p.b", "bad: from-json, again from-json"),
+            Problem::new("p.x", "s3cret-value elsewhere is not this reference's"),
+            Problem::new("p.ab", "s3cret-value under a sibling name"),
+        ];
+        resolved.scrub(&mut problems);
+        let got: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "p.a: invalid value \"<value of $ENV://SECRET>\"",
+                "p.b: bad: <value of $ENV://JSON/client_secret>, again <value of $ENV://JSON/client_secret>",
+                "p.x: s3cret-value elsewhere is not this reference's",
+                "p.ab: s3cret-value under a sibling name",
+            ]
+        );
     }
 }

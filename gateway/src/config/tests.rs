@@ -1409,6 +1409,31 @@ fn secret_references_resolve_in_services_and_plugin_configs() {
     );
 }
 
+/// A resolved value that a plugin then refuses is quoted by its reference, never by its value,
+/// in the whole-file parse and in the per-entry one `validate` runs after a type error.
+#[test]
+fn problems_in_resolved_values_never_show_the_value() {
+    let yaml = r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+routes:
+  - id: r
+    uri: /r
+    upstream_id: app
+    plugins:
+      redirect: { regex_uri: ["$ENV://REDIRECT_RE", "/x"] }
+"#;
+    let env = |name: &str| (name == "REDIRECT_RE").then(|| "(unclosed-secret-regex".to_owned());
+    for yaml in [yaml.to_owned(), format!("{yaml}  - {{ id: t, uri: 7 }}\n")] {
+        let e = load_str_with_env(&yaml, &env).unwrap_err().to_string();
+        assert!(!e.contains("unclosed-secret-regex"), "{e}");
+        assert!(
+            e.contains("routes[0].plugins.redirect.regex_uri[0]: invalid regex_uri (<value of $ENV://REDIRECT_RE>, /x)"),
+            "{e}"
+        );
+    }
+}
+
 /// One bad route (or upstream) does not hide the problems of the others: `validate` lists them
 /// all, each path once.
 #[test]
@@ -1462,4 +1487,53 @@ routes:
         e.contains(&"routes[1].plugins.openid-connect.session.secret: secret reference $ENV://MISSING_SESSION: environment variable MISSING_SESSION is not set".to_owned()),
         "{e:#?}"
     );
+}
+
+#[test]
+fn gateway_trusted_addresses_load_and_bad_entries_name_their_path() {
+    let c = load(
+        r#"
+gateway:
+  trusted_addresses: ["10.0.0.0/8", "::1"]
+upstreams:
+  - id: app
+    nodes: { "127.0.0.1:18080": 1 }
+routes:
+  - id: a
+    uri: /x
+    upstream_id: app
+"#,
+    )
+    .config;
+    let set = c.gateway.trusted_addresses.as_ref().unwrap();
+    assert!(set.contains("10.1.2.3".parse().unwrap()));
+    assert!(set.contains("::1".parse().unwrap()));
+    assert!(!set.contains("11.0.0.1".parse().unwrap()));
+    assert!(
+        load(
+            "upstreams:\n  - id: app\n    nodes: { \"127.0.0.1:18080\": 1 }\n\
+         routes:\n  - id: a\n    uri: /x\n    upstream_id: app\n"
+        )
+        .config
+        .gateway
+        .trusted_addresses
+        .is_none()
+    );
+
+    for (list, needle) in [
+        (
+            "[\"10.0.0.0/8\", \"10.0.0.0/33\"]",
+            "gateway.trusted_addresses[1]: invalid ip address: `10.0.0.0/33`",
+        ),
+        (
+            "[]",
+            "gateway.trusted_addresses: needs at least one address",
+        ),
+    ] {
+        let e = errors(&format!(
+            "gateway:\n  trusted_addresses: {list}\nupstreams:\n  - id: app\n    nodes: {{ \"127.0.0.1:18080\": 1 }}\n\
+             routes:\n  - id: a\n    uri: /x\n    upstream_id: app\n"
+        ));
+        assert!(has(&e, needle), "missing {needle:?} in {e:?}");
+    }
 }

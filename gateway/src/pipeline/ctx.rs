@@ -177,9 +177,24 @@ impl<'a> Ctx<'a> {
         self.conn.peer
     }
 
-    /// `remote_addr`: the client's IP as text (computed once per connection).
+    /// `remote_addr`: the client's IP as text: the peer's (computed once per connection), or the
+    /// one `real-ip` set for this request.
     pub fn remote_addr(&self) -> &str {
-        &self.conn.peer_ip
+        self.conn.remote_addr()
+    }
+
+    /// [`Ctx::remote_addr`] as an address.
+    pub fn remote_ip(&self) -> std::net::IpAddr {
+        self.conn.remote_ip()
+    }
+
+    /// Whether the peer is in `gateway.trusted_addresses` (None: the list is not configured).
+    pub fn peer_trusted(&self) -> Option<bool> {
+        match self.conn.trust {
+            crate::proxy::conn::PeerTrust::NotConfigured => None,
+            crate::proxy::conn::PeerTrust::Trusted => Some(true),
+            crate::proxy::conn::PeerTrust::Untrusted => Some(false),
+        }
     }
 
     /// True when the client connection is TLS (`scheme` is `https`).
@@ -283,7 +298,7 @@ impl<'a> Ctx<'a> {
             Var::Uri => Some(self.conn.route_path()),
             Var::RequestUri => Some(head.target.of(buf)),
             Var::Host => head.host.map(|h| strip_port(h.of(buf))),
-            Var::RemoteAddr => Some(self.conn.peer_ip.as_bytes()),
+            Var::RemoteAddr => Some(self.conn.remote_addr().as_bytes()),
             Var::Scheme => Some(self.scheme().as_bytes()),
             Var::RequestMethod => Some(head.method_span.of(buf)),
             Var::QueryString => head.query.map(|q| q.of(buf)),
@@ -363,7 +378,7 @@ impl crate::route::VarSource for Ctx<'_> {
             "args" | "query_string" => head.query.map(|q| q.of(buf)),
             "host" => head.host.map(|h| strip_port(h.of(buf))),
             "request_method" => Some(head.method_span.of(buf)),
-            "remote_addr" => Some(c.peer_ip.as_bytes()),
+            "remote_addr" => Some(c.remote_addr().as_bytes()),
             "server_port" => Some(c.local_port.as_bytes()),
             "scheme" => Some(if c.tls { b"https" } else { b"http" }),
             "server_protocol" => Some(if head.version_minor == 0 {

@@ -123,6 +123,13 @@ pub struct Outcome {
     /// Headers added to the client response whose value is a number (`X-RateLimit-Remaining`),
     /// written as digits into the head: no `String` per request.
     pub response_numbers: Vec<(&'static str, u64)>,
+    /// The request's id (`request-id`), for the id header and the access log line.
+    pub request_id: RequestId,
+    /// The client address `real-ip` took from the request: `remote_addr` for every later phase,
+    /// the upstream's `X-Forwarded-For`/`X-Real-IP` and the access log (None: the peer's).
+    pub real_ip: Option<std::net::IpAddr>,
+    /// `real_ip` as text, written into a buffer the connection keeps.
+    pub real_ip_text: String,
     /// The upstream request target (origin-form, path encoded, with the query) when a plugin
     /// rewrote it (`proxy-rewrite`); reused per connection.
     pub upstream_target: Vec<u8>,
@@ -146,11 +153,109 @@ impl Outcome {
         self.strip_identity_headers = false;
         self.response_remove.clear();
         self.response_numbers.clear();
+        self.request_id.clear();
+        self.real_ip = None;
+        self.real_ip_text.clear();
         self.target_rewritten = false;
         self.upstream_method = None;
         self.upstream_host = None;
         self.drop_headers.clear();
         self.named_headers.clear();
+    }
+
+    /// Makes `ip` the request's `remote_addr` (`real-ip`).
+    pub fn set_real_ip(&mut self, ip: std::net::IpAddr) {
+        use std::fmt::Write;
+        self.real_ip_text.clear();
+        // Writing into a String cannot fail.
+        let _ = write!(self.real_ip_text, "{ip}");
+        self.real_ip = Some(ip);
+    }
+}
+
+/// Room for a generated id or `traceparent` value, written in place: no allocation per request.
+#[derive(Clone, Copy)]
+pub struct IdBuf {
+    bytes: [u8; IdBuf::CAP],
+    len: u8,
+}
+
+impl IdBuf {
+    pub const CAP: usize = 128;
+
+    /// Takes `bytes`, truncated to [`IdBuf::CAP`].
+    pub fn set(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(Self::CAP);
+        self.bytes[..n].copy_from_slice(&bytes[..n]);
+        self.len = n as u8;
+    }
+
+    /// The buffer to fill and the length the caller sets with [`IdBuf::set_len`].
+    pub fn space(&mut self) -> &mut [u8; IdBuf::CAP] {
+        &mut self.bytes
+    }
+
+    pub fn set_len(&mut self, len: usize) {
+        self.len = len.min(Self::CAP) as u8;
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Default for IdBuf {
+    fn default() -> Self {
+        IdBuf {
+            bytes: [0; IdBuf::CAP],
+            len: 0,
+        }
+    }
+}
+
+impl fmt::Debug for IdBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&String::from_utf8_lossy(self.as_bytes()), f)
+    }
+}
+
+/// The request's id, as APISIX's `request-id` leaves it: the client's own (a slice of the request
+/// head) or one generated here, sent upstream under `header` when generated, and to the client
+/// when `in_response` (unless the upstream's response has its own). Plus a W3C `traceparent`
+/// started for a request that came without one.
+#[derive(Debug, Default)]
+pub struct RequestId {
+    /// The header name; None when no `request-id` ran for this request.
+    pub header: Option<Rc<str>>,
+    /// The client's value, when it sent one.
+    pub from_client: Option<Span>,
+    /// The generated value, when the client sent none.
+    pub generated: IdBuf,
+    pub in_response: bool,
+    /// A `traceparent` started here (empty: the client's passes through, or none).
+    pub traceparent: IdBuf,
+}
+
+impl RequestId {
+    pub fn clear(&mut self) {
+        self.header = None;
+        self.from_client = None;
+        self.generated.set_len(0);
+        self.in_response = false;
+        self.traceparent.set_len(0);
+    }
+
+    /// The id; `buf` is the request buffer (`from_client` indexes it).
+    pub fn value<'a>(&'a self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        self.header.as_ref()?;
+        Some(match self.from_client {
+            Some(span) => span.of(buf),
+            None => self.generated.as_bytes(),
+        })
     }
 }
 

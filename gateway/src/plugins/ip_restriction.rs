@@ -161,12 +161,7 @@ impl Plugin for IpRestrictionPlugin {
     }
 
     async fn access(&self, ctx: &mut Ctx<'_>) -> PhaseResult {
-        // `remote_addr` is always an address the gateway wrote (the peer's, or one real-ip
-        // validated); the socket's is the fallback all the same.
-        let ip = ctx
-            .remote_addr()
-            .parse::<IpAddr>()
-            .unwrap_or_else(|_| ctx.peer().ip());
+        let ip = ctx.remote_ip();
         if !self.0.refuses(ip) {
             return Ok(Step::Continue);
         }

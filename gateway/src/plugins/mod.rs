@@ -8,6 +8,8 @@
 //! - `cors.rs`: APISIX's `cors` (priority 4000, `rewrite`): CORS headers, preflights answered.
 //! - `ip_restriction.rs`: APISIX's `ip-restriction` (priority 3000, `access`).
 //! - `redirect.rs`: APISIX's `redirect` (priority 900, `rewrite`).
+//! - `real_ip.rs`: APISIX's `real-ip` (priority 23000, `rewrite`): `remote_addr` from a header.
+//! - `request_id.rs`: APISIX's `request-id` (priority 12015, `rewrite`), W3C `traceparent`.
 //! - `limit/`: `limit-count` (1002) and `limit-req` (1001), `access` phase, exact per process.
 //! - `proxy_rewrite.rs`: `proxy-rewrite` (1008, `rewrite`): uri, regex_uri, host, method, headers.
 //! - `vars.rs`: APISIX's `$var` templates, shared by the plugins that take them.
@@ -17,7 +19,9 @@ pub mod ip_restriction;
 pub mod limit;
 pub mod openid_connect;
 pub mod proxy_rewrite;
+pub mod real_ip;
 pub mod redirect;
+pub mod request_id;
 pub mod response_rewrite;
 pub mod vars;
 

@@ -54,9 +54,36 @@ pub struct ClientConn {
     /// The upstream node the current request's last attempt went to (index into the route's
     /// upstream), for the access log; reset per request.
     pub node: Option<usize>,
+    /// The peer against `gateway.trusted_addresses`, decided per request (a reload may change
+    /// the list).
+    pub trust: PeerTrust,
+}
+
+/// Whether the peer's forwarding headers (`X-Forwarded-*`, `Forwarded`) are believed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTrust {
+    /// No `gateway.trusted_addresses`: nobody's host and proto are believed, the client's
+    /// `X-Forwarded-For` chain is kept (APISIX's default).
+    NotConfigured,
+    Trusted,
+    /// Outside `gateway.trusted_addresses`: its `X-Forwarded-For` is dropped as well.
+    Untrusted,
 }
 
 impl ClientConn {
+    /// `remote_addr`: the address `real-ip` set for this request, else the peer's.
+    pub fn remote_addr(&self) -> &str {
+        match self.outcome.real_ip {
+            Some(_) => &self.outcome.real_ip_text,
+            None => &self.peer_ip,
+        }
+    }
+
+    /// [`ClientConn::remote_addr`] as an address.
+    pub fn remote_ip(&self) -> std::net::IpAddr {
+        self.outcome.real_ip.unwrap_or_else(|| self.peer.ip())
+    }
+
     /// The path routes match and plugins compare: the normal form (see `http1::path`).
     pub fn route_path(&self) -> &[u8] {
         if self.path_rewritten {
@@ -127,6 +154,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
         path: Vec::new(),
         path_rewritten: false,
         node: None,
+        trust: PeerTrust::NotConfigured,
     };
     loop {
         let compiled = shard.current();
@@ -154,6 +182,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
             Err(HeadFail::Closed) => break,
             Err(HeadFail::Bad(err)) => {
                 let started = Stopwatch::start();
+                c.outcome.clear();
                 let summary = respond_error(&mut c, &err, Method::Get).await;
                 log(&shard, &compiled, &c, None, started, &summary, true);
                 break;
@@ -240,6 +269,14 @@ async fn handle(
     started: Stopwatch,
 ) -> Next {
     let method = c.head.method;
+    // What the previous request's plugins left (CORS headers, a request id) must not reach this
+    // request's answers, the early ones (400, 404) included.
+    c.outcome.clear();
+    c.trust = match &compiled.published.trusted_addresses {
+        None => PeerTrust::NotConfigured,
+        Some(set) if set.contains(c.peer.ip()) => PeerTrust::Trusted,
+        Some(_) => PeerTrust::Untrusted,
+    };
     // Phase 2: route, on the normal form of the path (http1::path): the upstream decodes and
     // normalises the path, so matching raw bytes would let `/%61pi/x` or `/public/../api/x` pass
     // a public route and be served as `/api/x`.
@@ -278,7 +315,6 @@ async fn handle(
     let route = &compiled.routes[route_idx];
 
     // Phase 3: the plugins' request phases.
-    c.outcome.clear();
     if !route.plugins.plugins.is_empty() {
         c.scratch.clear();
         let mut ctx =
@@ -405,6 +441,13 @@ async fn write_answer(
     );
     for (k, v) in a.headers.iter().chain(c.outcome.response_headers.iter()) {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
+    }
+    let rid = &c.outcome.request_id;
+    if rid.in_response
+        && let Some(name) = &rid.header
+        && let Some(id) = rid.value(&c.buf)
+    {
+        push_header(&mut out, name.as_bytes(), id);
     }
     for (k, n) in &c.outcome.response_numbers {
         push_number_header(&mut out, k, *n);
@@ -582,6 +625,14 @@ fn log(
         )
     };
     let path = &*path;
+    // The request's id (request-id), absent without the plugin.
+    let request_id = c
+        .outcome
+        .request_id
+        .value(&c.buf)
+        .and_then(|v| std::str::from_utf8(v).ok());
+    // The client's address as real-ip found it; absent when it is the peer's.
+    let remote_addr = c.outcome.real_ip.map(|_| c.outcome.real_ip_text.as_str());
     macro_rules! line {
         ($level:ident, $($target:tt)*) => {
             tracing::$level!(
@@ -596,6 +647,8 @@ fn log(
                 upstream = upstream_node,
                 shard = shard.info.id,
                 peer = %c.peer,
+                remote_addr,
+                request_id,
                 reason,
                 "{message}"
             )

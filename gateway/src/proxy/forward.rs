@@ -22,7 +22,8 @@ use crate::pipeline::registry::Chain;
 use crate::pipeline::{BodyChunk, HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
 use crate::proxy::conn::{
-    ClientConn, Next, Summary, push_header, push_number_header, push_u64, reason, respond_error,
+    ClientConn, Next, PeerTrust, Summary, push_header, push_number_header, push_u64, reason,
+    respond_error,
 };
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
@@ -127,7 +128,7 @@ impl Fail {
 fn hash_key<'a>(c: &'a ClientConn, on: &HashOn) -> &'a [u8] {
     let buf = &c.buf;
     match on {
-        HashOn::RemoteAddr => c.peer_ip.as_bytes(),
+        HashOn::RemoteAddr => c.remote_addr().as_bytes(),
         HashOn::Uri => c.route_path(),
         HashOn::Host => c.head.host.map(|h| h.of(buf)).unwrap_or(b""),
         HashOn::Query => c.head.query.map(|q| q.of(buf)).unwrap_or(b""),
@@ -517,9 +518,21 @@ fn build_request_head(
     let strip_identity = c.outcome.strip_identity_headers || !keep_identity;
     let strip_auth = c.outcome.strip_authorization;
     let mut xff_prev: Option<&[u8]> = None;
+    let rid = &c.outcome.request_id;
+    // request-id replaces what it regenerates: a client's empty id header, and an invalid
+    // `traceparent` with its `tracestate`.
+    let replaced_id = rid.header.as_deref().filter(|_| rid.from_client.is_none());
+    let replaced_trace = !rid.traceparent.is_empty();
+    // A peer in `gateway.trusted_addresses` keeps the forwarding headers it sent (APISIX restores
+    // them for a trusted peer); everyone else's are replaced by what the gateway saw.
+    let trusted = c.trust == PeerTrust::Trusted;
+    let mut kept = ForwardedSent::default();
     for h in &head.headers {
         let name = h.name.of(buf);
         let value = h.value.of(buf);
+        if trusted && !value.is_empty() {
+            kept.note(name, value);
+        }
         if is_hop_by_hop(name)
             || in_tokens(name, &head.connection_tokens, buf)
             || is_path_or_forwarding_override(name)
@@ -536,10 +549,15 @@ fn build_request_head(
                 }
             }
             9 if name.eq_ignore_ascii_case(b"x-real-ip") => continue,
+            10 if replaced_trace && name.eq_ignore_ascii_case(b"tracestate") => continue,
+            11 if replaced_trace && name.eq_ignore_ascii_case(b"traceparent") => continue,
             13 if strip_auth && name.eq_ignore_ascii_case(b"authorization") => continue,
             14 if name.eq_ignore_ascii_case(b"content-length") => continue,
             15 if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
-                xff_prev = Some(value);
+                // With a trust boundary, an untrusted peer's chain is dropped (APISIX).
+                if c.trust != PeerTrust::Untrusted {
+                    xff_prev = Some(value);
+                }
                 continue;
             }
             16 | 17
@@ -554,49 +572,45 @@ fn build_request_head(
         if strip_identity && is_identity_header(name) {
             continue;
         }
+        if replaced_id.is_some_and(|id| name.eq_ignore_ascii_case(id.as_bytes())) {
+            continue;
+        }
         if is_dropped(&c.outcome.drop_headers, name) {
             continue;
         }
         push_header(out, name, value);
     }
+    // `remote_addr` (the peer's, or the client's as `real-ip` found it) is appended, as nginx's
+    // `$proxy_add_x_forwarded_for`.
+    let remote = match c.outcome.real_ip {
+        Some(_) => c.outcome.real_ip_text.as_bytes(),
+        None => c.peer_ip.as_bytes(),
+    };
     out.extend_from_slice(b"X-Forwarded-For: ");
     if let Some(prev) = xff_prev {
         out.extend_from_slice(prev);
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(c.peer_ip.as_bytes());
+    out.extend_from_slice(remote);
     out.extend_from_slice(b"\r\nX-Real-IP: ");
-    out.extend_from_slice(c.peer_ip.as_bytes());
-    out.extend_from_slice(if c.tls {
-        b"\r\nX-Forwarded-Proto: https"
-    } else {
-        b"\r\nX-Forwarded-Proto: http"
+    out.extend_from_slice(remote);
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(match kept.proto {
+        Some(v) => v,
+        None if c.tls => b"https",
+        None => b"http",
     });
     out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
-    out.extend_from_slice(strip_port(client_host));
+    out.extend_from_slice(kept.host.unwrap_or(strip_port(client_host)));
     out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
-    out.extend_from_slice(c.local_port.as_bytes());
-    // RFC 7239, replacing the client's like X-Forwarded-Host/Proto: frameworks take host and
-    // proto from the first element, which a client-supplied value would own.
-    out.extend_from_slice(b"\r\nForwarded: for=");
-    if c.peer_ip.contains(':') {
-        out.extend_from_slice(b"\"[");
-        out.extend_from_slice(c.peer_ip.as_bytes());
-        out.extend_from_slice(b"]\"");
+    out.extend_from_slice(kept.port.unwrap_or(c.local_port.as_bytes()));
+    if let Some(v) = kept.forwarded {
+        out.extend_from_slice(b"\r\nForwarded: ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
     } else {
-        out.extend_from_slice(c.peer_ip.as_bytes());
+        write_forwarded(out, remote, client_host, c.tls);
     }
-    if !client_host.is_empty() {
-        out.extend_from_slice(b";host=\"");
-        out.extend_from_slice(client_host);
-        out.push(b'"');
-    }
-    out.extend_from_slice(if c.tls {
-        b";proto=https"
-    } else {
-        b";proto=http"
-    });
-    out.extend_from_slice(b"\r\n");
     for (name, value) in &c.outcome.upstream_headers {
         // A later plugin's `set`/`remove` (proxy-rewrite) replaces an earlier plugin's header.
         if !c.outcome.drop_headers.is_empty()
@@ -608,6 +622,14 @@ fn build_request_head(
     }
     for (name, value) in &c.outcome.named_headers {
         push_header(out, name.as_bytes(), header_value(value, buf));
+    }
+    // request-id: a generated id goes upstream (a client's own is among its headers already),
+    // and a started `traceparent` with it.
+    if let Some(name) = replaced_id {
+        push_header(out, name.as_bytes(), rid.generated.as_bytes());
+    }
+    if replaced_trace {
+        push_header(out, b"traceparent", rid.traceparent.as_bytes());
     }
     match head.framing {
         BodyFraming::None => {}
@@ -636,6 +658,49 @@ fn build_request_head(
 /// it; the gateway strips no prefix), `X-Original-URL` and `X-Rewrite-URL` (Symfony, Zend and IIS
 /// route on them instead of the request path, which would undo routing on the path). APISIX
 /// passes these through; at the edge nothing legitimate sets them.
+/// RFC 7239 `Forwarded` (after `\r\n` of the previous line), replacing the client's like
+/// X-Forwarded-Host/Proto: frameworks take host and proto from the first element, which a
+/// client-supplied value would own.
+fn write_forwarded(out: &mut Vec<u8>, remote: &[u8], client_host: &[u8], tls: bool) {
+    out.extend_from_slice(b"\r\nForwarded: for=");
+    if remote.contains(&b':') {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(remote);
+        out.extend_from_slice(b"]\"");
+    } else {
+        out.extend_from_slice(remote);
+    }
+    if !client_host.is_empty() {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(client_host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(if tls { b";proto=https" } else { b";proto=http" });
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The forwarding headers a trusted peer sent (first non-empty value of each), passed on.
+#[derive(Default)]
+struct ForwardedSent<'a> {
+    proto: Option<&'a [u8]>,
+    host: Option<&'a [u8]>,
+    port: Option<&'a [u8]>,
+    forwarded: Option<&'a [u8]>,
+}
+
+impl<'a> ForwardedSent<'a> {
+    fn note(&mut self, name: &[u8], value: &'a [u8]) {
+        let slot = match name.len() {
+            9 if name.eq_ignore_ascii_case(b"forwarded") => &mut self.forwarded,
+            16 if name.eq_ignore_ascii_case(b"x-forwarded-host") => &mut self.host,
+            16 if name.eq_ignore_ascii_case(b"x-forwarded-port") => &mut self.port,
+            17 if name.eq_ignore_ascii_case(b"x-forwarded-proto") => &mut self.proto,
+            _ => return,
+        };
+        slot.get_or_insert(value);
+    }
+}
+
 fn is_path_or_forwarding_override(name: &[u8]) -> bool {
     [
         &b"forwarded"[..],
@@ -1084,6 +1149,15 @@ async fn relay_response(
     }
     for (k, v) in &c.outcome.response_headers {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
+    }
+    // request-id's `include_in_response`, unless the upstream answered with its own id.
+    let rid = &c.outcome.request_id;
+    if rid.in_response
+        && let Some(name) = &rid.header
+        && c.resp.header(&conn.buf, name).is_none_or(|v| v.is_empty())
+        && let Some(id) = rid.value(&c.buf)
+    {
+        push_header(&mut out, name.as_bytes(), id);
     }
     for (k, n) in &c.outcome.response_numbers {
         push_number_header(&mut out, k, *n);

@@ -496,6 +496,36 @@ fn stricter_than_apisix_is_now_a_warning() {
     assert!(load(v).warnings.iter().all(|w| w.path != "p.scope"));
 }
 
+/// APISIX takes an RSA `public_key` of any size; under 2048 bits it is a warning naming the
+/// risk, and a key no verifier takes (under 1024 bits) stays an error at load.
+#[test]
+fn short_rsa_public_key_is_a_warning() {
+    let key = |name: &str| {
+        std::fs::read_to_string(format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let conf = |pem: String| {
+        let mut v = base();
+        v["bearer_only"] = json!(true);
+        v["public_key"] = json!(pem);
+        load(v)
+    };
+    let l = conf(key("rsa1024.pub.pem"));
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    let w: Vec<String> = l
+        .warnings
+        .iter()
+        .filter(|w| w.path == "p.public_key")
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", l.warnings);
+    assert!(
+        w[0].starts_with("p.public_key: is a 1024-bit RSA key: under 2048 bits"),
+        "{w:?}"
+    );
+    let l = conf(key("rsa1.pub.pem"));
+    assert!(l.errors.is_empty() && l.warnings.iter().all(|w| w.path != "p.public_key"));
+}
+
 #[test]
 fn yaml_nulls_are_absent() {
     accepts("client_secret_missing_is_fine", &[]);

@@ -505,6 +505,15 @@ async fn maintain(actor: &Rc<RefCell<Actor>>, force_jwks: bool) -> bool {
                             .is_some_and(|k| k.fingerprint() == keys.fingerprint());
                         if !same {
                             changed = true;
+                            for k in keys.keys().iter().filter(|k| k.is_short_rsa()) {
+                                tracing::warn!(
+                                    kid = k.kid(),
+                                    bits = k.rsa_bits(),
+                                    "JWK is an RSA key under 2048 bits: accepted (only RS256 and \
+                                     RS512 tokens verify with it), but a key that short can be \
+                                     factored, and tokens then forged"
+                                );
+                            }
                             tracing::info!(jwks = %uri, keys = keys.len(), kids = %keys.kids().collect::<Vec<_>>().join(","), "JWKS loaded");
                         }
                         a.keys = Some(Arc::new(keys));

@@ -196,15 +196,22 @@ pub fn assemble<T>(
         let top_upstreams = file.upstreams.len();
         let route_ids: Vec<Option<Id>> = file.routes.iter().map(|r| r.id.clone()).collect();
         let service_ids: Vec<Option<Id>> = file.services.iter().map(|s| s.id.clone()).collect();
-        let unresolved = super::resolve_secret_refs(&mut file, env);
+        let (unresolved, resolved) = super::resolve_secret_refs(&mut file, env);
         let mut problems: Vec<(String, String)> = unresolved
             .into_iter()
             .map(|p| (p.path.clone(), p.message.clone()))
             .collect();
         if problems.is_empty() {
             match super::build::build(file, base_dir) {
-                Err(e) => problems.extend(e.problems.into_iter().map(|p| (p.path, p.message))),
-                Ok(Loaded { config, warnings }) => {
+                Err(mut e) => {
+                    resolved.scrub(&mut e.problems);
+                    problems.extend(e.problems.into_iter().map(|p| (p.path, p.message)));
+                }
+                Ok(Loaded {
+                    config,
+                    mut warnings,
+                }) => {
+                    resolved.scrub(&mut warnings);
                     let inline: Vec<String> = config.upstreams
                         [top_upstreams.min(config.upstreams.len())..]
                         .iter()

@@ -233,12 +233,7 @@ fn redirect_uri(conf: &OidcConf, c: &Ctx<'_>) -> String {
     if let Some(u) = &conf.redirect_uri {
         return u.clone();
     }
-    let host = c
-        .head()
-        .host
-        .map(|h| String::from_utf8_lossy(h.of(c.buf())).into_owned())
-        .unwrap_or_default();
-    let scheme = if c.tls() { "https" } else { "http" };
+    let (scheme, host) = public_origin(c);
     let path = String::from_utf8_lossy(c.head().path.of(c.buf())).into_owned();
     let path = path
         .strip_suffix(DEFAULT_REDIRECT_SUFFIX)
@@ -246,6 +241,57 @@ fn redirect_uri(conf: &OidcConf, c: &Ctx<'_>) -> String {
         .trim_end_matches('/')
         .to_string();
     format!("{scheme}://{host}{path}{DEFAULT_REDIRECT_SUFFIX}")
+}
+
+/// The scheme and host the browser used. From a peer in `gateway.trusted_addresses`: its
+/// `Forwarded` (first element's `proto`, `host`), else its `X-Forwarded-Proto`/`-Host`, as
+/// lua-resty-openidc reads them; anyone else's forwarding headers are ignored (APISIX overwrites
+/// them), leaving this connection's scheme and `Host`.
+fn public_origin(c: &Ctx<'_>) -> (String, String) {
+    let mut scheme = if c.tls() { "https" } else { "http" }.to_owned();
+    let mut host = c
+        .head()
+        .host
+        .map(|h| String::from_utf8_lossy(h.of(c.buf())).into_owned())
+        .unwrap_or_default();
+    if c.peer_trusted() != Some(true) {
+        return (scheme, host);
+    }
+    let first = |v: &[u8]| -> Option<String> {
+        let v = v.split(|b| *b == b',').next()?.trim_ascii();
+        (!v.is_empty()).then(|| String::from_utf8_lossy(v).into_owned())
+    };
+    let (mut fwd_proto, mut fwd_host) = (None, None);
+    if let Some(f) = c.header("forwarded") {
+        let element = f.split(|b| *b == b',').next().unwrap_or_default();
+        for pair in element.split(|b| *b == b';') {
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            let key = pair[..eq].trim_ascii();
+            let value = pair[eq + 1..].trim_ascii();
+            let value = value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value);
+            if value.is_empty() {
+                continue;
+            }
+            let value = String::from_utf8_lossy(value).into_owned();
+            if key.eq_ignore_ascii_case(b"proto") {
+                fwd_proto.get_or_insert(value);
+            } else if key.eq_ignore_ascii_case(b"host") {
+                fwd_host.get_or_insert(value);
+            }
+        }
+    }
+    if let Some(p) = fwd_proto.or_else(|| c.header("x-forwarded-proto").and_then(first)) {
+        scheme = p.to_ascii_lowercase();
+    }
+    if let Some(h) = fwd_host.or_else(|| c.header("x-forwarded-host").and_then(first)) {
+        host = h;
+    }
+    (scheme, host)
 }
 
 /// Opens the request's session with the shard's reusable buffers (no allocation beyond the
