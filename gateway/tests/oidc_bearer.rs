@@ -444,6 +444,35 @@ fn jwt_tokens_reach_the_upstream_with_apisix_headers() {
 }
 
 #[test]
+fn es512_bearer_tokens_from_the_real_idp_verify_and_a_tampered_one_is_refused() {
+    // JWT access tokens signed ES512 with the IdP's P-521 key.
+    let idp = Idp::start(&[("IDP_ES512", "1"), ("IDP_AT_ALG", "ES512")]);
+    let up = Upstream::echo();
+    let gw = start_gateway(&idp, &up, &[route("plain", "/plain/*", "use_jwks: true")]);
+    let token = idp.client_credentials("m2m", "read", Some(API));
+    let (head, _) = jwt_parts(&token);
+    assert_eq!(head["alg"], "ES512", "{head}");
+    let r = call(&gw, "/plain/x", &token);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.log());
+    assert_eq!(
+        last_seen(&up).header("x-access-token"),
+        Some(token.as_str())
+    );
+    let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
+    let mut sig = parts[2].clone().into_bytes();
+    sig[10] = if sig[10] == b'A' { b'B' } else { b'A' };
+    parts[2] = String::from_utf8(sig).unwrap();
+    assert_invalid_token(
+        &gw,
+        &up,
+        "/plain/x",
+        &parts.join("."),
+        "tampered ES512 signature",
+    );
+    gw.assert_no_panic();
+}
+
+#[test]
 fn bad_jwts_are_refused_before_the_upstream() {
     let idp = Idp::start(&[]);
     let up = Upstream::echo();

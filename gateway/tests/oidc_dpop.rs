@@ -387,3 +387,124 @@ fn dpop_nonce_routes_hand_out_a_nonce_and_then_accept_it() {
     }
     gw.assert_no_panic();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The gateway as a DPoP client (APISIX's `dpop` object): login, userinfo and refresh.
+
+const HTML: (&str, &str) = ("Accept", "text/html,application/xhtml+xml");
+
+/// YAML for one login route with `dpop.enabled` and the ES256 test key.
+fn login_yaml(idp: &Idp, up: &Upstream, port: u16, key: &DpopSigner) -> String {
+    let pem = EC_PEM.trim().replace('\n', "\\n");
+    let jwk = Value::Object(key.public_jwk().clone());
+    format!(
+        "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n  admin: {{ listen: \"127.0.0.1:{{admin}}\" }}\n\
+         upstreams:\n  - id: app\n    nodes: {{ \"{}\": 1 }}\n\
+         routes:\n  - id: web\n    uri: /*\n    upstream_id: app\n    plugins:\n      openid-connect:\n\
+         \x20       client_id: gateway\n        client_secret: gateway-secret\n\
+         \x20       discovery: {}\n        redirect_uri: http://127.0.0.1:{port}/callback\n\
+         \x20       scope: \"openid profile email\"\n        set_userinfo_header: true\n\
+         \x20       session: {{ secret: \"session-secret-for-tests-0123456789\", cookie_secure: false }}\n\
+         \x20       dpop: {{ enabled: true, signing_alg: ES256, private_key: \"{pem}\", public_jwk: {jwk} }}\n",
+        up.node(),
+        idp.discovery()
+    )
+}
+
+fn introspect(idp: &Idp, token: &str) -> Value {
+    let body = format!("token={}", urlenc(token));
+    let auth = format!("Basic {}", base64_encode(b"gateway:gateway-secret"));
+    request(
+        idp.addr(),
+        "POST",
+        "/token/introspection",
+        &[
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Authorization", &auth),
+        ],
+        body.as_bytes(),
+    )
+    .json()
+}
+
+/// Logs in through the gateway with DPoP on; returns the access token the upstream saw.
+fn dpop_login(idp_env: &[(&str, &str)]) -> (Idp, Upstream, Gateway, support::CookieJar, String) {
+    let port = support::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let redirect_uri = format!("{base}/callback");
+    let mut env = vec![("IDP_REDIRECT_URIS", redirect_uri.as_str())];
+    env.extend(idp_env.iter().copied());
+    let idp = Idp::start(&env);
+    let up = Upstream::echo();
+    let key = DpopSigner::from_pem(EC_PEM, Alg::ES256).unwrap();
+    let gw = Gateway::start_with_port(port, &login_yaml(&idp, &up, port, &key), &["--shards", "2"]);
+    gw.wait_providers_ready(Duration::from_secs(20));
+    let mut jar = support::CookieJar::default();
+    let r = jar.get(&format!("{base}/private"), &[HTML]);
+    assert_eq!(r.status, 302, "{}\n{}", r.text(), gw.log());
+    let authorize = r.header("location").unwrap().to_string();
+    let callback = support::idp_login(&mut jar, &authorize, &redirect_uri, "alice");
+    let r = jar.get(&callback, &[HTML]);
+    assert_eq!(r.status, 302, "callback: {}\n{}", r.text(), gw.log());
+    let r = jar.get(&format!("{base}/private"), &[HTML]);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.log());
+    let seen = up.requests().pop().unwrap();
+    // UserInfo answered (it wants `Authorization: DPoP` and a proof for a bound token).
+    let user = seen.header("x-userinfo").expect("X-Userinfo");
+    let user: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(user)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(user["email"], "alice@example.test", "{user}");
+    let at = seen.header("x-access-token").unwrap().to_string();
+    (idp, up, gw, jar, at)
+}
+
+#[test]
+fn a_dpop_login_gets_tokens_bound_to_the_gateway_key_and_refreshes_them_bound() {
+    let key = DpopSigner::from_pem(EC_PEM, Alg::ES256).unwrap();
+    let (idp, up, gw, mut jar, at) = dpop_login(&[("IDP_OPAQUE_TTL", "2")]);
+    let info = introspect(&idp, &at);
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(info["token_type"], "DPoP", "{info}");
+    assert_eq!(info["cnf"]["jkt"], key.thumbprint(), "{info}");
+
+    // The access token expires; the refresh (with a proof by the same key) gets a bound one.
+    std::thread::sleep(Duration::from_millis(3200));
+    idp.reset_stats();
+    let base = format!("http://{}", gw.addr());
+    let r = jar.get(&format!("{base}/after"), &[HTML]);
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), gw.log());
+    assert_eq!(idp.path_count("/token"), 1, "{}", idp.stats());
+    let new_at = up
+        .requests()
+        .pop()
+        .unwrap()
+        .header("x-access-token")
+        .unwrap()
+        .to_string();
+    assert_ne!(new_at, at);
+    let info = introspect(&idp, &new_at);
+    assert_eq!(info["active"], true, "{info}");
+    assert_eq!(
+        info["cnf"]["jkt"],
+        key.thumbprint(),
+        "refreshed token not bound: {info}"
+    );
+    gw.assert_no_panic();
+}
+
+#[test]
+fn an_idp_that_requires_dpop_nonces_gets_them_on_a_single_retry() {
+    let key = DpopSigner::from_pem(EC_PEM, Alg::ES256).unwrap();
+    let (idp, _up, gw, _jar, at) = dpop_login(&[("IDP_DPOP_NONCE", "1")]);
+    let info = introspect(&idp, &at);
+    assert_eq!(info["cnf"]["jkt"], key.thumbprint(), "{info}");
+    // Each of the code exchange and userinfo was answered use_dpop_nonce once, then retried.
+    let stats = idp.stats();
+    assert_eq!(stats["paths"]["/token"], 2, "{stats}");
+    assert_eq!(stats["paths"]["/me"], 2, "{stats}");
+    gw.assert_no_panic();
+}

@@ -522,22 +522,41 @@ fn nonce_login_works_and_a_code_with_a_foreign_nonce_is_refused() {
 }
 
 #[test]
-fn tampered_state_and_missing_login_cookie_get_a_helpful_4xx_page() {
+fn a_stale_state_restarts_the_login_in_flight_and_a_missing_login_cookie_gets_a_4xx_page() {
     let mut e = start(&[], &[]);
-    let callback = e.login_at_idp("/");
+    let callback = e.login_at_idp("/start?at=1");
     let state = query_param(&callback, "state").unwrap();
     let code = query_param(&callback, "code").unwrap();
     e.idp.reset_stats();
 
+    // As APISIX on a state mismatch (a replayed or pruned callback): back to where the login
+    // still in flight started, counted against the restart budget.
     // Another state altogether: no login cookie answers to it.
     let other = "Z".repeat(state.len());
     let r = e.browser.get(&callback.replace(&state, &other), &[HTML]);
-    assert_login_page(&r, &["SameSite", "secret", "redirect_uri"]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/start?at=1"));
+    assert_eq!(
+        set_cookies(&r, "session_restarts=").len(),
+        1,
+        "{:?}",
+        r.headers
+    );
     // Same cookie name (first 8 characters), different state: the sealed state does not match.
     let mut near = state.clone();
     near.replace_range(8.., &"Z".repeat(state.len() - 8));
     let r = e.browser.get(&callback.replace(&state, &near), &[HTML]);
-    assert_login_page(&r, &["another login"]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/start?at=1"));
+    assert!(e.gw.wait_log(
+        "state mismatch (replayed or pruned callback), restarting the authentication flow",
+        Duration::from_secs(5)
+    ));
+    // An error page when nothing is in flight to go back to.
+    let mut lone = CookieJar::default();
+    let r = lone.get(&callback.replace(&state, &other), &[HTML]);
+    assert_login_page(&r, &["SameSite", "secret", "redirect_uri"]);
+    assert!(set_cookies(&r, "session_restarts=").is_empty());
     // The login cookie never came back (SameSite, another node's secret...).
     let (addr, target) = split_url(&callback);
     let r = get(addr, &target, &[HTML]);
@@ -557,11 +576,196 @@ fn tampered_state_and_missing_login_cookie_get_a_helpful_4xx_page() {
 
     let r = e.browser.get(&callback, &[HTML]);
     assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/start?at=1"));
+    // The completed login resets the restart budget.
+    assert!(
+        r.headers_all("set-cookie")
+            .iter()
+            .any(|c| c.starts_with("session_restarts=;")),
+        "{:?}",
+        r.headers
+    );
+    assert!(e.browser.value("session_restarts").is_none());
     assert_eq!(e.idp.path_count("/token"), 1);
     let r = e.browse("/");
     assert_eq!(r.status, 200);
     assert_identity(&e.last_seen(), "alice");
     assert!(!code.is_empty());
+    e.gw.assert_no_panic();
+}
+
+#[test]
+fn required_scopes_on_a_session_route_are_read_from_the_jwt_access_token() {
+    // With a `resource`, the IdP issues a JWT access token whose `scope` claim holds the granted
+    // resource scopes (APISIX's required-scopes tests).
+    let overrides = |required: &'static str| {
+        [
+            ("scope", "\"openid read\""),
+            (
+                "authorization_params",
+                "{ resource: \"urn:shardgate:api\" }",
+            ),
+            ("set_userinfo_header", "false"),
+            ("required_scopes", required),
+        ]
+    };
+    let mut e = start(&[], &overrides("[read]"));
+    e.login("/");
+    let r = e.browse("/");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), e.gw.log());
+    let at = e.last_seen().header("x-access-token").unwrap().to_string();
+    assert_eq!(jwt_payload(&at)["scope"], "read");
+
+    let mut e = start(&[], &overrides("[read, admin]"));
+    e.login("/");
+    let r = e.browse("/");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(
+        r.text().contains("required scopes admin not present"),
+        "{}",
+        r.text()
+    );
+    assert!(e.seen().is_empty());
+    e.gw.assert_no_panic();
+}
+
+#[test]
+fn a_session_failing_claim_schema_gets_401_with_the_bearer_challenge() {
+    let schema = "{ type: object, required: [id_token], properties: { id_token: { type: object, \
+                  required: [department] } } }";
+    let mut e = start(&[], &[("claim_schema", schema)]);
+    e.login("/");
+    let r = e.browse("/");
+    assert_eq!(r.status, 401, "{}", r.text());
+    let www = r.header("www-authenticate").expect("WWW-Authenticate");
+    assert!(
+        www.starts_with(
+            "Bearer realm=\"apisix\", error=\"invalid_token\", error_description=\"claims do not match claim_schema: "
+        ),
+        "{www}"
+    );
+    assert!(www.contains("department"), "{www}");
+    assert!(e.seen().is_empty());
+    e.gw.assert_no_panic();
+}
+
+#[test]
+fn a_login_with_an_es512_id_token_from_the_real_idp() {
+    // The IdP signs this client's ID tokens ES512 with a P-521 key (RustCrypto's p521 verifies).
+    let mut e = start(
+        &[("IDP_ES512", "1")],
+        &[
+            ("client_id", "gateway-es512"),
+            ("client_secret", "gateway-es512-secret"),
+            ("set_raw_id_token_header", "true"),
+        ],
+    );
+    e.login("/");
+    let r = e.browse("/");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), e.gw.log());
+    let seen = e.last_seen();
+    assert_identity(&seen, "alice");
+    let raw = seen.header("x-raw-id-token").expect("X-Raw-ID-Token");
+    let head: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(raw.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(head["alg"], "ES512", "{head}");
+    e.gw.assert_no_panic();
+}
+
+/// The failing callback of a login in flight (`state` from its authorization URL).
+fn failing_callback(e: &Env, state: &str, error: &str) -> String {
+    format!(
+        "{}?error={error}&error_description=authentication_expired&state={state}",
+        e.redirect_uri
+    )
+}
+
+#[test]
+fn a_temporarily_unavailable_idp_restarts_the_login_three_times_then_shows_the_error() {
+    let mut e = start(&[], &[]);
+    let authorize = e.begin_login("/page?x=1");
+    let state = query_param(&authorize, "state").unwrap();
+    let failing = failing_callback(&e, &state, "temporarily_unavailable");
+
+    // APISIX TEST 6: the browser keeps following the restart into the same failure.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let r = e.browser.get(&failing, &[HTML]);
+        if r.status == 302 {
+            assert_eq!(r.header("location"), Some("/page?x=1"));
+        } else {
+            assert!(r.text().contains("temporarily_unavailable"), "{}", r.text());
+        }
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, [302, 302, 302, 503, 503]);
+    assert!(e.gw.wait_log(
+        "temporarily unavailable identity provider, restarting the authentication flow",
+        Duration::from_secs(5)
+    ));
+    assert!(e.gw.wait_log(
+        "giving up after 3 restarts of the authentication flow",
+        Duration::from_secs(5)
+    ));
+
+    // APISIX TEST 7: a completed login resets the budget, so a later failure of the first login
+    // (still in flight) restarts again.
+    e.login("/");
+    assert!(e.browser.value("session_restarts").is_none());
+    let r = e.browser.get(&failing, &[HTML]);
+    assert_eq!(r.status, 302, "{}", r.text());
+    assert_eq!(r.header("location"), Some("/page?x=1"));
+    // None of the failing callbacks reached the upstream.
+    assert!(e.seen().is_empty());
+    e.gw.assert_no_panic();
+}
+
+#[test]
+fn only_a_get_naming_a_login_in_flight_restarts_on_temporarily_unavailable() {
+    let mut e = start(&[], &[]);
+    let authorize = e.begin_login("/");
+    let state = query_param(&authorize, "state").unwrap();
+
+    // APISIX TEST 3: other IdP errors are a deliberate outcome.
+    let r = e
+        .browser
+        .get(&failing_callback(&e, &state, "access_denied"), &[HTML]);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("access_denied"), "{}", r.text());
+    // TEST 4: not a GET.
+    let failing = failing_callback(&e, &state, "temporarily_unavailable");
+    let r = e.browser.fetch("POST", &failing, &[HTML], b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    // TEST 5: no cookie at all.
+    let (addr, target) = split_url(&failing);
+    assert_eq!(get(addr, &target, &[HTML]).status, 503);
+    // TEST 8: a state this browser never had, or none: nothing restarts, no budget spent.
+    let r = e.browser.get(
+        &failing_callback(&e, &"Z".repeat(state.len()), "temporarily_unavailable"),
+        &[HTML],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = e.browser.get(
+        &format!("{}?error=temporarily_unavailable", e.redirect_uri),
+        &[HTML],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(e.browser.value("session_restarts").is_none());
+    // The real login still has its whole budget.
+    for _ in 0..3 {
+        let r = e.browser.get(&failing, &[HTML]);
+        assert_eq!(r.status, 302, "{}", r.text());
+        assert_eq!(r.header("location"), Some("/"));
+    }
+    assert_eq!(e.browser.get(&failing, &[HTML]).status, 503);
+    // A counter the gateway did not seal buys nothing.
+    e.browser.set("session_restarts", "AAAA");
+    assert_eq!(e.browser.get(&failing, &[HTML]).status, 503);
+    assert!(e.seen().is_empty());
     e.gw.assert_no_panic();
 }
 
@@ -863,12 +1067,21 @@ fn logout_without_end_session_endpoint_redirects_to_post_logout_uri() {
     e.login("/");
     assert_eq!(e.browse("/").status, 200);
 
+    // As APISIX (TEST 36): post_logout_redirect_uri stands in for the endpoint and is passed
+    // along as the parameter; the ID token is not handed to the application.
     let r = e.browse("/logout");
     assert_eq!(r.status, 302, "{}", r.text());
-    assert_eq!(
-        r.header("location"),
-        Some(format!("{}/logged-out", e.base).as_str())
+    let logged_out = format!("{}/logged-out", e.base);
+    let location = r.header("location").unwrap();
+    assert!(
+        location.starts_with(&format!("{logged_out}?")),
+        "{location}"
     );
+    assert_eq!(
+        query_param(location, "post_logout_redirect_uri").as_deref(),
+        Some(logged_out.as_str())
+    );
+    assert_eq!(query_param(location, "id_token_hint"), None);
     assert!(e.browser.value("session").is_none());
     assert_eq!(e.browse("/").status, 302);
     assert_eq!(e.seen().len(), 1);

@@ -320,7 +320,7 @@ pub struct OidcConf {
     /// RFC 9126 Pushed Authorization Requests.
     #[serde(default)]
     pub par: Option<ParConf>,
-    /// Accepted only when not enabled.
+    /// RFC 9449 DPoP as a client (proofs for the token, refresh and UserInfo calls).
     #[serde(default)]
     pub dpop: Option<DpopConf>,
     /// shardgate: DPoP-bound access tokens on bearer routes (resource-server side of RFC 9449).
@@ -479,8 +479,7 @@ pub struct ParConf {
     pub endpoint_auth_method: Option<AuthMethod>,
 }
 
-/// RFC 9449 DPoP as a client, with APISIX's schema. Not implemented yet: the object is checked
-/// as APISIX checks it, and `enabled: true` is refused by name.
+/// RFC 9449 DPoP as a client, with APISIX's schema and key checks (see `check_par_dpop`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpopConf {
@@ -964,8 +963,7 @@ impl OidcConf {
         }
     }
 
-    /// APISIX's `par`/`dpop` rules. Their checks apply while disabled too, as in APISIX; turning
-    /// `dpop` on is refused by name until shardgate implements it.
+    /// APISIX's `par`/`dpop` rules. Their checks apply while disabled too, as in APISIX.
     fn check_par_dpop(&self, path: &str, out: &mut Vec<Problem>) {
         if let Some(par) = self.par.as_ref().filter(|p| p.enabled) {
             // A PAR endpoint that is not a URL cannot work; APISIX fails at login with a 500.
@@ -1000,10 +998,7 @@ impl OidcConf {
             }
         }
         if let Some(dpop) = self.dpop.as_ref().filter(|d| d.enabled) {
-            out.push(Problem::new(
-                format!("{path}.dpop.enabled"),
-                "DPoP (`dpop`) is not supported by shardgate yet",
-            ));
+            let before = out.len();
             for (name, present) in [
                 ("private_key", dpop.private_key.is_some()),
                 ("public_jwk", dpop.public_jwk.is_some()),
@@ -1053,6 +1048,30 @@ impl OidcConf {
                             want_crv.map(|c| format!(" {c}")).unwrap_or_default()
                         ),
                     ));
+                }
+                // APISIX: the proof is signed with the private key and advertises the JWK, so
+                // both must be halves of one pair (else the IdP gets proofs it cannot verify).
+                if out.len() == before
+                    && let Some(pem) = &dpop.private_key
+                {
+                    match crate::dpop::private_key_jwk(pem.expose()) {
+                        Err(e) => out.push(Problem::new(format!("{path}.dpop.private_key"), e)),
+                        Ok(derived) => {
+                            let mismatch = std::iter::once(&"kty")
+                                .chain(members.iter())
+                                .find(|m| derived.get(**m) != jwk.get(**m));
+                            if let Some(m) = mismatch {
+                                let got =
+                                    derived.get(*m).and_then(|v| v.as_str()).unwrap_or("absent");
+                                out.push(Problem::new(
+                                    format!("{path}.dpop.public_jwk"),
+                                    format!(
+                                        "is not the public key of dpop.private_key: {m} is {got:?}"
+                                    ),
+                                ));
+                            }
+                        }
+                    }
                 }
             }
         }

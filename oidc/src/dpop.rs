@@ -131,39 +131,7 @@ impl DpopSigner {
                 "{alg} is not a DPoP signing_alg (ES256, RS256, PS256)"
             ));
         }
-        let key = SigningKey::from_pem(pem).map_err(|e| format!("is not a valid key: {e}"))?;
-        let mut jwk = serde_json::Map::new();
-        match &key {
-            SigningKey::Ec {
-                alg: Alg::ES256,
-                pair,
-            } => {
-                use ring::signature::KeyPair as _;
-                let point = pair.public_key().as_ref();
-                if point.len() != 65 {
-                    return Err("EC public point has an unexpected length".into());
-                }
-                jwk.insert("kty".into(), "EC".into());
-                jwk.insert("crv".into(), "P-256".into());
-                jwk.insert("x".into(), URL_SAFE_NO_PAD.encode(&point[1..33]).into());
-                jwk.insert("y".into(), URL_SAFE_NO_PAD.encode(&point[33..65]).into());
-            }
-            SigningKey::Rsa(pair) => {
-                let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
-                let strip = |b: &[u8]| -> Vec<u8> {
-                    let zeros = b.iter().take_while(|x| **x == 0).count();
-                    b[zeros..].to_vec()
-                };
-                jwk.insert("kty".into(), "RSA".into());
-                jwk.insert("n".into(), URL_SAFE_NO_PAD.encode(strip(&public.n)).into());
-                jwk.insert("e".into(), URL_SAFE_NO_PAD.encode(strip(&public.e)).into());
-            }
-            other => {
-                return Err(format!(
-                    "is a {other:?} key; DPoP signs with an EC P-256 or RSA key"
-                ));
-            }
-        }
+        let (key, jwk) = load_private_key(pem)?;
         if !key.supports(alg) {
             return Err(format!("cannot sign {alg} (wrong key type or curve)"));
         }
@@ -224,6 +192,64 @@ impl DpopSigner {
             &self.key,
         )
     }
+}
+
+/// The public JWK of a PEM private key, as APISIX derives it to compare with `dpop.public_jwk`:
+/// `kty` and, for EC, `crv`, `x`, `y`; for RSA, `e`, `n`. P-521 keys give `kty` and `crv` only
+/// (DPoP here signs with P-256 or RSA, so the comparison stops at `crv`).
+pub fn private_key_jwk(pem: &str) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    load_private_key(pem).map(|(_, jwk)| jwk)
+}
+
+fn load_private_key(
+    pem: &str,
+) -> Result<(SigningKey, serde_json::Map<String, serde_json::Value>), String> {
+    if let Ok((label, _)) = crate::jwk::pem_decode(pem)
+        && label.contains("PUBLIC KEY")
+    {
+        return Err("has no private key in it".into());
+    }
+    let key = SigningKey::from_pem(pem).map_err(|e| format!("is not a valid key: {e}"))?;
+    let mut jwk = serde_json::Map::new();
+    match &key {
+        SigningKey::Ec { alg, pair } => {
+            use ring::signature::KeyPair as _;
+            let (crv, len) = match alg {
+                Alg::ES256 => ("P-256", 32),
+                _ => ("P-384", 48),
+            };
+            let point = pair.public_key().as_ref();
+            if point.len() != 1 + 2 * len {
+                return Err("is not a valid key: unexpected EC point length".into());
+            }
+            jwk.insert("kty".into(), "EC".into());
+            jwk.insert("crv".into(), crv.into());
+            jwk.insert(
+                "x".into(),
+                URL_SAFE_NO_PAD.encode(&point[1..1 + len]).into(),
+            );
+            jwk.insert("y".into(), URL_SAFE_NO_PAD.encode(&point[1 + len..]).into());
+        }
+        SigningKey::EcP521(_) => {
+            jwk.insert("kty".into(), "EC".into());
+            jwk.insert("crv".into(), "P-521".into());
+        }
+        SigningKey::Rsa(pair) => {
+            let public: ring::rsa::PublicKeyComponents<Vec<u8>> = pair.public().into();
+            let strip = |b: &[u8]| -> Vec<u8> {
+                let zeros = b.iter().take_while(|x| **x == 0).count();
+                b[zeros..].to_vec()
+            };
+            jwk.insert("kty".into(), "RSA".into());
+            jwk.insert("e".into(), URL_SAFE_NO_PAD.encode(strip(&public.e)).into());
+            jwk.insert("n".into(), URL_SAFE_NO_PAD.encode(strip(&public.n)).into());
+        }
+        SigningKey::Ed25519(_) => {
+            jwk.insert("kty".into(), "OKP".into());
+        }
+        SigningKey::Hmac(_) => return Err("has no private key in it".into()),
+    }
+    Ok((key, jwk))
 }
 
 /// What the request a proof is checked against looks like.

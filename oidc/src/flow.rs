@@ -618,6 +618,101 @@ pub fn check_callback(
     Ok(())
 }
 
+/// Whether `login` is the live login that callback `cb` names: the same `state` (compared in
+/// constant time) and not older than `max_age`.
+pub fn callback_names_login(cb: &Callback, login: &LoginState, now: u64, max_age: u64) -> bool {
+    cb.state
+        .as_deref()
+        .is_some_and(|s| constant_time_eq(s.as_bytes(), login.state.as_bytes()))
+        && now.saturating_sub(login.created_at) < max_age
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restarting a failed login (APISIX's openid-connect)
+
+/// APISIX's `MAX_AUTH_FLOW_RESTARTS`: consecutive restarts of the login from failed callbacks
+/// before the failure is shown, so an IdP that keeps failing cannot send a browser round forever.
+pub const MAX_AUTH_FLOW_RESTARTS: u8 = 3;
+
+/// Why a failed callback sends the browser back to where its login started instead of to an
+/// error page, as APISIX does: the browser is mid-navigation, and a fresh login usually works.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartCause {
+    /// `error=temporarily_unavailable` for a login this browser started (Keycloak answers so
+    /// after its own login session expired). Other IdP errors (`access_denied`, ...) are a
+    /// deliberate outcome and are never retried.
+    TemporarilyUnavailable,
+    /// A code for a login this browser no longer holds or holds expired (a replayed, reloaded
+    /// or pruned callback).
+    StaleState,
+}
+
+impl RestartCause {
+    pub fn describe(self) -> &'static str {
+        match self {
+            RestartCause::TemporarilyUnavailable => {
+                "authorization callback reported a temporarily unavailable identity provider"
+            }
+            RestartCause::StaleState => "state mismatch (replayed or pruned callback)",
+        }
+    }
+}
+
+/// Whether `e`, the failure of callback `cb`, restarts the login. `names_own_login`: the login
+/// cookie found for the callback's state is the very login it names ([`callback_names_login`]);
+/// a forged `temporarily_unavailable` with a state this browser never had restarts nothing, so
+/// it cannot spend the restart budget of a real login.
+pub fn restart_cause(cb: &Callback, e: &FlowError, names_own_login: bool) -> Option<RestartCause> {
+    match e {
+        FlowError::IdpError { error, .. }
+            if error == "temporarily_unavailable" && names_own_login =>
+        {
+            Some(RestartCause::TemporarilyUnavailable)
+        }
+        FlowError::NoLoginState | FlowError::StateMismatch | FlowError::LoginExpired { .. }
+            if cb.error.is_none() && cb.code.as_deref().is_some_and(|c| !c.is_empty()) =>
+        {
+            Some(RestartCause::StaleState)
+        }
+        _ => None,
+    }
+}
+
+/// The cookie counting consecutive restarts: `<session>_restarts`. It starts with the session
+/// cookie's name, so it never reaches the upstream either.
+pub fn restarts_cookie_name(session_name: &str) -> String {
+    format!("{session_name}_restarts")
+}
+
+#[derive(Serialize, Deserialize)]
+struct Restarts {
+    #[serde(rename = "n")]
+    count: u8,
+}
+
+/// Seals a restart count into a value for the cookie `cookie_name`; sealed so a client cannot
+/// wind it back by accident or design.
+pub fn seal_restarts(
+    codec: &SessionCodec,
+    cookie_name: &str,
+    count: u8,
+    rng: &dyn SecureRandom,
+) -> Result<String, FlowError> {
+    let json = serde_json::to_vec(&Restarts { count }).map_err(SessionError::from)?;
+    Ok(codec.seal_bytes(&json, cookie_name, rng)?)
+}
+
+/// The restart count in a `<session>_restarts` value; one that does not open counts as the
+/// whole budget spent (a forged or foreign counter must not buy more restarts).
+pub fn open_restarts(codec: &SessionCodec, value: &[u8], cookie_name: &str) -> u8 {
+    let mut scratch = Vec::new();
+    codec
+        .open_bytes(value, cookie_name, &mut scratch)
+        .ok()
+        .and_then(|json| serde_json::from_slice::<Restarts>(json).ok())
+        .map_or(MAX_AUTH_FLOW_RESTARTS, |r| r.count)
+}
+
 /// Equality whose time depends only on the lengths (ring's helper is deprecated).
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -687,6 +782,12 @@ impl TokenResponse {
     /// Parses a token endpoint answer: an OAuth error body (any status) becomes
     /// [`FlowError::TokenEndpoint`], another non-2xx [`FlowError::TokenEndpointHttp`].
     pub fn parse(status: u16, body: &[u8]) -> Result<TokenResponse, FlowError> {
+        Self::parse_with(status, body, false)
+    }
+
+    /// [`TokenResponse::parse`] for a client that sent a DPoP proof: `token_type` may then be
+    /// `DPoP` (RFC 9449 5) as well as `Bearer` (an IdP without DPoP support ignores the proof).
+    pub fn parse_with(status: u16, body: &[u8], dpop: bool) -> Result<TokenResponse, FlowError> {
         if let Ok(e) = serde_json::from_slice::<OAuthErrorBody>(body) {
             return Err(FlowError::TokenEndpoint {
                 status,
@@ -704,12 +805,20 @@ impl TokenResponse {
         }
         if let Some(tt) = &t.token_type
             && !tt.eq_ignore_ascii_case("bearer")
+            && !(dpop && tt.eq_ignore_ascii_case("dpop"))
         {
             return Err(FlowError::TokenResponse(format!(
                 "token_type {tt:?} is not Bearer"
             )));
         }
         Ok(t)
+    }
+
+    /// Whether the IdP bound the access token to our DPoP key.
+    pub fn is_dpop(&self) -> bool {
+        self.token_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("dpop"))
     }
 
     /// Stores these tokens in `session` at `now`. A refresh response without a new refresh token
@@ -722,10 +831,36 @@ impl TokenResponse {
         if let Some(rt) = self.refresh_token {
             session.refresh_token = Some(rt);
         }
-        if let Some(s) = self.scope {
+        // The granted scopes, as APISIX reads them for `required_scopes`: the access token's
+        // `scope` claim when it is a JWT, else the token response's `scope`.
+        if let Some(s) =
+            jwt_scope(session.access_token.as_deref().unwrap_or_default()).or(self.scope)
+        {
             session.scope = Some(s);
         }
         session.version = session.version.wrapping_add(1);
+    }
+}
+
+/// The `scope` claim of a JWT access token (a space-separated string), read without checking the
+/// signature: the token came straight from the token endpoint over the gateway's own connection,
+/// which is what vouches for it here (as lua-resty-jwt's `load_jwt` in APISIX). An opaque token
+/// has none.
+pub fn jwt_scope(token: &str) -> Option<String> {
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let json = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    #[derive(Deserialize)]
+    struct Claims {
+        scope: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Claims>(&json).ok()?.scope? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
     }
 }
 
@@ -1003,8 +1138,10 @@ pub enum LogoutAction {
 
 /// RP-initiated logout as lua-resty-openidc does it: to the `end_session_endpoint` (or APISIX's
 /// `redirect_after_logout_uri`, passed in its place) with `id_token_hint` and
-/// `post_logout_redirect_uri`. Without an endpoint but with a `post_logout_redirect_uri`, go straight
-/// there (IdPs without end_session: Auth0, Cognito, Google) instead of lua-resty-openidc's bare page.
+/// `post_logout_redirect_uri`. Without an endpoint but with a `post_logout_redirect_uri` (IdPs
+/// without end_session: Auth0, Cognito, Google), APISIX makes that URI lua-resty-openidc's
+/// `redirect_after_logout_uri`: the browser goes there, with the `post_logout_redirect_uri`
+/// parameter and no `id_token_hint` (the ID token is not handed to the application).
 pub fn logout_redirect(
     end_session_endpoint: Option<&str>,
     id_token_hint: Option<&str>,
@@ -1012,7 +1149,12 @@ pub fn logout_redirect(
 ) -> LogoutAction {
     let Some(endpoint) = end_session_endpoint.filter(|e| !e.is_empty()) else {
         return match post_logout_redirect_uri.filter(|u| !u.is_empty()) {
-            Some(u) => LogoutAction::RedirectTo(u.to_owned()),
+            Some(u) => {
+                let mut url = u.to_owned();
+                url.push(if u.contains('?') { '&' } else { '?' });
+                append_form(&mut url, std::iter::once(("post_logout_redirect_uri", u)));
+                LogoutAction::RedirectTo(url)
+            }
             None => LogoutAction::LoggedOutPage,
         };
     };

@@ -984,6 +984,37 @@ fn token_responses_and_error_classes() {
     assert!(TokenResponse::parse(200, br#"{"access_token":"a","token_type":"DPoP"}"#).is_err());
 }
 
+/// APISIX's required-scopes tests: the session's granted scopes come from the access token's
+/// `scope` claim when it is a JWT, else from the token response.
+#[test]
+fn granted_scopes_come_from_a_jwt_access_token_first() {
+    use base64::Engine as _;
+    let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let jwt = |claims: &str| format!("{}.{}.c2ln", b64(r#"{"alg":"RS256"}"#), b64(claims));
+    let body = |at: &str| {
+        format!(r#"{{"access_token":"{at}","token_type":"Bearer","scope":"openid profile"}}"#)
+    };
+    let scope_after = |at: &str| {
+        let mut s = small_session();
+        TokenResponse::parse(200, body(at).as_bytes())
+            .unwrap()
+            .apply_to(&mut s, NOW, 3600);
+        s.scope
+    };
+    let with_claim = jwt(r#"{"sub":"a","scope":"read admin"}"#);
+    assert_eq!(scope_after(&with_claim).as_deref(), Some("read admin"));
+    assert_eq!(flow::jwt_scope(&with_claim).as_deref(), Some("read admin"));
+    // No claim, a claim that is not a string, an opaque token: the token response's.
+    for at in [
+        jwt(r#"{"sub":"a"}"#),
+        jwt(r#"{"scope":["read"]}"#),
+        "opaque-token".to_string(),
+        "a.b.c".to_string(),
+    ] {
+        assert_eq!(scope_after(&at).as_deref(), Some("openid profile"), "{at}");
+    }
+}
+
 #[test]
 fn access_token_refresh_policy() {
     let mut s = small_session();
@@ -1213,7 +1244,20 @@ fn logout_redirect_cases() {
     );
     assert_eq!(
         flow::logout_redirect(None, Some("t"), Some("https://app/bye")),
-        LogoutAction::RedirectTo("https://app/bye".into())
+        LogoutAction::RedirectTo(
+            "https://app/bye?post_logout_redirect_uri=https%3A%2F%2Fapp%2Fbye".into()
+        )
+    );
+    // APISIX TEST 36, and a URI that has a query already (lua-resty-openidc's combine_uri).
+    assert_eq!(
+        flow::logout_redirect(None, None, Some("https://iresty.com")),
+        LogoutAction::RedirectTo(
+            "https://iresty.com?post_logout_redirect_uri=https%3A%2F%2Firesty.com".into()
+        )
+    );
+    assert_eq!(
+        flow::logout_redirect(Some(""), Some("t"), Some("/bye?a=1")),
+        LogoutAction::RedirectTo("/bye?a=1&post_logout_redirect_uri=%2Fbye%3Fa%3D1".into())
     );
     assert_eq!(
         flow::logout_redirect(None, Some("t"), None),

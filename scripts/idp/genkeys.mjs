@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Generate a private JWKS for the test IdP (scripts/idp/server.mjs reads it through IDP_KEYS).
 //
-//   node scripts/idp/genkeys.mjs OUT.json [--kid NAME] [--alg RS256|ES256] [--append]
+//   node scripts/idp/genkeys.mjs OUT.json [--kid NAME] [--alg RS256|ES256|ES512] [--append]
 //
 // Writes {"keys":[<private JWK>]} to OUT.json. With --append the key is added to the keys already in
 // OUT.json (the new key goes first, so the provider signs with it while the old one stays published:
@@ -12,7 +12,7 @@ import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 
-const USAGE = 'usage: genkeys.mjs OUT.json [--kid NAME] [--alg RS256|ES256] [--append]';
+const USAGE = 'usage: genkeys.mjs OUT.json [--kid NAME] [--alg RS256|ES256|ES512] [--append]';
 
 function parseArgs(argv) {
   const opts = { out: undefined, kid: undefined, alg: 'RS256', append: false };
@@ -35,15 +35,16 @@ function parseArgs(argv) {
     }
   }
   if (opts.out === undefined) throw new Error(USAGE);
-  if (opts.alg !== 'RS256' && opts.alg !== 'ES256') {
-    throw new Error(`--alg must be RS256 or ES256, got ${opts.alg}`);
+  if (!['RS256', 'ES256', 'ES512'].includes(opts.alg)) {
+    throw new Error(`--alg must be RS256, ES256 or ES512, got ${opts.alg}`);
   }
   return opts;
 }
 
 export function generateJwk(alg, kid = randomBytes(6).toString('hex')) {
-  const { privateKey } = alg === 'ES256'
-    ? generateKeyPairSync('ec', { namedCurve: 'P-256' })
+  const curve = { ES256: 'P-256', ES512: 'P-521' }[alg];
+  const { privateKey } = curve
+    ? generateKeyPairSync('ec', { namedCurve: curve })
     : generateKeyPairSync('rsa', { modulusLength: 2048 });
   return { ...privateKey.export({ format: 'jwk' }), kid, alg, use: 'sig' };
 }

@@ -12,7 +12,8 @@
 //                         by another name (the demo's --public-url); READY then prints it.
 //   IDP_KEYS              path to a private JWKS ({"keys":[...]}, see genkeys.mjs). Default: a fresh
 //                         RS256 and a fresh ES256 key, in memory only (they change on every start).
-//   IDP_AT_ALG            signing alg of JWT access tokens: RS256 (default) or ES256.
+//   IDP_AT_ALG            signing alg of JWT access tokens: RS256 (default), ES256, or ES512
+//                         (with IDP_ES512=1).
 //   IDP_REDIRECT_URIS     comma list of redirect_uris for `gateway` and `spa`
 //                         (default http://127.0.0.1:9080/callback).
 //   IDP_POST_LOGOUT_URIS  comma list of post_logout_redirect_uris (default http://127.0.0.1:9080/).
@@ -24,6 +25,8 @@
 //   IDP_RT_TTL            lifetime of refresh tokens, seconds (default 86400).
 //   IDP_AUTO_CONSENT      1: skip the consent page (the login is then the only interaction); default 0.
 //   IDP_LOG               1: log every request (method, path, status) to stderr; default 0.
+//   IDP_ES512             1: add an ephemeral P-521 key and the `gateway-es512` client, whose ID
+//                         tokens are signed ES512; default 0.
 //   IDP_DPOP_NONCE        1: the token and userinfo endpoints require a DPoP server nonce
 //                         (use_dpop_nonce + DPoP-Nonce, RFC 9449 section 8); default 0.
 //
@@ -80,14 +83,17 @@ const cfg = {
   autoConsent: process.env.IDP_AUTO_CONSENT === '1',
   logRequests: process.env.IDP_LOG === '1',
   dpopNonce: process.env.IDP_DPOP_NONCE === '1',
+  es512: process.env.IDP_ES512 === '1',
 };
-if (cfg.atAlg !== 'RS256' && cfg.atAlg !== 'ES256') {
-  throw new Error(`IDP_AT_ALG must be RS256 or ES256, got ${cfg.atAlg}`);
+if (!['RS256', 'ES256', ...(cfg.es512 ? ['ES512'] : [])].includes(cfg.atAlg)) {
+  throw new Error(`IDP_AT_ALG must be RS256 or ES256 (or ES512 with IDP_ES512=1), got ${cfg.atAlg}`);
 }
 
 function loadKeys() {
   if (!process.env.IDP_KEYS) {
-    return { keys: [generateJwk('RS256', 'rs-ephemeral'), generateJwk('ES256', 'es-ephemeral')] };
+    const keys = [generateJwk('RS256', 'rs-ephemeral'), generateJwk('ES256', 'es-ephemeral')];
+    if (cfg.es512) keys.push(generateJwk('ES512', 'es512-ephemeral'));
+    return { keys };
   }
   const jwks = JSON.parse(readFileSync(process.env.IDP_KEYS, 'utf8'));
   if (!Array.isArray(jwks.keys) || jwks.keys.length === 0) {
@@ -138,6 +144,13 @@ const clients = [
     client_secret: 'gateway-par-secret',
     require_pushed_authorization_requests: true,
   },
+  // ES512 (P-521) ID tokens, only with IDP_ES512=1 (which adds the key).
+  ...(cfg.es512 ? [{
+    ...webClient,
+    client_id: 'gateway-es512',
+    client_secret: 'gateway-es512-secret',
+    id_token_signed_response_alg: 'ES512',
+  }] : []),
   ...['m2m', 'm2m-short', 'm2m-other', 'm2m-opaque'].map((id) => ({
     client_id: id,
     client_secret: `${id}-secret`,
@@ -203,6 +216,7 @@ const configuration = {
   // DPoP proofs with the algorithms APISIX's `dpop.signing_alg` offers, besides the defaults.
   enabledJWA: {
     dPoPSigningAlgValues: ['ES256', 'RS256', 'PS256', 'Ed25519', 'EdDSA'],
+    idTokenSigningAlgValues: ['RS256', 'PS256', 'ES256', 'ES512', 'Ed25519', 'EdDSA'],
   },
   features: {
     // RFC 9449: a token request with a DPoP proof gets DPoP-bound tokens (JWT `cnf.jkt`,

@@ -362,12 +362,11 @@ fn par_and_dpop_objects() {
         "par",
         &[json!({ "enabled": false, "endpoint": "https://e/par" })],
     );
-    // On: APISIX's checks, plus shardgate's explicit "not supported yet".
+    // On: APISIX's checks (TEST 54d).
     let e = errors(with("dpop", json!({ "enabled": true })));
     assert_eq!(
         e,
         [
-            "p.dpop.enabled: DPoP (`dpop`) is not supported by shardgate yet",
             "p.dpop.private_key: required when dpop.enabled is true",
             "p.dpop.public_jwk: required when dpop.enabled is true",
         ]
@@ -526,6 +525,39 @@ fn short_rsa_public_key_is_a_warning() {
     assert!(l.errors.is_empty() && l.warnings.iter().all(|w| w.path != "p.public_key"));
 }
 
+/// APISIX's schema leaves the endpoint auth methods free strings, and lua-resty-openidc ignores
+/// one it does not implement: accepted with a warning, the default in its place.
+#[test]
+fn unknown_endpoint_auth_methods_are_a_warning() {
+    for path in [
+        "token_endpoint_auth_method",
+        "introspection_endpoint_auth_method",
+    ] {
+        let l = load(with(path, json!("tls_client_auth")));
+        assert!(l.errors.is_empty(), "{path}: {:?}", l.errors);
+        let w: Vec<String> = l
+            .warnings
+            .iter()
+            .filter(|w| w.path == format!("p.{path}"))
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(w.len(), 1, "{path}: {:?}", l.warnings);
+        assert!(w[0].contains("\"tls_client_auth\" is not a client authentication method"));
+        let conf = l.conf.unwrap();
+        assert_eq!(
+            conf.token_endpoint_auth_method.as_str(),
+            "client_secret_basic"
+        );
+        assert_eq!(
+            conf.introspection_endpoint_auth_method.as_str(),
+            "client_secret_basic"
+        );
+        refuses(path, &[json!(7), json!(true)]);
+    }
+    // The PAR object is closed with an enum in APISIX too: still refused.
+    refuses("par.endpoint_auth_method", &[json!("tls_client_auth")]);
+}
+
 #[test]
 fn yaml_nulls_are_absent() {
     accepts("client_secret_missing_is_fine", &[]);
@@ -567,6 +599,67 @@ fn client_assertion_key_must_match_alg_and_curve() {
     assert_eq!(
         conf(rsa, "ES512"),
         ["p.client_jwt_assertion_alg: ES512 does not match the Rsa key in client_rsa_private_key"]
+    );
+}
+
+const DPOP_EC: &str = include_str!("../../tests/data/dpop_es256.pem");
+const DPOP_RSA: &str = include_str!("../../tests/data/dpop_rsa2048.pem");
+
+fn derived(pem: &str) -> Value {
+    Value::Object(crate::dpop::private_key_jwk(pem).unwrap())
+}
+
+/// TESTs 51a, 76, 79: an enabled `dpop` needs a private key that loads, has a private half, and
+/// is the pair of `public_jwk`.
+#[test]
+fn dpop_key_pair_checks() {
+    let ec_jwk = derived(DPOP_EC);
+    let rsa_jwk = derived(DPOP_RSA);
+    // A real pair is accepted, for each alg (TEST 51a).
+    for (alg, pem, jwk) in [
+        ("ES256", DPOP_EC, &ec_jwk),
+        ("RS256", DPOP_RSA, &rsa_jwk),
+        ("PS256", DPOP_RSA, &rsa_jwk),
+    ] {
+        let d =
+            json!({ "enabled": true, "signing_alg": alg, "private_key": pem, "public_jwk": jwk });
+        assert!(errors(with("dpop", d)).is_empty(), "{alg}");
+    }
+    let refused = |d: Value| -> Vec<String> { errors(with("dpop", d)) };
+    // Not a key (TEST 76).
+    let e = refused(
+        json!({ "enabled": true, "private_key": "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----", "public_jwk": ec_jwk }),
+    );
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("p.dpop.private_key: is not a valid key"),
+        "{e:?}"
+    );
+    // An EC key for RS256 with an RSA JWK: the halves differ in kty (TEST 76).
+    let e = refused(
+        json!({ "enabled": true, "signing_alg": "RS256", "private_key": DPOP_EC, "public_jwk": { "kty": "RSA", "e": "AQAB", "n": "abc" } }),
+    );
+    assert_eq!(
+        e,
+        ["p.dpop.public_jwk: is not the public key of dpop.private_key: kty is \"EC\""]
+    );
+    // A public key only; another P-256 key; a P-384 key (TEST 79).
+    let public_only = include_str!("../../tests/data/dpop_es256_public.pem");
+    let e = refused(json!({ "enabled": true, "private_key": public_only, "public_jwk": ec_jwk }));
+    assert_eq!(e, ["p.dpop.private_key: has no private key in it"]);
+    let mut other = ec_jwk.clone();
+    other["x"] = rsa_jwk["e"].clone();
+    let e = refused(json!({ "enabled": true, "private_key": DPOP_EC, "public_jwk": other }));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("p.dpop.public_jwk: is not the public key of dpop.private_key: x is"),
+        "{e:?}"
+    );
+    let p384 = include_str!("../../tests/data/dpop_p384.pem");
+    let e = refused(json!({ "enabled": true, "private_key": p384, "public_jwk": ec_jwk }));
+    assert_eq!(
+        e,
+        ["p.dpop.public_jwk: is not the public key of dpop.private_key: crv is \"P-384\""]
     );
 }
 

@@ -25,6 +25,9 @@ pub(crate) enum Ty {
     /// a warning saying what the value risks.
     IntFloor(i64, &'static str),
     Enum(&'static [&'static str]),
+    /// A string APISIX leaves free, of which only these values do anything: another string is
+    /// dropped (the default applies) with a warning saying what happens instead.
+    EnumOrDefault(&'static [&'static str], &'static str),
     /// An array of strings: at least `min_items`, and header names (no `:`) when `headers`.
     Strs {
         min_items: usize,
@@ -85,7 +88,14 @@ pub(crate) static ROOT: Obj = Obj {
         ("ssl_verify", Ty::BoolOrNo),
         ("ssl_ca_file", Ty::Str),
         ("introspection_endpoint", Ty::Str),
-        ("introspection_endpoint_auth_method", Ty::Enum(AUTH_METHODS)),
+        (
+            "introspection_endpoint_auth_method",
+            Ty::EnumOrDefault(
+                AUTH_METHODS,
+                "client_secret_basic is used (APISIX would call the introspection endpoint \
+                 without client credentials)",
+            ),
+        ),
         (
             "introspection_interval",
             Ty::IntFloor(0, "is negative: read as 0 (cache until the token expires)"),
@@ -98,7 +108,14 @@ pub(crate) static ROOT: Obj = Obj {
                 headers: true,
             },
         ),
-        ("token_endpoint_auth_method", Ty::Enum(AUTH_METHODS)),
+        (
+            "token_endpoint_auth_method",
+            Ty::EnumOrDefault(
+                AUTH_METHODS,
+                "client_secret_basic is used, as lua-resty-openidc falls back when the IdP \
+                 advertises no other method",
+            ),
+        ),
         ("public_key", Ty::Str),
         ("use_jwks", Ty::Bool),
         ("token_signing_alg_values_expected", Ty::Str),
@@ -464,6 +481,23 @@ fn check_value(ty: Ty, v: &mut Value, at: &str, out: &mut Findings) -> bool {
                     return true;
                 }
                 out.error(at, format!("must be one of: {}", values.join(", ")));
+                return false;
+            }
+            "a string"
+        }
+        Ty::EnumOrDefault(values, instead) => {
+            if let Some(s) = v.as_str() {
+                if values.contains(&s) {
+                    return true;
+                }
+                out.warn(
+                    at,
+                    format!(
+                        "{s:?} is not a client authentication method shardgate or \
+                         lua-resty-openidc implements ({}): ignored, {instead}",
+                        values.join(", ")
+                    ),
+                );
                 return false;
             }
             "a string"

@@ -401,6 +401,68 @@ fn token_call(
     })
 }
 
+/// An IdP call with a DPoP proof when the route has `dpop.enabled` (RFC 9449 5, 7): `build`
+/// makes the call (again for the retry, so a client assertion's `jti` is not replayed), the
+/// proof is added for its method and URL (with `ath` for `access_token`), and an answer asking
+/// for a server nonce (`use_dpop_nonce` with `DPoP-Nonce`) is retried once with that nonce.
+/// Without a DPoP key it is a plain [`idp_call`].
+async fn dpop_idp_call(
+    auth: &RouteAuth,
+    now: u64,
+    access_token: Option<&str>,
+    build: impl Fn() -> Result<SharedCall, Error>,
+) -> Result<Arc<Response>, Error> {
+    let Some(signer) = auth.route.dpop_signer.clone() else {
+        return idp_call(auth, build()?).await;
+    };
+    let with_proof = |nonce: Option<&str>| -> Result<SharedCall, Error> {
+        let mut call = build()?;
+        let proof = signer
+            .proof(
+                call.method,
+                &call.url,
+                now,
+                &auth.oidc.random_id(),
+                nonce,
+                access_token,
+            )
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot sign a DPoP proof");
+                Error::Unavailable("DPoP proof signing failed")
+            })?;
+        call.headers.push(("DPoP".into(), proof));
+        if nonce.is_some() {
+            // Not the same call as the first (which the IdP refused): do not join it.
+            call.key.push_str("\ndpop-nonce");
+        }
+        Ok(call)
+    };
+    let resp = idp_call(auth, with_proof(None)?).await?;
+    match dpop_nonce_challenge(&resp) {
+        Some(nonce) => {
+            tracing::debug!("the IdP wants a DPoP nonce; retrying once with it");
+            idp_call(auth, with_proof(Some(&nonce))?).await
+        }
+        None => Ok(resp),
+    }
+}
+
+/// The nonce an IdP asks for: `DPoP-Nonce` with a 400 `use_dpop_nonce` error (token endpoint,
+/// RFC 9449 8) or a 401 whose `WWW-Authenticate` says `use_dpop_nonce` (UserInfo, RFC 9449 9).
+fn dpop_nonce_challenge(resp: &Response) -> Option<String> {
+    let nonce = resp.header("dpop-nonce")?;
+    let asks = match resp.status {
+        400 => serde_json::from_slice::<serde_json::Value>(&resp.body)
+            .ok()
+            .is_some_and(|v| v.get("error").and_then(|e| e.as_str()) == Some("use_dpop_nonce")),
+        401 => resp
+            .header("www-authenticate")
+            .is_some_and(|w| w.contains("use_dpop_nonce")),
+        _ => false,
+    };
+    asks.then(|| nonce.to_string())
+}
+
 async fn unauthenticated(
     auth: &RouteAuth,
     s: &SessionState,
@@ -607,42 +669,43 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64)
         .unwrap_or_default();
     let cb: Callback = flow::parse_callback(&query).map_err(flow_page)?;
     let state = cb.state.clone().unwrap_or_default();
-    let Some(login_name) = flow::login_cookie_name(&s.cookie_name, &state) else {
-        return Err(flow_page(FlowError::NoLoginState));
+    let (login_name, login) = match find_login(s, c, &state) {
+        Ok(found) => found,
+        Err(e) => return restart_or_fail(auth, s, c, now, &cb, None, e),
     };
-    let login_value = flow::login_cookies(cookie_values(c), &s.cookie_name)
-        .into_iter()
-        .find(|(n, _)| *n == login_name.as_bytes())
-        .map(|(_, v)| v.to_vec());
-    let Some(login_value) = login_value else {
-        return Err(flow_page(FlowError::NoLoginState));
-    };
-    let login = LoginState::open(&s.codec, &login_value, &login_name, &mut Vec::new())
-        .map_err(flow_page)?;
     let meta = provider_metadata(auth)?;
-    flow::check_callback(
+    if let Err(e) = flow::check_callback(
         &cb,
         &login,
         Some(&meta.issuer),
         now,
         conf.authorization_state_expires_in,
-    )
-    .map_err(flow_page)?;
+    ) {
+        return restart_or_fail(auth, s, c, now, &cb, Some(&login), e);
+    }
     let code = cb.code.clone().unwrap_or_default();
     let Some(token_endpoint) = meta.token_endpoint.as_deref() else {
         return Err(Error::Unavailable("the IdP advertises no token_endpoint"));
     };
     let form = flow::token_request_form(&code, &login.redirect_uri, login.code_verifier.as_deref());
-    let call = token_call(
-        auth,
-        token_endpoint,
-        format!("code\n{code}"),
-        form,
-        None,
-        now,
-    )?;
-    let resp = idp_call(auth, call).await?;
-    let tokens = TokenResponse::parse(resp.status, &resp.body).map_err(flow_page)?;
+    let resp = dpop_idp_call(auth, now, None, || {
+        token_call(
+            auth,
+            token_endpoint,
+            format!("code\n{code}"),
+            form.clone(),
+            None,
+            now,
+        )
+    })
+    .await?;
+    let dpop = auth.route.dpop_signer.is_some();
+    let tokens = TokenResponse::parse_with(resp.status, &resp.body, dpop).map_err(flow_page)?;
+    if dpop && !tokens.is_dpop() {
+        tracing::warn!(
+            "dpop.enabled but the IdP issued bearer tokens (token_type is not DPoP): they are not sender-constrained"
+        );
+    }
 
     let mut data = SessionData::new(now);
     data.iss = Some(meta.issuer.clone());
@@ -671,18 +734,31 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64)
             !tokens.access_token.is_empty(),
         )
     {
-        let call = SharedCall {
-            key: format!("userinfo\n{}", tokens.access_token),
-            method: "GET",
-            url: ep.to_string(),
-            headers: vec![(
-                "Authorization".into(),
-                format!("Bearer {}", tokens.access_token),
-            )],
-            body: Vec::new(),
-            grace: None,
+        // A DPoP-bound token goes as `Authorization: DPoP` with a proof carrying `ath`.
+        let bound = dpop && tokens.is_dpop();
+        let scheme = if bound { "DPoP" } else { "Bearer" };
+        let build = || {
+            Ok(SharedCall {
+                key: format!("userinfo\n{}", tokens.access_token),
+                method: "GET",
+                url: ep.to_string(),
+                headers: vec![(
+                    "Authorization".into(),
+                    format!("{scheme} {}", tokens.access_token),
+                )],
+                body: Vec::new(),
+                grace: None,
+            })
         };
-        match idp_call(auth, call).await {
+        let answer = if bound {
+            dpop_idp_call(auth, now, Some(&tokens.access_token), build).await
+        } else {
+            match build() {
+                Ok(call) => idp_call(auth, call).await,
+                Err(e) => Err(e),
+            }
+        };
+        match answer {
             Ok(r) if r.status == 200 => {
                 let user: Option<Box<RawValue>> = serde_json::from_slice(&r.body).ok();
                 // lua-resty-openidc keeps userinfo only when it is about the same subject.
@@ -713,6 +789,11 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64)
     let present = session::present_chunks(cookie_values(c), &s.cookie_name);
     seal_into(s, &data, now, auth, present, &mut cookies)?;
     session::clear_cookie(&login_name, &s.login_attrs, &mut cookies);
+    // A completed login resets the restart budget (as APISIX's first authenticated request).
+    let restarts = flow::restarts_cookie_name(&s.cookie_name);
+    if cookie_value(c, &restarts).is_some() {
+        session::clear_cookie(&restarts, &s.login_attrs, &mut cookies);
+    }
     let target =
         flow::safe_redirect_target(login.original_url.as_bytes()).unwrap_or_else(|| "/".into());
     tracing::info!(sub = data.sub.as_deref(), "login completed");
@@ -729,6 +810,121 @@ async fn callback(auth: &RouteAuth, s: &SessionState, c: &mut Ctx<'_>, now: u64)
         code: "login_complete",
         reason: "login completed".into(),
     }))
+}
+
+/// The login cookie named by callback `state`, opened.
+fn find_login(
+    s: &SessionState,
+    c: &Ctx<'_>,
+    state: &str,
+) -> Result<(String, LoginState), FlowError> {
+    let name = flow::login_cookie_name(&s.cookie_name, state).ok_or(FlowError::NoLoginState)?;
+    let value = flow::login_cookies(cookie_values(c), &s.cookie_name)
+        .into_iter()
+        .find(|(n, _)| *n == name.as_bytes())
+        .map(|(_, v)| v.to_vec())
+        .ok_or(FlowError::NoLoginState)?;
+    let login = LoginState::open(&s.codec, &value, &name, &mut Vec::new())?;
+    Ok((name, login))
+}
+
+/// The value of cookie `name` in the request, if it carries one.
+fn cookie_value<'c>(c: &'c Ctx<'_>, name: &str) -> Option<&'c [u8]> {
+    cookie_values(c)
+        .flat_map(session::split_semicolons)
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|&b| b == b'=')?;
+            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+        })
+        .next()
+}
+
+/// A failed callback, as APISIX answers it: a GET whose failure is one APISIX restarts on
+/// ([`flow::restart_cause`]) sends the browser back to where its login started, at most
+/// [`flow::MAX_AUTH_FLOW_RESTARTS`] times in a row (counted in a sealed cookie, reset by a
+/// completed login); anything else, or a spent budget, is the error page.
+fn restart_or_fail(
+    auth: &RouteAuth,
+    s: &SessionState,
+    c: &mut Ctx<'_>,
+    now: u64,
+    cb: &Callback,
+    login: Option<&LoginState>,
+    e: FlowError,
+) -> PhaseResult {
+    // Without the login it names, the IdP's own error still says more than "no login state".
+    let e = match (e, &cb.error) {
+        (FlowError::NoLoginState | FlowError::Session(_), Some(error)) => FlowError::IdpError {
+            error: error.clone(),
+            description: cb.error_description.clone(),
+        },
+        (e, _) => e,
+    };
+    let max_age = conf(auth).authorization_state_expires_in;
+    let own = login.is_some_and(|l| flow::callback_names_login(cb, l, now, max_age));
+    let cause = flow::restart_cause(cb, &e, own);
+    let target = match cause {
+        _ if c.head().method != crate::http1::Method::Get => None,
+        Some(flow::RestartCause::TemporarilyUnavailable) => login.map(|l| l.original_url.clone()),
+        // The callback's own login is gone: go back to where the newest login still in flight
+        // started (APISIX: the session's original_url), else to where this expired one did.
+        Some(flow::RestartCause::StaleState) => {
+            newest_live_login(s, c, now, max_age).or_else(|| login.map(|l| l.original_url.clone()))
+        }
+        None => None,
+    };
+    let (Some(cause), Some(target)) = (cause, target) else {
+        return Err(flow_page(e));
+    };
+    let name = flow::restarts_cookie_name(&s.cookie_name);
+    let spent = cookie_value(c, &name).map_or(0, |v| flow::open_restarts(&s.codec, v, &name));
+    if spent >= flow::MAX_AUTH_FLOW_RESTARTS {
+        tracing::error!(
+            error = %e,
+            restarts = spent,
+            "login failed (giving up after {spent} restarts of the authentication flow)"
+        );
+        return Err(flow_page(e));
+    }
+    let value =
+        flow::seal_restarts(&s.codec, &name, spent + 1, auth.oidc.rng()).map_err(flow_page)?;
+    let mut cookies = Vec::new();
+    session::set_cookie_headers(&name, &[value], &s.login_attrs, &mut cookies);
+    let target = flow::safe_redirect_target(target.as_bytes()).unwrap_or_else(|| "/".into());
+    tracing::warn!(
+        error = %e,
+        restart = spent + 1,
+        "{}, restarting the authentication flow",
+        cause.describe()
+    );
+    let mut headers = vec![
+        ("Location".to_string(), target),
+        ("Cache-Control".into(), "no-store".into()),
+    ];
+    headers.extend(cookies.into_iter().map(|v| ("Set-Cookie".to_string(), v)));
+    Ok(Step::Respond(PluginResponse {
+        status: 302,
+        headers,
+        content_type: "text/plain",
+        body: b"restarting the login\n".to_vec(),
+        code: "login_restart",
+        reason: cause.describe().into(),
+    }))
+}
+
+/// Where the newest login this browser still has in flight started.
+fn newest_live_login(s: &SessionState, c: &Ctx<'_>, now: u64, max_age: u64) -> Option<String> {
+    let mut scratch = Vec::new();
+    flow::login_cookies(cookie_values(c), &s.cookie_name)
+        .into_iter()
+        .filter_map(|(n, v)| {
+            let n = std::str::from_utf8(n).ok()?;
+            LoginState::open(&s.codec, v, n, &mut scratch).ok()
+        })
+        .filter(|l| now.saturating_sub(l.created_at) < max_age)
+        .max_by_key(|l| l.created_at)
+        .map(|l| l.original_url)
 }
 
 /// Seals `data` into Set-Cookie values, and expires chunks the request carried beyond the new
@@ -946,12 +1142,28 @@ fn reusable_reissue<'a>(
 fn check_session_claims(auth: &RouteAuth, data: &SessionData) -> Result<(), Error> {
     let conf = conf(auth);
     if !conf.required_scopes.is_empty() {
-        let have = data.scope.as_deref().unwrap_or("");
+        // Granted scopes: the access token's claim or the token response (kept at login and
+        // refresh), else the ID token's `scope` claim, as APISIX. Unknown grants are refused,
+        // never taken as granted.
+        let id_token_scope = || {
+            data.id_token_claims.as_ref().and_then(|c| {
+                serde_json::from_str::<serde_json::Value>(c.get())
+                    .ok()?
+                    .get("scope")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+        };
+        let have = data
+            .scope
+            .clone()
+            .or_else(id_token_scope)
+            .unwrap_or_default();
         let missing: Vec<&str> = conf
             .required_scopes
             .iter()
             .map(String::as_str)
-            .filter(|w| !have.split(' ').any(|h| h == *w))
+            .filter(|w| !have.split_ascii_whitespace().any(|h| h == *w))
             .collect();
         if !missing.is_empty() {
             return Err(plain(
@@ -969,11 +1181,28 @@ fn check_session_claims(auth: &RouteAuth, data: &SessionData) -> Result<(), Erro
             "id_token": data.id_token_claims.as_ref().and_then(|u| serde_json::from_str::<serde_json::Value>(u.get()).ok()),
         });
         if let Err(e) = schema.validate(&v) {
+            let why = format!("claims do not match claim_schema: {e}");
+            // APISIX answers a session that fails claim_schema as an invalid token, challenge
+            // included; the description is made safe for a quoted header parameter.
+            let quoted: String = why
+                .chars()
+                .map(|ch| {
+                    if ch == '"' || ch == '\\' || ch.is_control() {
+                        '\''
+                    } else {
+                        ch
+                    }
+                })
+                .collect();
+            let www = format!(
+                "{}, error=\"invalid_token\", error_description=\"{quoted}\"",
+                auth.route.challenge
+            );
             return Err(plain(
                 401,
                 "invalid_session",
-                &format!("claims do not match claim_schema: {e}"),
-                Vec::new(),
+                &why,
+                vec![("WWW-Authenticate".into(), www)],
             ));
         }
     }
@@ -1089,19 +1318,22 @@ async fn refresh(auth: &RouteAuth, data: &mut SessionData, now: u64) -> Result<(
         return Err(RefreshFail::Fatal("no refresh token".into()));
     };
     let form = flow::refresh_request_form(&rt, Some(&conf.scope));
-    let call = token_call(
-        auth,
-        &endpoint,
-        format!("refresh\n{rt}"),
-        form,
-        Some(REFRESH_GRACE),
-        now,
-    )
+    // With DPoP the refresh carries a proof by the same key, so the new tokens are bound to it
+    // too (and a public client's refresh token, bound at issue, is usable at all).
+    let resp = dpop_idp_call(auth, now, None, || {
+        token_call(
+            auth,
+            &endpoint,
+            format!("refresh\n{rt}"),
+            form.clone(),
+            Some(REFRESH_GRACE),
+            now,
+        )
+    })
+    .await
     .map_err(|e| RefreshFail::Transient(e.to_string()))?;
-    let resp = idp_call(auth, call)
-        .await
-        .map_err(|e| RefreshFail::Transient(e.to_string()))?;
-    match TokenResponse::parse(resp.status, &resp.body) {
+    let dpop = auth.route.dpop_signer.is_some();
+    match TokenResponse::parse_with(resp.status, &resp.body, dpop) {
         Ok(tokens) => {
             if let Some(raw) = &tokens.id_token {
                 // A refreshed ID token must still be ours and signed; the nonce is not repeated.
@@ -1370,6 +1602,8 @@ fn plain(status: u16, code: &'static str, why: &str, headers: Vec<(String, Strin
 fn flow_page(e: FlowError) -> Error {
     let status = match &e {
         FlowError::TokenEndpointHttp { .. } | FlowError::ParEndpoint { .. } => 502,
+        // What is left of a restarted login the IdP kept failing.
+        FlowError::IdpError { error, .. } if error == "temporarily_unavailable" => 503,
         _ => 400,
     };
     let causes = e.likely_causes();
