@@ -11,7 +11,11 @@
 //! introspection, every request after the first an introspection cache hit; `-- session` for a
 //! browser request with a session cookie, every request after the first a session cache hit;
 //! `-- plugins` for the `jwt` request from a browser app (with an `Origin`) on a route that also
-//! carries `cors`, `limit-count` and `proxy-rewrite`, the loadtest's S6).
+//! carries `cors`, `limit-count` and `proxy-rewrite`, the loadtest's S6; `-- noop3` for the plain
+//! request through a route carrying three plugins that do nothing in every phase, which needs
+//! `--features test-plugins`: what the plugin seam itself costs).
+//! `-- requests=N` measures N requests after N*2/5 of warm-up (default 50,000), e.g. to run the
+//! bench under callgrind.
 //!
 //! The upstream pool's per-connection request cap is lifted so the count is the request path's
 //! alone. `-- apisix-pool` keeps APISIX's default (`keepalive_pool.requests: 1000`): the shard
@@ -215,7 +219,24 @@ fn main() {
     std::thread::spawn(move || discovery(idp));
     let opaque = std::env::args().any(|a| a == "opaque");
     let session = std::env::args().any(|a| a == "session");
-    let (plugin, req) = if session {
+    let noop3 = std::env::args().any(|a| a == "noop3");
+    if noop3 && !cfg!(feature = "test-plugins") {
+        eprintln!("`-- noop3` needs `cargo bench -p shardgate-benches --features test-plugins`");
+        std::process::exit(2);
+    }
+    let n: usize = std::env::args()
+        .find_map(|a| {
+            a.strip_prefix("requests=")
+                .map(|v| v.parse().expect("requests=N"))
+        })
+        .unwrap_or(50_000);
+    let (plugin, req) = if noop3 {
+        let plugin =
+            "    plugins:\n      test-noop-1: {}\n      test-noop-2: {}\n      test-noop-3: {}\n";
+        let req =
+            b"GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
+        (plugin.to_string(), req.to_vec())
+    } else if session {
         let plugin = format!(
             "    plugins:\n      openid-connect:\n        client_id: bench\n        client_secret: bench-secret\n        discovery: http://127.0.0.1:{idp_port}/.well-known/openid-configuration\n        redirect_uri: http://bench/callback\n        session:\n          secret: {SESSION_SECRET}\n"
         );
@@ -310,8 +331,7 @@ fn main() {
     s.set_nodelay(true).expect("nodelay");
     wait_ready(&req, ("127.0.0.1", gw_port));
     // Warm-up: pools, buffers, caches and hash maps reach their steady size.
-    client(&req, 20_000, &mut s);
-    let n = 50_000;
+    client(&req, n * 2 / 5, &mut s);
     let before = shardgate_benches::allocations();
     let shard_before = shardgate_benches::shard_allocations();
     let t = Instant::now();
@@ -329,6 +349,8 @@ fn main() {
             ", opaque bearer token (introspection cache hits)"
         } else if session {
             ", session cookie (session cache hits)"
+        } else if noop3 {
+            ", three no-op plugins"
         } else {
             ""
         },

@@ -30,6 +30,8 @@ pub struct PublishedRoute {
     pub upstream: usize,
     pub websocket: bool,
     pub keep_identity_headers: bool,
+    /// The route's `timeout`, else its upstream's: resolved here so the exchange reads one place.
+    pub timeouts: Timeouts,
     /// The route's plugin instances in execution order (priority, highest first).
     pub plugins: Vec<Instance>,
 }
@@ -169,11 +171,6 @@ impl Published {
                     config::PassHost::Node => PassHost::Node,
                     config::PassHost::Rewrite(h) => PassHost::Rewrite(h.clone()),
                 },
-                timeouts: Timeouts {
-                    connect: u.timeout.connect,
-                    send: u.timeout.send,
-                    read: u.timeout.read,
-                },
                 retries: u.retries,
                 retry_timeout: u.retry_timeout,
                 passive: Passive {
@@ -206,6 +203,7 @@ impl Published {
                 upstream: r.upstream,
                 websocket: r.enable_websocket,
                 keep_identity_headers: r.keep_client_identity_headers,
+                timeouts: timeouts(r.timeout.unwrap_or(config.upstreams[r.upstream].timeout)),
                 plugins: instances,
             });
         }
@@ -253,6 +251,14 @@ impl Published {
             tls_key,
             config,
         })
+    }
+}
+
+fn timeouts(t: config::UpstreamTimeout) -> Timeouts {
+    Timeouts {
+        connect: t.connect,
+        send: t.send,
+        read: t.read,
     }
 }
 

@@ -19,6 +19,7 @@ both_drivers!(
     pass_host_node_names_the_node_actually_used,
     idempotent_requests_retry_when_a_node_resets_before_answering,
     stale_pooled_connection_retry_uses_a_fresh_connection,
+    route_timeout_replaces_the_upstreams,
     retry_timeout_bounds_when_a_retry_may_start,
 );
 
@@ -85,6 +86,55 @@ routes:
     let r = c.get("gw.test", "/slow");
     assert_eq!(r.status, 504, "{}", gw.log());
     assert_eq!(r.json()["error"], "upstream_timeout");
+    gw.assert_no_panic();
+}
+
+/// APISIX's balancer takes the route's `timeout` instead of the upstream's, whole: it can shorten
+/// the upstream's and lengthen it.
+fn route_timeout_replaces_the_upstreams(driver: &str) {
+    let slow = Upstream::with_handler(Arc::new(|_: &Seen, s: &mut TcpStream| {
+        thread::sleep(Duration::from_secs(2));
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+            .is_ok()
+    }));
+    let yaml = format!(
+        r#"
+gateway:
+  listen: ["127.0.0.1:{{port}}"]
+upstreams:
+  - id: patient
+    nodes: {{ "{slow}": 1 }}
+  - id: hasty
+    nodes: {{ "{slow}": 1 }}
+    timeout: {{ connect: 1, send: 1, read: 1 }}
+routes:
+  - id: shortened
+    uri: /shortened
+    upstream_id: patient
+    timeout: {{ connect: 1, send: 1, read: 1 }}
+  - id: lengthened
+    uri: /lengthened
+    upstream_id: hasty
+    timeout: {{ connect: 1, send: 1, read: 10 }}
+  - id: upstreams
+    uri: /upstreams
+    upstream_id: hasty
+"#,
+        slow = slow.node()
+    );
+    let gw = Gateway::start_on(&yaml, driver, 2);
+
+    let r = get(gw.addr(), "/shortened", &[]);
+    assert_eq!(r.status, 504, "{}", gw.log());
+    assert_eq!(r.json()["error"], "upstream_timeout");
+
+    let r = get(gw.addr(), "/lengthened", &[]);
+    assert_eq!(r.status, 200, "{}", gw.log());
+    assert_eq!(r.body, b"late");
+
+    // Without its own, a route on the same upstream keeps the upstream's.
+    let r = get(gw.addr(), "/upstreams", &[]);
+    assert_eq!(r.status, 504, "{}", gw.log());
     gw.assert_no_panic();
 }
 

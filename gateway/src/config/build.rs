@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::file::{
     ActiveFile, DriverFile, EtcdFile, FileConfig, GatewayFile, Id, PassHostFile, PluginsFile,
-    ProviderFile, RouteFile, SchemeFile, ServiceFile, ShardsFile, UpstreamFile, UpstreamType,
+    ProviderFile, RouteFile, SchemeFile, ServiceFile, ShardsFile, UpstreamFile,
+    UpstreamTimeoutFile, UpstreamType,
 };
 use super::{
     ActiveCheck, ActiveKind, AdminConf, AdminKey, Balancer, Config, ConfigError, Driver, EtcdConf,
@@ -510,15 +511,7 @@ fn upstream(b: &mut Builder<'_>, path: &str, id: String, up: &UpstreamFile) -> U
             PassHost::Pass
         }
     };
-    let timeout = UpstreamTimeout {
-        connect: b.seconds(
-            &format!("{path}.timeout.connect"),
-            up.timeout.connect,
-            false,
-        ),
-        send: b.seconds(&format!("{path}.timeout.send"), up.timeout.send, false),
-        read: b.seconds(&format!("{path}.timeout.read"), up.timeout.read, false),
-    };
+    let timeout = timeout(b, path, &up.timeout);
     let keepalive_pool = KeepalivePool {
         size: up.keepalive_pool.size,
         idle_timeout: b.seconds(
@@ -944,7 +937,6 @@ fn route(
         }
         found
     });
-    b.unsupported(path, &r.unsupported());
     for (name, present) in r.lua() {
         if present {
             b.error(
@@ -1112,7 +1104,17 @@ fn route(
         remote_addrs,
         vars,
         plugins,
+        timeout: r.timeout.as_ref().map(|t| timeout(b, path, t)),
     })
+}
+
+/// APISIX's `timeout` object (an upstream's, or a route's that replaces it), at `{path}.timeout`.
+fn timeout(b: &mut Builder<'_>, path: &str, t: &UpstreamTimeoutFile) -> UpstreamTimeout {
+    UpstreamTimeout {
+        connect: b.seconds(&format!("{path}.timeout.connect"), t.connect, false),
+        send: b.seconds(&format!("{path}.timeout.send"), t.send, false),
+        read: b.seconds(&format!("{path}.timeout.read"), t.read, false),
+    }
 }
 
 /// The ids of services, plugin_configs and upstreams, for routes to refer to.

@@ -826,8 +826,8 @@ pub(crate) struct RouteFile {
     pub script: Option<IgnoredAny>,
     #[serde(default)]
     pub script_id: Option<IgnoredAny>,
-    #[serde(default)]
-    pub timeout: Option<IgnoredAny>,
+    /// APISIX: replaces the upstream's `timeout` for this route's requests.
+    pub timeout: Option<UpstreamTimeoutFile>,
 }
 
 impl RouteFile {
@@ -838,10 +838,6 @@ impl RouteFile {
             ("script", self.script.is_some()),
             ("script_id", self.script_id.is_some()),
         ]
-    }
-
-    pub fn unsupported(&self) -> [(&'static str, bool); 1] {
-        [("timeout", self.timeout.is_some())]
     }
 }
 

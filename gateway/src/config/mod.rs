@@ -393,6 +393,9 @@ pub struct RouteConf {
     /// The effective set: the service's, overridden per plugin by the plugin_config's,
     /// overridden by the route's own (see merge.rs).
     pub plugins: RoutePlugins,
+    /// APISIX route `timeout`: when set, used instead of the upstream's (the whole object, as
+    /// APISIX's balancer does; a missing member is nginx's 60 s default, as for upstreams).
+    pub timeout: Option<UpstreamTimeout>,
 }
 
 #[derive(Debug, Clone)]

@@ -264,7 +264,6 @@ routes:
     uri: /
     upstream_id: app
     service_id: 1
-    timeout: { connect: 1 }
     filter_func: "function() end"
 "#,
     );
@@ -273,12 +272,11 @@ routes:
         "upstreams[0].tls.client_cert_id: APISIX attribute `client_cert_id` is not supported by shardgate",
         "upstreams[0].discovery_type: APISIX attribute `discovery_type`",
         "routes[0].service_id: service \"1\" not found in services",
-        "routes[0].timeout: APISIX attribute",
         "routes[0].filter_func: APISIX attribute `filter_func` is Lua code",
     ] {
         assert!(has(&e, field), "missing {field:?} in {e:?}");
     }
-    assert_eq!(e.len(), 6, "{e:?}");
+    assert_eq!(e.len(), 5, "{e:?}");
 }
 
 #[test]
@@ -433,6 +431,62 @@ upstreams:
         assert!(has(&e, w), "missing {w:?} in {e:#?}");
     }
     assert_eq!(e.len(), want.len(), "{e:#?}");
+}
+
+#[test]
+fn route_timeout_replaces_the_upstreams() {
+    let c = load(
+        r#"
+upstreams:
+  - { id: app, timeout: { connect: 5, send: 6, read: 7 }, nodes: { "127.0.0.1:1": 1 } }
+routes:
+  - { id: own, uri: /a, upstream_id: app, timeout: { connect: 0.5, send: 1, read: 2.5 } }
+  - { id: partial, uri: /b, upstream_id: app, timeout: { read: 3 } }
+  - { id: inherits, uri: /c, upstream_id: app }
+"#,
+    )
+    .config;
+    let own = c.routes[0].timeout.unwrap();
+    assert_eq!(
+        (own.connect, own.send, own.read),
+        (
+            Duration::from_millis(500),
+            Duration::from_secs(1),
+            Duration::from_millis(2500)
+        )
+    );
+    // APISIX hands the route's object to the balancer as a whole: nothing comes from the upstream.
+    let partial = c.routes[1].timeout.unwrap();
+    assert_eq!(
+        (partial.connect, partial.send, partial.read),
+        (
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+            Duration::from_secs(3)
+        )
+    );
+    assert_eq!(c.routes[2].timeout, None);
+
+    let e = errors(
+        r#"
+upstreams:
+  - { id: app, nodes: { "127.0.0.1:1": 1 } }
+routes:
+  - { id: zero, uri: /a, upstream_id: app, timeout: { connect: 0, send: -1, read: 1 } }
+"#,
+    );
+    for w in [
+        "routes[0].timeout.connect: must be a number of seconds > 0",
+        "routes[0].timeout.send: must be a number of seconds > 0",
+    ] {
+        assert!(has(&e, w), "missing {w:?} in {e:#?}");
+    }
+    assert_eq!(e.len(), 2, "{e:?}");
+    let typo = errors("routes:\n  - { id: r, uri: /, upstream_id: a, timeout: { reed: 1 } }\n");
+    assert!(
+        has(&typo, "routes[0].timeout.reed: unknown field `reed`"),
+        "{typo:?}"
+    );
 }
 
 #[test]

@@ -118,6 +118,8 @@ pub struct Outcome {
     pub response_headers: Vec<(String, String)>,
     /// Strip client-sent identity headers (`X-Access-Token`, `X-ID-Token`, ...) before proxying.
     pub strip_identity_headers: bool,
+    /// Upstream response headers not relayed to the client (`header_filter`'s removals).
+    pub response_remove: Vec<Rc<str>>,
     /// Headers added to the client response whose value is a number (`X-RateLimit-Remaining`),
     /// written as digits into the head: no `String` per request.
     pub response_numbers: Vec<(&'static str, u64)>,
@@ -149,6 +151,7 @@ impl Outcome {
         self.strip_cookie_prefix = None;
         self.response_headers.clear();
         self.strip_identity_headers = false;
+        self.response_remove.clear();
         self.response_numbers.clear();
         self.request_id.clear();
         self.real_ip = None;
@@ -281,28 +284,111 @@ pub fn is_identity_header(name: &[u8]) -> bool {
     })
 }
 
-/// The upstream's response head as `header_filter` sees it: read the status and headers, add
-/// headers to the response the client gets.
+/// The upstream's response head as `header_filter` sees it: read the status, the headers and the
+/// request's variables; change the status, add, set and remove headers of the response the client
+/// gets, and ask for the body to go through the `body_filter`s.
 pub struct ResponseCtx<'a> {
+    /// The status the client gets: the upstream's until a plugin changes it.
     pub status: u16,
     pub head: &'a ResponseHead,
     /// The bytes `head`'s spans index.
     pub buf: &'a [u8],
+    /// The request's variables (`uri`, `http_*`, `remote_addr`, ...), as routing saw them.
+    pub request: crate::route::HeadVars<'a>,
     /// Added to the client response after the upstream's own headers.
     pub add_headers: &'a mut Vec<(String, String)>,
+    /// Upstream header names (case-insensitive) not relayed to the client.
+    pub remove_headers: &'a mut Vec<Rc<str>>,
+    /// This response's body goes through the route's `body_filter`s. Off unless a plugin turns
+    /// it on here, so a route whose body filter has nothing to do for this response (a
+    /// `vars` condition that did not match, no body change configured) relays the body
+    /// untouched, at no cost. When on, the upstream's `Content-Length` is dropped and the
+    /// filtered body is re-framed (chunked for HTTP/1.1 clients, close-delimited for HTTP/1.0
+    /// ones): its length is known only after the last piece.
+    pub filter_body: bool,
     /// What earlier phases left for later ones.
     pub scratch: &'a mut RequestScratch,
+    /// `status` as text for the `status` variable (the upstream's).
+    status_text: [u8; 3],
 }
 
-impl ResponseCtx<'_> {
+impl<'a> ResponseCtx<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        head: &'a ResponseHead,
+        buf: &'a [u8],
+        request: crate::route::HeadVars<'a>,
+        add_headers: &'a mut Vec<(String, String)>,
+        remove_headers: &'a mut Vec<Rc<str>>,
+        scratch: &'a mut RequestScratch,
+    ) -> Self {
+        let s = head.status.min(999);
+        let status_text = [
+            b'0' + (s / 100) as u8,
+            b'0' + (s / 10 % 10) as u8,
+            b'0' + (s % 10) as u8,
+        ];
+        ResponseCtx {
+            status: head.status,
+            head,
+            buf,
+            request,
+            add_headers,
+            remove_headers,
+            filter_body: false,
+            scratch,
+            status_text,
+        }
+    }
+
     /// The first value of the upstream's header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.head.header(self.buf, name)
     }
+
+    /// Removes header `name` (case-insensitive) from the client response: the upstream's and any
+    /// an earlier plugin added.
+    pub fn remove_header(&mut self, name: &Rc<str>) {
+        self.add_headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        if !self
+            .remove_headers
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(name))
+        {
+            self.remove_headers.push(name.clone());
+        }
+    }
+
+    /// Replaces every value of header `name` with `value`.
+    pub fn set_header(&mut self, name: &Rc<str>, value: String) {
+        self.remove_header(name);
+        self.add_headers.push((name.to_string(), value));
+    }
+}
+
+/// Response variables first (`status`, `upstream_status`, `upstream_http_<name>`), then the
+/// request's.
+impl crate::route::VarSource for ResponseCtx<'_> {
+    fn var(&self, name: &str) -> Option<&[u8]> {
+        match name {
+            "status" | "upstream_status" => Some(&self.status_text),
+            _ => match name.strip_prefix("upstream_http_") {
+                Some(field) => self
+                    .head
+                    .headers
+                    .iter()
+                    .find(|h| crate::route::var_names_field(field.as_bytes(), h.name.of(self.buf)))
+                    .map(|h| h.value.of(self.buf)),
+                None => self.request.var(name),
+            },
+        }
+    }
 }
 
 /// One piece of a response body as `body_filter` sees it. A filter may rewrite `data` in place
-/// (its length may change: the gateway then frames the response as chunked).
+/// (its length may change) or empty it (to hold the bytes back for a later call). Only
+/// responses for which a `header_filter` turned [`ResponseCtx::filter_body`] on get here.
 pub struct BodyChunk<'a> {
     pub data: &'a mut Vec<u8>,
     /// True on the last call for this response (`data` may be empty).

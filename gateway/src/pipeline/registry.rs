@@ -492,6 +492,7 @@ macro_rules! registry {
 #[cfg(not(any(test, feature = "test-plugins")))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    response_rewrite: crate::plugins::response_rewrite::ResponseRewrite,
     cors: crate::plugins::cors::CorsPlugin,
     ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
     redirect: crate::plugins::redirect::RedirectPlugin,
@@ -506,6 +507,7 @@ registry! {
 #[cfg(any(test, feature = "test-plugins"))]
 registry! {
     openid_connect: crate::plugins::openid_connect::RouteAuth,
+    response_rewrite: crate::plugins::response_rewrite::ResponseRewrite,
     cors: crate::plugins::cors::CorsPlugin,
     ip_restriction: crate::plugins::ip_restriction::IpRestrictionPlugin,
     redirect: crate::plugins::redirect::RedirectPlugin,

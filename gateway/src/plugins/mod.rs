@@ -3,6 +3,8 @@
 //!
 //! - `openid_connect/`: APISIX's `openid-connect` (priority 2599, `rewrite` phase): bearer tokens,
 //!   browser sessions, login, logout, back-channel logout.
+//! - `response_rewrite/`: APISIX's `response-rewrite` (priority 899, `header_filter` and
+//!   `body_filter`): status, response headers, body replacement and regex filters.
 //! - `cors.rs`: APISIX's `cors` (priority 4000, `rewrite`): CORS headers, preflights answered.
 //! - `ip_restriction.rs`: APISIX's `ip-restriction` (priority 3000, `access`).
 //! - `redirect.rs`: APISIX's `redirect` (priority 900, `rewrite`).
@@ -20,6 +22,7 @@ pub mod proxy_rewrite;
 pub mod real_ip;
 pub mod redirect;
 pub mod request_id;
+pub mod response_rewrite;
 pub mod vars;
 
 pub use crate::pipeline::{

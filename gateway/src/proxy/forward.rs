@@ -18,7 +18,8 @@ use crate::error::{Error, UpstreamError};
 use crate::http1::{
     self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
-use crate::pipeline::{HeaderValue, ResponseCtx};
+use crate::pipeline::registry::Chain;
+use crate::pipeline::{BodyChunk, HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
 use crate::proxy::conn::{
     ClientConn, Next, PeerTrust, Summary, push_header, push_number_header, push_u64, reason,
@@ -26,6 +27,7 @@ use crate::proxy::conn::{
 };
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
+use crate::route::HeadVars;
 use crate::upstream::pool::UpConn;
 use crate::upstream::{self, FailureKind, HashOn, PassHost, ShardUpstream};
 
@@ -47,7 +49,7 @@ pub async fn exchange(
     match run(shard, compiled, up, route, c).await {
         Ok(done) => {
             let next = if let Some(conn) = done.tunnel {
-                Next::Tunnel(conn, up.timeouts.read)
+                Next::Tunnel(conn, route.timeouts.read)
             } else if done.client_close || !c.head.keep_alive {
                 Next::Close
             } else {
@@ -270,7 +272,7 @@ async fn run(
         };
         let (mut conn, reused) = match pooled {
             Some(conn) => (conn, true),
-            None => match upstream::connect(up, node, up.timeouts.connect).await {
+            None => match upstream::connect(up, node, route.timeouts.connect).await {
                 Ok(conn) => {
                     node.pool.opened.set(node.pool.opened.get() + 1);
                     (conn, false)
@@ -317,7 +319,7 @@ async fn run(
 
         // Send the head (+ buffered body).
         let out = std::mem::take(&mut c.out);
-        let send_deadline = monotonic_now() + up.timeouts.send;
+        let send_deadline = monotonic_now() + route.timeouts.send;
         let (res, out) =
             write_all_vec(&mut conn.stream, out, Some(c.timer.until(send_deadline))).await;
         c.out = out;
@@ -356,11 +358,11 @@ async fn run(
                     });
                 }
             }
-            consumed = stream_request_body(c, &mut conn, up.timeouts.send, limits).await?;
+            consumed = stream_request_body(c, &mut conn, route.timeouts.send, limits).await?;
         }
 
         // Response head.
-        let read_deadline = monotonic_now() + up.timeouts.read;
+        let read_deadline = monotonic_now() + route.timeouts.read;
         match read_response_head(
             c,
             &mut conn,
@@ -1065,28 +1067,48 @@ async fn relay_response(
     consumed: usize,
 ) -> Result<Done, Fail> {
     let _ = shard;
-    // header_filter: plugins see the upstream's head and may add response headers.
-    if let Err(error) = route.plugins.header_filter(&mut ResponseCtx {
-        status: c.resp.status,
-        head: &c.resp,
-        buf: &conn.buf,
-        add_headers: &mut c.outcome.response_headers,
-        scratch: &mut c.scratch,
-    }) {
-        return Err(Fail {
-            error,
-            response_started: false,
-            consumed: Some(consumed),
-        });
-    }
-    let status = c.resp.status;
+    // header_filter: plugins see the upstream's head and may change the status, add, set and
+    // remove headers, and ask for the body to go through the body filters.
+    let (status, filter_body) = {
+        let uri = if c.path_rewritten {
+            &c.path[..]
+        } else {
+            c.head.path_bytes(&c.buf)
+        };
+        let mut rctx = ResponseCtx::new(
+            &c.resp,
+            &conn.buf,
+            HeadVars {
+                head: &c.head,
+                buf: &c.buf,
+                uri,
+                remote_addr: &c.peer_ip,
+                server_port: &c.local_port,
+                tls: c.tls,
+            },
+            &mut c.outcome.response_headers,
+            &mut c.outcome.response_remove,
+            &mut c.scratch,
+        );
+        if let Err(error) = route.plugins.header_filter(&mut rctx) {
+            return Err(Fail {
+                error,
+                response_started: false,
+                consumed: Some(consumed),
+            });
+        }
+        // Only a route with a body filter may take the filtered path: one test per response.
+        let filter = rctx.filter_body && route.plugins.has_body_filter();
+        (rctx.status, filter)
+    };
     let framing = c.resp.framing;
     let client_11 = c.head.version_minor == 1;
-    // Close-delimited bodies are re-framed as chunked for HTTP/1.1 clients so keep-alive survives.
-    let chunk_out =
-        client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited);
-    let client_close = !c.head.keep_alive
-        || (!client_11 && matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited));
+    // Close-delimited bodies are re-framed as chunked for HTTP/1.1 clients so keep-alive survives;
+    // so are filtered bodies (their length is unknown until the last piece).
+    let reframe = framing != BodyFraming::None
+        && (filter_body || matches!(framing, BodyFraming::Chunked | BodyFraming::CloseDelimited));
+    let chunk_out = client_11 && reframe;
+    let client_close = !c.head.keep_alive || (!client_11 && reframe);
 
     let resp_head_len = c.resp.head_len;
     let mut out = std::mem::take(&mut c.out);
@@ -1095,12 +1117,13 @@ async fn relay_response(
     push_u64(&mut out, u64::from(status));
     out.push(b' ');
     let reason_bytes = c.resp.reason.of(&conn.buf);
-    if reason_bytes.is_empty() {
+    if reason_bytes.is_empty() || status != c.resp.status {
         out.extend_from_slice(reason(status).as_bytes());
     } else {
         out.extend_from_slice(reason_bytes);
     }
     out.extend_from_slice(b"\r\n");
+    let removing = !c.outcome.response_remove.is_empty();
     for h in &c.resp.headers {
         let name = h.name.of(&conn.buf);
         if is_hop_by_hop(name) || in_tokens(name, &c.resp.connection_tokens, &conn.buf) {
@@ -1109,7 +1132,17 @@ async fn relay_response(
                 continue;
             }
         }
-        if framing != BodyFraming::None && name.eq_ignore_ascii_case(b"content-length") {
+        if (framing != BodyFraming::None || filter_body)
+            && name.eq_ignore_ascii_case(b"content-length")
+        {
+            continue;
+        }
+        if removing
+            && c.outcome
+                .response_remove
+                .iter()
+                .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+        {
             continue;
         }
         push_header(&mut out, name, h.value.of(&conn.buf));
@@ -1130,12 +1163,12 @@ async fn relay_response(
         push_number_header(&mut out, k, *n);
     }
     match framing {
-        BodyFraming::Length(n) => {
+        BodyFraming::Length(n) if !reframe => {
             out.extend_from_slice(b"Content-Length: ");
             push_u64(&mut out, n);
             out.extend_from_slice(b"\r\n");
         }
-        BodyFraming::Chunked | BodyFraming::CloseDelimited if chunk_out => {
+        _ if chunk_out => {
             out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
         }
         _ => {}
@@ -1146,13 +1179,40 @@ async fn relay_response(
     out.extend_from_slice(b"\r\n");
     conn.buf.drain(..resp_head_len);
 
-    let write_timeout = up.timeouts.send.max(Duration::from_secs(30));
-    let read_timeout = up.timeouts.read;
+    let write_timeout = route.timeouts.send.max(Duration::from_secs(30));
+    let read_timeout = route.timeouts.read;
     let mut bytes_out: u64 = 0;
     let mut upstream_clean = c.resp.keep_alive;
 
     // Body.
     let body_result: Result<(), (Error, bool)> = match framing {
+        BodyFraming::Length(_) | BodyFraming::Chunked if filter_body => {
+            relay_filtered(
+                c,
+                &mut conn,
+                out,
+                &route.plugins,
+                chunk_out,
+                read_timeout,
+                write_timeout,
+                &mut bytes_out,
+            )
+            .await
+        }
+        BodyFraming::CloseDelimited if filter_body => {
+            upstream_clean = false;
+            relay_filtered(
+                c,
+                &mut conn,
+                out,
+                &route.plugins,
+                chunk_out,
+                read_timeout,
+                write_timeout,
+                &mut bytes_out,
+            )
+            .await
+        }
         BodyFraming::None => {
             let (r, o) = write_all_vec(
                 &mut c.stream,
@@ -1282,6 +1342,171 @@ async fn relay_response(
         error: None,
         tunnel: None,
     })
+}
+
+/// The upstream body as decoded pieces, whatever its framing: the filtered relay reads it
+/// through this and frames what the filters leave on its own.
+enum BodySource {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+impl BodySource {
+    fn new(framing: BodyFraming) -> BodySource {
+        match framing {
+            BodyFraming::Length(n) => BodySource::Length(n),
+            BodyFraming::Chunked => BodySource::Chunked(ChunkedDecoder::new(MAX_TRAILER_BYTES)),
+            BodyFraming::CloseDelimited => BodySource::UntilClose,
+            BodyFraming::None => BodySource::Length(0),
+        }
+    }
+
+    /// Appends the next decoded bytes to `dst` (reading from the upstream when none are
+    /// buffered); true when the body ended. A chunked body's trailers are dropped: they describe
+    /// the body as the upstream sent it.
+    async fn next(
+        &mut self,
+        conn: &mut UpConn,
+        timer: &mut Timer,
+        read_timeout: Duration,
+        dst: &mut Vec<u8>,
+    ) -> Result<bool, (Error, bool)> {
+        let cut = |error| {
+            (
+                Error::Upstream {
+                    error,
+                    retryable: false,
+                },
+                true,
+            )
+        };
+        loop {
+            match self {
+                BodySource::Length(remaining) => {
+                    if *remaining == 0 {
+                        return Ok(true);
+                    }
+                    if !conn.buf.is_empty() {
+                        let take = conn
+                            .buf
+                            .len()
+                            .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                        dst.extend_from_slice(&conn.buf[..take]);
+                        conn.buf.drain(..take);
+                        *remaining -= take as u64;
+                        return Ok(*remaining == 0);
+                    }
+                }
+                BodySource::Chunked(dec) => {
+                    let mut pos = 0;
+                    loop {
+                        let (n, ev) = dec
+                            .decode(&conn.buf[pos..])
+                            .map_err(|e| cut(UpstreamError::BadResponse(e)))?;
+                        let base = pos;
+                        pos += n;
+                        match ev {
+                            ChunkEvent::Data(span) => dst.extend_from_slice(
+                                &conn.buf[base + span.start as usize..base + span.end as usize],
+                            ),
+                            ChunkEvent::Trailers(_) => {}
+                            ChunkEvent::End => {
+                                conn.buf.drain(..pos);
+                                return Ok(true);
+                            }
+                            ChunkEvent::NeedMore => break,
+                        }
+                    }
+                    conn.buf.drain(..pos);
+                    if !dst.is_empty() {
+                        return Ok(false);
+                    }
+                }
+                BodySource::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        dst.extend_from_slice(&conn.buf);
+                        conn.buf.clear();
+                        return Ok(false);
+                    }
+                }
+            }
+            let buf = std::mem::take(&mut conn.buf);
+            let (r, buf) = read_more(
+                &mut conn.stream,
+                buf,
+                BODY_CHUNK,
+                Some(timer.until(monotonic_now() + read_timeout)),
+            )
+            .await;
+            conn.buf = buf;
+            match r {
+                Ok(_) => {}
+                Err(ReadFail::Eof) if matches!(self, BodySource::UntilClose) => return Ok(true),
+                Err(ReadFail::Timeout) => return Err(cut(UpstreamError::ReadTimeout)),
+                Err(_) => return Err(cut(UpstreamError::ClosedEarly)),
+            }
+        }
+    }
+}
+
+/// The relay for a response whose body goes through the route's body filters: each decoded
+/// piece is handed to the filters, then framed for the client (chunked when `chunk_out`, else
+/// delimited by closing the connection).
+#[allow(clippy::too_many_arguments)]
+async fn relay_filtered(
+    c: &mut ClientConn,
+    conn: &mut UpConn,
+    mut out: Vec<u8>,
+    plugins: &Chain,
+    chunk_out: bool,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    bytes_out: &mut u64,
+) -> Result<(), (Error, bool)> {
+    let mut source = BodySource::new(c.resp.framing);
+    let mut piece: Vec<u8> = Vec::with_capacity(BODY_CHUNK);
+    loop {
+        piece.clear();
+        let last = source
+            .next(conn, &mut c.timer, read_timeout, &mut piece)
+            .await?;
+        plugins.body_filter(
+            &mut BodyChunk {
+                data: &mut piece,
+                last,
+            },
+            &mut c.scratch,
+        );
+        if !piece.is_empty() {
+            if chunk_out {
+                http1::write_chunk_header(&mut out, piece.len());
+                out.extend_from_slice(&piece);
+                out.extend_from_slice(b"\r\n");
+            } else {
+                out.extend_from_slice(&piece);
+            }
+        }
+        if last && chunk_out {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        if last || out.len() >= BODY_CHUNK {
+            let (r, mut o) = write_all_vec(
+                &mut c.stream,
+                out,
+                Some(c.timer.until(monotonic_now() + write_timeout)),
+            )
+            .await;
+            *bytes_out += o.len() as u64;
+            r.map_err(|_| (client_gone(), false))?;
+            o.clear();
+            out = o;
+        }
+        if last {
+            c.out = out;
+            return Ok(());
+        }
+    }
 }
 
 async fn relay_chunked(

@@ -28,9 +28,9 @@ use crate::observe::metrics::{RouteStats, ShardMetrics};
 use crate::pipeline::registry::Chain;
 use crate::pipeline::{ShardPlugin, ShardPlugins};
 use crate::published::Published;
-use crate::upstream::ShardUpstream;
 use crate::upstream::health::{self, HealthSnapshot};
 use crate::upstream::pool::NodePool;
+use crate::upstream::{ShardUpstream, Timeouts};
 
 /// A route as one shard runs it.
 pub struct ShardRoute {
@@ -39,6 +39,8 @@ pub struct ShardRoute {
     pub websocket: bool,
     /// `keep_client_identity_headers`: forward client-sent `X-Userinfo` & co. (off by default).
     pub keep_identity_headers: bool,
+    /// The route's `timeout`, else its upstream's.
+    pub timeouts: Timeouts,
     /// Global rules' plugins, then the route's, in execution order.
     pub plugins: Chain,
     pub stats: Rc<RouteStats>,
@@ -197,6 +199,7 @@ fn compile(
                 upstream: r.upstream,
                 websocket: r.websocket,
                 keep_identity_headers: r.keep_identity_headers,
+                timeouts: r.timeouts,
                 plugins: Chain::new(chain, snap.global_plugins.len()),
                 stats: metrics.route(&r.id),
             }

@@ -24,6 +24,7 @@ fn route(uris: &[&str], hosts: &[&str], methods: &[Method], priority: i64) -> Ro
         remote_addrs: IpSet::default(),
         vars: None,
         plugins: RoutePlugins::default(),
+        timeout: None,
     }
 }
 

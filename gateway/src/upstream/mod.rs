@@ -111,7 +111,6 @@ pub struct ShardUpstream {
     levels: Vec<i32>,
     pub hash_on: Option<HashOn>,
     pub pass_host: PassHost,
-    pub timeouts: Timeouts,
     pub retries: u32,
     /// APISIX `retry_timeout`: no retry starts once this long has passed since the first attempt.
     pub retry_timeout: Option<Duration>,
@@ -137,7 +136,6 @@ pub struct UpstreamSpec {
     pub nodes: Vec<NodeSpec>,
     pub chash: Option<HashOn>,
     pub pass_host: PassHost,
-    pub timeouts: Timeouts,
     pub retries: u32,
     pub retry_timeout: Option<Duration>,
     pub passive: Passive,
@@ -195,7 +193,6 @@ impl ShardUpstream {
             levels,
             hash_on: spec.chash.clone(),
             pass_host: spec.pass_host.clone(),
-            timeouts: spec.timeouts,
             retries: spec.retries,
             retry_timeout: spec.retry_timeout,
             passive: spec.passive.clone(),
@@ -345,11 +342,6 @@ mod tests {
                 .collect(),
             chash: None,
             pass_host: PassHost::Pass,
-            timeouts: Timeouts {
-                connect: Duration::from_secs(1),
-                send: Duration::from_secs(1),
-                read: Duration::from_secs(1),
-            },
             retries: 2,
             retry_timeout: None,
             passive: Passive {
