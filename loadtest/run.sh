@@ -28,8 +28,10 @@ profile=--all
 case " $* " in *" callgrind "* | *"--mode=callgrind"*) profile=--callgrind ;; esac
 "$SG_ROOT/scripts/install.sh" "$profile"
 if [ "$build" = 1 ]; then
+	# Both binaries by name: with a --bin filter cargo builds only the named ones, and a stale
+	# target/release/shardgate would be measured without a word.
 	sg_log "building shardgate (release)"
-	if ! (cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway -p shardgate-benches --bin session_cookies); then
+	if ! (cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway -p shardgate-benches --bin shardgate --bin session_cookies); then
 		sg_log "warning: release build failed; shardgate rows will be reported as failed"
 	fi
 fi
