@@ -165,7 +165,12 @@ async fn admin_api(
     };
     let answer = api::handle(control, &keys, req).await;
     if answer.status >= 400 {
-        tracing::info!(status = answer.status, method = ?head.method, path, "admin API request refused");
+        tracing::info!(
+            status = answer.status,
+            method = head.method.as_str(),
+            path,
+            "admin API request refused"
+        );
     }
     json(answer)
 }
