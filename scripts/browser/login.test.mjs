@@ -169,6 +169,12 @@ test('log in through the IdP login page, reach the upstream as alice, log out', 
   const page = run.context.pages()[0] ?? (await run.context.newPage());
   const idp = run.idp.issuer;
 
+  // The callback's code and state, to check below that the gateway's log never records them.
+  const callbacks = [];
+  page.on('request', (req) => {
+    if (req.url().startsWith(`${run.base}/callback?`)) callbacks.push(new URL(req.url()));
+  });
+
   // No session: the gateway sends the browser to the IdP, which shows its login form.
   await page.goto(`${run.base}/hello?from=browser`);
   await page.waitForURL((u) => u.href.startsWith(`${idp}/interaction/`));
@@ -190,6 +196,7 @@ test('log in through the IdP login page, reach the upstream as alice, log out', 
   assert.doesNotMatch(body, /\bsession=/);
   const cookies = await run.context.cookies(run.base);
   assert.ok(cookies.some((c) => c.name === 'session' && c.httpOnly && c.sameSite === 'Lax'), JSON.stringify(cookies));
+  const sessionCookie = cookies.find((c) => c.name === 'session').value;
 
   // Log out: the gateway clears its cookie and sends the browser to the IdP's end_session page.
   await page.getByRole('link', { name: 'Log out' }).click();
@@ -199,4 +206,22 @@ test('log in through the IdP login page, reach the upstream as alice, log out', 
   // Back at the gateway's post-logout URI without a session: off to the IdP's login form again.
   await page.waitForURL((u) => u.href.startsWith(`${idp}/interaction/`));
   assert.ok(await page.locator('input[name="login"]').isVisible());
+
+  // The whole run's log: the callback was logged, but none of the secrets it carried, nor the
+  // session cookie, nor the configured secrets.
+  assert.equal(callbacks.length, 1, callbacks.join(' '));
+  const code = callbacks[0].searchParams.get('code');
+  const state = callbacks[0].searchParams.get('state');
+  assert.ok(code && state, callbacks[0].href);
+  const log = run.gatewayLog();
+  assert.match(log, /\/callback\?\S*code=REDACTED/, log);
+  for (const [what, secret] of [
+    ['authorization code', code],
+    ['state', state],
+    ['session cookie', sessionCookie],
+    ['client secret', 'gateway-secret'],
+    ['session secret', 'browser-test-session-secret-0123456789'],
+  ]) {
+    assert.ok(!log.includes(secret), `${what} in the gateway log:\n${log}`);
+  }
 });
