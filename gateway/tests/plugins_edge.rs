@@ -274,6 +274,32 @@ fn redirect_templates_regexes_and_http_to_https() {
     );
 }
 
+/// With `gateway.trusted_addresses` set, `http_to_https` believes X-Forwarded-Proto only from a
+/// listed proxy: anyone else's "https" does not skip the redirect.
+#[test]
+fn redirect_believes_forwarded_proto_only_from_trusted_addresses() {
+    let up = Upstream::echo();
+    let yaml = |trusted: &str| {
+        format!(
+            "gateway:\n  listen: [\"127.0.0.1:{{port}}\"]\n  admin: {{ listen: \"127.0.0.1:{{admin}}\" }}\n\
+             \x20 trusted_addresses: [\"{trusted}\"]\n\
+             upstreams:\n  - id: app\n    nodes: {{ \"{node}\": 1 }}\n\
+             routes:\n\
+             \x20 - id: https\n    uri: /secure\n    upstream_id: app\n    plugins:\n      redirect:\n\
+             \x20       http_to_https: true\n",
+            node = up.node()
+        )
+    };
+    let xfp = [("Host", "foo.com"), ("X-Forwarded-Proto", "https")];
+    let untrusted = Gateway::start(&yaml("10.0.0.0/8"), &["--shards", "1"]);
+    let r = get(untrusted.addr(), "/secure", &xfp);
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(r.header("location"), Some("https://foo.com/secure"));
+    let trusted = Gateway::start(&yaml("127.0.0.0/8"), &["--shards", "1"]);
+    assert_eq!(get(trusted.addr(), "/secure", &xfp).status, 200);
+    assert_eq!(up.requests().len(), 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // request-id
 

@@ -359,8 +359,14 @@ impl Plugin for RedirectPlugin {
         match &r.target {
             Target::Nothing => return Ok(Step::Continue),
             Target::Https => {
-                // APISIX takes the scheme from X-Forwarded-Proto when the client sends one.
-                let https = match ctx.header("x-forwarded-proto") {
+                // APISIX takes the scheme from X-Forwarded-Proto when the client sends one; with
+                // `gateway.trusted_addresses` set, only a listed proxy's is believed (the same
+                // decision the forwarding headers sent upstream follow).
+                let forwarded = match ctx.peer_trusted() {
+                    Some(false) => None,
+                    _ => ctx.header("x-forwarded-proto"),
+                };
+                let https = match forwarded {
                     Some(p) => p == b"https",
                     None => ctx.tls(),
                 };
