@@ -15,16 +15,14 @@ use shardgate_runtime::clock::{Stopwatch, monotonic_now};
 use monoio::io::AsyncWriteRentExt;
 
 use crate::error::{Error, UpstreamError};
+use crate::http1::write::{self as w, OutFraming, Target, push_header, push_number_header};
 use crate::http1::{
     self, BodyFraming, ChunkEvent, ChunkedDecoder, Method, ParseError, Parsed, is_hop_by_hop,
 };
 use crate::pipeline::registry::Chain;
 use crate::pipeline::{BodyChunk, HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
-use crate::proxy::conn::{
-    ClientConn, Next, PeerTrust, Summary, push_header, push_number_header, push_u64, reason,
-    respond_error,
-};
+use crate::proxy::conn::{ClientConn, Next, PeerTrust, Summary, respond_error};
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::route::HeadVars;
@@ -255,13 +253,12 @@ async fn run(
         };
         let node = &up.nodes[node_idx];
         c.node = Some(node_idx);
-        if let Some(range) = node_host.clone() {
-            set_node_host(
+        if let Some(at) = node_host.clone() {
+            node_host = Some(w::replace_value(
                 &mut c.out,
-                range,
+                at,
                 node.host_header.as_bytes(),
-                &mut node_host,
-            );
+            ));
         }
         // After a stale pooled connection failed, the retry connects afresh: the other idle
         // connections were returned as early and are as likely to be closed already.
@@ -346,10 +343,7 @@ async fn run(
         let mut consumed = head_len + buffered_body.unwrap_or(0);
         if buffered_body.is_none() {
             if c.head.expect_continue {
-                let (r, _) = c
-                    .stream
-                    .write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
-                    .await;
+                let (r, _) = c.stream.write_all(w::CONTINUE).await;
                 if r.is_err() {
                     return Err(Fail {
                         error: client_gone(),
@@ -433,21 +427,6 @@ fn client_gone() -> Error {
     Error::ClientBody("client connection closed".into())
 }
 
-/// With `pass_host: node` the Host value must name the node picked for this attempt, which a retry
-/// may change: rewrite the value in place when it differs.
-fn set_node_host(
-    out: &mut Vec<u8>,
-    range: std::ops::Range<usize>,
-    host: &[u8],
-    node_host: &mut Option<std::ops::Range<usize>>,
-) {
-    if out.get(range.clone()) != Some(host) {
-        let start = range.start;
-        out.splice(range, host.iter().copied());
-        *node_host = Some(start..start + host.len());
-    }
-}
-
 /// Request head for the upstream: method, target, filtered headers, our headers, framing.
 /// Returns where the Host value is in `c.out` when it names a node (`pass_host: node`).
 fn build_request_head(
@@ -462,56 +441,52 @@ fn build_request_head(
     let out = &mut c.out;
     let mut node_host = None;
     out.clear();
-    match c.outcome.upstream_method {
-        Some(m) => out.extend_from_slice(m.as_bytes()),
-        None => out.extend_from_slice(head.method_span.of(buf)),
-    }
-    out.push(b' ');
+    let method = match c.outcome.upstream_method {
+        Some(m) => m.as_bytes(),
+        None => head.method_span.of(buf),
+    };
     // The upstream gets the path that was routed: the raw target when it is already normal, else
     // the normal form re-encoded (http1::path), with the query as received. absolute-form targets
     // are sent on in origin-form.
     let target = head.target.of(buf);
-    if c.outcome.target_rewritten {
+    let query = head.query.map(|q| q.of(buf));
+    let target = if c.outcome.target_rewritten {
         // A plugin's target (proxy-rewrite): already a normal form, encoded, with its query.
-        out.extend_from_slice(&c.outcome.upstream_target);
+        Target::AsIs(&c.outcome.upstream_target)
     } else if !c.path_rewritten && (target.first() == Some(&b'/') || target == b"*") {
-        out.extend_from_slice(target);
+        Target::AsIs(target)
+    } else if c.path_rewritten {
+        Target::Normal {
+            path: &c.path,
+            query,
+        }
     } else {
-        if c.path_rewritten {
-            http1::path::encode_into(&c.path, out);
-        } else {
-            out.extend_from_slice(head.path_bytes(buf));
+        Target::Origin {
+            path: head.path_bytes(buf),
+            query,
         }
-        if let Some(q) = head.query {
-            out.push(b'?');
-            out.extend_from_slice(q.of(buf));
-        }
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    };
+    w::request_line(out, method, target);
     let client_host = head.host.map(|h| h.of(buf)).unwrap_or(b"");
     match &up.pass_host {
         // A plugin's Host (proxy-rewrite's `host`) wins over `pass_host`, as in APISIX.
         _ if c.outcome.upstream_host.is_some() => {
-            if let Some(h) = &c.outcome.upstream_host {
-                out.extend_from_slice(h.as_bytes());
-            }
+            let h = c.outcome.upstream_host.as_deref().unwrap_or("");
+            w::host_field(out, h.as_bytes());
         }
-        PassHost::Pass => out.extend_from_slice(client_host),
+        PassHost::Pass => {
+            w::host_field(out, client_host);
+        }
         PassHost::Node => {
             // The balancer has not picked yet: the first node's value holds the place, and
-            // `set_node_host` replaces it once a node is chosen.
-            let start = out.len();
-            out.extend_from_slice(
-                up.nodes
-                    .first()
-                    .map(|n| n.host_header.as_bytes())
-                    .unwrap_or(b""),
-            );
-            node_host = Some(start..out.len());
+            // `w::replace_value` replaces it once a node is chosen.
+            let first = up.nodes.first().map(|n| n.host_header.as_bytes());
+            node_host = Some(w::host_field(out, first.unwrap_or(b"")));
         }
-        PassHost::Rewrite(h) => out.extend_from_slice(h.as_bytes()),
+        PassHost::Rewrite(h) => {
+            w::host_field(out, h.as_bytes());
+        }
     }
-    out.extend_from_slice(b"\r\n");
 
     // Client-sent identity headers go on every route unless it opts out; a plugin that sets them
     // strips them whatever the route says.
@@ -544,7 +519,7 @@ fn build_request_head(
             6 if name.eq_ignore_ascii_case(b"expect") => continue,
             6 if name.eq_ignore_ascii_case(b"cookie") => {
                 if let Some(prefix) = &c.outcome.strip_cookie_prefix {
-                    write_filtered_cookie(out, value, prefix.as_bytes());
+                    w::cookie_without(out, value, prefix.as_bytes());
                     continue;
                 }
             }
@@ -586,31 +561,24 @@ fn build_request_head(
         Some(_) => c.outcome.real_ip_text.as_bytes(),
         None => c.peer_ip.as_bytes(),
     };
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    if let Some(prev) = xff_prev {
-        out.extend_from_slice(prev);
-        out.extend_from_slice(b", ");
-    }
-    out.extend_from_slice(remote);
-    out.extend_from_slice(b"\r\nX-Real-IP: ");
-    out.extend_from_slice(remote);
-    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-    out.extend_from_slice(match kept.proto {
-        Some(v) => v,
-        None if c.tls => b"https",
-        None => b"http",
-    });
-    out.extend_from_slice(b"\r\nX-Forwarded-Host: ");
-    out.extend_from_slice(kept.host.unwrap_or(strip_port(client_host)));
-    out.extend_from_slice(b"\r\nX-Forwarded-Port: ");
-    out.extend_from_slice(kept.port.unwrap_or(c.local_port.as_bytes()));
-    if let Some(v) = kept.forwarded {
-        out.extend_from_slice(b"\r\nForwarded: ");
-        out.extend_from_slice(v);
-        out.extend_from_slice(b"\r\n");
-    } else {
-        write_forwarded(out, remote, client_host, c.tls);
-    }
+    w::forwarding_fields(
+        out,
+        &w::Forwarding {
+            prior_for: xff_prev,
+            remote,
+            proto: match kept.proto {
+                Some(v) => v,
+                None if c.tls => b"https",
+                None => b"http",
+            },
+            host: kept.host.unwrap_or(strip_port(client_host)),
+            port: kept.port.unwrap_or(c.local_port.as_bytes()),
+            // A trusted peer's own `Forwarded` goes on in place of ours.
+            forwarded: kept.forwarded,
+            client_host,
+            tls: c.tls,
+        },
+    );
     for (name, value) in &c.outcome.upstream_headers {
         // A later plugin's `set`/`remove` (proxy-rewrite) replaces an earlier plugin's header.
         if !c.outcome.drop_headers.is_empty()
@@ -631,52 +599,24 @@ fn build_request_head(
     if replaced_trace {
         push_header(out, b"traceparent", rid.traceparent.as_bytes());
     }
-    match head.framing {
-        BodyFraming::None => {}
-        BodyFraming::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_u64(out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        BodyFraming::Chunked | BodyFraming::CloseDelimited => {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-        }
-    }
+    // The body goes on as received (a Content-Length), else re-chunked.
+    w::framing(
+        out,
+        match head.framing {
+            BodyFraming::None => OutFraming::Unframed,
+            BodyFraming::Length(n) => OutFraming::Length(n),
+            BodyFraming::Chunked | BodyFraming::CloseDelimited => OutFraming::Chunked,
+        },
+    );
     if upgrade {
         if let Some(u) = head.header(buf, "upgrade") {
             push_header(out, b"Upgrade", u);
         }
-        out.extend_from_slice(b"Connection: upgrade\r\n");
+        push_header(out, b"Connection", b"upgrade");
     }
-    out.extend_from_slice(b"\r\n");
+    w::end_head(out);
     let _ = compiled;
     node_host
-}
-
-/// Client fields an upstream could take as the gateway's statement about the request: `Forwarded`
-/// (replaced by ours), `X-Forwarded-Prefix` (Spring, ASP.NET build links and redirects under
-/// it; the gateway strips no prefix), `X-Original-URL` and `X-Rewrite-URL` (Symfony, Zend and IIS
-/// route on them instead of the request path, which would undo routing on the path). APISIX
-/// passes these through; at the edge nothing legitimate sets them.
-/// RFC 7239 `Forwarded` (after `\r\n` of the previous line), replacing the client's like
-/// X-Forwarded-Host/Proto: frameworks take host and proto from the first element, which a
-/// client-supplied value would own.
-fn write_forwarded(out: &mut Vec<u8>, remote: &[u8], client_host: &[u8], tls: bool) {
-    out.extend_from_slice(b"\r\nForwarded: for=");
-    if remote.contains(&b':') {
-        out.extend_from_slice(b"\"[");
-        out.extend_from_slice(remote);
-        out.extend_from_slice(b"]\"");
-    } else {
-        out.extend_from_slice(remote);
-    }
-    if !client_host.is_empty() {
-        out.extend_from_slice(b";host=\"");
-        out.extend_from_slice(client_host);
-        out.push(b'"');
-    }
-    out.extend_from_slice(if tls { b";proto=https" } else { b";proto=http" });
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The forwarding headers a trusted peer sent (first non-empty value of each), passed on.
@@ -701,6 +641,11 @@ impl<'a> ForwardedSent<'a> {
     }
 }
 
+/// Client fields an upstream could take as the gateway's statement about the request: `Forwarded`
+/// (replaced by ours), `X-Forwarded-Prefix` (Spring, ASP.NET build links and redirects under
+/// it; the gateway strips no prefix), `X-Original-URL` and `X-Rewrite-URL` (Symfony, Zend and IIS
+/// route on them instead of the request path, which would undo routing on the path). APISIX
+/// passes these through; at the edge nothing legitimate sets them.
 fn is_path_or_forwarding_override(name: &[u8]) -> bool {
     [
         &b"forwarded"[..],
@@ -741,28 +686,6 @@ fn is_dropped(drop: &[Rc<str>], name: &[u8]) -> bool {
 
 fn in_tokens(name: &[u8], tokens: &[http1::Span], buf: &[u8]) -> bool {
     tokens.iter().any(|t| t.of(buf).eq_ignore_ascii_case(name))
-}
-
-/// Copies a Cookie header without the cookies whose name starts with `prefix` (our session).
-fn write_filtered_cookie(out: &mut Vec<u8>, value: &[u8], prefix: &[u8]) {
-    let mark = out.len();
-    out.extend_from_slice(b"Cookie: ");
-    let start = out.len();
-    for part in shardgate_oidc::session::split_semicolons(value) {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.starts_with(prefix) {
-            continue;
-        }
-        if out.len() > start {
-            out.extend_from_slice(b"; ");
-        }
-        out.extend_from_slice(part);
-    }
-    if out.len() == start {
-        out.truncate(mark);
-    } else {
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// Streams the request body that was not buffered with the head. Returns bytes of `c.buf` consumed.
@@ -916,30 +839,22 @@ const TRAILER_DENY: [&[u8]; 19] = [
     b"x-forwarded-prefix",
 ];
 
-/// Copies the trailer field lines of `section` (validated by the chunked decoder: `name:value`
-/// lines, each with its CRLF) that may travel in a trailer; see [`TRAILER_DENY`].
+/// The trailer fields of a request that may travel on; see [`TRAILER_DENY`].
 fn write_allowed_trailers(
     out: &mut Vec<u8>,
     section: &[u8],
     connection_tokens: &[http1::Span],
     buf: &[u8],
 ) {
-    for line in section.split_inclusive(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let name = &line[..colon];
-        let denied = is_hop_by_hop(name)
+    w::trailer_fields(out, section, |name| {
+        is_hop_by_hop(name)
             || in_tokens(name, connection_tokens, buf)
             || is_identity_header(name)
             || TRAILER_DENY.iter().any(|d| d.eq_ignore_ascii_case(name))
             || name.len() > 3 && name[..3].eq_ignore_ascii_case(b"if-")
             || name.eq_ignore_ascii_case(b"x-original-url")
-            || name.eq_ignore_ascii_case(b"x-rewrite-url");
-        if !denied {
-            out.extend_from_slice(line);
-        }
-    }
+            || name.eq_ignore_ascii_case(b"x-rewrite-url")
+    });
 }
 
 /// When the next piece of a request body must have arrived: within `client_body_timeout` of the
@@ -1113,40 +1028,21 @@ async fn relay_response(
     let resp_head_len = c.resp.head_len;
     let mut out = std::mem::take(&mut c.out);
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(&mut out, u64::from(status));
-    out.push(b' ');
-    let reason_bytes = c.resp.reason.of(&conn.buf);
-    if reason_bytes.is_empty() || status != c.resp.status {
-        out.extend_from_slice(reason(status).as_bytes());
-    } else {
-        out.extend_from_slice(reason_bytes);
-    }
-    out.extend_from_slice(b"\r\n");
-    let removing = !c.outcome.response_remove.is_empty();
-    for h in &c.resp.headers {
-        let name = h.name.of(&conn.buf);
-        if is_hop_by_hop(name) || in_tokens(name, &c.resp.connection_tokens, &conn.buf) {
-            // TE on a HEAD/304 response describes the GET's body: keep it there.
-            if !(framing == BodyFraming::None && name.eq_ignore_ascii_case(b"transfer-encoding")) {
-                continue;
-            }
-        }
-        if (framing != BodyFraming::None || filter_body)
-            && name.eq_ignore_ascii_case(b"content-length")
-        {
-            continue;
-        }
-        if removing
-            && c.outcome
-                .response_remove
-                .iter()
-                .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
-        {
-            continue;
-        }
-        push_header(&mut out, name, h.value.of(&conn.buf));
-    }
+    let remove = &c.outcome.response_remove;
+    w::relayed_response_head(
+        &mut out,
+        &c.resp,
+        &conn.buf,
+        status,
+        framing != BodyFraming::None || filter_body,
+        // header_filter's removals (response-rewrite).
+        |name| {
+            !remove.is_empty()
+                && remove
+                    .iter()
+                    .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+        },
+    );
     for (k, v) in &c.outcome.response_headers {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
@@ -1162,21 +1058,18 @@ async fn relay_response(
     for (k, n) in &c.outcome.response_numbers {
         push_number_header(&mut out, k, *n);
     }
-    match framing {
-        BodyFraming::Length(n) if !reframe => {
-            out.extend_from_slice(b"Content-Length: ");
-            push_u64(&mut out, n);
-            out.extend_from_slice(b"\r\n");
-        }
-        _ if chunk_out => {
-            out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-        }
-        _ => {}
-    }
+    w::framing(
+        &mut out,
+        match framing {
+            BodyFraming::Length(n) if !reframe => OutFraming::Length(n),
+            _ if chunk_out => OutFraming::Chunked,
+            _ => OutFraming::Unframed,
+        },
+    );
     if client_close {
-        out.extend_from_slice(b"Connection: close\r\n");
+        w::connection_close(&mut out);
     }
-    out.extend_from_slice(b"\r\n");
+    w::end_head(&mut out);
     conn.buf.drain(..resp_head_len);
 
     let write_timeout = route.timeouts.send.max(Duration::from_secs(30));
