@@ -25,7 +25,7 @@ use crate::observe::redact::redact_target;
 use crate::pipeline::{Ctx, LogInfo, Outcome, RequestScratch, Response, Step};
 use crate::proxy::io::{ReadFail, Timer, read_more, write_all_vec};
 use crate::proxy::stream::ClientStream;
-use crate::proxy::{Compiled, Shard, forward};
+use crate::proxy::{Compiled, Shard, forward, tunnel};
 
 /// Per-connection state, reused for every request on the connection.
 pub struct ClientConn {
@@ -175,7 +175,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
                     // Still an open connection (the gauge, `max_connections`) and still in the
                     // gate, so shutdown closes it when the drain time ends.
                     Next::Tunnel(up, idle) => {
-                        forward::tunnel(c.stream, up, idle, &shard.gate).await;
+                        tunnel::tunnel(c.stream, up, idle, &shard.gate).await;
                         break;
                     }
                 }
