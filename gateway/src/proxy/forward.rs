@@ -21,16 +21,13 @@ use crate::http1::{self, BodyFraming, Method, ParseError, Parsed, is_hop_by_hop}
 use crate::pipeline::{HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
 use crate::proxy::conn::{ClientConn, Next, PeerTrust, Summary, respond_error};
-use crate::proxy::io::{ReadFail, WriteFail, read_more, write_all_vec, write_range};
+use crate::proxy::io::{ReadFail, WriteFail, read_more, write_all_vec};
 use crate::proxy::{Compiled, Shard, ShardRoute};
 use crate::route::HeadVars;
 use crate::upstream::pool::UpConn;
 use crate::upstream::{self, FailureKind, HashOn, PassHost, ShardUpstream};
 
-use crate::proxy::relay::{
-    BODY_CHUNK, MAX_TRAILER_BYTES, relay_chunked, relay_filtered, relay_until_eof,
-    stream_request_body,
-};
+use crate::proxy::relay::{MAX_TRAILER_BYTES, Relay, relay_body, stream_request_body};
 
 /// Runs the exchange and writes the response (or an error response) to the client. Returns how
 /// many bytes of `c.buf` the request used: the head stays in place for the access log and the
@@ -839,141 +836,18 @@ async fn relay_response(
     w::end_head(&mut out);
     conn.buf.drain(..resp_head_len);
 
-    let write_timeout = route.timeouts.send.max(Duration::from_secs(30));
-    let read_timeout = route.timeouts.read;
     let mut bytes_out: u64 = 0;
-    let mut upstream_clean = c.resp.keep_alive;
-
-    // Body.
-    let body_result: Result<(), (Error, bool)> = match framing {
-        BodyFraming::Length(_) | BodyFraming::Chunked if filter_body => {
-            relay_filtered(
-                c,
-                &mut conn,
-                out,
-                &route.plugins,
-                chunk_out,
-                read_timeout,
-                write_timeout,
-                &mut bytes_out,
-            )
-            .await
-        }
-        BodyFraming::CloseDelimited if filter_body => {
-            upstream_clean = false;
-            relay_filtered(
-                c,
-                &mut conn,
-                out,
-                &route.plugins,
-                chunk_out,
-                read_timeout,
-                write_timeout,
-                &mut bytes_out,
-            )
-            .await
-        }
-        BodyFraming::None => {
-            let (r, o) = write_all_vec(
-                &mut c.stream,
-                out,
-                Some(c.timer.until(monotonic_now() + write_timeout)),
-            )
-            .await;
-            bytes_out += o.len() as u64;
-            c.out = o;
-            r.map_err(|_| (client_gone(), false))
-        }
-        BodyFraming::Length(n) => {
-            let mut remaining = n;
-            let first = conn.buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            out.extend_from_slice(&conn.buf[..first]);
-            conn.buf.drain(..first);
-            remaining -= first as u64;
-            let (r, o) = write_all_vec(
-                &mut c.stream,
-                out,
-                Some(c.timer.until(monotonic_now() + write_timeout)),
-            )
-            .await;
-            bytes_out += o.len() as u64;
-            c.out = o;
-            let mut result = r.map_err(|_| (client_gone(), false));
-            while result.is_ok() && remaining > 0 {
-                let buf = std::mem::take(&mut conn.buf);
-                let (r, buf) = read_more(
-                    &mut conn.stream,
-                    buf,
-                    BODY_CHUNK,
-                    Some(c.timer.until(monotonic_now() + read_timeout)),
-                )
-                .await;
-                conn.buf = buf;
-                if r.is_err() {
-                    upstream_clean = false;
-                    result = Err((
-                        Error::Upstream {
-                            error: UpstreamError::ClosedEarly,
-                            retryable: false,
-                        },
-                        true,
-                    ));
-                    break;
-                }
-                let take = conn
-                    .buf
-                    .len()
-                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
-                let buf = std::mem::take(&mut conn.buf);
-                let (w, mut buf) = write_range(
-                    &mut c.stream,
-                    buf,
-                    0,
-                    take,
-                    Some(c.timer.until(monotonic_now() + write_timeout)),
-                )
-                .await;
-                buf.drain(..take);
-                conn.buf = buf;
-                remaining -= take as u64;
-                bytes_out += take as u64;
-                if w.is_err() {
-                    upstream_clean = false;
-                    result = Err((client_gone(), false));
-                }
-            }
-            result
-        }
-        BodyFraming::Chunked => {
-            relay_chunked(
-                c,
-                &mut conn,
-                out,
-                chunk_out,
-                read_timeout,
-                write_timeout,
-                &mut bytes_out,
-            )
-            .await
-        }
-        BodyFraming::CloseDelimited => {
-            upstream_clean = false;
-            relay_until_eof(
-                c,
-                &mut conn,
-                out,
-                chunk_out,
-                read_timeout,
-                write_timeout,
-                &mut bytes_out,
-            )
-            .await
-        }
+    // A body that ends with the connection leaves nothing to reuse.
+    let upstream_clean = c.resp.keep_alive && framing != BodyFraming::CloseDelimited;
+    c.out = out;
+    let relay = Relay {
+        chunk_out,
+        // A response without a body has nothing to filter.
+        filters: (filter_body && framing != BodyFraming::None).then_some(&route.plugins),
+        read_timeout: route.timeouts.read,
+        write_timeout: route.timeouts.send.max(Duration::from_secs(30)),
     };
-    // The None and Length paths handed the head buffer back; the others consumed it.
-    if c.out.capacity() == 0 {
-        c.out = Vec::with_capacity(8 * 1024);
-    }
+    let body_result = relay_body(c, &mut conn, framing, &relay, &mut bytes_out).await;
     if let Err((err, _)) = body_result {
         return Ok(Done {
             status,

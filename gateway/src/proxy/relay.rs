@@ -5,6 +5,7 @@
 //! Memory stays flat whatever the body size: bodies move through the connection's own buffers in
 //! pieces of at most `BODY_CHUNK` bytes.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use shardgate_runtime::clock::monotonic_now;
@@ -256,334 +257,251 @@ async fn flush(
     Ok(wire)
 }
 
-/// The upstream body as decoded pieces, whatever its framing: the filtered relay reads it
-/// through this and frames what the filters leave on its own.
-enum BodySource {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
+/// How the response body goes to the client.
+pub(super) struct Relay<'a> {
+    /// Re-framed as chunked for an HTTP/1.1 client; else sent as it is decoded (a length, or the
+    /// end of the connection).
+    pub chunk_out: bool,
+    /// The route's body filters, when `header_filter` asked for them.
+    pub filters: Option<&'a Chain>,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
 }
 
-impl BodySource {
-    fn new(framing: BodyFraming) -> BodySource {
-        match framing {
-            BodyFraming::Length(n) => BodySource::Length(n),
-            BodyFraming::Chunked => BodySource::Chunked(ChunkedDecoder::new(MAX_TRAILER_BYTES)),
-            BodyFraming::CloseDelimited => BodySource::UntilClose,
-            BodyFraming::None => BodySource::Length(0),
-        }
-    }
-
-    /// Appends the next decoded bytes to `dst` (reading from the upstream when none are
-    /// buffered); true when the body ended. A chunked body's trailers are dropped: they describe
-    /// the body as the upstream sent it.
-    async fn next(
-        &mut self,
-        conn: &mut UpConn,
-        timer: &mut Timer,
-        read_timeout: Duration,
-        dst: &mut Vec<u8>,
-    ) -> Result<bool, (Error, bool)> {
-        let cut = |error| {
-            (
-                Error::Upstream {
-                    error,
-                    retryable: false,
-                },
-                true,
-            )
-        };
-        loop {
-            match self {
-                BodySource::Length(remaining) => {
-                    if *remaining == 0 {
-                        return Ok(true);
-                    }
-                    if !conn.buf.is_empty() {
-                        let take = conn
-                            .buf
-                            .len()
-                            .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                        dst.extend_from_slice(&conn.buf[..take]);
-                        conn.buf.drain(..take);
-                        *remaining -= take as u64;
-                        return Ok(*remaining == 0);
-                    }
-                }
-                BodySource::Chunked(dec) => {
-                    let mut pos = 0;
-                    loop {
-                        let (n, ev) = dec
-                            .decode(&conn.buf[pos..])
-                            .map_err(|e| cut(UpstreamError::BadResponse(e)))?;
-                        let base = pos;
-                        pos += n;
-                        match ev {
-                            ChunkEvent::Data(span) => dst.extend_from_slice(
-                                &conn.buf[base + span.start as usize..base + span.end as usize],
-                            ),
-                            ChunkEvent::Trailers(_) => {}
-                            ChunkEvent::End => {
-                                conn.buf.drain(..pos);
-                                return Ok(true);
-                            }
-                            ChunkEvent::NeedMore => break,
-                        }
-                    }
-                    conn.buf.drain(..pos);
-                    if !dst.is_empty() {
-                        return Ok(false);
-                    }
-                }
-                BodySource::UntilClose => {
-                    if !conn.buf.is_empty() {
-                        dst.extend_from_slice(&conn.buf);
-                        conn.buf.clear();
-                        return Ok(false);
-                    }
-                }
-            }
-            let buf = std::mem::take(&mut conn.buf);
-            let (r, buf) = read_more(
-                &mut conn.stream,
-                buf,
-                BODY_CHUNK,
-                Some(timer.until(monotonic_now() + read_timeout)),
-            )
-            .await;
-            conn.buf = buf;
-            match r {
-                Ok(_) => {}
-                Err(ReadFail::Eof) if matches!(self, BodySource::UntilClose) => return Ok(true),
-                Err(ReadFail::Timeout) => return Err(cut(UpstreamError::ReadTimeout)),
-                Err(_) => return Err(cut(UpstreamError::ClosedEarly)),
-            }
-        }
-    }
-}
-
-/// The relay for a response whose body goes through the route's body filters: each decoded
-/// piece is handed to the filters, then framed for the client (chunked when `chunk_out`, else
-/// delimited by closing the connection).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn relay_filtered(
+/// Relays the upstream's response body, delimited by `framing`, after the head waiting in
+/// `c.out`, adding what is written to the client to `bytes_out`. One loop for every framing:
+/// decode what is buffered, frame it for the client (or hand it to the body filters first), send,
+/// read more. A length-delimited body that needs no re-framing goes to the client straight from
+/// the read buffer once the head is out.
+pub(super) async fn relay_body(
     c: &mut ClientConn,
     conn: &mut UpConn,
-    mut out: Vec<u8>,
-    plugins: &Chain,
-    chunk_out: bool,
-    read_timeout: Duration,
-    write_timeout: Duration,
+    framing: BodyFraming,
+    r: &Relay<'_>,
     bytes_out: &mut u64,
 ) -> Result<(), (Error, bool)> {
-    let mut source = BodySource::new(c.resp.framing);
-    let mut piece: Vec<u8> = Vec::with_capacity(BODY_CHUNK);
-    loop {
-        piece.clear();
-        let last = source
-            .next(conn, &mut c.timer, read_timeout, &mut piece)
-            .await?;
-        plugins.body_filter(
-            &mut BodyChunk {
-                data: &mut piece,
-                last,
-            },
-            &mut c.scratch,
-        );
-        if !piece.is_empty() {
-            if chunk_out {
-                http1::write_chunk_header(&mut out, piece.len());
-                out.extend_from_slice(&piece);
-                out.extend_from_slice(b"\r\n");
-            } else {
-                out.extend_from_slice(&piece);
-            }
-        }
-        if last && chunk_out {
-            out.extend_from_slice(b"0\r\n\r\n");
-        }
-        if last || out.len() >= BODY_CHUNK {
-            let (r, mut o) = write_all_vec(
-                &mut c.stream,
-                out,
-                Some(c.timer.until(monotonic_now() + write_timeout)),
-            )
-            .await;
-            *bytes_out += o.len() as u64;
-            r.map_err(|_| (client_gone(), false))?;
-            o.clear();
-            out = o;
-        }
-        if last {
-            c.out = out;
-            return Ok(());
-        }
-    }
-}
-
-pub(super) async fn relay_chunked(
-    c: &mut ClientConn,
-    conn: &mut UpConn,
-    mut out: Vec<u8>,
-    chunk_out: bool,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    bytes_out: &mut u64,
-) -> Result<(), (Error, bool)> {
-    let mut dec = ChunkedDecoder::new(MAX_TRAILER_BYTES);
-    let mut pos = 0usize;
+    let mut source = Source::new(framing);
+    // With filters, what one read brought goes through them as one piece.
+    let mut piece: Vec<u8> = match r.filters {
+        Some(_) => Vec::with_capacity(BODY_CHUNK),
+        None => Vec::new(),
+    };
     let mut saw_trailers = false;
     loop {
-        let (n, ev) = dec.decode(&conn.buf[pos..]).map_err(|e| {
-            (
-                Error::Upstream {
-                    error: UpstreamError::BadResponse(e),
-                    retryable: false,
-                },
-                true,
-            )
-        })?;
-        let base = pos;
-        pos += n;
-        match ev {
-            ChunkEvent::Data(span) => {
-                let data = &conn.buf[base + span.start as usize..base + span.end as usize];
-                if chunk_out {
-                    http1::write_chunk_header(&mut out, data.len());
-                    out.extend_from_slice(data);
-                    out.extend_from_slice(b"\r\n");
-                } else {
-                    out.extend_from_slice(data);
+        let mut pos = 0;
+        let mut end = false;
+        let mut direct = None;
+        loop {
+            let (n, step) = source
+                .decode(&conn.buf[pos..])
+                .map_err(|e| cut(UpstreamError::BadResponse(e)))?;
+            let base = pos;
+            pos += n;
+            match step {
+                Piece::Data(d) => {
+                    let d = base + d.start..base + d.end;
+                    if r.filters.is_some() {
+                        piece.extend_from_slice(&conn.buf[d]);
+                    } else if matches!(source, Source::Length(_))
+                        && !r.chunk_out
+                        && c.out.is_empty()
+                    {
+                        direct = Some(d);
+                        break;
+                    } else {
+                        frame(&mut c.out, &conn.buf[d], r.chunk_out);
+                    }
                 }
-            }
-            ChunkEvent::Trailers(span) => {
-                saw_trailers = true;
-                if chunk_out {
-                    out.extend_from_slice(http1::LAST_CHUNK);
-                    out.extend_from_slice(
-                        &conn.buf[base + span.start as usize..base + span.end as usize],
-                    );
-                    out.extend_from_slice(b"\r\n");
+                Piece::Trailers(t) => {
+                    // Filtered bodies drop them: they describe the body as the upstream sent it.
+                    if r.filters.is_none() {
+                        saw_trailers = true;
+                        if r.chunk_out {
+                            c.out.extend_from_slice(http1::LAST_CHUNK);
+                            c.out
+                                .extend_from_slice(&conn.buf[base + t.start..base + t.end]);
+                            c.out.extend_from_slice(b"\r\n");
+                        }
+                    }
                 }
-            }
-            ChunkEvent::End => {
-                if chunk_out && !saw_trailers {
-                    out.extend_from_slice(b"0\r\n\r\n");
+                Piece::End => {
+                    end = true;
+                    break;
                 }
-                conn.buf.drain(..pos);
-                let (r, o) = write_all_vec(
-                    &mut c.stream,
-                    out,
-                    Some(c.timer.until(monotonic_now() + write_timeout)),
-                )
-                .await;
-                *bytes_out += o.len() as u64;
-                return r.map_err(|_| (client_gone(), false));
-            }
-            ChunkEvent::NeedMore => {
-                conn.buf.drain(..pos);
-                pos = 0;
-                if !out.is_empty() {
-                    let (r, mut o) = write_all_vec(
-                        &mut c.stream,
-                        out,
-                        Some(c.timer.until(monotonic_now() + write_timeout)),
-                    )
-                    .await;
-                    *bytes_out += o.len() as u64;
-                    r.map_err(|_| (client_gone(), false))?;
-                    o.clear();
-                    out = o;
-                }
-                let buf = std::mem::take(&mut conn.buf);
-                let (r, buf) = read_more(
-                    &mut conn.stream,
-                    buf,
-                    BODY_CHUNK,
-                    Some(c.timer.until(monotonic_now() + read_timeout)),
-                )
-                .await;
-                conn.buf = buf;
-                if r.is_err() {
-                    return Err((
-                        Error::Upstream {
-                            error: UpstreamError::ClosedEarly,
-                            retryable: false,
-                        },
-                        true,
-                    ));
-                }
+                Piece::NeedMore => break,
             }
         }
-    }
-}
-
-pub(super) async fn relay_until_eof(
-    c: &mut ClientConn,
-    conn: &mut UpConn,
-    mut out: Vec<u8>,
-    chunk_out: bool,
-    read_timeout: Duration,
-    write_timeout: Duration,
-    bytes_out: &mut u64,
-) -> Result<(), (Error, bool)> {
-    loop {
-        if !conn.buf.is_empty() {
-            if chunk_out {
-                http1::write_chunk_header(&mut out, conn.buf.len());
-                out.extend_from_slice(&conn.buf);
-                out.extend_from_slice(b"\r\n");
-            } else {
-                out.extend_from_slice(&conn.buf);
-            }
-            conn.buf.clear();
-        }
-        if !out.is_empty() {
-            let (r, mut o) = write_all_vec(
+        if let Some(d) = direct {
+            let buf = std::mem::take(&mut conn.buf);
+            let (res, mut buf) = write_range(
                 &mut c.stream,
-                out,
-                Some(c.timer.until(monotonic_now() + write_timeout)),
+                buf,
+                d.start,
+                d.end,
+                Some(c.timer.until(monotonic_now() + r.write_timeout)),
             )
             .await;
-            *bytes_out += o.len() as u64;
-            r.map_err(|_| (client_gone(), false))?;
-            o.clear();
-            out = o;
+            buf.drain(..pos);
+            conn.buf = buf;
+            *bytes_out += d.len() as u64;
+            res.map_err(|_| (client_gone(), false))?;
+            continue;
+        }
+        conn.buf.drain(..pos);
+        if let Some(filters) = r.filters
+            && (end || !piece.is_empty())
+        {
+            filters.body_filter(
+                &mut BodyChunk {
+                    data: &mut piece,
+                    last: end,
+                },
+                &mut c.scratch,
+            );
+            if !piece.is_empty() {
+                frame(&mut c.out, &piece, r.chunk_out);
+            }
+            piece.clear();
+        }
+        if end && r.chunk_out && !saw_trailers {
+            c.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        // Unfiltered bytes go out before waiting for more; filtered ones are gathered up to a
+        // chunk, as the filters may shrink or hold them.
+        if !c.out.is_empty() && (r.filters.is_none() || end || c.out.len() >= BODY_CHUNK) {
+            send(c, r.write_timeout, bytes_out).await?;
+        }
+        if end {
+            return Ok(());
         }
         let buf = std::mem::take(&mut conn.buf);
-        let (r, buf) = read_more(
+        let (res, buf) = read_more(
             &mut conn.stream,
             buf,
             BODY_CHUNK,
-            Some(c.timer.until(monotonic_now() + read_timeout)),
+            Some(c.timer.until(monotonic_now() + r.read_timeout)),
         )
         .await;
         conn.buf = buf;
-        match r {
+        match res {
             Ok(_) => {}
-            Err(ReadFail::Eof) => {
-                if chunk_out {
-                    out.extend_from_slice(b"0\r\n\r\n");
-                    let (r, o) = write_all_vec(
-                        &mut c.stream,
-                        out,
-                        Some(c.timer.until(monotonic_now() + write_timeout)),
-                    )
-                    .await;
-                    *bytes_out += o.len() as u64;
-                    r.map_err(|_| (client_gone(), false))?;
-                }
-                return Ok(());
+            Err(ReadFail::Eof) if matches!(source, Source::UntilClose { .. }) => {
+                source = Source::UntilClose { eof: true };
             }
-            Err(_) => {
-                return Err((
-                    Error::Upstream {
-                        error: UpstreamError::ReadTimeout,
-                        retryable: false,
-                    },
-                    true,
-                ));
+            Err(e) => return Err(cut(source.read_failure(e, r.filters.is_some()))),
+        }
+    }
+}
+
+fn cut(error: UpstreamError) -> (Error, bool) {
+    (
+        Error::Upstream {
+            error,
+            retryable: false,
+        },
+        true,
+    )
+}
+
+/// Appends `data` to `out` as the client gets it: one chunk, or as it is.
+fn frame(out: &mut Vec<u8>, data: &[u8], chunked: bool) {
+    if chunked {
+        http1::write_chunk_header(out, data.len());
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Writes `c.out` to the client and empties it.
+async fn send(
+    c: &mut ClientConn,
+    timeout: Duration,
+    bytes_out: &mut u64,
+) -> Result<(), (Error, bool)> {
+    let out = std::mem::take(&mut c.out);
+    let (res, mut out) = write_all_vec(
+        &mut c.stream,
+        out,
+        Some(c.timer.until(monotonic_now() + timeout)),
+    )
+    .await;
+    *bytes_out += out.len() as u64;
+    out.clear();
+    c.out = out;
+    res.map_err(|_| (client_gone(), false))
+}
+
+/// The upstream body's delimitation, decoded in place: pieces are ranges of the read buffer.
+enum Source {
+    /// This many bytes are still to come.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the upstream closes; `eof` once it has.
+    UntilClose {
+        eof: bool,
+    },
+}
+
+/// One decoding step over the buffered bytes, as a range of the bytes it was given.
+enum Piece {
+    Data(Range<usize>),
+    /// A chunked body's trailer section (the field lines, without the final CRLF).
+    Trailers(Range<usize>),
+    End,
+    NeedMore,
+}
+
+impl Source {
+    fn new(framing: BodyFraming) -> Source {
+        match framing {
+            BodyFraming::Length(n) => Source::Length(n),
+            BodyFraming::None => Source::Length(0),
+            BodyFraming::Chunked => Source::Chunked(ChunkedDecoder::new(MAX_TRAILER_BYTES)),
+            BodyFraming::CloseDelimited => Source::UntilClose { eof: false },
+        }
+    }
+
+    /// The next piece of `buf`, and how many of its bytes that used.
+    fn decode(&mut self, buf: &[u8]) -> Result<(usize, Piece), http1::ParseError> {
+        let span = |s: http1::Span| s.start as usize..s.end as usize;
+        Ok(match self {
+            Source::Length(0) => (0, Piece::End),
+            Source::Length(_) if buf.is_empty() => (0, Piece::NeedMore),
+            Source::Length(remaining) => {
+                let take = buf
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                *remaining -= take as u64;
+                (take, Piece::Data(0..take))
             }
+            Source::Chunked(dec) => {
+                let (n, ev) = dec.decode(buf)?;
+                let piece = match ev {
+                    ChunkEvent::Data(s) => Piece::Data(span(s)),
+                    ChunkEvent::Trailers(s) => Piece::Trailers(span(s)),
+                    ChunkEvent::End => Piece::End,
+                    ChunkEvent::NeedMore => Piece::NeedMore,
+                };
+                (n, piece)
+            }
+            Source::UntilClose { .. } if !buf.is_empty() => (buf.len(), Piece::Data(0..buf.len())),
+            Source::UntilClose { eof: true } => (0, Piece::End),
+            Source::UntilClose { eof: false } => (0, Piece::NeedMore),
+        })
+    }
+
+    /// What a failed read in the middle of the body is logged and counted as: the labels the
+    /// per-framing relays gave before they became this one (a plain relay's timed-out read of
+    /// a length or chunked body counts as a closed connection, an until-close body's failed
+    /// read as a timeout), kept so the refactor changes no metric.
+    fn read_failure(&self, e: ReadFail, filtered: bool) -> UpstreamError {
+        match (filtered, self, e) {
+            (true, _, ReadFail::Timeout) => UpstreamError::ReadTimeout,
+            (true, _, _) => UpstreamError::ClosedEarly,
+            (false, Source::UntilClose { .. }, _) => UpstreamError::ReadTimeout,
+            (false, _, _) => UpstreamError::ClosedEarly,
         }
     }
 }
