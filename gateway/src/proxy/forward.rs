@@ -22,8 +22,7 @@ use crate::pipeline::registry::Chain;
 use crate::pipeline::{BodyChunk, HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
 use crate::proxy::conn::{
-    ClientConn, Next, PeerTrust, Summary, push_header, push_number_header, push_u64, reason,
-    respond_error,
+    ClientConn, Next, PeerTrust, Summary, push_header, push_u64, reason, respond_error,
 };
 use crate::proxy::io::{ReadFail, Timer, WriteFail, read_more, write_all_vec, write_range};
 use crate::proxy::{Compiled, Shard, ShardRoute};
@@ -1150,6 +1149,7 @@ async fn relay_response(
     for (k, v) in &c.outcome.response_headers {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
+    out.extend_from_slice(c.outcome.response_added.as_bytes());
     // request-id's `include_in_response`, unless the upstream answered with its own id.
     let rid = &c.outcome.request_id;
     if rid.in_response
@@ -1158,9 +1158,6 @@ async fn relay_response(
         && let Some(id) = rid.value(&c.buf)
     {
         push_header(&mut out, name.as_bytes(), id);
-    }
-    for (k, n) in &c.outcome.response_numbers {
-        push_number_header(&mut out, k, *n);
     }
     match framing {
         BodyFraming::Length(n) if !reframe => {
