@@ -676,6 +676,70 @@ fn a_login_with_an_es512_id_token_from_the_real_idp() {
     e.gw.assert_no_panic();
 }
 
+/// The gateway as `gateway-pkjwt`: no client secret, ES512 client assertions signed with the
+/// P-521 key in oidc/testdata/ec521.pem.
+fn es512_private_key_jwt_overrides(key: &str) -> [(&'static str, &str); 5] {
+    [
+        ("client_id", "gateway-pkjwt"),
+        ("client_secret", "-"),
+        ("token_endpoint_auth_method", "private_key_jwt"),
+        ("client_rsa_private_key", key),
+        ("client_jwt_assertion_alg", "ES512"),
+    ]
+}
+
+#[test]
+fn a_login_authenticating_to_the_token_endpoint_with_es512_private_key_jwt() {
+    // The IdP holds the public half of ec521.pem for `gateway-pkjwt` and accepts only ES512
+    // assertions from it: the code exchange succeeds only if the gateway signed with P-521.
+    let root = support::repo_root();
+    let key = std::fs::read_to_string(root.join("oidc/testdata/ec521.pem")).unwrap();
+    let key = serde_json::to_string(&key).unwrap();
+    let jwks = root.join("oidc/testdata/jwks_p521.json");
+    let mut e = start(
+        &[
+            ("IDP_ES512", "1"),
+            ("IDP_CLIENT_JWKS", jwks.to_str().unwrap()),
+        ],
+        &es512_private_key_jwt_overrides(&key),
+    );
+    e.login("/");
+    assert_eq!(e.idp.path_count("/token"), 1);
+    let r = e.browse("/");
+    assert_eq!(r.status, 200, "{}\n{}", r.text(), e.gw.log());
+    assert_identity(&e.last_seen(), "alice");
+    e.gw.assert_no_panic();
+}
+
+#[test]
+fn an_es512_client_assertion_the_idp_has_no_key_for_is_a_502_page_naming_invalid_client() {
+    // Without IDP_CLIENT_JWKS the IdP registered another P-521 key for `gateway-pkjwt`: the
+    // gateway's (valid, ES512) assertion does not verify there. The browser gets a page naming
+    // the IdP's error, never a 500, and nothing reaches the upstream.
+    let key =
+        std::fs::read_to_string(support::repo_root().join("oidc/testdata/ec521.pem")).unwrap();
+    let key = serde_json::to_string(&key).unwrap();
+    let mut e = start(
+        &[("IDP_ES512", "1")],
+        &es512_private_key_jwt_overrides(&key),
+    );
+    let callback = e.login_at_idp("/");
+    let r = e.browser.get(&callback, &[HTML]);
+    assert_eq!(r.status, 502, "{}\n{}", r.text(), e.gw.log());
+    assert!(r.text().contains("invalid_client"), "{}", r.text());
+    assert!(
+        r.text()
+            .contains("another public key registered for this client"),
+        "{}",
+        r.text()
+    );
+    assert!(e.browser.value("session").is_none());
+    assert_eq!(e.idp.path_count("/token"), 1);
+    assert!(e.gw.wait_log("login flow failed", Duration::from_secs(5)));
+    assert!(e.seen().is_empty());
+    e.gw.assert_no_panic();
+}
+
 /// The failing callback of a login in flight (`state` from its authorization URL).
 fn failing_callback(e: &Env, state: &str, error: &str) -> String {
     format!(

@@ -904,6 +904,33 @@ impl OidcConf {
                 ),
             ));
         }
+        // Signing keys ring refuses for being short are signed with through RustCrypto's `rsa`.
+        let short_private = |pem: Option<&Secret>| {
+            pem.and_then(|k| crate::jwt::SigningKey::from_pem(k.expose()).ok())
+                .and_then(|k| k.short_rsa_bits())
+        };
+        if let Some(bits) = short_private(self.client_rsa_private_key.as_ref()) {
+            out.push(Problem::new(
+                at("client_rsa_private_key"),
+                format!(
+                    "is a {bits}-bit RSA key: under {} bits it can be factored by a \
+                     well-resourced attacker, who could then sign client assertions as this \
+                     client; the IdP may also refuse them",
+                    crate::jwk::MIN_RSA_BITS
+                ),
+            ));
+        }
+        if let Some(bits) = short_private(self.dpop.as_ref().and_then(|d| d.private_key.as_ref())) {
+            out.push(Problem::new(
+                at("dpop.private_key"),
+                format!(
+                    "is a {bits}-bit RSA key: under {} bits it can be factored by a \
+                     well-resourced attacker, who could then forge DPoP proofs for the tokens \
+                     bound to it; the IdP may also refuse them",
+                    crate::jwk::MIN_RSA_BITS
+                ),
+            ));
+        }
         if !self.ssl_verify {
             out.push(Problem::new(
                 at("ssl_verify"),

@@ -244,6 +244,12 @@ fn load_private_key(
             jwk.insert("e".into(), URL_SAFE_NO_PAD.encode(strip(&public.e)).into());
             jwk.insert("n".into(), URL_SAFE_NO_PAD.encode(strip(&public.n)).into());
         }
+        SigningKey::RsaShort(key) => {
+            use rsa::traits::PublicKeyParts as _;
+            jwk.insert("kty".into(), "RSA".into());
+            jwk.insert("e".into(), URL_SAFE_NO_PAD.encode(key.e_bytes()).into());
+            jwk.insert("n".into(), URL_SAFE_NO_PAD.encode(key.n_bytes()).into());
+        }
         SigningKey::Ed25519(_) => {
             jwk.insert("kty".into(), "OKP".into());
         }

@@ -101,6 +101,12 @@ impl FlowError {
         }
     }
 
+    /// The token endpoint refused the gateway's client authentication (RFC 6749 section 5.2).
+    pub fn is_client_auth_refusal(&self) -> bool {
+        matches!(self, FlowError::TokenEndpoint { error, .. }
+            if error == "invalid_client" || error == "unauthorized_client")
+    }
+
     /// The usual causes, for the error page and log line of a callback that found no login state
     /// (APISIX's most reported problem: "no session state found").
     pub fn likely_causes(&self) -> &'static [&'static str] {
@@ -118,6 +124,11 @@ impl FlowError {
             FlowError::LoginExpired { .. } => {
                 &["the user took longer than authorization_state_expires_in to log in"]
             }
+            FlowError::TokenEndpoint { error, .. } if error == "invalid_client" => &[
+                "client_id or client_secret is not what the IdP has registered",
+                "token_endpoint_auth_method is not the one the IdP expects for this client",
+                "private_key_jwt: the IdP has another public key registered for this client than the one of client_rsa_private_key, or does not allow client_jwt_assertion_alg for it",
+            ],
             FlowError::IssuerMismatch { .. } => &[
                 "discovery points at a different issuer than the one that answered (mix-up attack or misconfigured issuer URL)",
             ],

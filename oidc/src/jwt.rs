@@ -9,7 +9,8 @@
 //! # Why not `jsonwebtoken`
 //!
 //! This module, [`crate::jwk`] and the PEM reader are written directly on ring (plus RustCrypto's
-//! `p521` for ES512, which ring lacks). What `jsonwebtoken` would not give us:
+//! `p521` for ES512, which ring lacks, and its `rsa` for signing with RSA keys under 2048 bits,
+//! which ring refuses). What `jsonwebtoken` would not give us:
 //! * key selection over a JWKS by `kid` and `alg`, per-key `alg` restrictions, and a set that skips
 //!   (and reports) the one unusable key an IdP publishes instead of failing, with an unknown `kid`
 //!   told apart so the provider can refetch: `jsonwebtoken` checks one token against one key;
@@ -437,6 +438,9 @@ pub enum SigningKey {
     },
     /// P-521 (ES512), which ring lacks.
     EcP521(Box<p521::ecdsa::SigningKey>),
+    /// RSA of 1024 to 2047 bits, which ring refuses to sign with: RustCrypto's `rsa`, taken
+    /// only for keys ring will not load (APISIX accepts them; the config warns).
+    RsaShort(Box<rsa::PrivateKey>),
     Ed25519(signature::Ed25519KeyPair),
     Hmac(Vec<u8>),
 }
@@ -447,6 +451,7 @@ impl fmt::Debug for SigningKey {
             SigningKey::Rsa(_) => "RSA",
             SigningKey::Ec { alg, .. } => alg.as_str(),
             SigningKey::EcP521(_) => "ES512",
+            SigningKey::RsaShort(_) => "RSA (short)",
             SigningKey::Ed25519(_) => "Ed25519",
             SigningKey::Hmac(_) => "HMAC",
         };
@@ -458,13 +463,46 @@ impl SigningKey {
     pub fn rsa_pkcs8_der(der: &[u8]) -> Result<SigningKey, SignError> {
         signature::RsaKeyPair::from_pkcs8(der)
             .map(SigningKey::Rsa)
-            .map_err(|e| SignError::InvalidKey(e.to_string()))
+            .or_else(|e| {
+                use rsa::pkcs8::DecodePrivateKey as _;
+                Self::rsa_short(rsa::PrivateKey::from_pkcs8_der(der).ok(), e)
+            })
     }
 
     pub fn rsa_pkcs1_der(der: &[u8]) -> Result<SigningKey, SignError> {
         signature::RsaKeyPair::from_der(der)
             .map(SigningKey::Rsa)
-            .map_err(|e| SignError::InvalidKey(e.to_string()))
+            .or_else(|e| {
+                use rsa::pkcs1::DecodeRsaPrivateKey as _;
+                Self::rsa_short(rsa::PrivateKey::from_pkcs1_der(der).ok(), e)
+            })
+    }
+
+    /// The fallback for an RSA key ring refused: taken only when it is short (1024 to 2047
+    /// bits), so every other key keeps ring's checks and speed, and ring's error stands.
+    fn rsa_short(
+        key: Option<rsa::PrivateKey>,
+        ring_error: ring::error::KeyRejected,
+    ) -> Result<SigningKey, SignError> {
+        use rsa::traits::PublicKeyParts as _;
+        match key {
+            Some(key)
+                if (crate::jwk::MIN_LEGACY_RSA_BITS..crate::jwk::MIN_RSA_BITS)
+                    .contains(&(key.n().bit_width_vartime() as usize)) =>
+            {
+                Ok(SigningKey::RsaShort(Box::new(key)))
+            }
+            _ => Err(SignError::InvalidKey(ring_error.to_string())),
+        }
+    }
+
+    /// The modulus size of an RSA key under 2048 bits (signed with, but worth a warning).
+    pub fn short_rsa_bits(&self) -> Option<usize> {
+        use rsa::traits::PublicKeyParts as _;
+        match self {
+            SigningKey::RsaShort(key) => Some(key.n().bit_width_vartime() as usize),
+            _ => None,
+        }
     }
 
     /// An EC PKCS#8 key; the curve (P-256, P-384 or P-521) picks ES256, ES384 or ES512.
@@ -518,7 +556,7 @@ impl SigningKey {
                 .or_else(|_| Self::ed25519_pkcs8(&der))
                 .map_err(|_| {
                     SignError::InvalidKey(
-                        "PKCS#8 key is not RSA >= 2048, EC P-256/P-384/P-521 or Ed25519".into(),
+                        "PKCS#8 key is not RSA >= 1024, EC P-256/P-384/P-521 or Ed25519".into(),
                     )
                 }),
             _ => Err(SignError::InvalidKey(format!(
@@ -531,7 +569,9 @@ impl SigningKey {
     pub fn supports(&self, alg: Alg) -> bool {
         use Alg::*;
         match self {
-            SigningKey::Rsa(_) => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+            SigningKey::Rsa(_) | SigningKey::RsaShort(_) => {
+                matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512)
+            }
             SigningKey::Ec { alg: own, .. } => *own == alg,
             SigningKey::EcP521(_) => alg == ES512,
             SigningKey::Ed25519(_) => alg == EdDSA,
@@ -542,7 +582,7 @@ impl SigningKey {
     /// The algorithm to use when none is configured.
     pub fn default_alg(&self) -> Alg {
         match self {
-            SigningKey::Rsa(_) => Alg::RS256,
+            SigningKey::Rsa(_) | SigningKey::RsaShort(_) => Alg::RS256,
             SigningKey::Ec { alg, .. } => *alg,
             SigningKey::EcP521(_) => Alg::ES512,
             SigningKey::Ed25519(_) => Alg::EdDSA,
@@ -632,6 +672,7 @@ fn raw_signature(alg: Alg, message: &[u8], key: &SigningKey) -> Result<Vec<u8>, 
                 key.try_sign(message).map_err(|_| SignError::Crypto)?;
             Ok(sig.to_bytes().to_vec())
         }
+        SigningKey::RsaShort(key) => rsa_short_signature(alg, message, key),
         SigningKey::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
         SigningKey::Hmac(secret) => {
             let algorithm = match alg {
@@ -645,6 +686,26 @@ fn raw_signature(alg: Alg, message: &[u8], key: &SigningKey) -> Result<Vec<u8>, 
                 .to_vec())
         }
     }
+}
+
+/// RSASSA-PKCS1-v1_5 or RSASSA-PSS (salt as long as the hash, as ring does) with a short key;
+/// the private operation is blinded with the OS RNG.
+fn rsa_short_signature(
+    alg: Alg,
+    message: &[u8],
+    key: &rsa::PrivateKey,
+) -> Result<Vec<u8>, SignError> {
+    use sha2::{Digest as _, Sha256, Sha384, Sha512};
+    let signed = match alg {
+        Alg::RS256 => key.sign(rsa::Pkcs1v15Sign::new::<Sha256>(), &Sha256::digest(message)),
+        Alg::RS384 => key.sign(rsa::Pkcs1v15Sign::new::<Sha384>(), &Sha384::digest(message)),
+        Alg::RS512 => key.sign(rsa::Pkcs1v15Sign::new::<Sha512>(), &Sha512::digest(message)),
+        Alg::PS256 => key.sign(rsa::pss::Pss::<Sha256>::new(), &Sha256::digest(message)),
+        Alg::PS384 => key.sign(rsa::pss::Pss::<Sha384>::new(), &Sha384::digest(message)),
+        Alg::PS512 => key.sign(rsa::pss::Pss::<Sha512>::new(), &Sha512::digest(message)),
+        _ => return Err(SignError::AlgKeyMismatch(alg)),
+    };
+    signed.map_err(|_| SignError::Crypto)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ done
 # Too short for any verifier: only its public half is kept.
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:512 | openssl pkey -pubout -out rsa512.pub.pem
 openssl rsa -in rsa1.pem -traditional -out rsa1.pkcs1.pem
+openssl rsa -in rsa1024.pem -traditional -out rsa1024.pkcs1.pem
 openssl rsa -pubin -in rsa1.pub.pem -RSAPublicKey_out -out rsa1.pkcs1.pub.pem
 openssl req -new -x509 -key rsa2.pem -subj /CN=shardgate-test -days 36500 -outform DER -out rsa2.cert.der
 python3 - <<'PY'

@@ -341,8 +341,51 @@ fn pem_public_keys_verify() {
     let rsa = Key::from_public_pem(&text("rsa1.pub.pem")).unwrap();
     assert_eq!(rsa.rsa_bits(), Some(2048));
     assert!(!rsa.is_short_rsa());
-    // ring cannot sign with an RSA key under 2048 bits: refused where a key must sign.
-    assert!(SigningKey::from_pem(&text("rsa1024.pem")).is_err());
+}
+
+/// ring cannot sign with an RSA key under 2048 bits; APISIX can, so such a key (1024 to 2047
+/// bits) signs through RustCrypto's `rsa` (the config warns). Every signature is checked by
+/// another implementation: RS256/RS512 by ring's legacy verifiers, PS256 by `rsa`'s verifier.
+#[test]
+fn short_rsa_private_keys_sign_and_the_signatures_verify() {
+    let public = Key::from_public_pem(&text("rsa1024.pub.pem")).unwrap();
+    let set = KeySet::from_keys(vec![public]);
+    for pem in ["rsa1024.pem", "rsa1024.pkcs1.pem"] {
+        let key = signer(pem);
+        assert_eq!(key.short_rsa_bits(), Some(1024), "{pem}");
+        assert_eq!(key.default_alg(), Alg::RS256);
+        for alg in [Alg::RS256, Alg::RS512] {
+            let t = token(alg, Some("k"), &key);
+            verify(&t, &set, &all_algs()).unwrap_or_else(|e| panic!("{pem} {alg}: {e}"));
+            // The signature covers the payload.
+            let (head, rest) = t.split_once('.').unwrap();
+            let (_, sig) = rest.split_once('.').unwrap();
+            let evil = URL_SAFE_NO_PAD.encode(claims().replace("alice", "admin"));
+            assert_eq!(
+                verify(&format!("{head}.{evil}.{sig}"), &set, &all_algs()),
+                Err(TokenError::BadSignature)
+            );
+        }
+    }
+    // PS256 (a DPoP signing_alg APISIX offers): ring has no legacy PSS verifier.
+    let t = token(Alg::PS256, None, &signer("rsa1024.pem"));
+    let (input, sig) = t.rsplit_once('.').unwrap();
+    let sig = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    assert_eq!(sig.len(), 128);
+    use rsa::pkcs8::DecodePublicKey as _;
+    use sha2::Digest as _;
+    let rsa_public = rsa::PublicKey::from_public_key_der(&data("rsa1024.pub.der")).unwrap();
+    let pss = || rsa::pss::Pss::<sha2::Sha256>::new();
+    rsa_public
+        .verify(pss(), &sha2::Sha256::digest(input.as_bytes()), &sig)
+        .unwrap();
+    assert!(
+        rsa_public
+            .verify(pss(), &sha2::Sha256::digest(b"another input"), &sig)
+            .is_err()
+    );
+    // Keys ring takes stay on ring.
+    assert_eq!(signer("rsa1.pem").short_rsa_bits(), None);
 }
 
 /// APISIX accepts RSA keys under 2048 bits; so does shardgate (the config gets a warning), and

@@ -26,7 +26,10 @@
 //   IDP_AUTO_CONSENT      1: skip the consent page (the login is then the only interaction); default 0.
 //   IDP_LOG               1: log every request (method, path, status) to stderr; default 0.
 //   IDP_ES512             1: add an ephemeral P-521 key and the `gateway-es512` client, whose ID
-//                         tokens are signed ES512; default 0.
+//                         tokens are signed ES512, and the `gateway-pkjwt` client, which
+//                         authenticates with ES512 private_key_jwt; default 0.
+//   IDP_CLIENT_JWKS       path to the public JWKS registered for `gateway-pkjwt`. Default: a fresh
+//                         P-521 key whose private half nobody has (every assertion is refused).
 //   IDP_DPOP_NONCE        1: the token and userinfo endpoints require a DPoP server nonce
 //                         (use_dpop_nonce + DPoP-Nonce, RFC 9449 section 8); default 0.
 //
@@ -84,6 +87,7 @@ const cfg = {
   logRequests: process.env.IDP_LOG === '1',
   dpopNonce: process.env.IDP_DPOP_NONCE === '1',
   es512: process.env.IDP_ES512 === '1',
+  clientJwks: process.env.IDP_CLIENT_JWKS || undefined,
 };
 if (!['RS256', 'ES256', ...(cfg.es512 ? ['ES512'] : [])].includes(cfg.atAlg)) {
   throw new Error(`IDP_AT_ALG must be RS256 or ES256 (or ES512 with IDP_ES512=1), got ${cfg.atAlg}`);
@@ -98,6 +102,19 @@ function loadKeys() {
   const jwks = JSON.parse(readFileSync(process.env.IDP_KEYS, 'utf8'));
   if (!Array.isArray(jwks.keys) || jwks.keys.length === 0) {
     throw new Error(`${process.env.IDP_KEYS}: no keys`);
+  }
+  return jwks;
+}
+
+// The public keys `gateway-pkjwt` signs its client assertions with.
+function clientJwks() {
+  if (!cfg.clientJwks) {
+    const { d: _private, ...pub } = generateJwk('ES512', 'pkjwt-unknown');
+    return { keys: [pub] };
+  }
+  const jwks = JSON.parse(readFileSync(cfg.clientJwks, 'utf8'));
+  if (!Array.isArray(jwks.keys) || jwks.keys.length === 0) {
+    throw new Error(`${cfg.clientJwks}: no keys`);
   }
   return jwks;
 }
@@ -150,6 +167,13 @@ const clients = [
     client_id: 'gateway-es512',
     client_secret: 'gateway-es512-secret',
     id_token_signed_response_alg: 'ES512',
+  }, {
+    // RFC 7523 client assertions signed ES512 with the key registered here (IDP_CLIENT_JWKS).
+    ...webClient,
+    client_id: 'gateway-pkjwt',
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES512',
+    jwks: clientJwks(),
   }] : []),
   ...['m2m', 'm2m-short', 'm2m-other', 'm2m-opaque'].map((id) => ({
     client_id: id,
@@ -217,6 +241,7 @@ const configuration = {
   enabledJWA: {
     dPoPSigningAlgValues: ['ES256', 'RS256', 'PS256', 'Ed25519', 'EdDSA'],
     idTokenSigningAlgValues: ['RS256', 'PS256', 'ES256', 'ES512', 'Ed25519', 'EdDSA'],
+    clientAuthSigningAlgValues: ['HS256', 'RS256', 'PS256', 'ES256', 'ES512', 'Ed25519', 'EdDSA'],
   },
   features: {
     // RFC 9449: a token request with a DPoP proof gets DPoP-bound tokens (JWT `cnf.jkt`,

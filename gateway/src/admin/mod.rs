@@ -177,7 +177,7 @@ async fn admin_api(
 
 fn response(status: u16, content_type: &str, body: Vec<u8>) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 128);
-    crate::proxy::conn::write_simple_head(&mut out, status, content_type, body.len(), true, true);
+    crate::http1::write::write_simple_head(&mut out, status, content_type, body.len(), true, true);
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&body);
     out

@@ -1,4 +1,5 @@
-//! Sans-IO HTTP/1.1 codec: request and response heads, body framing, chunked bodies.
+//! Sans-IO HTTP/1.1 codec: request and response heads read and written, body framing, chunked
+//! bodies.
 //!
 //! Bytes in, parsed structure out: nothing here reads a socket or a clock. A parsed head does not own
 //! or copy the bytes it came from; it holds [`Span`]s into the caller's buffer, so the caller keeps
@@ -11,6 +12,7 @@
 //! Steady state does not allocate: [`RequestHead`] and [`ResponseHead`] are meant to be reused, and a
 //! parse clears their vectors but keeps the capacity. httparse's scratch array lives on the stack
 //! (up to [`STACK_HEADERS`] slots; a larger `max_headers` falls back to one heap array per parse).
+//! The writers in [`write`] append to the caller's buffer and allocate nothing else.
 
 mod chunked;
 mod error;
@@ -20,6 +22,7 @@ mod request;
 mod response;
 #[cfg(test)]
 mod tests;
+pub mod write;
 
 pub use chunked::{
     ChunkEvent, ChunkedDecoder, LAST_CHUNK, MAX_CHUNK_LINE, scan_received, write_chunk_header,

@@ -1858,3 +1858,86 @@ fn mutated_inputs_never_panic_or_escape_the_buffer() {
     // The mutations must leave enough inputs valid for the span checks to mean something.
     assert!(accepted > 400, "only {accepted} mutated requests parsed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Writers: what a written head says, and that a written head parses back.
+
+#[test]
+fn relayed_response_head_drops_hop_by_hop_and_named_fields() {
+    let up = b"HTTP/1.1 200 Fine\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-Drop: 1\r\nX-Keep: 2\r\n\r\nok";
+    let mut resp = ResponseHead::new();
+    parse_response(up, &Limits::default(), Method::Get, &mut resp).unwrap();
+    let mut out = Vec::new();
+    write::relayed_response_head(&mut out, &resp, up, 200, false, |n| {
+        n.eq_ignore_ascii_case(b"x-drop")
+    });
+    write::end_head(&mut out);
+    assert_eq!(
+        out,
+        b"HTTP/1.1 200 Fine\r\nContent-Length: 2\r\nX-Keep: 2\r\n\r\n".to_vec()
+    );
+    // A changed status takes its own reason; a re-framed body loses its length.
+    out.clear();
+    write::relayed_response_head(&mut out, &resp, up, 404, true, |_| false);
+    write::framing(&mut out, write::OutFraming::Chunked);
+    write::end_head(&mut out);
+    assert_eq!(
+        out,
+        b"HTTP/1.1 404 Not Found\r\nX-Drop: 1\r\nX-Keep: 2\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec()
+    );
+    let mut back = ResponseHead::new();
+    assert_eq!(
+        parse_response(&out, &Limits::default(), Method::Get, &mut back).unwrap(),
+        Parsed::Complete
+    );
+    assert_eq!(back.framing, BodyFraming::Chunked);
+}
+
+#[test]
+fn written_request_head_parses_back() {
+    let mut out = Vec::new();
+    write::request_line(
+        &mut out,
+        b"GET",
+        write::Target::Normal {
+            path: b"/a b/%",
+            query: Some(b"x=1"),
+        },
+    );
+    let at = write::host_field(&mut out, b"node-a:8080");
+    let at = write::replace_value(&mut out, at, b"b:1");
+    assert_eq!(&out[at], b"b:1");
+    write::cookie_without(
+        &mut out,
+        b"sg_session=1; a=2;  sg_session_2=3 ;b=4",
+        b"sg_session",
+    );
+    write::cookie_without(&mut out, b"sg_session=1", b"sg_session");
+    write::forwarding_fields(
+        &mut out,
+        &write::Forwarding {
+            prior_for: Some(b"10.0.0.1"),
+            remote: b"::1",
+            proto: b"http",
+            host: b"example.test",
+            port: b"80",
+            forwarded: None,
+            client_host: b"example.test:80",
+            tls: false,
+        },
+    );
+    write::framing(&mut out, write::OutFraming::Length(3));
+    write::end_head(&mut out);
+    let text = String::from_utf8(out.clone()).unwrap();
+    assert!(text.starts_with("GET /a%20b/%25?x=1 HTTP/1.1\r\nHost: b:1\r\nCookie: a=2; b=4\r\n"));
+    assert!(text.contains("X-Forwarded-For: 10.0.0.1, ::1\r\nX-Real-IP: ::1\r\n"));
+    assert!(text.contains("Forwarded: for=\"[::1]\";host=\"example.test:80\";proto=http\r\n"));
+    let mut head = RequestHead::new();
+    assert_eq!(
+        parse_request(&out, &Limits::default(), &mut head).unwrap(),
+        Parsed::Complete
+    );
+    assert_eq!(head.framing, BodyFraming::Length(3));
+    assert_eq!(head.header(&out, "x-forwarded-port"), Some(&b"80"[..]));
+}

@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use shardgate_runtime::clock::{Stopwatch, monotonic_now};
 
 use crate::error::{self, Error};
+use crate::http1::write::{end_head, push_header, write_simple_head};
 use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
 use crate::observe::redact::redact_target;
 use crate::pipeline::{Ctx, LogInfo, Outcome, RequestScratch, Response, Step};
 use crate::proxy::io::{ReadFail, Timer, read_more, write_all_vec};
 use crate::proxy::stream::ClientStream;
-use crate::proxy::{Compiled, Shard, forward};
+use crate::proxy::{Compiled, Shard, forward, tunnel};
 
 /// Per-connection state, reused for every request on the connection.
 pub struct ClientConn {
@@ -174,7 +175,7 @@ pub async fn serve(shard: Rc<Shard>, stream: ClientStream, peer: SocketAddr, loc
                     // Still an open connection (the gauge, `max_connections`) and still in the
                     // gate, so shutdown closes it when the drain time ends.
                     Next::Tunnel(up, idle) => {
-                        forward::tunnel(c.stream, up, idle, &shard.gate).await;
+                        tunnel::tunnel(c.stream, up, idle, &shard.gate).await;
                         break;
                     }
                 }
@@ -450,7 +451,7 @@ async fn write_answer(
     {
         push_header(&mut out, name.as_bytes(), id);
     }
-    out.extend_from_slice(b"\r\n");
+    end_head(&mut out);
     if method != Method::Head {
         out.extend_from_slice(a.body);
     }
@@ -468,73 +469,6 @@ async fn write_answer(
         upstream_us: None,
         error,
         close,
-    }
-}
-
-pub fn write_simple_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    content_type: &str,
-    len: usize,
-    close: bool,
-    no_store: bool,
-) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    push_u64(out, u64::from(status));
-    out.push(b' ');
-    out.extend_from_slice(reason(status).as_bytes());
-    out.extend_from_slice(b"\r\nServer: shardgate\r\nContent-Type: ");
-    out.extend_from_slice(content_type.as_bytes());
-    out.extend_from_slice(b"\r\nContent-Length: ");
-    push_u64(out, len as u64);
-    out.extend_from_slice(b"\r\n");
-    if no_store {
-        out.extend_from_slice(b"Cache-Control: no-store\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"Connection: close\r\n");
-    }
-}
-
-pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// Decimal digits of `n`: on every response (Content-Length, `X-RateLimit-*`), where itoa's two
-/// digits per step take a third of a division loop's instructions.
-pub fn push_u64(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-}
-
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        101 => "Switching Protocols",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
     }
 }
 

@@ -13,7 +13,9 @@
 pub mod conn;
 pub mod forward;
 pub mod io;
+pub mod relay;
 pub mod stream;
+pub mod tunnel;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

@@ -525,6 +525,60 @@ fn short_rsa_public_key_is_a_warning() {
     assert!(l.errors.is_empty() && l.warnings.iter().all(|w| w.path != "p.public_key"));
 }
 
+/// APISIX signs with RSA private keys of any size: under 2048 bits (which ring refuses) they
+/// sign through RustCrypto's `rsa`, with a warning naming the attribute and the risk.
+#[test]
+fn short_rsa_private_keys_are_a_warning() {
+    let pem = std::fs::read_to_string(format!(
+        "{}/testdata/rsa1024.pem",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let warned = |l: &Loaded, path: &str| -> Vec<String> {
+        l.warnings
+            .iter()
+            .filter(|w| w.path == path)
+            .map(ToString::to_string)
+            .collect()
+    };
+    let mut v = base();
+    v["token_endpoint_auth_method"] = json!("private_key_jwt");
+    v["client_rsa_private_key"] = json!(pem);
+    v["client_jwt_assertion_alg"] = json!("RS256");
+    let l = load(v);
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    let w = warned(&l, "p.client_rsa_private_key");
+    assert_eq!(w.len(), 1, "{:?}", l.warnings);
+    assert!(
+        w[0].starts_with(
+            "p.client_rsa_private_key: is a 1024-bit RSA key: under 2048 bits it can be factored"
+        ),
+        "{w:?}"
+    );
+    let jwk = derived(&pem);
+    assert_eq!(jwk["kty"], "RSA");
+    for alg in ["RS256", "PS256"] {
+        let d =
+            json!({ "enabled": true, "signing_alg": alg, "private_key": pem, "public_jwk": jwk });
+        let l = load(with("dpop", d));
+        assert!(l.errors.is_empty(), "{alg}: {:?}", l.errors);
+        let w = warned(&l, "p.dpop.private_key");
+        assert_eq!(w.len(), 1, "{:?}", l.warnings);
+        assert!(w[0].contains("forge DPoP proofs"), "{w:?}");
+        // It signs: a proof by it carries the same public key.
+        let signer = crate::dpop::DpopSigner::from_pem(&pem, alg.parse().unwrap()).unwrap();
+        assert_eq!(Value::Object(signer.public_jwk().clone()), jwk);
+        signer
+            .proof("POST", "https://idp.test/token", 1, "j", None, None)
+            .unwrap();
+    }
+    // A 2048-bit key: no warning.
+    let mut v = base();
+    v["token_endpoint_auth_method"] = json!("private_key_jwt");
+    v["client_rsa_private_key"] = json!(DPOP_RSA);
+    assert!(warned(&load(v), "p.client_rsa_private_key").is_empty());
+}
+
 /// APISIX's schema leaves the endpoint auth methods free strings, and lua-resty-openidc ignores
 /// one it does not implement: accepted with a warning, the default in its place.
 #[test]

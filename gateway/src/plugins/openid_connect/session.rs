@@ -1602,6 +1602,9 @@ fn plain(status: u16, code: &'static str, why: &str, headers: Vec<(String, Strin
 fn flow_page(e: FlowError) -> Error {
     let status = match &e {
         FlowError::TokenEndpointHttp { .. } | FlowError::ParEndpoint { .. } => 502,
+        // The IdP refused the gateway's own credentials: nothing the browser can fix, so the
+        // same answer as a refused PAR push rather than a 4xx blaming the request.
+        _ if e.is_client_auth_refusal() => 502,
         // What is left of a restarted login the IdP kept failing.
         FlowError::IdpError { error, .. } if error == "temporarily_unavailable" => 503,
         _ => 400,
