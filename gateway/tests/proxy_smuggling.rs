@@ -2,6 +2,12 @@
 //! two HTTP/1.1 parsers could split differently gets a clean 400 (then close), one access-log line
 //! with the reason, and not one byte reaches the upstream. The upstream here records raw bytes, so
 //! "nothing reached it" means nothing, not "nothing it could parse".
+//!
+//! Checked against the fixes of issue 12 by reverting each in turn (2026-12-03, at 9a553fa): with
+//! the absolute-form authority check off, "absolute-form with a different Host" got a 200 from the
+//! upstream instead of 400; with the received chunked bytes not scanned before an upstream is
+//! picked, a bad chunk ("chunk size 0x", "chunk data longer than its size") was refused only after
+//! the head had reached the upstream ("the upstream received ..."). Both drivers failed each time.
 // Tests wait on real processes and sockets with wall-clock deadlines: they read the system
 // clock directly (clippy.toml's disallowed-methods guards the product code only).
 #![allow(clippy::disallowed_methods)]
