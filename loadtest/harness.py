@@ -546,6 +546,7 @@ class Scenario:
         self.tls = False  # S5: clients speak TLS to the proxies (not to `direct`)
         self.skip_reason = None
         self.needs_idp = False  # start scripts/idp/server.mjs (S3, S4)
+        self.dpop = False  # S7: a pool of single-use DPoP proofs per peer (Run.dpop_pool)
 
 
 def build_scenarios(names, ctx):
@@ -555,10 +556,11 @@ def build_scenarios(names, ctx):
     for name in names:
         if name == "S0":
             sc = Scenario(name, "plain proxy", ["direct", "nginx", "haproxy"] + proxies)
-        elif name in ("S1", "S2", "S5", "S6"):
+        elif name in ("S1", "S2", "S5", "S6", "S7"):
             title = {"S1": "bearer RS256 JWT, one token", "S2": "bearer RS256 JWT, 1000 tokens rotating",
                      "S5": "S1 over TLS (keep-alive; nginx and shardgate terminate TLS)",
-                     "S6": "S1 + cors, limit-count, proxy-rewrite, request-id"}[name]
+                     "S6": "S1 + cors, limit-count, proxy-rewrite, request-id",
+                     "S7": "S1 with a DPoP-bound token (cnf.jkt): a new ES256 proof per request"}[name]
             if name == "S5":
                 sc = Scenario(name, title, ["nginx"] + proxies + ["shardgate-uring-lean"])
                 sc.tls = True
@@ -566,6 +568,10 @@ def build_scenarios(names, ctx):
                 # nginx stays the reference every table divides by; it proxies without the plugins.
                 sc = Scenario(name, title, ["nginx"] + proxies)
                 sc.extra_plugins = S6_PLUGINS
+            elif name == "S7":
+                # nginx forwards the same headers unchecked: the reference, as in S6.
+                sc = Scenario(name, title, ["nginx"] + proxies)
+                sc.dpop = True
             else:
                 sc = Scenario(name, title, ["nginx", "haproxy-jwt"] + proxies + ["shardgate-uring-lean", "nginx-same-bytes"])
             tok = ctx.tokens()
@@ -573,6 +579,10 @@ def build_scenarios(names, ctx):
             sc.userinfo_len = userinfo_len(first)
             if name in ("S1", "S5"):
                 sc.wrk_headers = ["Authorization: Bearer " + first]
+            elif name == "S7":
+                # Each peer gets its bound token and a pool of proofs for its own port (Run.dpop_pool);
+                # wrk.lua sends them as the `DPoP` header from an offset, each once.
+                sc.header_name = "DPoP"
             elif name == "S6":
                 # A browser app's request: the Origin makes cors answer with its headers.
                 sc.wrk_headers = ["Authorization: Bearer " + first, "Origin: " + S6_ORIGIN]
@@ -596,6 +606,10 @@ def build_scenarios(names, ctx):
                 "            valid_issuers: [\"https://idp.loadtest.invalid\"]\n"
                 "        public_key: |\n%s\n" % (IDP_PORT, indent_pem(pem, 10))
             )
+            if sc.dpop:
+                # The pool is minted before the peer starts (under callgrind that takes a minute):
+                # proofs stay fresh for the whole run. The route is S1's otherwise.
+                sc.plugin_yaml += "        dpop_proof_max_age: 900\n"
             sc.needs_idp = True
         elif name == "S3":
             sc = Scenario(name, "session cookie", ["nginx"] + proxies)
@@ -636,7 +650,7 @@ def build_scenarios(names, ctx):
                 "        bearer_only: true\n" % IDP_PORT
             )
         else:
-            raise SystemExit("unknown scenario %s (known: S0 S1 S2 S3 S4 S5 S6)" % name)
+            raise SystemExit("unknown scenario %s (known: S0 S1 S2 S3 S4 S5 S6 S7)" % name)
         out.append(sc)
     return out
 
@@ -653,6 +667,10 @@ class Peer:
         self.passes = []
         self.cg_out = None  # callgrind mode: the tool's output file (dumps are cg_out.N)
         self.cg_pid = None
+        self.token = None  # S7: the DPoP-bound token and this peer's proofs (each used once)
+        self.proofs = None
+        self.proofs_file = None
+        self.proofs_used = 0
 
 
 class Run:
@@ -692,6 +710,37 @@ class Run:
                                 "--iss", JWT_ISS, "--aud", JWT_AUD, "--ttl", "86400"], check=True)
             self._tokens = d
         return self._tokens
+
+    def dpop_pool(self, peer, count):
+        """S7: a token like S1's (same key, same claims) bound to oidc/tests/data/dpop_es256.pem by
+        `cnf.jkt`, and `count` proofs for GET http://127.0.0.1:<peer port>/ (the htu the gateway
+        rebuilds from Host), by benches/src/bin/dpop_proofs.rs: Python's standard library cannot
+        sign ES256, ring does it in microseconds."""
+        minter = os.path.join(ROOT, "target", "release", "dpop_proofs")
+        if not os.access(minter, os.X_OK):
+            raise RuntimeError("S7 needs target/release/dpop_proofs (loadtest/run.sh builds it)")
+        d = os.path.join(self.tokens(), "dpop-" + peer.name)
+        res = subprocess.run([minter, os.path.join(self.tokens(), "key.pem"),
+                              os.path.join(ROOT, "oidc", "tests", "data", "dpop_es256.pem"), d, str(count),
+                              "http://127.0.0.1:%d/" % peer.port, JWT_ISS, JWT_AUD], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError("dpop_proofs failed: %s" % res.stderr.strip()[-200:])
+        peer.token = open(os.path.join(d, "dpop_token.txt")).read().strip()
+        peer.proofs_file = os.path.join(d, "dpop_proofs.txt")
+        peer.proofs = open(peer.proofs_file).read().split()
+        peer.proofs_used = 0
+
+    def next_proof(self, peer):
+        if peer.proofs_used >= len(peer.proofs):
+            raise RuntimeError("DPoP proof pool of %d exhausted: raise --dpop-proofs" % len(peer.proofs))
+        peer.proofs_used += 1
+        return peer.proofs[peer.proofs_used - 1]
+
+    def check_headers(self, sc, peer):
+        """Headers of the requests that check a peer before load; S7's each need a proof of their own."""
+        if not sc.dpop:
+            return sc.check_headers
+        return {"Authorization": "DPoP " + peer.token, "DPoP": self.next_proof(peer)}
 
     def start_upstream(self):
         path = os.path.join(self.workdir, "upstream.conf")
@@ -782,7 +831,7 @@ class Run:
         tls = sc.tls and peer.name != "direct"
 
         def data_ready():
-            status = http_status(peer.port, sc.check_headers, tls)
+            status = http_status(peer.port, self.check_headers(sc, peer), tls)
             return isinstance(status, int) and 200 <= status < 300
 
         if peer.name.startswith("shardgate") and not wait_ready(
@@ -790,7 +839,7 @@ class Run:
                 data_ready if self.callgrind else None):
             peer.status = "failed: /readyz not 200 (discovery?)"
             return
-        status = http_status(peer.port, sc.check_headers, tls)
+        status = http_status(peer.port, self.check_headers(sc, peer), tls)
         if not (isinstance(status, int) and 200 <= status < 300):
             peer.status = "failed: HTTP %s before load" % status
 
@@ -799,16 +848,26 @@ class Run:
     def wrk_argv(self, sc, peer, seconds):
         argv = ["wrk", "-t%d" % self.wrk_threads, "-c%d" % self.args.connections, "-d%ds" % seconds, "--latency",
                 "-s", os.path.join(HERE, "wrk.lua")]
+        if self.callgrind:
+            # Under callgrind a proxy is 20-50x slower (S7: ~100 requests/s, p99 near wrk's default
+            # 2 s timeout): a late answer is still an answer, and only instructions are counted.
+            argv += ["--timeout", "30s"]
         for h in sc.wrk_headers:
             argv += ["-H", h]
+        if sc.dpop:
+            argv += ["-H", "Authorization: DPoP " + peer.token]
         scheme = "https" if sc.tls and peer.name != "direct" else "http"
         argv.append("%s://127.0.0.1:%d/" % (scheme, peer.port))
         return pin("1", argv, self.args.mode)
 
-    def wrk_env(self, sc):
+    def wrk_env(self, sc, peer):
         env = dict(os.environ)
         if sc.header_file:
             env.update(SG_HEADER_FILE=sc.header_file, SG_HEADER_NAME=sc.header_name, SG_HEADER_PREFIX=sc.header_prefix)
+        if sc.dpop:
+            # Single use: this run starts after every proof the peer has seen, and stops at the end.
+            env.update(SG_HEADER_FILE=peer.proofs_file, SG_HEADER_NAME=sc.header_name, SG_HEADER_PREFIX="",
+                       SG_HEADER_OFFSET=str(peer.proofs_used), SG_HEADER_ONCE="1", SG_THREADS=str(self.wrk_threads))
         return env
 
     def one_pass(self, sc, peer, seconds):
@@ -825,7 +884,7 @@ class Run:
         k0, v0, i0, g0 = per_cpu_ticks(), voluntary_switches(peer_pids), ipis_per_cpu(), tcp_out_segments()
         t0 = time.monotonic()
         res = subprocess.run(self.wrk_argv(sc, peer, seconds), capture_output=True, text=True,
-                             env=self.wrk_env(sc), timeout=seconds + 60)
+                             env=self.wrk_env(sc, peer), timeout=seconds + 60)
         wall = time.monotonic() - t0
         p1, o1, s1, c1 = cpu_ticks(peer_pids), cpu_ticks(ours_pids), system_busy_ticks(), children_cpu_ticks()
         k1, v1, i1, g1 = per_cpu_ticks(), voluntary_switches(peer_pids), ipis_per_cpu(), tcp_out_segments()
@@ -837,6 +896,11 @@ class Run:
         if res.returncode != 0 or line is None:
             raise RuntimeError("wrk failed (exit %d): %s" % (res.returncode, (res.stderr or res.stdout).strip()[-300:]))
         r = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+        if sc.dpop:
+            # Requests still in flight when wrk stopped may have used a proof too.
+            peer.proofs_used += r["requests"] + self.args.connections
+            if peer.proofs_used > len(peer.proofs):
+                raise RuntimeError("DPoP proof pool of %d exhausted: raise --dpop-proofs" % len(peer.proofs))
         requests = max(r["requests"], 1)
         errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
         ours = (o1 - o0) + (c1 - c0)
@@ -933,8 +997,12 @@ class Run:
                 sc.check_headers = {"Authorization": "Bearer " + token}
         try:
             for peer in peers:
-                self.start_peer(sc, peer)
-                self.check_peer(sc, peer)
+                if sc.dpop:
+                    log("%s %s: minting %d DPoP proofs" % (sc.name, peer.name, self.args.dpop_proofs))
+                    self.guarded(peer, self.dpop_pool, peer, self.args.dpop_proofs)
+                if peer.status == "ok":
+                    self.start_peer(sc, peer)
+                    self.guarded(peer, self.check_peer, sc, peer)
                 if peer.status != "ok":
                     log("%s %s: %s" % (sc.name, peer.name, peer.status))
             live = [p for p in peers if p.status == "ok"]
@@ -1126,11 +1194,19 @@ def main():
                     help="client_header_buffer_size of the upstream and the nginx peers (nginx's stock value is 1k)")
     ap.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     ap.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy")
+    ap.add_argument("--dpop-proofs", type=int, default=0, metavar="N",
+                    help="S7: single-use DPoP proofs minted per peer; more than the run sends (default: "
+                         "40000 under callgrind, else 20000 per second of warm-up and passes)")
     ap.add_argument("--command", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.peers = [p for p in args.peers.split(",") if p]
     if not 1 <= args.passes <= 50 or not 1 <= args.duration <= 600 or not 0 <= args.warmup <= 60:
         raise SystemExit("--passes 1..50, --duration 1..600, --warmup 0..60")
+    if args.dpop_proofs <= 0:
+        # Under callgrind a shardgate serves a few hundred requests a second; natively tens of
+        # thousands. A retried pass needs more: the run then stops that peer with a clear error.
+        seconds = args.warmup + args.passes * args.duration
+        args.dpop_proofs = 40000 if args.mode == "callgrind" else 20000 * seconds + 1000
     extra = {"percore": ("taskset",), "callgrind": ("valgrind", "callgrind_control")}.get(args.mode, ())
     for tool in ("wrk", args.nginx, args.haproxy) + extra:
         if not shutil.which(tool):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load test: shardgate vs nginx/haproxy through one nginx upstream, pinned.
 #
-#   loadtest/run.sh [--scenarios S0,S1,S2,S3,S4,S5,S6] [--passes 3] [--duration 10] [--warmup 2]
+#   loadtest/run.sh [--scenarios S0,S1,S2,S3,S4,S5,S6,S7] [--passes 3] [--duration 10] [--warmup 2]
 #                   [--mode percore|allcores|callgrind] [--peers nginx,shardgate-uring,...] [--no-build]
 #
 # Prints a markdown table and writes loadtest/results/<timestamp>.{md,csv} (configs and logs in
@@ -31,7 +31,7 @@ if [ "$build" = 1 ]; then
 	# Both binaries by name: with a --bin filter cargo builds only the named ones, and a stale
 	# target/release/shardgate would be measured without a word.
 	sg_log "building shardgate (release)"
-	if ! (cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway -p shardgate-benches --bin shardgate --bin session_cookies); then
+	if ! (cd "$SG_ROOT" && cargo build --release --quiet -p shardgate-gateway -p shardgate-benches --bin shardgate --bin session_cookies --bin dpop_proofs); then
 		sg_log "warning: release build failed; shardgate rows will be reported as failed"
 	fi
 fi

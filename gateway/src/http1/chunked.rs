@@ -238,6 +238,12 @@ impl ChunkedDecoder {
                 return Ok((pos, ChunkEvent::NeedMore));
             };
             let lf = line_start + lf;
+            // The bound first: a decoder fed in pieces refuses this line as too large before its
+            // LF arrives, so the verdict must not depend on how the bytes were split (found by
+            // fuzzing: whole input said "without colon", split input "too large").
+            if lf >= self.max_trailer_bytes.saturating_add(2) {
+                return Err(ParseError::BadChunk("trailer section too large"));
+            }
             if lf == line_start || section[lf - 1] != b'\r' {
                 return Err(ParseError::BadChunk("bare LF in trailer section"));
             }

@@ -1635,6 +1635,34 @@ fn chunk_trailers_too_large() {
     );
 }
 
+/// A trailer line that is both malformed and past the bound gets one verdict however it arrives
+/// (a libFuzzer crash of the `chunked` target: the whole input was refused for the missing colon,
+/// the same bytes fed in pieces for the size).
+#[test]
+fn chunk_trailers_too_large_wins_over_a_bad_line_however_split() {
+    let mut body = b"0\r\nX-A: 1\r\n".to_vec();
+    body.extend_from_slice(&[b'x'; 40]);
+    body.extend_from_slice(b"\r\n\r\n");
+    let whole = ChunkedDecoder::new(16).decode(&body).map(|_| ());
+    assert_eq!(
+        whole,
+        Err(ParseError::BadChunk("trailer section too large"))
+    );
+    for step in 1..body.len() {
+        let mut dec = ChunkedDecoder::new(16);
+        let (mut fed, mut pos) = (0, 0);
+        let verdict = loop {
+            fed = (fed + step).min(body.len());
+            match dec.decode(&body[pos..fed]) {
+                Err(e) => break Err(e),
+                Ok((n, ChunkEvent::NeedMore)) if fed < body.len() => pos += n,
+                Ok(_) => break Ok(()),
+            }
+        };
+        assert_eq!(verdict, whole, "fed {step} bytes at a time");
+    }
+}
+
 #[test]
 fn chunk_trailers_bare_lf() {
     assert_eq!(
