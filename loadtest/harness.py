@@ -524,7 +524,8 @@ S6_PLUGINS = (
     "      proxy-rewrite:\n"
     "        regex_uri: [\"^/(.*)\", \"/v1/$1\"]\n"
     "        headers:\n"
-    "          set: { X-Api-Version: v1 }\n" % S6_ORIGIN
+    "          set: { X-Api-Version: v1 }\n"
+    "      request-id: {}\n" % S6_ORIGIN
 )
 
 
@@ -558,7 +559,7 @@ def build_scenarios(names, ctx):
         elif name in ("S1", "S2", "S5", "S6", "S7"):
             title = {"S1": "bearer RS256 JWT, one token", "S2": "bearer RS256 JWT, 1000 tokens rotating",
                      "S5": "S1 over TLS (keep-alive; nginx and shardgate terminate TLS)",
-                     "S6": "S1 + cors, limit-count, proxy-rewrite",
+                     "S6": "S1 + cors, limit-count, proxy-rewrite, request-id",
                      "S7": "S1 with a DPoP-bound token (cnf.jkt): a new ES256 proof per request"}[name]
             if name == "S5":
                 sc = Scenario(name, title, ["nginx"] + proxies + ["shardgate-uring-lean"])

@@ -201,13 +201,15 @@ fn hex(b: u8) -> Option<u8> {
 /// upstream could read as something other than path data (see the module doc).
 pub fn encode_into(normal: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in normal {
-        if CLASS[b as usize] & ENCODE != 0 {
-            out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
-        } else {
-            out.push(b);
-        }
+    // Runs of bytes that stay are copied whole: most paths have no byte to encode.
+    let mut rest = normal;
+    while let Some(i) = rest.iter().position(|&b| CLASS[b as usize] & ENCODE != 0) {
+        let b = rest[i];
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(&[b'%', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 #[cfg(test)]

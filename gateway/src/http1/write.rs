@@ -22,19 +22,10 @@ pub enum OutFraming {
     Chunked,
 }
 
-/// Decimal formatting without `fmt` machinery (hot path).
-pub fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
+/// Decimal digits of `n`: on every head (status, Content-Length), where itoa's two digits per
+/// step take a third of a division loop's instructions.
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// `name: value\r\n`.
@@ -42,14 +33,6 @@ pub fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `name: <digits>\r\n`.
-pub fn push_number_header(out: &mut Vec<u8>, name: &str, n: u64) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    push_u64(out, n);
     out.extend_from_slice(b"\r\n");
 }
 

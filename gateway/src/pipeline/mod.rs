@@ -105,6 +105,67 @@ pub enum HeaderValue {
     Request(Span),
 }
 
+/// Response headers added on a plugin's every-request path, kept as the header lines the head
+/// will carry (`Name: value\r\n`) in one buffer the connection keeps: a plugin copies a block it
+/// rendered at config time, or a value, and the writer copies the whole block once. Values never
+/// carry CR or LF: they come from the config or from request headers the parser accepted.
+#[derive(Debug, Default)]
+pub struct AddedHeaders {
+    lines: Vec<u8>,
+}
+
+impl AddedHeaders {
+    pub fn push(&mut self, name: &str, value: &[u8]) {
+        self.lines.extend_from_slice(name.as_bytes());
+        self.lines.extend_from_slice(b": ");
+        self.lines.extend_from_slice(value);
+        self.lines.extend_from_slice(b"\r\n");
+    }
+
+    /// The buffer itself, for a plugin that writes lines in pieces (numbers between rendered
+    /// text); it must leave only complete lines.
+    pub fn raw(&mut self) -> &mut Vec<u8> {
+        &mut self.lines
+    }
+
+    /// Appends complete header lines rendered beforehand.
+    pub fn push_lines(&mut self, lines: &[u8]) {
+        debug_assert!(lines.is_empty() || lines.ends_with(b"\r\n"));
+        self.lines.extend_from_slice(lines);
+    }
+
+    pub fn clear(&mut self) {
+        self.lines.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    /// The header lines, ready for a head.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.lines
+    }
+
+    /// Each header as (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.lines
+            .split(|b| *b == b'\n')
+            .filter_map(|l| l.strip_suffix(b"\r"))
+            .filter_map(|l| {
+                let colon = l.iter().position(|b| *b == b':')?;
+                Some((&l[..colon], l[colon + 1..].trim_ascii_start()))
+            })
+    }
+
+    /// The first value of `name` (ASCII case-insensitive).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+    }
+}
+
 /// What plugins add to the proxied exchange. Reused per connection: cleared, not reallocated.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -114,15 +175,16 @@ pub struct Outcome {
     pub strip_authorization: bool,
     /// Remove cookies whose name starts with this prefix from the upstream `Cookie` header.
     pub strip_cookie_prefix: Option<Rc<str>>,
-    /// Headers added to the client response (`Set-Cookie` for a refreshed session).
+    /// Headers added to the client response with values of their own (`Set-Cookie` for a
+    /// refreshed session); the rare path.
     pub response_headers: Vec<(String, String)>,
+    /// Headers added to the client response on a plugin's every-request path (`cors`): no
+    /// allocation per request.
+    pub response_added: AddedHeaders,
     /// Strip client-sent identity headers (`X-Access-Token`, `X-ID-Token`, ...) before proxying.
     pub strip_identity_headers: bool,
     /// Upstream response headers not relayed to the client (`header_filter`'s removals).
     pub response_remove: Vec<Rc<str>>,
-    /// Headers added to the client response whose value is a number (`X-RateLimit-Remaining`),
-    /// written as digits into the head: no `String` per request.
-    pub response_numbers: Vec<(&'static str, u64)>,
     /// The request's id (`request-id`), for the id header and the access log line.
     pub request_id: RequestId,
     /// The client address `real-ip` took from the request: `remote_addr` for every later phase,
@@ -150,9 +212,9 @@ impl Outcome {
         self.strip_authorization = false;
         self.strip_cookie_prefix = None;
         self.response_headers.clear();
+        self.response_added.clear();
         self.strip_identity_headers = false;
         self.response_remove.clear();
-        self.response_numbers.clear();
         self.request_id.clear();
         self.real_ip = None;
         self.real_ip_text.clear();

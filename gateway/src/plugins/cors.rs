@@ -18,7 +18,7 @@ use std::sync::Arc;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::pipeline::{Ctx, PhaseResult, Phases, Plugin, Problem, Response, Step};
+use crate::pipeline::{AddedHeaders, Ctx, PhaseResult, Phases, Plugin, Problem, Response, Step};
 
 /// APISIX's `origins_pattern`: `*`, `**`, `null`, or a comma-separated list of `scheme://host`.
 const ORIGINS_PATTERN: &str = r"^(\*|\*\*|null|\w+://[^,]+(,\w+://[^,]+)*)$";
@@ -110,6 +110,20 @@ pub struct Cors {
     max_age: String,
     credential: bool,
     timing: Option<Origins>,
+    /// The header lines that do not depend on the request, rendered once per config: a request
+    /// copies them as blocks. `allow_line`: `Access-Control-Allow-Origin` when it is a constant
+    /// (`*` or one origin); `mid`: methods, max age, expose; `tail`: configured allowed headers,
+    /// credentials.
+    allow_line: Option<Vec<u8>>,
+    mid: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+fn line(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn check_origins(value: &str, at: String, pattern: &Regex, problems: &mut Vec<Problem>) {
@@ -245,7 +259,34 @@ impl Cors {
             max_age: conf.max_age.to_string(),
             credential: conf.allow_credential,
             timing,
-        })
+            allow_line: None,
+            mid: Vec::new(),
+            tail: Vec::new(),
+        }
+        .rendered())
+    }
+
+    fn rendered(mut self) -> Cors {
+        self.allow_line = match &self.origins {
+            Origins::Any | Origins::One(_) => self.origins.decide(None).map(|allow| {
+                let mut l = Vec::new();
+                line(&mut l, "Access-Control-Allow-Origin", allow);
+                l
+            }),
+            _ => None,
+        };
+        line(&mut self.mid, "Access-Control-Allow-Methods", &self.methods);
+        line(&mut self.mid, "Access-Control-Max-Age", &self.max_age);
+        if let Some(e) = &self.expose {
+            line(&mut self.mid, "Access-Control-Expose-Headers", e);
+        }
+        if let Some(h) = &self.headers {
+            line(&mut self.tail, "Access-Control-Allow-Headers", h);
+        }
+        if self.credential {
+            line(&mut self.tail, "Access-Control-Allow-Credentials", "true");
+        }
+        self
     }
 
     /// The response headers for a request with `origin` (and, for `allow_headers: "**"`, its
@@ -254,33 +295,30 @@ impl Cors {
         &self,
         origin: Option<&str>,
         request_headers: Option<&str>,
-        out: &mut Vec<(String, String)>,
+        out: &mut AddedHeaders,
     ) {
         if self.vary {
-            out.push(("Vary".into(), "Origin".into()));
+            out.push_lines(b"Vary: Origin\r\n");
         }
         if let Some(allow) = self.origins.decide(origin) {
-            out.push(("Access-Control-Allow-Origin".into(), allow.to_owned()));
-            out.push(("Access-Control-Allow-Methods".into(), self.methods.clone()));
-            out.push(("Access-Control-Max-Age".into(), self.max_age.clone()));
-            if let Some(e) = &self.expose {
-                out.push(("Access-Control-Expose-Headers".into(), e.clone()));
+            match &self.allow_line {
+                Some(l) => out.push_lines(l),
+                None => out.push("Access-Control-Allow-Origin", allow.as_bytes()),
             }
-            match (&self.headers, request_headers) {
-                (Some(h), _) => out.push(("Access-Control-Allow-Headers".into(), h.clone())),
-                (None, Some(h)) => out.push(("Access-Control-Allow-Headers".into(), h.to_owned())),
-                (None, None) => {}
+            out.push_lines(&self.mid);
+            if self.headers.is_none()
+                && let Some(h) = request_headers
+            {
+                out.push("Access-Control-Allow-Headers", h.as_bytes());
             }
-            if self.credential {
-                out.push(("Access-Control-Allow-Credentials".into(), "true".into()));
-            }
+            out.push_lines(&self.tail);
         }
         // APISIX: Timing-Allow-Origin only when the decided value is the request's origin or `*`.
         if let Some(t) = &self.timing
             && let Some(v) = t.decide(origin)
             && (v == "*" || Some(v) == origin)
         {
-            out.push(("Timing-Allow-Origin".into(), v.to_owned()));
+            out.push("Timing-Allow-Origin", v.as_bytes());
         }
     }
 }
@@ -327,15 +365,23 @@ impl Plugin for CorsPlugin {
 
     async fn rewrite(&self, ctx: &mut Ctx<'_>) -> PhaseResult {
         let (head, buf, outcome) = ctx.head_and_outcome();
-        // Header values that are not UTF-8 are no origin a browser sends: treated as absent.
-        let origin = head
-            .header(buf, "origin")
-            .and_then(|o| std::str::from_utf8(o).ok());
-        let request_headers = head
-            .header(buf, "access-control-request-headers")
-            .and_then(|o| std::str::from_utf8(o).ok());
+        let cors = &*self.0;
+        // Header values that are not UTF-8 are no origin a browser sends: treated as absent. A
+        // constant answer (`*`, one origin, no timing origins) looks at neither header.
+        let origin = if cors.allow_line.is_none() || cors.timing.is_some() {
+            head.header(buf, "origin")
+                .and_then(|o| std::str::from_utf8(o).ok())
+        } else {
+            None
+        };
+        let request_headers = if cors.headers.is_none() {
+            head.header(buf, "access-control-request-headers")
+                .and_then(|o| std::str::from_utf8(o).ok())
+        } else {
+            None
+        };
         self.0
-            .headers(origin, request_headers, &mut outcome.response_headers);
+            .headers(origin, request_headers, &mut outcome.response_added);
         if ctx.head().method_span.of(ctx.buf()) == b"OPTIONS" {
             // APISIX answers every OPTIONS request here, before any authentication plugin.
             return Ok(Step::Respond(Response {
@@ -364,9 +410,16 @@ mod tests {
     }
 
     fn answer(c: &Cors, origin: Option<&str>, acrh: Option<&str>) -> Vec<(String, String)> {
-        let mut out = Vec::new();
+        let mut out = AddedHeaders::default();
         c.headers(origin, acrh, &mut out);
-        out
+        out.iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(k).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+            .collect()
     }
 
     fn get<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {

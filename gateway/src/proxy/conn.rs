@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use shardgate_runtime::clock::{Stopwatch, monotonic_now};
 
 use crate::error::{self, Error};
-use crate::http1::write::{end_head, push_header, push_number_header, write_simple_head};
+use crate::http1::write::{end_head, push_header, write_simple_head};
 use crate::http1::{self, BodyFraming, Method, Parsed, RequestHead, ResponseHead};
 use crate::observe::redact::redact_target;
 use crate::pipeline::{Ctx, LogInfo, Outcome, RequestScratch, Response, Step};
@@ -443,15 +443,13 @@ async fn write_answer(
     for (k, v) in a.headers.iter().chain(c.outcome.response_headers.iter()) {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
+    out.extend_from_slice(c.outcome.response_added.as_bytes());
     let rid = &c.outcome.request_id;
     if rid.in_response
         && let Some(name) = &rid.header
         && let Some(id) = rid.value(&c.buf)
     {
         push_header(&mut out, name.as_bytes(), id);
-    }
-    for (k, n) in &c.outcome.response_numbers {
-        push_number_header(&mut out, k, *n);
     }
     end_head(&mut out);
     if method != Method::Head {

@@ -16,7 +16,7 @@ use shardgate_runtime::clock::{Stopwatch, monotonic_now};
 use monoio::io::AsyncWriteRentExt;
 
 use crate::error::{Error, UpstreamError};
-use crate::http1::write::{self as w, OutFraming, Target, push_header, push_number_header};
+use crate::http1::write::{self as w, OutFraming, Target, push_header};
 use crate::http1::{self, BodyFraming, Method, ParseError, Parsed, is_hop_by_hop};
 use crate::pipeline::{HeaderValue, ResponseCtx};
 use crate::plugins::is_identity_header;
@@ -810,6 +810,7 @@ async fn relay_response(
     for (k, v) in &c.outcome.response_headers {
         push_header(&mut out, k.as_bytes(), v.as_bytes());
     }
+    out.extend_from_slice(c.outcome.response_added.as_bytes());
     // request-id's `include_in_response`, unless the upstream answered with its own id.
     let rid = &c.outcome.request_id;
     if rid.in_response
@@ -818,9 +819,6 @@ async fn relay_response(
         && let Some(id) = rid.value(&c.buf)
     {
         push_header(&mut out, name.as_bytes(), id);
-    }
-    for (k, n) in &c.outcome.response_numbers {
-        push_number_header(&mut out, k, *n);
     }
     w::framing(
         &mut out,

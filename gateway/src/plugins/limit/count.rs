@@ -294,6 +294,9 @@ pub struct LimitCountGlobal {
 pub struct LimitCount {
     conf: Arc<LimitCountConf>,
     table: ShardTable,
+    /// `X-RateLimit-Limit: <count>\r\nX-RateLimit-Remaining: `, rendered once: a passing request
+    /// writes two numbers between constant text.
+    quota_head: Vec<u8>,
 }
 
 pub const LIMIT_HEADER: &str = "X-RateLimit-Limit";
@@ -387,9 +390,15 @@ impl Plugin for LimitCount {
     }
 
     fn attach(instance: Arc<LimitCountInstance>, _shard: &()) -> LimitCount {
+        let quota_head = format!(
+            "{LIMIT_HEADER}: {}\r\n{REMAINING_HEADER}: ",
+            instance.conf.count
+        )
+        .into_bytes();
         LimitCount {
             conf: instance.conf.clone(),
             table: ShardTable::new(instance.table.clone()),
+            quota_head,
         }
     }
 
@@ -424,10 +433,14 @@ impl Plugin for LimitCount {
             ));
         }
         if conf.show_limit_quota_header {
-            let n = &mut ctx.outcome().response_numbers;
-            n.push((LIMIT_HEADER, conf.count));
-            n.push((REMAINING_HEADER, d.remaining));
-            n.push((RESET_HEADER, reset));
+            let out = ctx.outcome().response_added.raw();
+            out.extend_from_slice(&self.quota_head);
+            out.extend_from_slice(itoa::Buffer::new().format(d.remaining).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(RESET_HEADER.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(itoa::Buffer::new().format(reset).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         Ok(Step::Continue)
     }

@@ -37,6 +37,10 @@ use shardgate_runtime::clock::Clock;
 use crate::pipeline::{Ctx, Problem, Var};
 use crate::plugins::vars::Template;
 
+/// Keys come from clients (an address, a header): a seeded hasher, foldhash's (a fifth of
+/// SipHash's instructions for a short key; the seed is random per process).
+type KeyHasher = foldhash::quality::RandomState;
+
 /// A retired cell's state: no update succeeds on it.
 pub const DEAD: u64 = u64::MAX;
 
@@ -47,7 +51,11 @@ pub fn now_ms() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(shardgate_runtime::clock::monotonic_now);
     let now = shardgate_runtime::clock::shard_clock().monotonic();
-    now.saturating_duration_since(epoch).as_millis() as u32
+    let d = now.saturating_duration_since(epoch);
+    // Modulo 2^32 as `as_millis() as u32`, without its 128-bit arithmetic.
+    (d.as_secs() as u32)
+        .wrapping_mul(1000)
+        .wrapping_add(d.subsec_millis())
 }
 
 /// `b - a` on the wrapping millisecond clock, negative when shards' coarse clocks disagree by a
@@ -169,7 +177,7 @@ impl Table {
 /// A shard's view of a [`Table`]: its own `key -> cell` map, so the request path takes no lock.
 pub struct ShardTable {
     table: Arc<Table>,
-    local: RefCell<HashMap<Box<[u8]>, Arc<Cell>>>,
+    local: RefCell<HashMap<Box<[u8]>, Arc<Cell>, KeyHasher>>,
     /// Reused for keys built from several variables (`var_combination`).
     key_buf: RefCell<Vec<u8>>,
 }
@@ -178,7 +186,7 @@ impl ShardTable {
     pub fn new(table: Arc<Table>) -> ShardTable {
         ShardTable {
             table,
-            local: RefCell::new(HashMap::new()),
+            local: RefCell::new(HashMap::default()),
             key_buf: RefCell::new(Vec::new()),
         }
     }
@@ -191,31 +199,30 @@ impl ShardTable {
     pub fn update<T>(&self, key: &[u8], mut f: impl FnMut(u64) -> (Option<u64>, T)) -> T {
         let mut local = self.local.borrow_mut();
         loop {
-            let cell = match local.get(key) {
-                Some(c) => c.clone(),
-                None => {
-                    if local.len() >= SWEEP_MIN {
-                        // Forget cells the shared map retired or that are over; they come back
-                        // from the shared map if their key is seen again.
-                        let now = now_ms();
-                        let t = &self.table;
-                        local.retain(|_, c| {
-                            let s = c.state.load(Ordering::Relaxed);
-                            s != DEAD && !(t.expired)(s, now, &t.params)
-                        });
-                    }
-                    let c = self.table.cell(key);
-                    local.insert(key.into(), c.clone());
-                    c
-                }
+            // The hit path borrows the cell: no reference count touched per request.
+            let retired = match local.get(key) {
+                Some(cell) => match cell.update(&mut f) {
+                    Some(out) => return out,
+                    // Retired by a sweep: the shared map has a new cell (or will create one).
+                    None => true,
+                },
+                None => false,
             };
-            match cell.update(&mut f) {
-                Some(out) => return out,
-                // Retired by a sweep: the shared map has a new cell (or will create one).
-                None => {
-                    local.remove(key);
-                }
+            if retired {
+                local.remove(key);
+                continue;
             }
+            if local.len() >= SWEEP_MIN {
+                // Forget cells the shared map retired or that are over; they come back from the
+                // shared map if their key is seen again.
+                let now = now_ms();
+                let t = &self.table;
+                local.retain(|_, c| {
+                    let s = c.state.load(Ordering::Relaxed);
+                    s != DEAD && !(t.expired)(s, now, &t.params)
+                });
+            }
+            local.insert(key.into(), self.table.cell(key));
         }
     }
 }
