@@ -11,7 +11,7 @@
 //! introspection, every request after the first an introspection cache hit; `-- session` for a
 //! browser request with a session cookie, every request after the first a session cache hit;
 //! `-- plugins` for the `jwt` request from a browser app (with an `Origin`) on a route that also
-//! carries `cors`, `limit-count` and `proxy-rewrite`, the loadtest's S6; `-- noop3` for the plain
+//! carries `cors`, `limit-count`, `proxy-rewrite` and `request-id`, the loadtest's S6; `-- noop3` for the plain
 //! request through a route carrying three plugins that do nothing in every phase, which needs
 //! `--features test-plugins`: what the plugin seam itself costs).
 //! `-- requests=N` measures N requests after N*2/5 of warm-up (default 50,000), e.g. to run the
@@ -272,7 +272,8 @@ fn main() {
             plugin.push_str(
                 "      cors:\n        allow_origins: \"http://app.bench\"\n        allow_methods: \"GET,POST\"\n        expose_headers: \"X-RateLimit-Remaining\"\n\
                  \x20     limit-count:\n        count: 4000000000\n        time_window: 2000000\n\
-                 \x20     proxy-rewrite:\n        regex_uri: [\"^/(.*)\", \"/v1/$1\"]\n        headers:\n          set: { X-Api-Version: v1 }\n",
+                 \x20     proxy-rewrite:\n        regex_uri: [\"^/(.*)\", \"/v1/$1\"]\n        headers:\n          set: { X-Api-Version: v1 }\n\
+                 \x20     request-id: {}\n",
             );
             origin = "Origin: http://app.bench\r\n";
         }
@@ -342,7 +343,7 @@ fn main() {
     println!(
         "driver {driver:?}{}{}: {n} proxied requests; on the shard thread {shard_allocs} heap allocations ({:.4} per request); in the whole process {allocs} ({:.4} per request); {:.1} us/request wall, client and upstream included",
         if plugins {
-            ", RS256 bearer token (cache hits) + cors, limit-count, proxy-rewrite"
+            ", RS256 bearer token (cache hits) + cors, limit-count, proxy-rewrite, request-id"
         } else if jwt {
             ", RS256 bearer token (cache hits)"
         } else if opaque {
