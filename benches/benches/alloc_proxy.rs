@@ -109,12 +109,14 @@ fn discovery(listener: TcpListener) {
 const SESSION_SECRET: &str = "alloc-bench-session-secret-0123456789";
 
 /// A session sealed as the gateway seals one after a login (access token, claims, userinfo).
-fn session_cookie() -> String {
+/// The codec is bound to the route's discovery URL and client id, as the gateway's is.
+fn session_cookie(discovery: &str) -> String {
     use shardgate_oidc::session::{
         RawValue, SessionCodec, SessionData, SessionKeys, SessionTimeouts, SystemRandom,
     };
     let keys = SessionKeys::new(SESSION_SECRET.as_bytes(), &[]).expect("session keys");
-    let codec = SessionCodec::new(keys, SessionTimeouts::default());
+    let codec =
+        SessionCodec::new(keys, SessionTimeouts::default()).with_binding(discovery, "bench");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -181,20 +183,25 @@ fn client(req: &[u8], n: usize, s: &mut TcpStream) {
 /// answer 503 until the provider has it, which takes longer on a busy machine.
 fn wait_ready(req: &[u8], addr: (&str, u16)) {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::new();
     loop {
-        let mut buf = [0u8; 64];
+        let mut buf = [0u8; 512];
         let ok = TcpStream::connect(addr)
             .and_then(|mut s| {
                 s.set_read_timeout(Some(Duration::from_secs(2)))?;
                 s.write_all(req)?;
                 let n = s.read(&mut buf)?;
+                last = String::from_utf8_lossy(&buf[..n]).into_owned();
                 Ok(buf[..n].starts_with(b"HTTP/1.1 200"))
             })
             .unwrap_or(false);
         if ok {
             return;
         }
-        assert!(Instant::now() < deadline, "the gateway never answered 200");
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never answered 200; its last answer:\n{last}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -242,7 +249,9 @@ fn main() {
         );
         let req = format!(
             "GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: text/html\r\nCookie: {}\r\n\r\n",
-            session_cookie()
+            session_cookie(&format!(
+                "http://127.0.0.1:{idp_port}/.well-known/openid-configuration"
+            ))
         );
         (plugin, req.into_bytes())
     } else if opaque {
